@@ -1,0 +1,115 @@
+// Backend: device memory with accounting by category, and the kernel set the
+// nn blocks need. Pointers are device pointers of this backend; all float
+// kernels are fp32, row-major, contiguous. Letters: B batch, T time, C channels,
+// V vocab (Vp padded), H heads, N = B*T rows.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "weft/options.hpp"
+#include "weft/plugin.hpp"
+#include "weft/tensor.hpp"
+
+namespace weft {
+
+struct MemStats {
+  std::array<int64_t, kMemCategoryCount> current{};  // bytes live now
+  std::array<int64_t, kMemCategoryCount> peak{};     // high-water mark since reset_peak()
+};
+
+// C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b], row-major; op(A) is [m,k], op(B) [k,n].
+struct GemmArgs {
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  float alpha = 1.f, beta = 0.f;
+  const float* a = nullptr; int64_t lda = 0;
+  const float* b = nullptr; int64_t ldb = 0;
+  float* c = nullptr; int64_t ldc = 0;
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;  // elements
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+  virtual int threads() const = 0;
+
+  // Zero-filled allocation of `shape` counted under `category`.
+  virtual Tensor alloc(const Shape& shape, DType dtype, MemCategory category) = 0;
+  virtual MemStats mem_stats() const = 0;
+  virtual void reset_peak() = 0;
+  virtual void copy_to_host(void* dst, const Tensor& src) = 0;
+  virtual void copy_from_host(const Tensor& dst, const void* src) = 0;
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
+  virtual void synchronize() = 0;
+
+  virtual void gemm(const GemmArgs& args) = 0;
+  // out[N,O] += bias[O] broadcast over rows
+  virtual void add_bias(float* out, const float* bias, int64_t n, int64_t o) = 0;
+  // dbias[O] += sum over rows of dout[N,O]
+  virtual void bias_grad(float* dbias, const float* dout, int64_t n, int64_t o) = 0;
+
+  // out[N,C] = (x - mean) * rstd * w + b; saves mean[N], rstd[N]
+  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* x,
+                                 const float* w, const float* b, int64_t n, int64_t c, float eps) = 0;
+  // dx[N,C] += ..., dw[C] += ..., db[C] += ...
+  virtual void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
+                                  const float* w, const float* mean, const float* rstd, int64_t n,
+                                  int64_t c) = 0;
+  // GeLU, tanh approximation
+  virtual void gelu_forward(float* out, const float* x, int64_t n) = 0;
+  virtual void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) = 0;  // dx = ...
+
+  // Causal multi-head attention. qkv[B,T,3C] (q|k|v, heads of size C/H inside each),
+  // out[B,T,C], lse[B,H,T] log-sum-exp of each score row (saved for backward).
+  virtual void attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t,
+                                 int64_t c, int64_t h) = 0;
+  // dqkv[B,T,3C] = gradient (overwritten)
+  virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                                  const float* lse, int64_t b, int64_t t, int64_t c, int64_t h) = 0;
+
+  // out[N,C] = table[ids[n], :]
+  virtual void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n,
+                                 int64_t c) = 0;
+  // dtable[ids[n], :] += dout[n, :]
+  virtual void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n,
+                                  int64_t c) = 0;
+
+  // Fused softmax cross-entropy over the first v of vp columns of logits[N,Vp].
+  // losses[N] = -log softmax(logits)[target]; when dlogits is non-null it gets
+  // dloss_scale * (softmax - onehot) (padded columns 0). Targets < 0 are ignored
+  // (loss 0, gradient 0).
+  virtual void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets,
+                             int64_t n, int64_t v, int64_t vp, float dloss_scale) = 0;
+
+  virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;  // out = a + b
+  virtual void accumulate(float* acc, const float* x, int64_t n) = 0;          // acc += x
+  virtual void scale(float* x, float s, int64_t n) = 0;                        // x *= s
+  virtual double sum_squares(const float* x, int64_t n) = 0;                   // in fp64
+  virtual double sum(const float* x, int64_t n) = 0;
+
+  // AdamW on a flat range, decoupled weight decay: p -= lr*(mhat/(sqrt(vhat)+eps) + wd*p).
+  virtual void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, int64_t step) = 0;
+  // dst (bf16/f16/f32) = cast(src) and back
+  virtual void cast(const Tensor& dst, const Tensor& src) = 0;
+};
+
+struct BackendEnv {
+  int rank = 0;        // global rank
+  int local_rank = 0;  // rank on this node (device choice)
+  int cores = 1;       // CPU cores this rank may use (share of the node)
+};
+
+template <>
+struct FamilyTraits<Backend> {
+  static constexpr const char* kName = "backend";
+  using Factory = std::function<std::unique_ptr<Backend>(const Options&, const BackendEnv&)>;
+};
+
+}  // namespace weft

@@ -1,0 +1,53 @@
+// DataParallel strategy (family data_parallel: ddp, zero1, ...): reduces the
+// gradients over the dp group, owns the optimizer state for what this rank
+// updates, and applies the optimizer.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "weft/backend.hpp"
+#include "weft/comm.hpp"
+#include "weft/module.hpp"
+#include "weft/optimizer.hpp"
+#include "weft/options.hpp"
+#include "weft/plugin.hpp"
+
+namespace weft {
+
+// All params of this rank as views into two flat fp32 buffers.
+struct FlatParams {
+  std::vector<Param*> params;    // in buffer order
+  std::vector<int64_t> offsets;  // element offset of params[i]
+  Tensor data;                   // [numel]
+  Tensor grad;                   // [numel]
+  int64_t numel = 0;
+};
+
+class DataParallel {
+ public:
+  virtual ~DataParallel() = default;
+  // Called once, after params are materialised, before the first step.
+  virtual void setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Communicator* dp) = 0;
+  // A gradient became final during the last microbatch's backward.
+  virtual void grad_ready(Param& param) = 0;
+  // Completes reduction; returns the squared global gradient norm over the dp
+  // group, counting every element once (before clipping).
+  virtual double finish_reduction() = 0;
+  // Applies the optimizer with grads scaled by `grad_scale` (clipping), then
+  // makes params consistent on every dp rank.
+  virtual void step(double lr, double grad_scale, int64_t step) = 0;
+  virtual int64_t optimizer_state_bytes() const = 0;
+  // Optimizer state by logical parameter for checkpoints: slot s of param p.
+  virtual void read_state(const Param& param, int slot, float* out) = 0;
+  virtual void write_state(const Param& param, int slot, const float* in) = 0;
+};
+
+template <>
+struct FamilyTraits<DataParallel> {
+  static constexpr const char* kName = "data_parallel";
+  using Factory = std::function<std::unique_ptr<DataParallel>(const Options&)>;
+};
+
+}  // namespace weft

@@ -1,0 +1,72 @@
+// Modules with explicit forward/backward, and the parameters they own.
+// Activations are saved per microbatch in a Context, so several microbatches
+// can be in flight under pipeline parallelism.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "weft/backend.hpp"
+#include "weft/tensor.hpp"
+
+namespace weft {
+
+// Which slice of the logical tensor this rank holds.
+struct ShardSpec {
+  int dim = -1;  // -1: the whole tensor
+  int index = 0;
+  int count = 1;
+};
+
+enum class InitKind { Normal, Zeros, Ones };
+
+struct Param {
+  std::string name;     // logical, e.g. "blocks.3.attn.qkv.weight"
+  Shape full_shape;     // logical full shape
+  Shape shape;          // this rank's shard
+  ShardSpec shard;
+  InitKind init = InitKind::Normal;
+  float init_std = 0.02f;
+  bool weight_decay = true;   // false for biases and norm weights
+  bool tp_replicated = true;  // same values on every tp rank (grads reduced over tp)
+  bool expert = false;        // sharded over ep
+  Tensor data;  // [shape], view into the flat param buffer
+  Tensor grad;  // [shape], view into the flat grad buffer
+};
+
+// Per-microbatch state of one forward/backward pass.
+class Context {
+ public:
+  Context(Backend& backend, int microbatch) : backend_(backend), microbatch_(microbatch) {}
+  Backend& backend() { return backend_; }
+  int microbatch() const { return microbatch_; }
+
+  void save(const void* owner, std::vector<Tensor> tensors) { saved_[owner] = std::move(tensors); }
+  std::vector<Tensor>& saved(const void* owner) { return saved_.at(owner); }
+  void release(const void* owner) { saved_.erase(owner); }
+
+  Tensor targets;  // [B,T] int32, read by the loss
+  // Called when a parameter's gradient is final for this step (last microbatch),
+  // so data-parallel reduction can start while backward goes on.
+  std::function<void(Param&)> on_grad_ready;
+  bool last_microbatch = true;
+
+ private:
+  Backend& backend_;
+  int microbatch_;
+  std::map<const void*, std::vector<Tensor>> saved_;
+};
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  virtual Tensor forward(Context& ctx, const Tensor& x) = 0;
+  // Accumulates into its params' grads; returns dL/dx (undefined for token inputs).
+  virtual Tensor backward(Context& ctx, const Tensor& dy) = 0;
+  virtual void collect_params(std::vector<Param*>& out) = 0;
+};
+
+}  // namespace weft

@@ -1,0 +1,50 @@
+// Optimizer (family optimizer) and learning-rate schedule (family lr_schedule).
+// Optimizers update flat ranges elementwise, so a data-parallel strategy
+// (ddp, zero1) can hand them any contiguous slice of the parameters.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "weft/backend.hpp"
+#include "weft/options.hpp"
+#include "weft/plugin.hpp"
+
+namespace weft {
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  // fp32 state tensors per parameter element (AdamW: m and v = 2).
+  virtual int state_slots() const = 0;
+  virtual double base_lr() const = 0;
+  virtual double clip_grad_norm() const = 0;  // 0: no clipping
+  // p[n] -= update(g[n], state[slot][n]); `decay` is false for biases and norm weights.
+  virtual void update(Backend& backend, float* p, const float* g, float* const* state, int64_t n,
+                      double lr, bool decay, int64_t step) = 0;
+};
+
+class LrSchedule {
+ public:
+  virtual ~LrSchedule() = default;
+  virtual double lr(int64_t step) const = 0;  // step counts from 1
+};
+
+struct LrEnv {
+  double base_lr = 0;
+  int64_t total_steps = 0;
+};
+
+template <>
+struct FamilyTraits<Optimizer> {
+  static constexpr const char* kName = "optimizer";
+  using Factory = std::function<std::unique_ptr<Optimizer>(const Options&)>;
+};
+
+template <>
+struct FamilyTraits<LrSchedule> {
+  static constexpr const char* kName = "lr_schedule";
+  using Factory = std::function<std::unique_ptr<LrSchedule>(const Options&, const LrEnv&)>;
+};
+
+}  // namespace weft
