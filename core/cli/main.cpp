@@ -1,1 +1,106 @@
-int main() { return 0; }
+// weft: train, check, plugins, eval, generate. Refused input (weft::Error,
+// usage errors) prints one line and exits 2; anything else exits 1.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+#include <spdlog/spdlog.h>
+
+#include "commands.hpp"
+#include "logging.hpp"
+#include "weft/error.hpp"
+
+namespace {
+
+int run(int argc, char** argv) {
+  CLI::App app{"weft: train transformer language models from TOML recipes", "weft"};
+  app.set_version_flag("--version", std::string("weft ") + WEFT_VERSION + " (plugin ABI " +
+                                        std::to_string(weft::kAbiVersion) + ")");
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  app.require_subcommand(1);
+
+  weft::cli::RecipeArgs recipe_args;
+  auto add_recipe = [&](CLI::App* sub) {
+    sub->add_option("recipe", recipe_args.recipe, "recipe TOML file")->required();
+    sub->add_option("--set", recipe_args.overrides, "override a recipe value: section.key=value (repeatable)")
+        ->take_all();
+  };
+
+  CLI::App* train = app.add_subcommand("train", "train a model from a recipe");
+  add_recipe(train);
+  bool resume = false;
+  std::string resume_dir;
+  train->add_option("--resume", resume_dir, "resume from DIR, or from the latest checkpoint when DIR is omitted")
+      ->expected(0, 1)
+      ->each([&](const std::string&) { resume = true; });
+  train->add_flag_callback("--resume-latest", [&] { resume = true; }, "resume from the latest checkpoint");
+
+  CLI::App* check = app.add_subcommand("check", "validate a recipe; print it resolved, the layout, "
+                                                 "the parameter count and a per-rank memory estimate");
+  add_recipe(check);
+
+  CLI::App* plugins = app.add_subcommand("plugins", "list plugins, or one plugin's options");
+  std::string plugin_name;
+  plugins->add_option("name", plugin_name, "plugin name (or family/name)");
+
+  CLI::App* eval = app.add_subcommand("eval", "mean loss of a checkpoint over a text file");
+  std::string checkpoint, text_file;
+  eval->add_option("--checkpoint", checkpoint, "checkpoint directory (or a run's out_dir)")->required();
+  eval->add_option("--text", text_file, "text file")->required();
+
+  CLI::App* generate = app.add_subcommand("generate", "sample text from a checkpoint");
+  std::string prompt;
+  int tokens = 200, top_k = 40;
+  double temperature = 0.8;
+  long long seed = 1234;
+  generate->add_option("--checkpoint", checkpoint, "checkpoint directory (or a run's out_dir)")->required();
+  generate->add_option("--prompt", prompt, "prompt text")->required();
+  generate->add_option("--tokens", tokens, "tokens to generate")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  generate->add_option("--temperature", temperature, "sampling temperature (0 = greedy)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 100.0));
+  generate->add_option("--top-k", top_k, "sample from the k most likely tokens (0 = all)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 30));
+  generate->add_option("--seed", seed, "sampling seed")->capture_default_str();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string what = e.what();
+    std::fprintf(stderr, "weft: error: %s (see weft --help)\n", what.c_str());
+    return 2;
+  }
+
+  weft::setup_logging(log_level);
+  if (train->parsed()) return weft::cli::cmd_train(recipe_args, resume, resume_dir);
+  if (check->parsed()) return weft::cli::cmd_check(recipe_args);
+  if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);
+  if (eval->parsed()) return weft::cli::cmd_eval(checkpoint, text_file);
+  if (generate->parsed()) return weft::cli::cmd_generate(checkpoint, prompt, tokens, temperature, top_k, seed);
+  return 2;
+}
+
+std::string one_line(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const weft::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "weft: error: %s\n", one_line(e.what()).c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "weft: internal error: %s\n", one_line(e.what()).c_str());
+    return 1;
+  }
+}

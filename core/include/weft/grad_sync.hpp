@@ -39,6 +39,9 @@ class DataParallel {
   // makes params consistent on every dp rank.
   virtual void step(double lr, double grad_scale, int64_t step) = 0;
   virtual int64_t optimizer_state_bytes() const = 0;
+  // For estimates before anything is allocated: the share of the optimizer
+  // state one rank of a dp group of this size keeps (ddp 1, zero1 1/dp).
+  virtual double optimizer_state_share(int dp) const = 0;
   // Optimizer state by logical parameter for checkpoints: slot s of param p.
   virtual void read_state(const Param& param, int slot, float* out) = 0;
   virtual void write_state(const Param& param, int slot, const float* in) = 0;

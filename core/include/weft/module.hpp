@@ -48,7 +48,8 @@ class Context {
   std::vector<Tensor>& saved(const void* owner) { return saved_.at(owner); }
   void release(const void* owner) { saved_.erase(owner); }
 
-  Tensor targets;  // [B,T] int32, read by the loss
+  Tensor targets;  // [B,T] int32, read by the loss; undefined: the head returns logits [B,T,Vp]
+  float dloss_scale = 1.f;  // dL/d(per-token loss): 1 / tokens of the global batch
   // Called when a parameter's gradient is final for this step (last microbatch),
   // so data-parallel reduction can start while backward goes on.
   std::function<void(Param&)> on_grad_ready;

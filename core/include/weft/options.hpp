@@ -36,6 +36,7 @@ struct OptionSpec {
   std::optional<double> max;
   bool required = false;
   bool is_path = false;            // String/StringList: paths relative to the recipe file
+  std::optional<int64_t> auto_value;  // Int: the string "auto" stands for this value
 };
 using OptionSchema = std::vector<OptionSpec>;
 

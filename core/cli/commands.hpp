@@ -1,0 +1,31 @@
+// The `weft` subcommands. Each returns the process exit code; weft::Error
+// escaping them is printed as one line by main() and exits 2.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "loader.hpp"
+
+namespace weft::cli {
+
+// Registry with every plugin the default search path finds; refusals are kept in `scan`.
+struct Plugins {
+  Registry registry;
+  PluginScan scan;
+};
+void load_default_plugins(Plugins& plugins);
+
+struct RecipeArgs {
+  std::string recipe;
+  std::vector<std::string> overrides;  // --set section.key=value
+};
+
+int cmd_plugins(const std::string& name);
+int cmd_check(const RecipeArgs& args);
+int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir);
+int cmd_eval(const std::string& checkpoint, const std::string& text_file);
+int cmd_generate(const std::string& checkpoint, const std::string& prompt, int tokens, double temperature,
+                 int top_k, long long seed);
+
+}  // namespace weft::cli

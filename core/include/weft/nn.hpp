@@ -1,0 +1,169 @@
+// nn building blocks: Linear, Embedding, LayerNorm, causal self-attention, MLP
+// and the pre-LN transformer Block. Each is a Module with explicit
+// forward/backward; every kernel goes through weft::Backend, so the same
+// modules run on any backend. Activations that backward needs are saved in the
+// Context under the module's address (several microbatches may be in flight),
+// never in members. Gradients accumulate into Param::grad.
+//
+// Params are declared (name, shapes, init) in constructors but not allocated:
+// materialize_params (weft/params.hpp) gives them views into flat buffers.
+//
+// Letters: B batch, T time, C channels, H heads, N = B*T rows.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "weft/layers.hpp"
+#include "weft/module.hpp"
+
+namespace weft::nn {
+
+// Declares a parameter without allocating it (data/grad stay undefined).
+// `shard` selects this rank's slice: shape = full_shape with full_shape[dim] / count at dim.
+Param make_param(std::string name, Shape full_shape, InitKind init, float init_std, bool weight_decay,
+                 ShardSpec shard = {});
+
+// Tells ctx.on_grad_ready that `param`'s gradient is final, when this is the
+// last microbatch of the step and a hook is set.
+void grad_ready(Context& ctx, Param& param);
+
+// y[..., out] = x[..., in] W^T + b; weight [out, in] as in PyTorch.
+// Params "<name>.weight" [out, in] (Normal, init_std), "<name>.bias" [out] (Zeros).
+class Linear : public Module {
+ public:
+  explicit Linear(const LinearSpec& spec);
+  Linear(std::string name, int64_t in, int64_t out, bool bias = true, float init_std = 0.02f);
+
+  Tensor forward(Context& ctx, const Tensor& x) override;    // x [..., in] -> [..., out]
+  Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [..., out] -> dx [..., in]
+  void collect_params(std::vector<Param*>& out) override;
+
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  Param& weight() { return weight_; }
+  Param* bias() { return has_bias_ ? &bias_ : nullptr; }
+
+ private:
+  int64_t in_, out_;
+  bool has_bias_;
+  Param weight_;  // [out, in]
+  Param bias_;    // [out] (unused when !has_bias_)
+};
+
+// Token embedding: ids [B,T] int32 -> [B,T,C]. Param "<name>.weight" [num, C].
+// backward accumulates into the table and returns an undefined tensor.
+class Embedding : public Module {
+ public:
+  Embedding(std::string name, int64_t num, int64_t dim, float init_std = 0.02f);
+
+  Tensor forward(Context& ctx, const Tensor& ids) override;  // ids [B,T] i32 -> [B,T,C]
+  Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [B,T,C] -> undefined
+  void collect_params(std::vector<Param*>& out) override;
+
+  int64_t num() const { return num_; }
+  int64_t dim() const { return dim_; }
+  Param& weight() { return weight_; }
+
+ private:
+  int64_t num_, dim_;
+  Param weight_;  // [num, C]
+};
+
+// LayerNorm over the last dim. Params "<name>.weight" [C] (Ones), "<name>.bias" [C] (Zeros),
+// neither weight-decayed.
+class LayerNorm : public Module {
+ public:
+  LayerNorm(std::string name, int64_t dim, float eps = 1e-5f);
+
+  Tensor forward(Context& ctx, const Tensor& x) override;    // x [..., C] -> [..., C]
+  Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [..., C] -> dx [..., C]
+  void collect_params(std::vector<Param*>& out) override;
+
+  int64_t dim() const { return dim_; }
+  Param& weight() { return weight_; }
+  Param& bias() { return bias_; }
+
+ private:
+  int64_t dim_;
+  float eps_;
+  Param weight_;  // [C]
+  Param bias_;    // [C]
+};
+
+// Builds plain (unsharded) Linears: the tp = 1 layer provider.
+class SerialLayerProvider : public LayerProvider {
+ public:
+  std::unique_ptr<Module> column_linear(const LinearSpec& spec) override;
+  std::unique_ptr<Module> row_linear(const LinearSpec& spec) override;
+  int tp_size() const override { return 1; }
+};
+
+// Causal multi-head self-attention: qkv = column_linear(C -> 3C) "<name>.qkv",
+// the backend's fused attention, proj = row_linear(C -> C) "<name>.proj".
+// The qkv outputs are q (C) | k (C) | v (C), heads contiguous inside each.
+// The local width is read from the qkv output, so a column-sharded qkv works
+// with the heads of this rank.
+class CausalSelfAttention : public Module {
+ public:
+  CausalSelfAttention(std::string name, int64_t dim, int64_t heads, LayerProvider& layers,
+                      float init_std = 0.02f, float proj_init_std = 0.02f);
+
+  Tensor forward(Context& ctx, const Tensor& x) override;    // x [B,T,C] -> [B,T,C]
+  Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [B,T,C] -> dx [B,T,C]
+  void collect_params(std::vector<Param*>& out) override;
+
+  Module& qkv() { return *qkv_; }
+  Module& proj() { return *proj_; }
+
+ private:
+  int64_t dim_, heads_;
+  std::unique_ptr<Module> qkv_;   // C -> 3C
+  std::unique_ptr<Module> proj_;  // C -> C
+};
+
+// MLP: fc = column_linear(C -> 4C) "<name>.fc", GeLU (tanh), proj = row_linear(4C -> C) "<name>.proj".
+class MLP : public Module {
+ public:
+  MLP(std::string name, int64_t dim, LayerProvider& layers, float init_std = 0.02f,
+      float proj_init_std = 0.02f, int64_t hidden_mult = 4);
+
+  Tensor forward(Context& ctx, const Tensor& x) override;    // x [..., C] -> [..., C]
+  Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [..., C] -> dx [..., C]
+  void collect_params(std::vector<Param*>& out) override;
+
+  Module& fc() { return *fc_; }
+  Module& proj() { return *proj_; }
+
+ private:
+  std::unique_ptr<Module> fc_;    // C -> 4C
+  std::unique_ptr<Module> proj_;  // 4C -> C
+};
+
+// Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)).
+// Params in order: <name>.ln1.*, <name>.attn.qkv.*, <name>.attn.proj.*, <name>.ln2.*,
+// <name>.mlp.fc.*, <name>.mlp.proj.*.
+class Block : public Module {
+ public:
+  Block(std::string name, int64_t dim, int64_t heads, LayerProvider& layers, float init_std = 0.02f,
+        float proj_init_std = 0.02f);
+
+  Tensor forward(Context& ctx, const Tensor& x) override;    // x [B,T,C] -> [B,T,C]
+  Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [B,T,C] -> dx [B,T,C]
+  void collect_params(std::vector<Param*>& out) override;
+
+  LayerNorm& ln1() { return ln1_; }
+  CausalSelfAttention& attn() { return attn_; }
+  LayerNorm& ln2() { return ln2_; }
+  MLP& mlp() { return mlp_; }
+
+ private:
+  LayerNorm ln1_;
+  CausalSelfAttention attn_;
+  LayerNorm ln2_;
+  MLP mlp_;
+};
+
+}  // namespace weft::nn

@@ -1,0 +1,32 @@
+// Materialising parameters: one flat fp32 param buffer and one flat grad
+// buffer per rank, every Param::data/grad a view into them, values drawn from
+// the counter-based RNG keyed by (seed, logical name, logical element index)
+// so every parallel layout holds exactly the same numbers (DESIGN §5).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "weft/backend.hpp"
+#include "weft/grad_sync.hpp"
+#include "weft/module.hpp"
+
+namespace weft {
+
+// Logical (full-tensor, row-major) index of local element `local` of `param`'s shard.
+int64_t logical_index(const Param& param, int64_t local);
+
+// Fills `out[0 .. numel(param.shape))` with the initial values of this rank's
+// shard: Normal -> normal01(seed, name_key(name), logical index) * init_std,
+// Zeros -> 0, Ones -> 1.
+void init_param_host(const Param& param, uint64_t seed, float* out);
+
+// Allocates the flat buffers (MemCategory::Param / Grad, params in the given
+// order, no padding), points every param's data/grad at its view, initialises
+// the data (grads are zero). The Params must outlive the returned FlatParams.
+FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed);
+
+// Sets every gradient to exactly 0 (also clears inf/nan).
+void zero_grads(FlatParams& flat, Backend& backend);
+
+}  // namespace weft

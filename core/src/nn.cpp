@@ -1,0 +1,333 @@
+#include "weft/nn.hpp"
+
+#include <utility>
+
+#include "weft/error.hpp"
+
+namespace weft::nn {
+
+namespace {
+
+float* f32(const Tensor& t) { return t.data<float>(); }
+
+void check_f32(const Tensor& t, int64_t last_dim, const char* what) {
+  WEFT_ASSERT(t.defined(), std::string(what) + ": undefined tensor");
+  WEFT_ASSERT(t.dtype() == DType::F32, std::string(what) + ": expected f32, got " + dtype_name(t.dtype()));
+  WEFT_ASSERT(!t.shape().empty() && t.dim(-1) == last_dim,
+              std::string(what) + ": expected last dim " + std::to_string(last_dim) + ", got " +
+                  shape_str(t.shape()));
+}
+
+Shape with_last(Shape shape, int64_t last) {
+  shape.back() = last;
+  return shape;
+}
+
+}  // namespace
+
+Param make_param(std::string name, Shape full_shape, InitKind init, float init_std, bool weight_decay,
+                 ShardSpec shard) {
+  Param p;
+  p.name = std::move(name);
+  p.shape = full_shape;
+  if (shard.dim >= 0) {
+    WEFT_ASSERT(shard.dim < static_cast<int>(full_shape.size()), p.name + ": shard dim out of range");
+    WEFT_ASSERT(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count,
+                p.name + ": bad shard index/count");
+    WEFT_ASSERT(full_shape[shard.dim] % shard.count == 0,
+                p.name + ": dim " + std::to_string(shard.dim) + " of " + shape_str(full_shape) +
+                    " does not split into " + std::to_string(shard.count));
+    p.shape[shard.dim] = full_shape[shard.dim] / shard.count;
+  }
+  p.full_shape = std::move(full_shape);
+  p.shard = shard;
+  p.init = init;
+  p.init_std = init_std;
+  p.weight_decay = weight_decay;
+  return p;
+}
+
+void grad_ready(Context& ctx, Param& param) {
+  if (ctx.last_microbatch && ctx.on_grad_ready) ctx.on_grad_ready(param);
+}
+
+// ---------------------------------------------------------------- Linear
+
+Linear::Linear(const LinearSpec& spec) : Linear(spec.name, spec.in, spec.out, spec.bias, spec.init_std) {}
+
+Linear::Linear(std::string name, int64_t in, int64_t out, bool bias, float init_std)
+    : in_(in), out_(out), has_bias_(bias) {
+  WEFT_ASSERT(in > 0 && out > 0, name + ": Linear needs positive sizes");
+  weight_ = make_param(name + ".weight", {out, in}, InitKind::Normal, init_std, true);
+  if (has_bias_) bias_ = make_param(name + ".bias", {out}, InitKind::Zeros, 0.f, false);
+}
+
+Tensor Linear::forward(Context& ctx, const Tensor& x) {
+  check_f32(x, in_, "Linear input");
+  Backend& be = ctx.backend();
+  const int64_t n = x.numel() / in_;
+  Tensor y = be.alloc(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);  // [..., out]
+  if (n > 0) {
+    GemmArgs g;  // y[N,out] = x[N,in] @ W[out,in]^T
+    g.trans_b = true;
+    g.m = n, g.n = out_, g.k = in_;
+    g.a = f32(x), g.lda = in_;
+    g.b = f32(weight_.data), g.ldb = in_;
+    g.c = f32(y), g.ldc = out_;
+    be.gemm(g);
+    if (has_bias_) be.add_bias(f32(y), f32(bias_.data), n, out_);
+  }
+  ctx.save(this, {x});
+  return y;
+}
+
+Tensor Linear::backward(Context& ctx, const Tensor& dy) {
+  check_f32(dy, out_, "Linear dy");
+  Backend& be = ctx.backend();
+  Tensor x = ctx.saved(this)[0];  // [..., in]
+  const int64_t n = dy.numel() / out_;
+  WEFT_ASSERT(n * in_ == x.numel(), "Linear dy " + shape_str(dy.shape()) + " does not match input " +
+                                        shape_str(x.shape()));
+  Tensor dx = be.alloc(x.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
+  if (n > 0) {
+    GemmArgs gw;  // dW[out,in] += dy[N,out]^T @ x[N,in]
+    gw.trans_a = true;
+    gw.m = out_, gw.n = in_, gw.k = n;
+    gw.a = f32(dy), gw.lda = out_;
+    gw.b = f32(x), gw.ldb = in_;
+    gw.c = f32(weight_.grad), gw.ldc = in_;
+    gw.beta = 1.f;
+    be.gemm(gw);
+    if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_);
+
+    GemmArgs gx;  // dx[N,in] = dy[N,out] @ W[out,in]
+    gx.m = n, gx.n = in_, gx.k = out_;
+    gx.a = f32(dy), gx.lda = out_;
+    gx.b = f32(weight_.data), gx.ldb = in_;
+    gx.c = f32(dx), gx.ldc = in_;
+    be.gemm(gx);
+  }
+  ctx.release(this);
+  grad_ready(ctx, weight_);
+  if (has_bias_) grad_ready(ctx, bias_);
+  return dx;
+}
+
+void Linear::collect_params(std::vector<Param*>& out) {
+  out.push_back(&weight_);
+  if (has_bias_) out.push_back(&bias_);
+}
+
+// ---------------------------------------------------------------- Embedding
+
+Embedding::Embedding(std::string name, int64_t num, int64_t dim, float init_std) : num_(num), dim_(dim) {
+  WEFT_ASSERT(num > 0 && dim > 0, name + ": Embedding needs positive sizes");
+  weight_ = make_param(name + ".weight", {num, dim}, InitKind::Normal, init_std, true);
+}
+
+Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
+  WEFT_ASSERT(ids.defined() && ids.dtype() == DType::I32, "Embedding input must be i32 token ids");
+  Backend& be = ctx.backend();
+  Shape shape = ids.shape();
+  shape.push_back(dim_);
+  Tensor y = be.alloc(shape, DType::F32, MemCategory::Activation);  // [B,T,C]
+  if (ids.numel() > 0) be.embedding_forward(f32(y), ids.data<int32_t>(), f32(weight_.data), ids.numel(), dim_);
+  ctx.save(this, {ids});
+  return y;
+}
+
+Tensor Embedding::backward(Context& ctx, const Tensor& dy) {
+  check_f32(dy, dim_, "Embedding dy");
+  Tensor ids = ctx.saved(this)[0];  // [B,T]
+  WEFT_ASSERT(dy.numel() == ids.numel() * dim_, "Embedding dy does not match ids");
+  if (ids.numel() > 0)
+    ctx.backend().embedding_backward(f32(weight_.grad), ids.data<int32_t>(), f32(dy), ids.numel(), dim_);
+  ctx.release(this);
+  grad_ready(ctx, weight_);
+  return Tensor();
+}
+
+void Embedding::collect_params(std::vector<Param*>& out) { out.push_back(&weight_); }
+
+// ---------------------------------------------------------------- LayerNorm
+
+LayerNorm::LayerNorm(std::string name, int64_t dim, float eps) : dim_(dim), eps_(eps) {
+  WEFT_ASSERT(dim > 0, name + ": LayerNorm needs a positive size");
+  weight_ = make_param(name + ".weight", {dim}, InitKind::Ones, 0.f, false);
+  bias_ = make_param(name + ".bias", {dim}, InitKind::Zeros, 0.f, false);
+}
+
+Tensor LayerNorm::forward(Context& ctx, const Tensor& x) {
+  check_f32(x, dim_, "LayerNorm input");
+  Backend& be = ctx.backend();
+  const int64_t n = x.numel() / dim_;
+  Tensor y = be.alloc(x.shape(), DType::F32, MemCategory::Activation);  // [..., C]
+  Tensor mean = be.alloc({n}, DType::F32, MemCategory::Activation);     // [N]
+  Tensor rstd = be.alloc({n}, DType::F32, MemCategory::Activation);     // [N]
+  if (n > 0)
+    be.layernorm_forward(f32(y), f32(mean), f32(rstd), f32(x), f32(weight_.data), f32(bias_.data), n, dim_,
+                         eps_);
+  ctx.save(this, {x, mean, rstd});
+  return y;
+}
+
+Tensor LayerNorm::backward(Context& ctx, const Tensor& dy) {
+  check_f32(dy, dim_, "LayerNorm dy");
+  Backend& be = ctx.backend();
+  auto& saved = ctx.saved(this);
+  Tensor x = saved[0], mean = saved[1], rstd = saved[2];
+  WEFT_ASSERT(dy.numel() == x.numel(), "LayerNorm dy does not match input");
+  const int64_t n = x.numel() / dim_;
+  Tensor dx = be.alloc(x.shape(), DType::F32, MemCategory::Workspace);  // [..., C], zero-filled
+  if (n > 0)
+    be.layernorm_backward(f32(dx), f32(weight_.grad), f32(bias_.grad), f32(dy), f32(x), f32(weight_.data),
+                          f32(mean), f32(rstd), n, dim_);
+  ctx.release(this);
+  grad_ready(ctx, weight_);
+  grad_ready(ctx, bias_);
+  return dx;
+}
+
+void LayerNorm::collect_params(std::vector<Param*>& out) {
+  out.push_back(&weight_);
+  out.push_back(&bias_);
+}
+
+// ---------------------------------------------------------------- SerialLayerProvider
+
+std::unique_ptr<Module> SerialLayerProvider::column_linear(const LinearSpec& spec) {
+  return std::make_unique<Linear>(spec);
+}
+
+std::unique_ptr<Module> SerialLayerProvider::row_linear(const LinearSpec& spec) {
+  return std::make_unique<Linear>(spec);
+}
+
+// ---------------------------------------------------------------- CausalSelfAttention
+
+CausalSelfAttention::CausalSelfAttention(std::string name, int64_t dim, int64_t heads, LayerProvider& layers,
+                                         float init_std, float proj_init_std)
+    : dim_(dim), heads_(heads) {
+  WEFT_ASSERT(dim > 0 && heads > 0 && dim % heads == 0,
+              name + ": channels " + std::to_string(dim) + " not divisible by heads " + std::to_string(heads));
+  qkv_ = layers.column_linear(LinearSpec{name + ".qkv", dim, 3 * dim, true, init_std});
+  proj_ = layers.row_linear(LinearSpec{name + ".proj", dim, dim, true, proj_init_std});
+}
+
+Tensor CausalSelfAttention::forward(Context& ctx, const Tensor& x) {
+  WEFT_ASSERT(x.shape().size() == 3, "attention input must be [B,T,C], got " + shape_str(x.shape()));
+  Backend& be = ctx.backend();
+  const int64_t b = x.dim(0), t = x.dim(1);
+  Tensor qkv = qkv_->forward(ctx, x);  // [B,T,3c], c = this rank's share of C
+  WEFT_ASSERT(qkv.dim(-1) % 3 == 0, "attention qkv width must be a multiple of 3");
+  const int64_t c = qkv.dim(-1) / 3;
+  WEFT_ASSERT((heads_ * c) % dim_ == 0, "attention qkv width does not hold whole heads");
+  const int64_t h = heads_ * c / dim_;
+  Tensor out = be.alloc({b, t, c}, DType::F32, MemCategory::Activation);  // [B,T,c]
+  Tensor lse = be.alloc({b, h, t}, DType::F32, MemCategory::Activation);  // [B,h,T]
+  if (b * t > 0) be.attention_forward(f32(out), f32(lse), f32(qkv), b, t, c, h);
+  ctx.save(this, {qkv, out, lse});
+  return proj_->forward(ctx, out);  // [B,T,C]
+}
+
+Tensor CausalSelfAttention::backward(Context& ctx, const Tensor& dy) {
+  Backend& be = ctx.backend();
+  Tensor dqkv;  // [B,T,3c]
+  {
+    Tensor dout = proj_->backward(ctx, dy);  // [B,T,c]
+    auto& saved = ctx.saved(this);
+    const Tensor& qkv = saved[0];  // [B,T,3c]
+    const Tensor& out = saved[1];  // [B,T,c]
+    const Tensor& lse = saved[2];  // [B,h,T]
+    const int64_t b = qkv.dim(0), t = qkv.dim(1), c = qkv.dim(2) / 3, h = lse.dim(1);
+    WEFT_ASSERT(dout.numel() == out.numel(), "attention dy does not match its output");
+    dqkv = be.alloc(qkv.shape(), DType::F32, MemCategory::Workspace);
+    if (b * t > 0) be.attention_backward(f32(dqkv), f32(dout), f32(qkv), f32(out), f32(lse), b, t, c, h);
+    ctx.release(this);
+  }
+  return qkv_->backward(ctx, dqkv);  // [B,T,C]
+}
+
+void CausalSelfAttention::collect_params(std::vector<Param*>& out) {
+  qkv_->collect_params(out);
+  proj_->collect_params(out);
+}
+
+// ---------------------------------------------------------------- MLP
+
+MLP::MLP(std::string name, int64_t dim, LayerProvider& layers, float init_std, float proj_init_std,
+         int64_t hidden_mult) {
+  WEFT_ASSERT(dim > 0 && hidden_mult > 0, name + ": MLP needs positive sizes");
+  fc_ = layers.column_linear(LinearSpec{name + ".fc", dim, hidden_mult * dim, true, init_std});
+  proj_ = layers.row_linear(LinearSpec{name + ".proj", hidden_mult * dim, dim, true, proj_init_std});
+}
+
+Tensor MLP::forward(Context& ctx, const Tensor& x) {
+  Backend& be = ctx.backend();
+  Tensor h = fc_->forward(ctx, x);                                      // [..., 4c]
+  Tensor a = be.alloc(h.shape(), DType::F32, MemCategory::Activation);  // [..., 4c] = gelu(h)
+  if (h.numel() > 0) be.gelu_forward(f32(a), f32(h), h.numel());
+  ctx.save(this, {h});
+  return proj_->forward(ctx, a);  // [..., C]
+}
+
+Tensor MLP::backward(Context& ctx, const Tensor& dy) {
+  Backend& be = ctx.backend();
+  Tensor da = proj_->backward(ctx, dy);  // [..., 4c]
+  Tensor h = ctx.saved(this)[0];
+  WEFT_ASSERT(da.numel() == h.numel(), "MLP gradient does not match its hidden activation");
+  Tensor dh = be.alloc(h.shape(), DType::F32, MemCategory::Workspace);  // [..., 4c]
+  if (h.numel() > 0) be.gelu_backward(f32(dh), f32(h), f32(da), h.numel());
+  ctx.release(this);
+  h = Tensor();
+  da = Tensor();
+  return fc_->backward(ctx, dh);  // [..., C]
+}
+
+void MLP::collect_params(std::vector<Param*>& out) {
+  fc_->collect_params(out);
+  proj_->collect_params(out);
+}
+
+// ---------------------------------------------------------------- Block
+
+Block::Block(std::string name, int64_t dim, int64_t heads, LayerProvider& layers, float init_std,
+             float proj_init_std)
+    : ln1_(name + ".ln1", dim),
+      attn_(name + ".attn", dim, heads, layers, init_std, proj_init_std),
+      ln2_(name + ".ln2", dim),
+      mlp_(name + ".mlp", dim, layers, init_std, proj_init_std) {}
+
+Tensor Block::forward(Context& ctx, const Tensor& x) {
+  Backend& be = ctx.backend();
+  Tensor x2 = be.alloc(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x + attn(ln1(x))
+  {
+    Tensor a = attn_.forward(ctx, ln1_.forward(ctx, x));
+    be.add(f32(x2), f32(x), f32(a), x.numel());
+  }
+  Tensor y = be.alloc(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x2 + mlp(ln2(x2))
+  {
+    Tensor m = mlp_.forward(ctx, ln2_.forward(ctx, x2));
+    be.add(f32(y), f32(x2), f32(m), x.numel());
+  }
+  return y;
+}
+
+Tensor Block::backward(Context& ctx, const Tensor& dy) {
+  Backend& be = ctx.backend();
+  // dx2 = dy + ln2'(mlp'(dy)); ln2's dx is a fresh tensor, so the residual adds in place.
+  Tensor dx2 = ln2_.backward(ctx, mlp_.backward(ctx, dy));
+  be.accumulate(f32(dx2), f32(dy), dy.numel());
+  Tensor dx = ln1_.backward(ctx, attn_.backward(ctx, dx2));
+  be.accumulate(f32(dx), f32(dx2), dx2.numel());
+  return dx;
+}
+
+void Block::collect_params(std::vector<Param*>& out) {
+  ln1_.collect_params(out);
+  attn_.collect_params(out);
+  ln2_.collect_params(out);
+  mlp_.collect_params(out);
+}
+
+}  // namespace weft::nn

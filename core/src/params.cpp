@@ -1,0 +1,110 @@
+#include "weft/params.hpp"
+
+#include <algorithm>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "weft/error.hpp"
+#include "weft/rng.hpp"
+
+namespace weft {
+
+namespace {
+
+void check_layout(const Param& p) {
+  WEFT_ASSERT(p.shard.dim < 0 || p.shard.count >= 1, p.name + ": shard count must be >= 1");
+  WEFT_ASSERT(p.shape.size() == p.full_shape.size(),
+              p.name + ": shard shape " + shape_str(p.shape) + " vs full " + shape_str(p.full_shape));
+  for (size_t d = 0; d < p.shape.size(); ++d) {
+    const bool split = static_cast<int>(d) == p.shard.dim;
+    const int64_t want = split ? p.full_shape[d] / p.shard.count : p.full_shape[d];
+    WEFT_ASSERT(p.shape[d] == want && (!split || p.full_shape[d] % p.shard.count == 0),
+                p.name + ": shard shape " + shape_str(p.shape) + " does not match full " +
+                    shape_str(p.full_shape) + " split " + std::to_string(p.shard.count) + " ways on dim " +
+                    std::to_string(p.shard.dim));
+  }
+  WEFT_ASSERT(p.shard.dim < 0 || (p.shard.index >= 0 && p.shard.index < p.shard.count),
+              p.name + ": shard index out of range");
+}
+
+}  // namespace
+
+int64_t logical_index(const Param& p, int64_t local) {
+  if (p.shard.dim < 0 || p.shard.count == 1) return local;
+  const size_t dim = static_cast<size_t>(p.shard.dim);
+  int64_t inner = 1;  // elements per step along `dim` (same locally and logically)
+  for (size_t d = dim + 1; d < p.shape.size(); ++d) inner *= p.shape[d];
+  const int64_t local_dim = p.shape[dim], full_dim = p.full_shape[dim];
+  const int64_t outer = local / (local_dim * inner);
+  const int64_t rest = local % (local_dim * inner);
+  const int64_t i = rest / inner, j = rest % inner;
+  return (outer * full_dim + p.shard.index * local_dim + i) * inner + j;
+}
+
+void init_param_host(const Param& p, uint64_t seed, float* out) {
+  check_layout(p);
+  const int64_t n = shape_numel(p.shape);
+  if (p.init != InitKind::Normal) {
+    std::fill(out, out + n, p.init == InitKind::Ones ? 1.f : 0.f);
+    return;
+  }
+  const uint64_t key = name_key(p.name);
+  const float scale = p.init_std;
+  auto fill = [&](int64_t lo, int64_t hi) {
+    for (int64_t e = lo; e < hi; ++e)
+      out[e] = normal01(seed, key, static_cast<uint64_t>(logical_index(p, e))) * scale;
+  };
+  const int64_t kChunk = int64_t(1) << 16;
+  const int64_t workers = std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()),
+                                            (n + kChunk - 1) / kChunk);
+  if (workers <= 1) {
+    fill(0, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t per = (n + workers - 1) / workers;
+  for (int64_t w = 0; w < workers; ++w)
+    pool.emplace_back(fill, std::min(n, w * per), std::min(n, (w + 1) * per));
+  for (auto& t : pool) t.join();
+}
+
+FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed) {
+  FlatParams flat;
+  std::set<const Param*> seen_ptr;
+  std::set<std::string> seen_name;
+  for (Param* p : params) {
+    WEFT_ASSERT(p != nullptr, "materialize_params: null param");
+    WEFT_ASSERT(seen_ptr.insert(p).second, p->name + ": listed twice");
+    WEFT_ASSERT(seen_name.insert(p->name).second, p->name + ": two params with this name");
+    check_layout(*p);
+    flat.params.push_back(p);
+    flat.offsets.push_back(flat.numel);
+    flat.numel += shape_numel(p->shape);
+  }
+  flat.data = backend.alloc({flat.numel}, DType::F32, MemCategory::Param);
+  flat.grad = backend.alloc({flat.numel}, DType::F32, MemCategory::Grad);
+  std::vector<float> host;
+  for (size_t i = 0; i < flat.params.size(); ++i) {
+    Param& p = *flat.params[i];
+    p.data = flat.data.view(flat.offsets[i], p.shape);
+    p.grad = flat.grad.view(flat.offsets[i], p.shape);
+    host.resize(static_cast<size_t>(p.data.numel()));
+    init_param_host(p, seed, host.data());
+    if (!host.empty()) backend.copy_from_host(p.data, host.data());
+  }
+  return flat;
+}
+
+void zero_grads(FlatParams& flat, Backend& backend) {
+  if (flat.numel == 0) return;
+  // Copy from a zero-filled workspace chunk: unlike scale(0), this also clears inf/nan.
+  const int64_t chunk = std::min<int64_t>(flat.numel, int64_t(1) << 22);
+  Tensor zeros = backend.alloc({chunk}, DType::F32, MemCategory::Workspace);
+  for (int64_t off = 0; off < flat.numel; off += chunk) {
+    const int64_t len = std::min(chunk, flat.numel - off);
+    backend.copy(flat.grad.view(off, {len}), zeros.view(0, {len}));
+  }
+}
+
+}  // namespace weft

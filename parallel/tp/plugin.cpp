@@ -1,0 +1,16 @@
+// Registers the "megatron" tensor_parallel plugin.
+#include "megatron.hpp"
+#include "weft/plugin.hpp"
+
+namespace {
+
+void register_tp(weft::Registry& registry) {
+  registry.add<weft::LayerProvider>(
+      "megatron", weft::tp::megatron_schema(),
+      "Megatron-style tensor parallelism: column/row-parallel Linears over the tp group (tensor = 1 in this build)",
+      &weft::tp::make_megatron);
+}
+
+}  // namespace
+
+WEFT_PLUGIN("tensor_parallel", "megatron", "0.1.0", register_tp)

@@ -1,0 +1,162 @@
+#include "text_dataset.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "weft/error.hpp"
+#include "weft/rng.hpp"
+
+namespace weft {
+
+namespace {
+
+bool is_blank_line(std::string_view line) {
+  for (char c : line)
+    if (c != ' ' && c != '\t' && c != '\r' && c != '\f' && c != '\v') return false;
+  return true;
+}
+
+bool is_percent_line(std::string_view line) {
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  return line == "%";
+}
+
+// Reads at most `limit` bytes (limit < 0: all) of `path`; throws via Options::fail.
+std::string read_file(const Options& options, const std::string& path, int64_t limit) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    options.fail("files", "'" + path + "' is a directory, not a text file");
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) options.fail("files", "cannot open '" + path + "': " + std::strerror(errno));
+  std::string text;
+  char buf[1 << 16];
+  while (limit < 0 || static_cast<int64_t>(text.size()) < limit) {
+    size_t want = sizeof buf;
+    if (limit >= 0) want = std::min<size_t>(want, static_cast<size_t>(limit - static_cast<int64_t>(text.size())));
+    size_t got = std::fread(buf, 1, want, f);
+    text.append(buf, got);
+    if (got < want) break;
+  }
+  bool failed = std::ferror(f) != 0;
+  int err = errno;
+  std::fclose(f);
+  if (failed) options.fail("files", "cannot read '" + path + "': " + std::strerror(err));
+  return text;
+}
+
+DocumentSplit parse_split(const std::string& name) {
+  if (name == "blank-line") return DocumentSplit::BlankLine;
+  if (name == "percent-line") return DocumentSplit::PercentLine;
+  return DocumentSplit::File;
+}
+
+// Stream of the shuffle's Philox counter: a fixed tag plus the epoch.
+const uint64_t kShuffleStream = name_key("weft.data.text.shuffle");
+
+}  // namespace
+
+std::vector<std::string_view> split_documents(std::string_view text, DocumentSplit mode) {
+  std::vector<std::string_view> docs;
+  if (mode == DocumentSplit::File) {
+    if (!text.empty()) docs.push_back(text);
+    return docs;
+  }
+  size_t doc_begin = std::string_view::npos;  // start of the current document
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    size_t end = nl == std::string_view::npos ? text.size() : nl + 1;  // past the line's newline
+    std::string_view line = text.substr(pos, (nl == std::string_view::npos ? text.size() : nl) - pos);
+    bool separator = mode == DocumentSplit::BlankLine ? is_blank_line(line) : is_percent_line(line);
+    if (separator) {
+      if (doc_begin != std::string_view::npos) docs.push_back(text.substr(doc_begin, pos - doc_begin));
+      doc_begin = std::string_view::npos;
+    } else if (doc_begin == std::string_view::npos) {
+      doc_begin = pos;
+    }
+    pos = end;
+  }
+  if (doc_begin != std::string_view::npos) docs.push_back(text.substr(doc_begin));
+  return docs;
+}
+
+std::vector<int64_t> seeded_permutation(int64_t n, uint64_t seed, int64_t epoch) {
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) perm[static_cast<size_t>(k)] = k;
+  for (int64_t j = n - 1; j > 0; --j) {
+    uint32_t r[4];
+    philox4x32(seed, kShuffleStream + static_cast<uint64_t>(epoch), static_cast<uint64_t>(j), r);
+    uint64_t x = (static_cast<uint64_t>(r[0]) << 32) | r[1];
+    int64_t pick = static_cast<int64_t>(x % static_cast<uint64_t>(j + 1));  // bias < 2^-40
+    std::swap(perm[static_cast<size_t>(j)], perm[static_cast<size_t>(pick)]);
+  }
+  return perm;
+}
+
+OptionSchema TextDataset::schema() {
+  return {
+      required(opt_paths("files", {}, "text files to train on (relative to the recipe file)")),
+      opt_string("documents", "file",
+                 "how files split into documents: file, blank-line, or percent-line (fortune files)",
+                 {"file", "blank-line", "percent-line"}),
+      opt_int("max_bytes", 0, "read at most this many bytes over all files (0 = all)", 0),
+  };
+}
+
+TextDataset::TextDataset(const Options& options, const DatasetEnv& env)
+    : seq_length_(env.seq_length), seed_(env.seed) {
+  if (!env.tokenizer) throw Error("data.text: no tokenizer was configured");
+  if (seq_length_ <= 0)
+    throw Error("data.text: seq_length must be positive, got " + std::to_string(seq_length_));
+  const std::vector<std::string>& files = options.get_strings("files");
+  if (files.empty()) options.fail("files", "no text files given");
+  const DocumentSplit mode = parse_split(options.get_string("documents"));
+  const int64_t max_bytes = options.get_int("max_bytes");
+  if (max_bytes < 0) options.fail("max_bytes", "must be >= 0 (0 = all)");
+
+  const int32_t eot = env.tokenizer->eot();
+  int64_t bytes_left = max_bytes > 0 ? max_bytes : -1;
+  for (const std::string& path : files) {
+    if (bytes_left == 0) break;
+    std::string text = read_file(options, path, bytes_left);
+    if (bytes_left > 0) bytes_left -= static_cast<int64_t>(text.size());
+    for (std::string_view doc : split_documents(text, mode)) {
+      std::vector<int32_t> ids = env.tokenizer->encode(std::string(doc));
+      tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+      tokens_.push_back(eot);
+      ++documents_;
+    }
+  }
+
+  const int64_t n = static_cast<int64_t>(tokens_.size());
+  if (n < seq_length_ + 1) {
+    options.fail("files", "the corpus has " + std::to_string(n) + " tokens (" + std::to_string(documents_) +
+                              " documents from " + std::to_string(files.size()) + " file(s), first '" +
+                              files.front() + "'); one sample needs seq_length + 1 = " +
+                              std::to_string(seq_length_ + 1) + " tokens");
+  }
+  size_ = (n - 1) / seq_length_;
+}
+
+std::shared_ptr<const std::vector<int64_t>> TextDataset::order(int64_t epoch) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int s = 0; s < 2; ++s)
+    if (cached_epoch_[s] == epoch) return cached_order_[s];
+  auto perm = std::make_shared<const std::vector<int64_t>>(seeded_permutation(size_, seed_, epoch));
+  cached_epoch_[next_slot_] = epoch;
+  cached_order_[next_slot_] = perm;
+  next_slot_ ^= 1;
+  return perm;
+}
+
+void TextDataset::sample(int64_t i, int32_t* tokens) const {
+  WEFT_ASSERT(i >= 0, "data.text: negative sample index " + std::to_string(i));
+  const int64_t epoch = i / size_;
+  const int64_t k = (*order(epoch))[static_cast<size_t>(i % size_)];
+  const int32_t* src = tokens_.data() + k * seq_length_;
+  std::memcpy(tokens, src, static_cast<size_t>(seq_length_ + 1) * sizeof(int32_t));
+}
+
+}  // namespace weft

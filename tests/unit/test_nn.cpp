@@ -1,0 +1,700 @@
+// nn building blocks, parameter materialisation, the GPT model and the tp=1
+// layer provider, on the CPU backend. Backward passes are checked against
+// central finite differences of a scalar objective sum(y * r) (r fixed random).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cpu_backend.hpp"
+#include "gpt.hpp"
+#include "megatron.hpp"
+#include "weft/error.hpp"
+#include "weft/nn.hpp"
+#include "weft/params.hpp"
+#include "weft/rng.hpp"
+
+using namespace weft;
+
+namespace {
+
+constexpr uint64_t kTestSeed = 20240611;
+
+std::vector<float> to_host(Backend& be, const Tensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  if (!v.empty()) be.copy_to_host(v.data(), t);
+  return v;
+}
+
+Tensor to_device(Backend& be, const Shape& shape, const std::vector<float>& v) {
+  Tensor t = be.alloc(shape, DType::F32, MemCategory::Workspace);
+  EXPECT_EQ(static_cast<size_t>(t.numel()), v.size());
+  if (!v.empty()) be.copy_from_host(t, v.data());
+  return t;
+}
+
+Tensor ids_to_device(Backend& be, const Shape& shape, const std::vector<int32_t>& v) {
+  Tensor t = be.alloc(shape, DType::I32, MemCategory::Workspace);
+  EXPECT_EQ(static_cast<size_t>(t.numel()), v.size());
+  if (!v.empty()) be.copy_from_host(t, v.data());
+  return t;
+}
+
+std::vector<float> randn(size_t n, uint64_t stream, float scale) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = normal01(kTestSeed, stream, i) * scale;
+  return v;
+}
+
+// Replaces the init values with random ones so that every term of every
+// gradient matters (LayerNorm weights 1 + noise, biases noise, weights N(0, scale)).
+void randomize(const std::vector<Param*>& params, Backend& be, float scale) {
+  uint64_t stream = 1000;
+  for (Param* p : params) {
+    auto v = randn(static_cast<size_t>(p->data.numel()), stream++, scale);
+    if (p->init == InitKind::Ones)
+      for (float& x : v) x = 1.f + 0.5f * x;
+    be.copy_from_host(p->data, v.data());
+  }
+}
+
+std::vector<int64_t> sample_indices(int64_t n, int k, uint64_t stream) {
+  std::set<int64_t> s;
+  if (n <= k) {
+    for (int64_t i = 0; i < n; ++i) s.insert(i);
+  } else {
+    s.insert(0);
+    s.insert(n - 1);
+    for (uint64_t j = 0; static_cast<int>(s.size()) < k; ++j)
+      s.insert(std::min<int64_t>(n - 1, static_cast<int64_t>(uniform01(kTestSeed, stream, j) * n)));
+  }
+  return {s.begin(), s.end()};
+}
+
+Options options_from(const OptionSchema& schema, const std::string& section,
+                     const std::map<std::string, OptValue>& overrides = {}) {
+  std::map<std::string, Options::Entry> entries;
+  for (const auto& spec : schema) entries[spec.key] = Options::Entry{spec.default_value, {}};
+  for (const auto& [k, v] : overrides) entries[k] = Options::Entry{v, SourcePos{"test.toml", 3, 1}};
+  return Options(section, std::move(entries));
+}
+
+// A chain of layers run as one network: forward in order, backward in reverse.
+struct Net {
+  Backend& be;
+  std::vector<Module*> layers;
+  Tensor targets;          // set for a model whose last layer is a loss
+  float dloss_scale = 1.f;
+  std::vector<float> r;    // weights of the objective sum(y * r)
+
+  Tensor forward(Context& ctx, const Tensor& x) {
+    Tensor h = x;
+    for (Module* m : layers) h = m->forward(ctx, h);
+    return h;
+  }
+  Context make_ctx() {
+    Context ctx(be, 0);
+    ctx.targets = targets;
+    ctx.dloss_scale = dloss_scale;
+    return ctx;
+  }
+  double objective(const Tensor& x) {
+    Context ctx = make_ctx();
+    auto y = to_host(be, forward(ctx, x));
+    if (r.empty()) {
+      // A loss layer starts backward from dloss_scale: the objective is dloss_scale * sum(losses).
+      r = targets.defined() ? std::vector<float>(y.size(), dloss_scale) : randn(y.size(), 77, 1.f);
+    }
+    double f = 0;
+    for (size_t i = 0; i < y.size(); ++i) f += static_cast<double>(y[i]) * r[i];
+    return f;
+  }
+  // Forward + backward (accumulating into the grads); returns dL/dx on the host (empty for ids).
+  std::vector<float> backward(const Tensor& x) {
+    Context ctx = make_ctx();
+    Tensor y = forward(ctx, x);
+    Tensor d = to_device(be, y.shape(), r);
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) d = (*it)->backward(ctx, d);
+    return d.defined() ? to_host(be, d) : std::vector<float>{};
+  }
+};
+
+struct Tolerance {
+  double rel = 2e-2;
+  double abs = 1e-3;
+};
+
+void expect_close(double analytic, double numeric, const Tolerance& tol, const std::string& what) {
+  const double bound = tol.rel * std::max(std::abs(analytic), std::abs(numeric)) + tol.abs;
+  EXPECT_NEAR(analytic, numeric, bound) << what;
+}
+
+// Checks the input gradient (when x is f32) and a sample of every param's gradient.
+void check_gradients(Net& net, Tensor x, const std::vector<Param*>& params, FlatParams& flat, float eps,
+                     int samples, Tolerance tol = {}) {
+  Backend& be = net.be;
+  net.objective(x);  // fixes r
+  zero_grads(flat, be);
+  const std::vector<float> dx = net.backward(x);
+  uint64_t stream = 500;
+
+  if (x.dtype() == DType::F32) {
+    ASSERT_EQ(dx.size(), static_cast<size_t>(x.numel()));
+    auto xh = to_host(be, x);
+    for (int64_t i : sample_indices(x.numel(), samples, stream++)) {
+      const float orig = xh[i];
+      xh[i] = orig + eps;
+      be.copy_from_host(x, xh.data());
+      const double fp = net.objective(x);
+      xh[i] = orig - eps;
+      be.copy_from_host(x, xh.data());
+      const double fm = net.objective(x);
+      xh[i] = orig;
+      be.copy_from_host(x, xh.data());
+      expect_close(dx[i], (fp - fm) / (2.0 * eps), tol, "input[" + std::to_string(i) + "]");
+    }
+  } else {
+    EXPECT_TRUE(dx.empty()) << "token inputs have no gradient";
+  }
+
+  for (Param* p : params) {
+    const auto g = to_host(be, p->grad);
+    auto d = to_host(be, p->data);
+    for (int64_t i : sample_indices(p->data.numel(), samples, stream++)) {
+      const float orig = d[i];
+      d[i] = orig + eps;
+      be.copy_from_host(p->data, d.data());
+      const double fp = net.objective(x);
+      d[i] = orig - eps;
+      be.copy_from_host(p->data, d.data());
+      const double fm = net.objective(x);
+      d[i] = orig;
+      be.copy_from_host(p->data, d.data());
+      expect_close(g[i], (fp - fm) / (2.0 * eps), tol, p->name + "[" + std::to_string(i) + "]");
+    }
+  }
+}
+
+std::vector<Param*> params_of(Module& m) {
+  std::vector<Param*> out;
+  m.collect_params(out);
+  return out;
+}
+
+gpt::GptConfig tiny_gpt_config() {
+  gpt::GptConfig c;
+  c.layers = 2;
+  c.hidden = 12;
+  c.heads = 3;
+  c.seq_length = 5;
+  c.vocab = 11;
+  c.padded_vocab = 16;
+  c.init_std = 0.02f;
+  return c;
+}
+
+class NnTest : public ::testing::Test {
+ protected:
+  CpuBackend be{2};
+  nn::SerialLayerProvider serial;
+};
+
+// ---------------------------------------------------------------- Linear
+
+TEST_F(NnTest, LinearForwardMatchesReference) {
+  nn::Linear lin("lin", 5, 4);
+  auto params = params_of(lin);
+  ASSERT_EQ(params.size(), 2u);
+  EXPECT_EQ(params[0]->name, "lin.weight");
+  EXPECT_EQ(params[0]->full_shape, (Shape{4, 5}));
+  EXPECT_EQ(params[1]->name, "lin.bias");
+  EXPECT_FALSE(params[1]->weight_decay);
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.5f);
+  auto w = to_host(be, params[0]->data), b = to_host(be, params[1]->data);
+  auto xh = randn(2 * 3 * 5, 1, 1.f);
+  Tensor x = to_device(be, {2, 3, 5}, xh);
+  Context ctx(be, 0);
+  Tensor y = lin.forward(ctx, x);
+  EXPECT_EQ(y.shape(), (Shape{2, 3, 4}));
+  auto yh = to_host(be, y);
+  for (int n = 0; n < 6; ++n)
+    for (int o = 0; o < 4; ++o) {
+      double ref = b[o];
+      for (int i = 0; i < 5; ++i) ref += static_cast<double>(xh[n * 5 + i]) * w[o * 5 + i];
+      EXPECT_NEAR(yh[n * 4 + o], ref, 1e-5) << n << "," << o;
+    }
+}
+
+TEST_F(NnTest, LinearBackwardMatchesFiniteDifferences) {
+  nn::Linear lin("lin", 5, 4);
+  auto params = params_of(lin);
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.5f);
+  Tensor x = to_device(be, {2, 3, 5}, randn(30, 2, 1.f));
+  Net net{be, {&lin}};
+  check_gradients(net, x, params, flat, 1e-3f, 12);
+}
+
+TEST_F(NnTest, LinearWithoutBiasMatchesFiniteDifferences) {
+  nn::Linear lin("lin", 6, 3, /*bias=*/false);
+  auto params = params_of(lin);
+  ASSERT_EQ(params.size(), 1u);
+  EXPECT_EQ(lin.bias(), nullptr);
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.5f);
+  Tensor x = to_device(be, {4, 6}, randn(24, 3, 1.f));
+  Net net{be, {&lin}};
+  check_gradients(net, x, params, flat, 1e-3f, 12);
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+TEST_F(NnTest, LayerNormMatchesFiniteDifferences) {
+  nn::LayerNorm ln("ln", 8);
+  auto params = params_of(ln);
+  ASSERT_EQ(params.size(), 2u);
+  EXPECT_EQ(params[0]->name, "ln.weight");
+  EXPECT_EQ(params[0]->init, InitKind::Ones);
+  EXPECT_FALSE(params[0]->weight_decay);
+  EXPECT_EQ(params[1]->name, "ln.bias");
+  EXPECT_EQ(params[1]->init, InitKind::Zeros);
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.5f);
+  Tensor x = to_device(be, {2, 3, 8}, randn(48, 4, 1.f));
+  Net net{be, {&ln}};
+  check_gradients(net, x, params, flat, 1e-3f, 16);
+}
+
+// ---------------------------------------------------------------- Embedding
+
+TEST_F(NnTest, EmbeddingMatchesFiniteDifferences) {
+  nn::Embedding emb("emb", 7, 4);
+  auto params = params_of(emb);
+  ASSERT_EQ(params.size(), 1u);
+  EXPECT_EQ(params[0]->name, "emb.weight");
+  EXPECT_EQ(params[0]->full_shape, (Shape{7, 4}));
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.5f);
+  // Repeated ids: their gradients must add up.
+  Tensor ids = ids_to_device(be, {2, 3}, {3, 1, 3, 6, 0, 3});
+  {
+    Context ctx(be, 0);
+    auto y = to_host(be, emb.forward(ctx, ids));
+    auto table = to_host(be, params[0]->data);
+    EXPECT_EQ(y[1 * 4 + 2], table[1 * 4 + 2]);
+    EXPECT_EQ(y[3 * 4 + 0], table[6 * 4 + 0]);
+  }
+  Net net{be, {&emb}};
+  check_gradients(net, ids, params, flat, 1e-3f, 28);
+}
+
+// ---------------------------------------------------------------- attention, MLP, Block
+
+TEST_F(NnTest, AttentionMatchesFiniteDifferences) {
+  nn::CausalSelfAttention attn("attn", 12, 3, serial, 0.02f, 0.01f);
+  auto params = params_of(attn);
+  ASSERT_EQ(params.size(), 4u);
+  EXPECT_EQ(params[0]->name, "attn.qkv.weight");
+  EXPECT_EQ(params[0]->full_shape, (Shape{36, 12}));
+  EXPECT_EQ(params[2]->name, "attn.proj.weight");
+  EXPECT_FLOAT_EQ(params[2]->init_std, 0.01f);
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.4f);
+  Tensor x = to_device(be, {2, 5, 12}, randn(120, 5, 1.f));
+  Net net{be, {&attn}};
+  check_gradients(net, x, params, flat, 1e-3f, 16);
+}
+
+TEST_F(NnTest, AttentionIsCausal) {
+  nn::CausalSelfAttention attn("attn", 8, 2, serial);
+  auto params = params_of(attn);
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.4f);
+  auto xh = randn(1 * 4 * 8, 6, 1.f);
+  Context c1(be, 0), c2(be, 1);
+  auto y1 = to_host(be, attn.forward(c1, to_device(be, {1, 4, 8}, xh)));
+  for (int i = 3 * 8; i < 4 * 8; ++i) xh[i] += 1.f;  // change only the last position
+  auto y2 = to_host(be, attn.forward(c2, to_device(be, {1, 4, 8}, xh)));
+  for (int i = 0; i < 3 * 8; ++i) EXPECT_EQ(y1[i], y2[i]) << i;
+  bool last_changed = false;
+  for (int i = 3 * 8; i < 4 * 8; ++i) last_changed |= y1[i] != y2[i];
+  EXPECT_TRUE(last_changed);
+}
+
+TEST_F(NnTest, MlpMatchesFiniteDifferences) {
+  nn::MLP mlp("mlp", 8, serial);
+  auto params = params_of(mlp);
+  ASSERT_EQ(params.size(), 4u);
+  EXPECT_EQ(params[0]->name, "mlp.fc.weight");
+  EXPECT_EQ(params[0]->full_shape, (Shape{32, 8}));
+  EXPECT_EQ(params[2]->name, "mlp.proj.weight");
+  EXPECT_EQ(params[2]->full_shape, (Shape{8, 32}));
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.4f);
+  Tensor x = to_device(be, {2, 3, 8}, randn(48, 7, 1.f));
+  Net net{be, {&mlp}};
+  check_gradients(net, x, params, flat, 1e-3f, 16);
+}
+
+TEST_F(NnTest, BlockMatchesFiniteDifferences) {
+  nn::Block block("blk", 12, 3, serial);
+  auto params = params_of(block);
+  ASSERT_EQ(params.size(), 12u);
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.3f);
+  Tensor x = to_device(be, {2, 4, 12}, randn(96, 8, 1.f));
+  Net net{be, {&block}};
+  check_gradients(net, x, params, flat, 1e-3f, 12);
+}
+
+// ---------------------------------------------------------------- GPT
+
+struct GptBatch {
+  Tensor ids, targets;
+};
+
+GptBatch tiny_batch(Backend& be, uint64_t stream, int64_t b = 2, int64_t t = 5, int64_t v = 11) {
+  std::vector<int32_t> ids(static_cast<size_t>(b * t)), tg(static_cast<size_t>(b * t));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<int32_t>(uniform01(kTestSeed, stream, i) * v);
+    tg[i] = static_cast<int32_t>(uniform01(kTestSeed, stream + 1, i) * v);
+  }
+  return {ids_to_device(be, {b, t}, ids), ids_to_device(be, {b, t}, tg)};
+}
+
+TEST_F(NnTest, GptParamNamesAndShapes) {
+  gpt::GptModel model(tiny_gpt_config(), nullptr);
+  const int64_t C = 12;
+  std::vector<std::pair<std::string, Shape>> want = {{"wte.weight", {16, C}}, {"wpe.weight", {5, C}}};
+  for (int i = 0; i < 2; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    std::vector<std::pair<std::string, Shape>> blk = {
+        {b + "ln1.weight", {C}},         {b + "ln1.bias", {C}},
+        {b + "attn.qkv.weight", {3 * C, C}}, {b + "attn.qkv.bias", {3 * C}},
+        {b + "attn.proj.weight", {C, C}},    {b + "attn.proj.bias", {C}},
+        {b + "ln2.weight", {C}},         {b + "ln2.bias", {C}},
+        {b + "mlp.fc.weight", {4 * C, C}},   {b + "mlp.fc.bias", {4 * C}},
+        {b + "mlp.proj.weight", {C, 4 * C}}, {b + "mlp.proj.bias", {C}}};
+    want.insert(want.end(), blk.begin(), blk.end());
+  }
+  want.push_back({"lnf.weight", {C}});
+  want.push_back({"lnf.bias", {C}});
+
+  auto params = model.params();
+  ASSERT_EQ(params.size(), want.size());
+  int64_t total = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const Param& p = *params[i];
+    EXPECT_EQ(p.name, want[i].first);
+    EXPECT_EQ(p.full_shape, want[i].second) << p.name;
+    EXPECT_EQ(p.shape, want[i].second) << p.name;
+    EXPECT_FALSE(p.data.defined()) << p.name << " must not be allocated before materialize_params";
+    const bool is_bias = p.name.ends_with(".bias");
+    const bool is_norm = p.name.find("ln") != std::string::npos;
+    EXPECT_EQ(p.weight_decay, !(is_bias || is_norm)) << p.name;
+    if (is_bias) EXPECT_EQ(p.init, InitKind::Zeros) << p.name;
+    else if (is_norm) EXPECT_EQ(p.init, InitKind::Ones) << p.name;
+    else {
+      EXPECT_EQ(p.init, InitKind::Normal) << p.name;
+      const bool residual = p.name.ends_with("attn.proj.weight") || p.name.ends_with("mlp.proj.weight");
+      EXPECT_FLOAT_EQ(p.init_std, residual ? 0.02f / 2.f : 0.02f) << p.name;  // sqrt(2*L) = 2
+    }
+    total += shape_numel(p.full_shape);
+  }
+  const ModelSummary s = model.summary();
+  EXPECT_EQ(s.params, total);
+  EXPECT_EQ(s.flops_per_token, 6 * (total - 5 * C) + 6 * 2 * 5 * C);
+  EXPECT_EQ(s.seq_length, 5);
+  EXPECT_EQ(s.vocab, 11);
+  EXPECT_EQ(s.padded_vocab, 16);
+  EXPECT_GT(s.act_bytes_per_sample, 0);
+  EXPECT_EQ(model.layers().size(), 4u);  // embedding, 2 blocks, head
+}
+
+TEST_F(NnTest, GptOptions) {
+  const OptionSchema schema = gpt::gpt_schema();
+  gpt::GptConfig c = gpt::gpt_config(options_from(schema, "model"), 50257);
+  EXPECT_EQ(c.layers, 2);
+  EXPECT_EQ(c.hidden, 128);
+  EXPECT_EQ(c.heads, 4);
+  EXPECT_EQ(c.seq_length, 64);
+  EXPECT_FLOAT_EQ(c.init_std, 0.02f);
+  EXPECT_EQ(c.vocab, 50257);
+  EXPECT_EQ(c.padded_vocab, 50304);
+  c = gpt::gpt_config(options_from(schema, "model", {{"vocab_pad_multiple", int64_t(16)}}), 11);
+  EXPECT_EQ(c.padded_vocab, 16);
+  c = gpt::gpt_config(options_from(schema, "model", {{"vocab_pad_multiple", int64_t(1)}}), 11);
+  EXPECT_EQ(c.padded_vocab, 11);
+  try {
+    gpt::gpt_config(options_from(schema, "model", {{"hidden", int64_t(130)}}), 256);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("hidden 130 is not divisible by heads 4"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("heads"), std::string::npos) << msg;
+  }
+  // The plugin factory builds the model through the environment's provider.
+  ModelEnv env;
+  env.vocab_size = 11;
+  auto model = gpt::make_gpt(
+      options_from(schema, "model", {{"hidden", int64_t(8)}, {"heads", int64_t(2)}, {"seq_length", int64_t(4)}}),
+      env);
+  EXPECT_EQ(model->summary().padded_vocab, 64);
+  EXPECT_EQ(model->params().front()->full_shape, (Shape{64, 8}));
+}
+
+TEST_F(NnTest, GptEmbeddingAndLogits) {
+  gpt::GptModel model(tiny_gpt_config(), nullptr);
+  auto params = model.params();
+  FlatParams flat = materialize_params(params, be, kTestSeed);
+  randomize(params, be, 0.3f);
+  GptBatch batch = tiny_batch(be, 11);
+  std::vector<int32_t> ids(10), tg(10);
+  be.copy_to_host(ids.data(), batch.ids);
+  be.copy_to_host(tg.data(), batch.targets);
+
+  // Layer 0: x[b,t] = wte[id] + wpe[t].
+  {
+    Context ctx(be, 0);
+    auto x = to_host(be, model.embedding().forward(ctx, batch.ids));
+    auto wte = to_host(be, model.embedding().wte().data), wpe = to_host(be, model.embedding().wpe().data);
+    for (int n = 0; n < 10; ++n)
+      for (int c = 0; c < 12; ++c)
+        EXPECT_FLOAT_EQ(x[n * 12 + c], wte[ids[n] * 12 + c] + wpe[(n % 5) * 12 + c]);
+  }
+  // Without targets the head returns logits [B,T,Vp]; with targets, their cross entropy.
+  std::vector<float> logits, losses;
+  {
+    Net net{be, model.layers()};
+    Context ctx(be, 0);
+    Tensor out = net.forward(ctx, batch.ids);
+    EXPECT_EQ(out.shape(), (Shape{2, 5, 16}));
+    logits = to_host(be, out);
+  }
+  {
+    Net net{be, model.layers()};
+    Context ctx(be, 0);
+    ctx.targets = batch.targets;
+    Tensor out = net.forward(ctx, batch.ids);
+    EXPECT_EQ(out.shape(), (Shape{2, 5}));
+    losses = to_host(be, out);
+  }
+  for (int n = 0; n < 10; ++n) {
+    double mx = -1e30, sum = 0;
+    for (int v = 0; v < 11; ++v) mx = std::max(mx, static_cast<double>(logits[n * 16 + v]));
+    for (int v = 0; v < 11; ++v) sum += std::exp(logits[n * 16 + v] - mx);
+    const double ref = std::log(sum) + mx - logits[n * 16 + tg[n]];
+    EXPECT_NEAR(losses[n], ref, 1e-4) << n;
+  }
+}
+
+TEST_F(NnTest, GptLossMatchesFiniteDifferences) {
+  gpt::GptModel model(tiny_gpt_config(), nullptr);
+  auto params = model.params();
+  FlatParams flat = materialize_params(params, be, kTestSeed);
+  randomize(params, be, 0.3f);
+  GptBatch batch = tiny_batch(be, 21);
+  Net net{be, model.layers(), batch.targets, 1.f};
+  check_gradients(net, batch.ids, params, flat, 1e-3f, 6);
+}
+
+TEST_F(NnTest, GradientsAccumulateOverMicrobatches) {
+  gpt::GptModel model(tiny_gpt_config(), nullptr);
+  auto params = model.params();
+  FlatParams flat = materialize_params(params, be, kTestSeed);
+  randomize(params, be, 0.3f);
+  GptBatch a = tiny_batch(be, 31), b = tiny_batch(be, 41);
+  const float scale = 1.f / 20.f;
+  const MemStats before = be.mem_stats();
+
+  auto run_alone = [&](const GptBatch& mb) {
+    zero_grads(flat, be);
+    Net net{be, model.layers(), mb.targets, scale};
+    net.objective(mb.ids);
+    net.backward(mb.ids);
+    return to_host(be, flat.grad);
+  };
+  const auto ga = run_alone(a), gb = run_alone(b);
+
+  // Both microbatches in flight: forward a, forward b, backward a, backward b (last).
+  zero_grads(flat, be);
+  std::map<std::string, std::vector<float>> at_ready;
+  {
+    Net net{be, model.layers()};
+    Context ca(be, 0), cb(be, 1);
+    ca.targets = a.targets;
+    cb.targets = b.targets;
+    ca.dloss_scale = cb.dloss_scale = scale;
+    ca.last_microbatch = false;
+    cb.last_microbatch = true;
+    auto hook = [&](Param& p) {
+      EXPECT_EQ(at_ready.count(p.name), 0u) << p.name << " reported twice";
+      at_ready[p.name] = to_host(be, p.grad);
+    };
+    ca.on_grad_ready = hook;
+    cb.on_grad_ready = hook;
+    Tensor la = net.forward(ca, a.ids);
+    Tensor lb = net.forward(cb, b.ids);
+    Tensor d;
+    for (auto it = net.layers.rbegin(); it != net.layers.rend(); ++it) d = (*it)->backward(ca, d);
+    EXPECT_TRUE(at_ready.empty()) << "no param is ready before the last microbatch";
+    for (auto it = net.layers.rbegin(); it != net.layers.rend(); ++it) d = (*it)->backward(cb, d);
+  }
+  const auto g = to_host(be, flat.grad);
+  for (size_t i = 0; i < g.size(); ++i)
+    ASSERT_NEAR(g[i], ga[i] + gb[i], 1e-5 * (std::abs(ga[i]) + std::abs(gb[i])) + 1e-7) << i;
+
+  // Every param reported once, with its final gradient.
+  EXPECT_EQ(at_ready.size(), params.size());
+  for (Param* p : params) {
+    ASSERT_EQ(at_ready.count(p->name), 1u) << p->name;
+    EXPECT_EQ(at_ready[p->name], to_host(be, p->grad)) << p->name << " reported before its gradient was final";
+  }
+  // Saved activations and workspaces were all released.
+  const MemStats after = be.mem_stats();
+  EXPECT_EQ(after.current[static_cast<int>(MemCategory::Activation)],
+            before.current[static_cast<int>(MemCategory::Activation)]);
+  EXPECT_EQ(after.current[static_cast<int>(MemCategory::Workspace)],
+            before.current[static_cast<int>(MemCategory::Workspace)]);
+}
+
+// ---------------------------------------------------------------- materialize_params
+
+// Logical index of local element e, computed independently of params.cpp.
+int64_t reference_logical(const Param& p, int64_t e) {
+  const size_t nd = p.shape.size();
+  std::vector<int64_t> idx(nd);
+  for (size_t d = nd; d-- > 0;) {
+    idx[d] = e % p.shape[d];
+    e /= p.shape[d];
+  }
+  if (p.shard.dim >= 0) idx[p.shard.dim] += p.shard.index * p.shape[p.shard.dim];
+  int64_t l = 0;
+  for (size_t d = 0; d < nd; ++d) l = l * p.full_shape[d] + idx[d];
+  return l;
+}
+
+TEST_F(NnTest, MaterializeIsLayoutInvariant) {
+  for (const Shape& full : {Shape{6, 8}, Shape{4, 6, 5}}) {
+    Param whole = nn::make_param("blocks.0.attn.qkv.weight", full, InitKind::Normal, 0.5f, true);
+    FlatParams fw = materialize_params({&whole}, be, 7);
+    const auto ref = to_host(be, whole.data);
+    for (int dim = 0; dim < static_cast<int>(full.size()); ++dim) {
+      for (int count : {2, static_cast<int>(full[dim])}) {
+        if (full[dim] % count) continue;
+        for (int index = 0; index < count; ++index) {
+          Param part = nn::make_param("blocks.0.attn.qkv.weight", full, InitKind::Normal, 0.5f, true,
+                                      ShardSpec{dim, index, count});
+          EXPECT_EQ(part.shape[dim], full[dim] / count);
+          FlatParams fp = materialize_params({&part}, be, 7);
+          const auto got = to_host(be, part.data);
+          for (int64_t e = 0; e < part.data.numel(); ++e) {
+            EXPECT_EQ(logical_index(part, e), reference_logical(part, e));
+            ASSERT_EQ(got[e], ref[reference_logical(part, e)])
+                << shape_str(full) << " dim " << dim << " shard " << index << "/" << count << " elem " << e;
+          }
+        }
+      }
+    }
+  }
+  // Another seed or name gives other numbers.
+  Param a = nn::make_param("x", {16}, InitKind::Normal, 1.f, true);
+  Param b = nn::make_param("y", {16}, InitKind::Normal, 1.f, true);
+  FlatParams fa = materialize_params({&a}, be, 7);
+  FlatParams fb = materialize_params({&b}, be, 7);
+  EXPECT_NE(to_host(be, a.data), to_host(be, b.data));
+  const auto a7 = to_host(be, a.data);
+  FlatParams fa8 = materialize_params({&a}, be, 8);
+  EXPECT_NE(to_host(be, a.data), a7);
+}
+
+TEST_F(NnTest, MaterializeLayoutAndInitStatistics) {
+  Param w = nn::make_param("big.weight", {256, 384}, InitKind::Normal, 0.02f, true);
+  Param ones = nn::make_param("n.weight", {100}, InitKind::Ones, 0.f, false);
+  Param zeros = nn::make_param("n.bias", {100}, InitKind::Zeros, 0.f, false);
+  const MemStats before = be.mem_stats();
+  FlatParams flat = materialize_params({&w, &ones, &zeros}, be, 3);
+  const MemStats after = be.mem_stats();
+  const int64_t numel = 256 * 384 + 200;
+  EXPECT_EQ(flat.numel, numel);
+  EXPECT_EQ(flat.offsets, (std::vector<int64_t>{0, 256 * 384, 256 * 384 + 100}));
+  EXPECT_EQ(flat.params, (std::vector<Param*>{&w, &ones, &zeros}));
+  EXPECT_EQ(after.current[static_cast<int>(MemCategory::Param)] - before.current[static_cast<int>(MemCategory::Param)],
+            numel * 4);
+  EXPECT_EQ(after.current[static_cast<int>(MemCategory::Grad)] - before.current[static_cast<int>(MemCategory::Grad)],
+            numel * 4);
+  // Views into the flat buffers.
+  EXPECT_EQ(ones.data.data<float>(), flat.data.data<float>() + 256 * 384);
+  EXPECT_EQ(zeros.grad.data<float>(), flat.grad.data<float>() + 256 * 384 + 100);
+  EXPECT_EQ(w.data.shape(), (Shape{256, 384}));
+
+  for (float v : to_host(be, ones.data)) ASSERT_EQ(v, 1.f);
+  for (float v : to_host(be, zeros.data)) ASSERT_EQ(v, 0.f);
+  for (float v : to_host(be, flat.grad)) ASSERT_EQ(v, 0.f);
+  const auto wv = to_host(be, w.data);
+  double s = 0, s2 = 0;
+  for (float v : wv) s += v, s2 += static_cast<double>(v) * v;
+  const double mean = s / wv.size(), sd = std::sqrt(s2 / wv.size() - mean * mean);
+  EXPECT_NEAR(sd, 0.02, 0.002);
+  EXPECT_NEAR(mean, 0.0, 0.001);
+  EXPECT_EQ(wv[5], normal01(3, name_key("big.weight"), 5) * 0.02f);
+
+  // zero_grads clears everything, inf and nan included.
+  std::vector<float> junk(static_cast<size_t>(numel), 3.f);
+  junk[1] = std::numeric_limits<float>::infinity();
+  junk[7] = std::numeric_limits<float>::quiet_NaN();
+  be.copy_from_host(flat.grad, junk.data());
+  zero_grads(flat, be);
+  for (float v : to_host(be, flat.grad)) ASSERT_EQ(v, 0.f);
+}
+
+// ---------------------------------------------------------------- tensor_parallel "megatron"
+
+TEST_F(NnTest, MegatronProviderBuildsPlainLinearsAtTp1) {
+  const Options opts = options_from(tp::megatron_schema(), "parallel.tensor_parallel");
+  ParallelEnv env;  // null topology: tp = 1
+  auto provider = tp::make_megatron(opts, env);
+  EXPECT_EQ(provider->tp_size(), 1);
+  auto col = provider->column_linear(LinearSpec{"blocks.0.attn.qkv", 8, 24, true, 0.02f});
+  auto row = provider->row_linear(LinearSpec{"blocks.0.attn.proj", 8, 8, true, 0.01f});
+  auto* lin = dynamic_cast<nn::Linear*>(col.get());
+  ASSERT_NE(lin, nullptr);
+  EXPECT_EQ(lin->weight().name, "blocks.0.attn.qkv.weight");
+  EXPECT_EQ(lin->weight().full_shape, (Shape{24, 8}));
+  ASSERT_NE(dynamic_cast<nn::Linear*>(row.get()), nullptr);
+
+  Topology topo;
+  topo.sizes.tp = 1;
+  env.topology = &topo;
+  EXPECT_EQ(tp::make_megatron(opts, env)->tp_size(), 1);
+
+  // A GPT built through it has the same params as a serial one.
+  gpt::GptModel a(tiny_gpt_config(), provider.get()), b(tiny_gpt_config(), nullptr);
+  ASSERT_EQ(a.params().size(), b.params().size());
+  for (size_t i = 0; i < a.params().size(); ++i) EXPECT_EQ(a.params()[i]->name, b.params()[i]->name);
+}
+
+TEST_F(NnTest, MegatronProviderRefusesTpAbove1) {
+  const Options opts = options_from(tp::megatron_schema(), "parallel.tensor_parallel",
+                                    {{"sequence_parallel", true}});
+  Topology topo;
+  topo.sizes.tp = 2;
+  ParallelEnv env;
+  env.topology = &topo;
+  try {
+    tp::make_megatron(opts, env);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(),
+                 "parallel.tensor: tensor parallelism across 2 ranks is not available in this build (tensor = 1 only)");
+  }
+}
+
+}  // namespace
