@@ -1,6 +1,19 @@
+// `weft train RECIPE [--set k=v]... [--resume [DIR]]`.
 #include "commands.hpp"
+#include "runtime.hpp"
+#include "trainer.hpp"
+
 namespace weft::cli {
-int cmd_train(const RecipeArgs&, bool, const std::string&) { throw Error("train: in progress"); }
-int cmd_eval(const std::string&, const std::string&) { throw Error("eval: in progress"); }
-int cmd_generate(const std::string&, const std::string&, int, double, int, long long) { throw Error("generate: in progress"); }
+
+int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir) {
+  Plugins plugins;
+  load_default_plugins(plugins);
+  Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan);
+  TrainArgs targs;
+  targs.resume = resume;
+  targs.resume_from = resume_dir;
+  train(recipe, plugins.registry, targs);
+  return 0;
 }
+
+}  // namespace weft::cli

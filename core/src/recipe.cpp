@@ -45,7 +45,7 @@ const SectionDef kSections[] = {
     {"comm", "communicator", "auto", true},
     {"parallel", "", "", true},
     {"parallel.tensor_parallel", "tensor_parallel", "megatron", true},
-    {"parallel.pipeline_schedule", "pipeline_schedule", "gpipe", true},
+    {"parallel.pipeline_schedule", "pipeline_schedule", "1f1b", true},
     {"parallel.data_parallel", "data_parallel", "ddp", true},
     {"parallel.expert_parallel", "expert_parallel", "alltoall", false},
     {"checkpoint", "", "", true},
@@ -462,7 +462,7 @@ std::string Recipe::to_toml() const {
   std::string out = "# resolved recipe (includes merged, overrides applied, defaults filled)\n";
   for (const auto& s : sections) {
     out += "\n[" + s.name + "]\n";
-    if (!s.family.empty()) out += "plugin = " + opt_value_str(s.plugin) + "\n";
+    if (!s.family.empty() && s.family != "metrics_sink") out += "plugin = " + opt_value_str(s.plugin) + "\n";
     for (const auto& [key, entry] : s.options.entries()) {
       if (s.family.empty()) {
         const OptionSchema& schema = core_schema(s.name.rfind("log.", 0) == 0 ? "log" : s.name);

@@ -69,3 +69,42 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry) {
 }
 
 }  // namespace weft
+
+#include <thread>
+
+#include "checkpoint.hpp"
+#include "weft/params.hpp"
+
+namespace weft {
+
+void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env) {
+  stack.parallel.topology = &stack.topology;
+  stack.backend = registry.factory<Backend>(recipe.plugin("backend"))(recipe.options("backend"), env);
+  stack.parallel.backend = stack.backend.get();
+  stack.tokenizer = make_tokenizer(recipe, registry);
+  stack.layers = registry.factory<LayerProvider>(recipe.plugin("parallel.tensor_parallel"))(
+      recipe.options("parallel.tensor_parallel"), stack.parallel);
+  ModelEnv menv;
+  menv.vocab_size = stack.tokenizer->vocab_size();
+  menv.seed = static_cast<uint64_t>(recipe.options("run").get_int("seed"));
+  menv.layers = stack.layers.get();
+  menv.parallel = &stack.parallel;
+  stack.model = registry.factory<Model>(recipe.plugin("model"))(recipe.options("model"), menv);
+  stack.flat = materialize_params(stack.model->params(), *stack.backend, menv.seed);
+}
+
+void build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry, PluginScan& scan,
+                                 Recipe& recipe_out) {
+  std::string step_dir = resolve_checkpoint_dir(path);
+  recipe_out = load_recipe_for_run(step_dir + "/recipe.toml",
+                                   {"parallel.tensor=1", "parallel.pipeline=1", "parallel.data=1",
+                                    "parallel.expert=1", "parallel.world=1", "batch.global=auto"},
+                                   registry, scan);
+  stack.topology = make_topology(1, 0, recipe_out.sizes);
+  BackendEnv env;
+  env.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  build_model_stack(stack, recipe_out, registry, env);
+  read_checkpoint(step_dir, stack.flat, nullptr, 0, *stack.backend);
+}
+
+}  // namespace weft

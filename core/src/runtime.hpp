@@ -33,3 +33,29 @@ struct ModelEstimate {
 ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry);
 
 }  // namespace weft
+
+#include "weft/backend.hpp"
+#include "weft/grad_sync.hpp"
+
+namespace weft {
+
+// What one rank needs to run its model: backend, tokenizer, layer provider,
+// model and its materialised parameters.
+struct ModelStack {
+  Topology topology;
+  ParallelEnv parallel;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<LayerProvider> layers;
+  std::unique_ptr<Model> model;
+  FlatParams flat;
+};
+
+// `parallel` carries this rank's topology and group communicators (null for one rank).
+void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env);
+
+// A single-rank stack for eval/generate from a checkpoint folder (any layout it was saved under).
+void build_stack_from_checkpoint(ModelStack& stack, const std::string& step_dir, Registry& registry,
+                                 PluginScan& scan, Recipe& recipe_out);
+
+}  // namespace weft

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <boost/dll/shared_library.hpp>
+#include <filesystem>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +16,7 @@
 
 #include "cpu_backend.hpp"
 #include "weft/error.hpp"
+#include "weft/plugin.hpp"
 
 namespace {
 
@@ -573,8 +576,8 @@ TEST(CpuBackendCast, Bf16RoundsToNearestEven) {
   std::mt19937 gen(110);
   auto dec = [](uint16_t h) { return static_cast<double>(weft::bf16_to_float(h)); };
   for (int i = 0; i < 200000; ++i) {
-    const uint32_t u = gen();
-    if ((u & 0x7f800000u) == 0x7f800000u) continue;  // inf / NaN
+    const uint32_t u = gen() & (i % 2 ? 0xffffffffu : 0xffff8000u);  // every other one a tie or exact
+    if ((u & 0x7f800000u) == 0x7f800000u) continue;                   // inf / NaN
     const float x = float_of(u);
     const uint16_t h = weft::float_to_bf16(x);
     expect_nearest_even(x, h, 0x7f80, dec, "bf16");
@@ -612,11 +615,15 @@ TEST(CpuBackendCast, F16AllValuesAndNearestEven) {
   EXPECT_EQ(weft::float_to_f16(-1e10f), 0xfc00);
   EXPECT_EQ(weft::float_to_f16(std::ldexp(1.f, -25)), 0x0000);  // tie with 2^-24 -> even (zero)
   EXPECT_EQ(weft::float_to_f16(std::ldexp(1.5f, -25)), 0x0001);
+  EXPECT_EQ(weft::float_to_f16(std::ldexp(2.5f, -24)), 0x0002);   // subnormal tie -> even (down)
+  EXPECT_EQ(weft::float_to_f16(std::ldexp(3.5f, -24)), 0x0004);   // subnormal tie -> even (up)
+  EXPECT_EQ(weft::float_to_f16(std::ldexp(-1023.5f, -24)), 0x8400);  // rounds up into the smallest normal
   std::mt19937 gen(111);
   auto dec = [](uint16_t h) { return static_cast<double>(weft::f16_to_float(h)); };
   std::uniform_int_distribution<int> exp_dist(-30, 17);
   for (int i = 0; i < 200000; ++i) {
-    const uint32_t mant = gen() & 0x7fffffu;
+    // Every other value keeps few mantissa bits, so ties are frequent.
+    const uint32_t mant = gen() & (i % 2 ? 0x7fffffu : 0x7ff000u);
     const uint32_t e = static_cast<uint32_t>(127 + exp_dist(gen));
     const float x = float_of(((gen() & 1u) << 31) | (e << 23) | mant);
     expect_nearest_even(x, weft::float_to_f16(x), 0x7c00, dec, "f16");
@@ -793,6 +800,47 @@ TEST(CpuBackendDeterminism, SameBitsForOneAndThreeThreads) {
   one.embedding_backward(t1.data(), ids.data(), dout.data(), N, C);
   three.embedding_backward(t3.data(), ids.data(), dout.data(), N, C);
   EXPECT_EQ(t1, t3);
+}
+
+// ---------------------------------------------------------------------------
+// The plugin module: handshake, schema and factory.
+
+TEST(CpuBackendPlugin, RegistersBackendCpu) {
+  const std::filesystem::path so = std::filesystem::path(WEFT_BUILD_ROOT) / "plugins" / "backend-cpu" /
+                                   "libweft-backend-cpu.so";
+  if (!std::filesystem::exists(so)) GTEST_SKIP() << "plugin module not built: " << so;
+  boost::dll::shared_library lib(so.string());
+  auto& get_info = lib.get_alias<const weft::PluginInfo*()>("weft_plugin_info");
+  const weft::PluginInfo* info = get_info();
+  ASSERT_NE(info, nullptr);
+  EXPECT_EQ(info->abi_version, weft::kAbiVersion);
+  EXPECT_STREQ(info->family, "backend");
+  EXPECT_STREQ(info->name, "cpu");
+  EXPECT_STREQ(info->version, "0.1.0");
+  {
+    weft::Registry registry;
+    info->register_factories(registry);
+    const weft::FactoryRecord& rec = registry.get("backend", "cpu");
+    ASSERT_EQ(rec.schema.size(), 1u);
+    EXPECT_EQ(rec.schema[0].key, "threads");
+    EXPECT_EQ(rec.schema[0].type, weft::OptType::Int);
+    EXPECT_EQ(std::get<int64_t>(rec.schema[0].default_value), 0);
+    EXPECT_EQ(rec.schema[0].min, 0.0);
+    EXPECT_EQ(rec.schema[0].max, 1024.0);
+    const auto& make = registry.factory<weft::Backend>("cpu");
+    weft::BackendEnv env;
+    env.cores = 2;
+    std::map<std::string, weft::Options::Entry> auto_threads{{"threads", {weft::OptValue(int64_t{0}), {}}}};
+    auto be = make(weft::Options("backend", auto_threads), env);
+    EXPECT_EQ(be->name(), "cpu");
+    EXPECT_EQ(be->device(), weft::Device::Host);
+    EXPECT_EQ(be->threads(), 2);
+    std::map<std::string, weft::Options::Entry> three{{"threads", {weft::OptValue(int64_t{3}), {}}}};
+    EXPECT_EQ(make(weft::Options("backend", three), env)->threads(), 3);
+    Vec a = {1.f, 2.f}, b = {3.f, 4.f}, out(2);
+    be->add(out.data(), a.data(), b.data(), 2);
+    EXPECT_EQ(out, (Vec{4.f, 6.f}));
+  }  // the registry (and its factories) go before the library
 }
 
 INSTANTIATE_TEST_SUITE_P(Threads, CpuBackendTest, ::testing::Values(1, 3),

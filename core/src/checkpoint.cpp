@@ -1,0 +1,155 @@
+#include "checkpoint.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "safetensors.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace weft {
+
+namespace {
+
+std::string step_name(int64_t step) { return "step_" + std::to_string(step); }
+
+std::vector<float> to_host(Backend& backend, const Tensor& t) {
+  std::vector<float> out(t.numel());
+  backend.copy_to_host(out.data(), t);
+  return out;
+}
+
+}  // namespace
+
+std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
+                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend) {
+  fs::path root = fs::path(out_dir) / "checkpoints";
+  fs::path final_dir = root / step_name(meta.step);
+  fs::path tmp_dir = root / (step_name(meta.step) + ".tmp." + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove_all(tmp_dir, ec);
+  fs::create_directories(tmp_dir, ec);
+  if (ec) throw Error(tmp_dir.string() + ": cannot create checkpoint folder: " + ec.message());
+
+  std::vector<NamedArray> params, state;
+  json shapes = json::object();
+  for (Param* p : flat.params) {
+    WEFT_ASSERT(p->shard.count == 1, "checkpoint of a sharded parameter: " + p->name);
+    params.push_back({p->name, p->full_shape, to_host(backend, p->data)});
+    shapes[p->name] = p->full_shape;
+    for (int s = 0; dp && s < state_slots; ++s) {
+      NamedArray a{p->name + ".slot" + std::to_string(s), p->full_shape, std::vector<float>(p->data.numel())};
+      dp->read_state(*p, s, a.values.data());
+      state.push_back(std::move(a));
+    }
+  }
+  write_safetensors((tmp_dir / "model.safetensors").string(), params, {{"format", "weft"}});
+  if (dp) write_safetensors((tmp_dir / "optimizer.safetensors").string(), state, {{"format", "weft"}});
+
+  const ParallelSizes& s = recipe.sizes;
+  json m = {{"format", "weft-checkpoint"},
+            {"version", 1},
+            {"step", meta.step},
+            {"samples_consumed", meta.samples_consumed},
+            {"seed", meta.seed},
+            {"layout", {{"tensor", s.tp}, {"pipeline", s.pp}, {"data", s.dp}, {"expert", s.ep}, {"world", recipe.world}}},
+            {"model", recipe.plugin("model")},
+            {"optimizer", recipe.plugin("optimizer")},
+            {"optimizer_state_slots", dp ? state_slots : 0},
+            {"params", shapes}};
+  write_file_atomic((tmp_dir / "meta.json").string(), m.dump(2) + "\n");
+  write_file_atomic((tmp_dir / "recipe.toml").string(), recipe.to_toml());
+
+  fs::remove_all(final_dir, ec);
+  fs::rename(tmp_dir, final_dir, ec);
+  if (ec) throw Error(final_dir.string() + ": cannot move checkpoint into place: " + ec.message());
+  return final_dir.string();
+}
+
+void publish_latest(const std::string& out_dir, int64_t step, int64_t keep) {
+  fs::path root = fs::path(out_dir) / "checkpoints";
+  write_file_atomic((root / "latest").string(), step_name(step) + "\n");
+  if (keep <= 0) return;
+  std::vector<int64_t> steps;
+  std::error_code ec;
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (name.rfind("step_", 0) == 0 && name.find('.') == std::string::npos && it->is_directory())
+      steps.push_back(std::stoll(name.substr(5)));
+  }
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + keep < steps.size(); ++i)
+    if (steps[i] != step) fs::remove_all(root / step_name(steps[i]), ec);
+}
+
+std::string resolve_checkpoint_dir(const std::string& path) {
+  fs::path p = path;
+  std::error_code ec;
+  if (!fs::exists(p, ec)) throw Error(path + ": checkpoint not found");
+  if (fs::exists(p / "meta.json", ec)) return p.string();
+  for (fs::path root : {p, p / "checkpoints"}) {
+    fs::path latest = root / "latest";
+    if (fs::exists(latest, ec)) {
+      std::ifstream in(latest);
+      std::string name;
+      std::getline(in, name);
+      fs::path dir = root / name;
+      if (name.empty() || !fs::exists(dir / "meta.json", ec))
+        throw Error(latest.string() + ": points at '" + name + "', which is not a checkpoint");
+      return dir.string();
+    }
+  }
+  throw Error(path + ": not a checkpoint (no meta.json, no checkpoints/latest)");
+}
+
+CheckpointMeta read_checkpoint(const std::string& step_dir, FlatParams& flat, DataParallel* dp, int state_slots,
+                               Backend& backend) {
+  fs::path dir = step_dir;
+  std::ifstream in(dir / "meta.json");
+  if (!in) throw Error((dir / "meta.json").string() + ": cannot open");
+  json m;
+  try {
+    m = json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error((dir / "meta.json").string() + ": malformed: " + e.what());
+  }
+  CheckpointMeta meta;
+  try {
+    meta.step = m.at("step").get<int64_t>();
+    meta.samples_consumed = m.at("samples_consumed").get<int64_t>();
+    meta.seed = m.at("seed").get<uint64_t>();
+  } catch (const json::exception& e) {
+    throw Error((dir / "meta.json").string() + ": " + e.what());
+  }
+  SafetensorsReader model((dir / "model.safetensors").string());
+  for (Param* p : flat.params) {
+    if (!model.has(p->name))
+      throw Error((dir / "model.safetensors").string() + ": missing parameter '" + p->name + "'");
+    if (model.shape(p->name) != p->full_shape)
+      throw Error((dir / "model.safetensors").string() + ": '" + p->name + "' has shape " +
+                  shape_str(model.shape(p->name)) + ", the model expects " + shape_str(p->full_shape));
+    std::vector<float> values = model.read(p->name);
+    backend.copy_from_host(p->data, values.data());
+  }
+  if (dp && state_slots > 0) {
+    fs::path opt_path = dir / "optimizer.safetensors";
+    SafetensorsReader opt(opt_path.string());
+    for (Param* p : flat.params) {
+      for (int s = 0; s < state_slots; ++s) {
+        std::string name = p->name + ".slot" + std::to_string(s);
+        if (!opt.has(name) || opt.shape(name) != p->full_shape)
+          throw Error(opt_path.string() + ": missing or misshapen optimizer state '" + name + "'");
+        std::vector<float> values = opt.read(name);
+        dp->write_state(*p, s, values.data());
+      }
+    }
+  }
+  return meta;
+}
+
+}  // namespace weft

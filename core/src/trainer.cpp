@@ -1,0 +1,280 @@
+#include "trainer.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "checkpoint.hpp"
+#include "logging.hpp"
+#include "runtime.hpp"
+#include "safetensors.hpp"
+#include "weft/dataset.hpp"
+#include "weft/grad_sync.hpp"
+#include "weft/metrics.hpp"
+#include "weft/optimizer.hpp"
+#include "weft/params.hpp"
+#include "weft/schedule.hpp"
+
+namespace fs = std::filesystem;
+
+namespace weft {
+
+std::string run_out_dir(const Recipe& recipe) {
+  const Options& run = recipe.options("run");
+  std::string dir = run.get_string("out_dir");
+  return dir.empty() ? "runs/" + run.get_string("name") : dir;
+}
+
+namespace {
+
+// Keeps metrics.jsonl records up to `step` (a resumed run rewrites the rest).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  const std::string key = "{\"step\": ";
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0 && std::stoll(line.substr(key.size())) > step) continue;
+    kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+class RankTrainer {
+ public:
+  RankTrainer(const Recipe& recipe, const Registry& registry, const TrainArgs& args, Communicator& world,
+              const LaunchInfo& launch)
+      : recipe_(recipe), registry_(registry), args_(args), world_(world), launch_(launch) {}
+
+  void run();
+
+ private:
+  void build();
+  void load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets);
+  MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
+
+  const Recipe& recipe_;
+  const Registry& registry_;
+  const TrainArgs& args_;
+  Communicator& world_;
+  LaunchInfo launch_;
+  std::shared_ptr<spdlog::logger> log_;
+
+  ModelStack stack_;
+  std::unique_ptr<Communicator> tp_comm_, pp_comm_, dp_comm_;
+  std::unique_ptr<Dataset> dataset_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<LrSchedule> lr_schedule_;
+  std::unique_ptr<DataParallel> dp_;
+  std::unique_ptr<PipelineSchedule> schedule_;
+  std::vector<std::unique_ptr<MetricsSink>> sinks_;
+
+  int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
+  std::string out_dir_;
+  Tensor ids_, targets_;                 // [B,T] int32 on the backend
+  std::vector<int32_t> host_tokens_;     // [B, T+1]
+  std::vector<int32_t> host_ids_, host_targets_;
+};
+
+void RankTrainer::build() {
+  const int rank = world_.rank();
+  log_ = rank_logger(rank, world_.size());
+  stack_.topology = make_topology(recipe_.world, rank, recipe_.sizes);
+  const Topology& topo = stack_.topology;
+  // Group communicators: the colour is the group's first rank, so members agree.
+  tp_comm_ = world_.split(topo.tp_group.front(), rank);
+  pp_comm_ = world_.split(topo.pp_group.front(), rank);
+  dp_comm_ = world_.split(topo.dp_group.front(), rank);
+  stack_.parallel.tp = tp_comm_.get();
+  stack_.parallel.pp = pp_comm_.get();
+  stack_.parallel.dp = dp_comm_.get();
+
+  BackendEnv env;
+  env.rank = rank;
+  env.local_rank = launch_.local_rank;
+  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  env.cores = std::max(1, cores / std::max(1, launch_.local_size));
+  build_model_stack(stack_, recipe_, registry_, env);
+
+  ModelSummary summary = stack_.model->summary();
+  seq_ = summary.seq_length;
+  micro_ = recipe_.options("batch").get_int("micro");
+  global_ = recipe_.options("batch").get_int("global");
+  accum_ = recipe_.grad_accum;
+  steps_ = recipe_.options("run").get_int("steps");
+  out_dir_ = run_out_dir(recipe_);
+
+  DatasetEnv denv;
+  denv.tokenizer = stack_.tokenizer.get();
+  denv.seq_length = seq_;
+  denv.seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
+  dataset_ = registry_.factory<Dataset>(recipe_.plugin("data"))(recipe_.options("data"), denv);
+
+  optimizer_ = registry_.factory<Optimizer>(recipe_.plugin("optimizer"))(recipe_.options("optimizer"));
+  LrEnv lenv{optimizer_->base_lr(), steps_};
+  lr_schedule_ = registry_.factory<LrSchedule>(recipe_.plugin("lr_schedule"))(recipe_.options("lr_schedule"), lenv);
+  dp_ = registry_.factory<DataParallel>(recipe_.plugin("parallel.data_parallel"))(
+      recipe_.options("parallel.data_parallel"));
+  dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
+  schedule_ = registry_.factory<PipelineSchedule>(recipe_.plugin("parallel.pipeline_schedule"))(
+      recipe_.options("parallel.pipeline_schedule"), stack_.parallel);
+
+  ids_ = stack_.backend->alloc({micro_, seq_}, DType::I32, MemCategory::Workspace);
+  targets_ = stack_.backend->alloc({micro_, seq_}, DType::I32, MemCategory::Workspace);
+  host_tokens_.resize(seq_ + 1);
+  host_ids_.resize(micro_ * seq_);
+  host_targets_.resize(micro_ * seq_);
+}
+
+// Step s (0-based) consumes samples [s*G, (s+1)*G) of the seeded order; dp rank
+// r takes the contiguous slice [r*micro*accum, (r+1)*micro*accum) of it.
+void RankTrainer::load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets) {
+  int64_t base = step0 * global_ + stack_.topology.coords.dp * micro_ * accum_ + mb * micro_;
+  for (int64_t b = 0; b < micro_; ++b) {
+    dataset_->sample(base + b, host_tokens_.data());
+    std::copy(host_tokens_.begin(), host_tokens_.begin() + seq_, host_ids_.begin() + b * seq_);
+    std::copy(host_tokens_.begin() + 1, host_tokens_.end(), host_targets_.begin() + b * seq_);
+  }
+  stack_.backend->copy_from_host(ids_, host_ids_.data());
+  stack_.backend->copy_from_host(targets_, host_targets_.data());
+  ids = ids_;
+  targets = targets_;
+}
+
+MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double grad_norm, double step_s,
+                                  int64_t comm) {
+  MemStats mem = stack_.backend->mem_stats();
+  auto peak = [&](MemCategory c) { return static_cast<double>(mem.peak[static_cast<int>(c)]); };
+  MetricsRecord r;
+  r.step = step;
+  r.total_steps = steps_;
+  r.values = {{"loss", loss},
+              {"lr", lr},
+              {"grad_norm", grad_norm},
+              {"tokens_per_s", static_cast<double>(global_ * seq_) / step_s},
+              {"step_ms", step_s * 1e3},
+              {"mem_param_bytes", peak(MemCategory::Param)},
+              {"mem_grad_bytes", peak(MemCategory::Grad)},
+              {"mem_optim_bytes", peak(MemCategory::OptimState)},
+              {"mem_act_bytes", peak(MemCategory::Activation)},
+              {"mem_workspace_bytes", peak(MemCategory::Workspace)},
+              {"comm_bytes", static_cast<double>(comm)}};
+  return r;
+}
+
+void RankTrainer::run() {
+  build();
+  const bool rank0 = world_.rank() == 0;
+  const uint64_t seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
+  int64_t start = 0;
+
+  if (args_.resume || recipe_.options("checkpoint").get_bool("resume")) {
+    std::string from = args_.resume_from.empty() ? out_dir_ : args_.resume_from;
+    std::string dir = resolve_checkpoint_dir(from);
+    CheckpointMeta meta = read_checkpoint(dir, stack_.flat, dp_.get(), optimizer_->state_slots(), *stack_.backend);
+    if (meta.seed != seed)
+      throw Error(dir + ": saved with run.seed " + std::to_string(meta.seed) + ", the recipe says " +
+                  std::to_string(seed));
+    if (meta.samples_consumed != meta.step * global_)
+      throw Error(dir + ": saved after " + std::to_string(meta.samples_consumed) + " samples at step " +
+                  std::to_string(meta.step) + ", which a global batch of " + std::to_string(global_) +
+                  " cannot continue");
+    start = meta.step;
+    if (start >= steps_) throw Error(dir + ": already at step " + std::to_string(start) + " of " + std::to_string(steps_));
+    log_->info("resumed from {} at step {}", dir, start);
+  }
+  if (rank0) {
+    fs::create_directories(out_dir_);
+    write_file_atomic(out_dir_ + "/recipe.toml", recipe_.to_toml());
+    if (start > 0) truncate_metrics(out_dir_ + "/metrics.jsonl", start);
+  }
+  world_.barrier();
+  // Sinks open their files only now, after a resume trimmed metrics.jsonl.
+  MetricsEnv menv{out_dir_, world_.rank(), world_.size()};
+  for (const RecipeSection& sec : recipe_.sections)
+    if (sec.family == "metrics_sink") sinks_.push_back(registry_.factory<MetricsSink>(sec.plugin)(sec.options, menv));
+
+  ModelSummary summary = stack_.model->summary();
+  if (rank0)
+    log_->info("{} parameters, world {} (tp {} pp {} dp {}), {} steps of {} samples x {} tokens, out_dir {}",
+               summary.params, recipe_.world, recipe_.sizes.tp, recipe_.sizes.pp, recipe_.sizes.dp, steps_, global_,
+               seq_, out_dir_);
+
+  const int64_t log_interval = recipe_.options("log").get_int("interval");
+  const int64_t ckpt_interval = recipe_.options("checkpoint").get_int("interval");
+  const int64_t keep = recipe_.options("checkpoint").get_int("keep");
+  const float dloss_scale = 1.0f / static_cast<float>(global_ * seq_);
+  Tensor loss_buf = stack_.backend->alloc({1}, DType::F32, MemCategory::Workspace);
+  auto comm_total = [&] {
+    return world_.bytes_sent() + tp_comm_->bytes_sent() + pp_comm_->bytes_sent() + dp_comm_->bytes_sent();
+  };
+
+  for (int64_t step = start + 1; step <= steps_; ++step) {
+    auto t0 = std::chrono::steady_clock::now();
+    int64_t comm0 = comm_total();
+    zero_grads(stack_.flat, *stack_.backend);
+
+    ScheduleStep s;
+    s.model = stack_.model.get();
+    s.backend = stack_.backend.get();
+    s.parallel = &stack_.parallel;
+    s.microbatches = static_cast<int>(accum_);
+    s.dloss_scale = dloss_scale;
+    s.load = [&](int mb, Tensor& ids, Tensor& targets) { load_microbatch(step - 1, mb, ids, targets); };
+    s.on_grad_ready = [&](Param& p) { dp_->grad_ready(p); };
+    double loss_sum = schedule_->run(s);
+
+    double norm = std::sqrt(dp_->finish_reduction());
+    double clip = optimizer_->clip_grad_norm();
+    double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
+    double lr = lr_schedule_->lr(step);
+    dp_->step(lr, grad_scale, step);
+
+    // Mean loss over every token of the global batch (summed over dp ranks).
+    float partial = static_cast<float>(loss_sum);
+    stack_.backend->copy_from_host(loss_buf, &partial);
+    dp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
+    float total = 0;
+    stack_.backend->copy_to_host(&total, loss_buf);
+    double loss = static_cast<double>(total) / static_cast<double>(global_ * seq_);
+    stack_.backend->synchronize();
+    double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!std::isfinite(loss)) log_->warn("step {}: loss is {}", step, loss);
+
+    if (step % log_interval == 0 || step == steps_) {
+      MetricsRecord r = record(step, loss, lr, norm, step_s, comm_total() - comm0);
+      for (auto& sink : sinks_) {
+        sink->write(r);
+        sink->flush();
+      }
+    }
+    bool save = step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
+    if (save) {
+      if (rank0) {
+        CheckpointMeta meta{step, step * global_, seed};
+        std::string dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(),
+                                           optimizer_->state_slots(), *stack_.backend);
+        log_->info("checkpoint {}", dir);
+      }
+      world_.barrier();
+      if (rank0) publish_latest(out_dir_, step, keep);
+    }
+  }
+}
+
+}  // namespace
+
+void train(const Recipe& recipe, const Registry& registry, const TrainArgs& args) {
+  auto launcher = registry.factory<CommLauncher>(recipe.plugin("comm"))(recipe.options("comm"));
+  launcher->run(recipe.world, [&](Communicator& world, const LaunchInfo& launch) {
+    if (world.size() != recipe.world)
+      throw Error("the communicator has " + std::to_string(world.size()) + " ranks, the recipe needs " +
+                  std::to_string(recipe.world));
+    RankTrainer(recipe, registry, args, world, launch).run();
+  });
+}
+
+}  // namespace weft

@@ -1,0 +1,24 @@
+// The training loop (DESIGN §3, §4): every rank builds its objects from the
+// recipe, then for each step runs the pipeline schedule over its microbatches,
+// lets the data-parallel strategy reduce and update, logs and checkpoints.
+#pragma once
+
+#include <string>
+
+#include "loader.hpp"
+#include "weft/recipe.hpp"
+
+namespace weft {
+
+struct TrainArgs {
+  bool resume = false;
+  std::string resume_from;  // step folder, checkpoints folder or out_dir; "" = this run's latest
+};
+
+// Runs the recipe on every rank this process hosts. Throws weft::Error on refused input.
+void train(const Recipe& recipe, const Registry& registry, const TrainArgs& args);
+
+// run.out_dir, or runs/<run.name> when empty.
+std::string run_out_dir(const Recipe& recipe);
+
+}  // namespace weft

@@ -1,0 +1,87 @@
+#include "ddp.hpp"
+
+#include <algorithm>
+
+namespace weft {
+
+void Ddp::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Communicator* dp) {
+  flat_ = &flat;
+  optimizer_ = &optimizer;
+  backend_ = &backend;
+  dp_ = dp;
+  for (int s = 0; s < optimizer.state_slots(); ++s)
+    state_.push_back(backend.alloc({flat.numel}, DType::F32, MemCategory::OptimState));
+  // Buckets follow backward order: the last params of the flat buffer finish first.
+  int n = static_cast<int>(flat.params.size());
+  bucket_of_param_.assign(n, 0);
+  for (int i = n - 1; i >= 0; --i) {
+    int64_t begin = flat.offsets[i], end = begin + flat.params[i]->data.numel();
+    if (buckets_.empty() || (buckets_.back().end - buckets_.back().begin) * 4 >= bucket_bytes_) {
+      buckets_.push_back(Bucket{begin, end, 0, 0, nullptr});
+    }
+    Bucket& b = buckets_.back();
+    b.begin = std::min(b.begin, begin);
+    b.end = std::max(b.end, end);
+    ++b.params;
+    bucket_of_param_[i] = static_cast<int>(buckets_.size()) - 1;
+  }
+}
+
+int64_t Ddp::offset_of(const Param& param) const {
+  for (size_t i = 0; i < flat_->params.size(); ++i)
+    if (flat_->params[i] == &param) return flat_->offsets[i];
+  throw InternalError("ddp: parameter " + param.name + " is not in the flat buffer");
+}
+
+void Ddp::launch(Bucket& bucket) {
+  if (!dp_ || dp_->size() == 1) return;
+  bucket.work = dp_->all_reduce(flat_->grad.view(bucket.begin, {bucket.end - bucket.begin}), ReduceOp::Sum);
+}
+
+void Ddp::grad_ready(Param& param) {
+  for (size_t i = 0; i < flat_->params.size(); ++i) {
+    if (flat_->params[i] != &param) continue;
+    Bucket& b = buckets_[bucket_of_param_[i]];
+    if (++b.ready == b.params) launch(b);
+    return;
+  }
+}
+
+double Ddp::finish_reduction() {
+  for (Bucket& b : buckets_) {
+    if (b.ready != b.params) launch(b);  // a parameter without a ready signal (unused in this step)
+    if (b.work) b.work->wait();
+    b.work.reset();
+    b.ready = 0;
+  }
+  return backend_->sum_squares(flat_->grad.data<float>(), flat_->numel);
+}
+
+void Ddp::step(double lr, double grad_scale, int64_t step) {
+  float* g = flat_->grad.data<float>();
+  if (grad_scale != 1.0) backend_->scale(g, static_cast<float>(grad_scale), flat_->numel);
+  std::vector<float*> slots(state_.size());
+  for (size_t i = 0; i < flat_->params.size(); ++i) {
+    const Param& p = *flat_->params[i];
+    int64_t off = flat_->offsets[i];
+    for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + off;
+    optimizer_->update(*backend_, flat_->data.data<float>() + off, g + off, slots.data(), p.data.numel(), lr,
+                       p.weight_decay, step);
+  }
+}
+
+int64_t Ddp::optimizer_state_bytes() const {
+  int64_t bytes = 0;
+  for (const Tensor& t : state_) bytes += static_cast<int64_t>(t.bytes());
+  return bytes;
+}
+
+void Ddp::read_state(const Param& param, int slot, float* out) {
+  backend_->copy_to_host(out, state_.at(slot).view(offset_of(param), {param.data.numel()}));
+}
+
+void Ddp::write_state(const Param& param, int slot, const float* in) {
+  backend_->copy_from_host(state_.at(slot).view(offset_of(param), {param.data.numel()}), in);
+}
+
+}  // namespace weft

@@ -1,0 +1,43 @@
+// ddp: every dp rank keeps full optimizer state and reduces (sums) gradients
+// over the dp group in buckets of about `bucket_mb`, each launched as soon as
+// its last parameter's gradient is final (during the last microbatch's backward).
+#pragma once
+
+#include <vector>
+
+#include "weft/grad_sync.hpp"
+
+namespace weft {
+
+class Ddp : public DataParallel {
+ public:
+  explicit Ddp(double bucket_mb) : bucket_bytes_(static_cast<int64_t>(bucket_mb * 1024 * 1024)) {}
+  void setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Communicator* dp) override;
+  void grad_ready(Param& param) override;
+  double finish_reduction() override;
+  void step(double lr, double grad_scale, int64_t step) override;
+  int64_t optimizer_state_bytes() const override;
+  double optimizer_state_share(int) const override { return 1.0; }
+  void read_state(const Param& param, int slot, float* out) override;
+  void write_state(const Param& param, int slot, const float* in) override;
+
+ private:
+  struct Bucket {
+    int64_t begin = 0, end = 0;  // element range of the flat grad
+    int params = 0, ready = 0;
+    std::unique_ptr<Work> work;
+  };
+  void launch(Bucket& bucket);
+  int64_t offset_of(const Param& param) const;
+
+  int64_t bucket_bytes_;
+  FlatParams* flat_ = nullptr;
+  Optimizer* optimizer_ = nullptr;
+  Backend* backend_ = nullptr;
+  Communicator* dp_ = nullptr;
+  std::vector<Tensor> state_;          // [numel] per optimizer slot
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_param_;   // index into buckets_, per flat param
+};
+
+}  // namespace weft

@@ -1,0 +1,353 @@
+// Optimizers "adamw" and "sgd", learning-rate schedules "constant", "linear",
+// "cosine": each against an independent reference computed here.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "adamw.hpp"
+#include "cpu_backend.hpp"
+#include "lr_schedules.hpp"
+#include "sgd.hpp"
+#include "weft/error.hpp"
+#include "weft/rng.hpp"
+
+using weft::OptValue;
+
+namespace {
+
+// A backend that only reports its device and records the adamw call; enough
+// to drive the optimizers' own logic without kernels.
+class StubBackend final : public weft::Backend {
+ public:
+  explicit StubBackend(weft::Device device) : device_(device) {}
+  std::string name() const override { return "stub"; }
+  weft::Device device() const override { return device_; }
+  int threads() const override { return 1; }
+  weft::Tensor alloc(const weft::Shape&, weft::DType, weft::MemCategory) override { return {}; }
+  weft::MemStats mem_stats() const override { return {}; }
+  void reset_peak() override {}
+  void copy_to_host(void*, const weft::Tensor&) override {}
+  void copy_from_host(const weft::Tensor&, const void*) override {}
+  void copy(const weft::Tensor&, const weft::Tensor&) override {}
+  void synchronize() override {}
+  void gemm(const weft::GemmArgs&) override {}
+  void add_bias(float*, const float*, int64_t, int64_t) override {}
+  void bias_grad(float*, const float*, int64_t, int64_t) override {}
+  void layernorm_forward(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t,
+                         float) override {}
+  void layernorm_backward(float*, float*, float*, const float*, const float*, const float*, const float*,
+                          const float*, int64_t, int64_t) override {}
+  void gelu_forward(float*, const float*, int64_t) override {}
+  void gelu_backward(float*, const float*, const float*, int64_t) override {}
+  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
+  void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,
+                          int64_t, int64_t) override {}
+  void embedding_forward(float*, const int32_t*, const float*, int64_t, int64_t) override {}
+  void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t) override {}
+  void cross_entropy(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float) override {}
+  void add(float*, const float*, const float*, int64_t) override {}
+  void accumulate(float*, const float*, int64_t) override {}
+  void scale(float*, float, int64_t) override {}
+  double sum_squares(const float*, int64_t) override { return 0; }
+  double sum(const float*, int64_t) override { return 0; }
+  void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
+             float weight_decay, int64_t step) override {
+    calls++;
+    last = {p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, step};
+  }
+  void cast(const weft::Tensor&, const weft::Tensor&) override {}
+
+  struct AdamwCall {
+    float* p;
+    const float* g;
+    float* m;
+    float* v;
+    int64_t n;
+    float lr, beta1, beta2, eps, weight_decay;
+    int64_t step;
+  };
+  int calls = 0;
+  AdamwCall last{};
+
+ private:
+  weft::Device device_;
+};
+
+weft::Options adamw_options(double lr = 6e-4, double beta1 = 0.9, double beta2 = 0.95, double eps = 1e-8,
+                            double wd = 0.1, double clip = 1.0, weft::SourcePos lr_pos = {}) {
+  return weft::Options("optimizer", {{"lr", {OptValue(lr), lr_pos}},
+                                     {"beta1", {OptValue(beta1), {}}},
+                                     {"beta2", {OptValue(beta2), {}}},
+                                     {"eps", {OptValue(eps), {}}},
+                                     {"weight_decay", {OptValue(wd), {}}},
+                                     {"clip_grad_norm", {OptValue(clip), {}}}});
+}
+
+weft::Options sgd_options(double lr, double momentum, double wd, bool nesterov, double clip = 0) {
+  return weft::Options("optimizer", {{"lr", {OptValue(lr), {}}},
+                                     {"momentum", {OptValue(momentum), {}}},
+                                     {"weight_decay", {OptValue(wd), {}}},
+                                     {"nesterov", {OptValue(nesterov), {}}},
+                                     {"clip_grad_norm", {OptValue(clip), {}}}});
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const weft::Error& e) {
+    return e.what();
+  }
+  return "(no weft::Error)";
+}
+
+// ---------------------------------------------------------------- adamw ----
+
+TEST(AdamW, OptionsAndForwarding) {
+  weft::AdamW opt(adamw_options(3e-4, 0.8, 0.99, 1e-6, 0.05, 2.0));
+  EXPECT_EQ(opt.state_slots(), 2);
+  EXPECT_DOUBLE_EQ(opt.base_lr(), 3e-4);
+  EXPECT_DOUBLE_EQ(opt.clip_grad_norm(), 2.0);
+
+  StubBackend stub(weft::Device::Cuda);  // adamw runs on any backend
+  float p[3] = {}, g[3] = {}, m[3] = {}, v[3] = {};
+  float* state[2] = {m, v};
+  opt.update(stub, p, g, state, 3, 1e-4, true, 7);
+  ASSERT_EQ(stub.calls, 1);
+  EXPECT_EQ(stub.last.p, p);
+  EXPECT_EQ(stub.last.g, g);
+  EXPECT_EQ(stub.last.m, m);
+  EXPECT_EQ(stub.last.v, v);
+  EXPECT_EQ(stub.last.n, 3);
+  EXPECT_FLOAT_EQ(stub.last.lr, 1e-4f);
+  EXPECT_FLOAT_EQ(stub.last.beta1, 0.8f);
+  EXPECT_FLOAT_EQ(stub.last.beta2, 0.99f);
+  EXPECT_FLOAT_EQ(stub.last.eps, 1e-6f);
+  EXPECT_FLOAT_EQ(stub.last.weight_decay, 0.05f);
+  EXPECT_EQ(stub.last.step, 7);
+  opt.update(stub, p, g, state, 3, 1e-4, false, 8);  // no decay for biases and norms
+  EXPECT_EQ(stub.last.weight_decay, 0.0f);
+}
+
+TEST(AdamW, RejectsBadOptions) {
+  weft::SourcePos pos{"r.toml", 4, 6};
+  std::string msg = error_of([&] { weft::AdamW o(adamw_options(0.0, 0.9, 0.95, 1e-8, 0.1, 1.0, pos)); });
+  EXPECT_NE(msg.find("r.toml:4:6"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("optimizer.lr"), std::string::npos) << msg;
+  EXPECT_NE(error_of([] { weft::AdamW o(adamw_options(1e-3, 1.0)); }).find("optimizer.beta1"), std::string::npos);
+  EXPECT_NE(error_of([] { weft::AdamW o(adamw_options(1e-3, 0.9, 1.0)); }).find("optimizer.beta2"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { weft::AdamW o(adamw_options(1e-3, 0.9, 0.95, 0.0)); }).find("optimizer.eps"),
+            std::string::npos);
+  EXPECT_NO_THROW(weft::AdamW o(adamw_options(1e-3, 0.0, 0.0, 1e-8, 0.0, 0.0)));
+}
+
+TEST(AdamW, MatchesADoublePrecisionReferenceOverThreeSteps) {
+  const int64_t n = 5000;
+  const double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, wd = 0.1;
+  weft::AdamW opt(adamw_options(1e-2, beta1, beta2, eps, wd, 1.0));
+  weft::CpuBackend backend(3);
+
+  for (bool decay : {true, false}) {
+    std::vector<float> p(n), m(n, 0.f), v(n, 0.f), g(n);
+    std::vector<double> rp(n), rm(n, 0.0), rv(n, 0.0);
+    for (int64_t i = 0; i < n; ++i) p[i] = weft::normal01(1, 0, static_cast<uint64_t>(i));
+    for (int64_t i = 0; i < n; ++i) rp[i] = p[i];
+    float* state[2] = {m.data(), v.data()};
+    const double lrs[3] = {1e-2, 5e-3, 2e-3};
+    for (int64_t step = 1; step <= 3; ++step) {
+      for (int64_t i = 0; i < n; ++i)
+        g[i] = weft::normal01(2, static_cast<uint64_t>(step), static_cast<uint64_t>(i)) * (i % 7 == 0 ? 1e-3f : 1.f);
+      opt.update(backend, p.data(), g.data(), state, n, lrs[step - 1], decay, step);
+
+      const double lr = lrs[step - 1], w = decay ? wd : 0.0;
+      const double bc1 = 1 - std::pow(beta1, static_cast<double>(step));
+      const double bc2 = 1 - std::pow(beta2, static_cast<double>(step));
+      for (int64_t i = 0; i < n; ++i) {
+        const double gi = g[i];
+        rm[i] = beta1 * rm[i] + (1 - beta1) * gi;
+        rv[i] = beta2 * rv[i] + (1 - beta2) * gi * gi;
+        const double mhat = rm[i] / bc1, vhat = rv[i] / bc2;
+        rp[i] = rp[i] - lr * (mhat / (std::sqrt(vhat) + eps) + w * rp[i]);
+      }
+    }
+    double max_err = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      max_err = std::max(max_err, std::fabs(p[i] - rp[i]));
+      ASSERT_NEAR(m[i], rm[i], 1e-6 + 1e-5 * std::fabs(rm[i])) << i;
+      ASSERT_NEAR(v[i], rv[i], 1e-9 + 1e-5 * std::fabs(rv[i])) << i;
+    }
+    // Three steps of at most ~lr*(1 + wd*|p|) each, in fp32 arithmetic.
+    EXPECT_LT(max_err, 2e-6) << "decay=" << decay;
+    // The updates are not trivially zero: the parameters moved.
+    double moved = 0;
+    for (int64_t i = 0; i < n; ++i) moved += std::fabs(rp[i] - weft::normal01(1, 0, static_cast<uint64_t>(i)));
+    EXPECT_GT(moved / n, 1e-2);
+  }
+}
+
+// ------------------------------------------------------------------ sgd ----
+
+TEST(Sgd, MomentumTrajectoryByHand) {
+  // lr 0.1, momentum 0.5, weight decay 0.1, so g' = g + 0.1*p.
+  // Element 0: p = 1, g = 1 every step. Element 1: p = 2, g = 0: only the decay term drives it.
+  weft::Sgd opt(sgd_options(0.1, 0.5, 0.1, false));
+  EXPECT_EQ(opt.state_slots(), 1);
+  StubBackend host(weft::Device::Host);
+  float p[2] = {1.f, 2.f};
+  float g[2] = {1.f, 0.f};
+  float buf[2] = {123.f, -5.f};  // overwritten at step 1
+  float* state[1] = {buf};
+  // Element 0 by hand:
+  //   step 1: g' = 1.1,          buf = 1.1,                     p = 1 - 0.11 = 0.89
+  //   step 2: g' = 1.089,        buf = 0.55 + 1.089 = 1.639,    p = 0.89 - 0.1639 = 0.7261
+  //   step 3: g' = 1.07261,      buf = 0.8195 + 1.07261 = 1.89211, p = 0.7261 - 0.189211 = 0.536889
+  // Element 1 by hand:
+  //   step 1: g' = 0.2,          buf = 0.2,                     p = 1.98
+  //   step 2: g' = 0.198,        buf = 0.1 + 0.198 = 0.298,     p = 1.9502
+  //   step 3: g' = 0.19502,      buf = 0.149 + 0.19502 = 0.34402, p = 1.915798
+  const double want_p0[3] = {0.89, 0.7261, 0.536889};
+  const double want_p1[3] = {1.98, 1.9502, 1.915798};
+  const double want_b0[3] = {1.1, 1.639, 1.89211};
+  const double want_b1[3] = {0.2, 0.298, 0.34402};
+  for (int step = 1; step <= 3; ++step) {
+    opt.update(host, p, g, state, 2, 0.1, true, step);
+    EXPECT_NEAR(p[0], want_p0[step - 1], 1e-6) << step;
+    EXPECT_NEAR(p[1], want_p1[step - 1], 1e-6) << step;
+    EXPECT_NEAR(buf[0], want_b0[step - 1], 1e-6) << step;
+    EXPECT_NEAR(buf[1], want_b1[step - 1], 1e-6) << step;
+  }
+}
+
+TEST(Sgd, NesterovPlainAndNoDecay) {
+  StubBackend host(weft::Device::Host);
+  {
+    // Nesterov, lr 0.1, momentum 0.5, p = 1, g = 1:
+    //   buf 1, 1.5, 1.75; step d = g + 0.5*buf = 1.5, 1.75, 1.875; p = 0.85, 0.675, 0.4875
+    weft::Sgd opt(sgd_options(0.1, 0.5, 0.0, true));
+    float p = 1.f, g = 1.f, buf = 0.f;
+    float* state[1] = {&buf};
+    const double want[3] = {0.85, 0.675, 0.4875};
+    for (int step = 1; step <= 3; ++step) {
+      opt.update(host, &p, &g, state, 1, 0.1, true, step);
+      EXPECT_NEAR(p, want[step - 1], 1e-6) << step;
+    }
+  }
+  {
+    // No momentum: no state; p = 1 - 0.1*k for g = 1.
+    weft::Sgd opt(sgd_options(0.1, 0.0, 0.0, false));
+    EXPECT_EQ(opt.state_slots(), 0);
+    float p = 1.f, g = 1.f;
+    for (int step = 1; step <= 3; ++step) {
+      opt.update(host, &p, &g, nullptr, 1, 0.1, true, step);
+      EXPECT_NEAR(p, 1.0 - 0.1 * step, 1e-6) << step;
+    }
+  }
+  {
+    // decay = false: weight decay does not touch p when g = 0.
+    weft::Sgd opt(sgd_options(0.1, 0.9, 0.5, false));
+    float p = 2.f, g = 0.f, buf = 0.f;
+    float* state[1] = {&buf};
+    for (int step = 1; step <= 3; ++step) opt.update(host, &p, &g, state, 1, 0.1, false, step);
+    EXPECT_EQ(p, 2.f);
+  }
+}
+
+TEST(Sgd, NeedsAHostBackendAndValidOptions) {
+  weft::Sgd opt(sgd_options(0.1, 0.9, 0.0, false));
+  StubBackend gpu(weft::Device::Cuda);
+  float p = 1.f, g = 1.f, buf = 0.f;
+  float* state[1] = {&buf};
+  std::string msg = error_of([&] { opt.update(gpu, &p, &g, state, 1, 0.1, true, 1); });
+  EXPECT_NE(msg.find("sgd"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("host backend"), std::string::npos) << msg;
+  EXPECT_EQ(p, 1.f);
+  EXPECT_NE(error_of([] { weft::Sgd o(sgd_options(0.1, 0.0, 0.0, true)); }).find("optimizer.nesterov"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { weft::Sgd o(sgd_options(0.1, 1.0, 0.0, false)); }).find("optimizer.momentum"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { weft::Sgd o(sgd_options(0.0, 0.9, 0.0, false)); }).find("optimizer.lr"),
+            std::string::npos);
+}
+
+// ---------------------------------------------------------- lr schedules ----
+
+weft::Options lr_options(int64_t warmup, double min_lr, int64_t decay, weft::SourcePos min_pos = {}) {
+  return weft::Options("lr_schedule", {{"warmup_steps", {OptValue(warmup), {}}},
+                                       {"min_lr", {OptValue(min_lr), min_pos}},
+                                       {"decay_steps", {OptValue(decay), {}}}});
+}
+
+const double kPi = 3.14159265358979323846;
+
+TEST(LrSchedule, Constant) {
+  weft::WarmupDecaySchedule s(weft::LrShape::Constant, lr_options(10, 0.0, 0), {1e-3, 100});
+  EXPECT_DOUBLE_EQ(s.lr(1), 1e-3 * 1 / 10);
+  EXPECT_DOUBLE_EQ(s.lr(5), 1e-3 * 5 / 10);
+  EXPECT_DOUBLE_EQ(s.lr(10), 1e-3);
+  EXPECT_DOUBLE_EQ(s.lr(11), 1e-3);
+  EXPECT_DOUBLE_EQ(s.lr(100), 1e-3);
+  EXPECT_DOUBLE_EQ(s.lr(5000), 1e-3);
+  weft::WarmupDecaySchedule flat(weft::LrShape::Constant, lr_options(0, 0.0, 0), {2e-4, 10});
+  EXPECT_DOUBLE_EQ(flat.lr(1), 2e-4);
+  // min_lr is not used by constant, so it may exceed the lr.
+  EXPECT_NO_THROW(weft::WarmupDecaySchedule(weft::LrShape::Constant, lr_options(0, 1.0, 0), {2e-4, 10}));
+}
+
+TEST(LrSchedule, Linear) {
+  const double base = 1e-3, min_lr = 1e-4;
+  weft::WarmupDecaySchedule s(weft::LrShape::Linear, lr_options(10, min_lr, 100), {base, 500});
+  auto ref = [&](int64_t step) {
+    if (step <= 10) return base * step / 10.0;
+    double prog = std::min(1.0, (step - 10) / 90.0);
+    return base - (base - min_lr) * prog;
+  };
+  for (int64_t step : {1, 3, 10, 11, 40, 55, 99, 100, 101, 500}) EXPECT_NEAR(s.lr(step), ref(step), 1e-15) << step;
+  EXPECT_NEAR(s.lr(55), 5.5e-4, 1e-15);
+  EXPECT_NEAR(s.lr(100), min_lr, 1e-15);
+  EXPECT_NEAR(s.lr(400), min_lr, 1e-15);
+}
+
+TEST(LrSchedule, Cosine) {
+  const double base = 1e-3, min_lr = 1e-4;
+  weft::WarmupDecaySchedule s(weft::LrShape::Cosine, lr_options(10, min_lr, 100), {base, 500});
+  auto ref = [&](int64_t step) {
+    if (step <= 10) return base * step / 10.0;
+    double prog = std::min(1.0, (step - 10) / 90.0);
+    return min_lr + 0.5 * (base - min_lr) * (1 + std::cos(kPi * prog));
+  };
+  for (int64_t step : {1, 9, 10, 11, 40, 55, 77, 100, 101, 500}) EXPECT_NEAR(s.lr(step), ref(step), 1e-15) << step;
+  EXPECT_NEAR(s.lr(10), base, 1e-15);
+  EXPECT_NEAR(s.lr(40), 1e-4 + 0.45e-3 * 1.5, 1e-15);  // progress 1/3: cos = 1/2
+  EXPECT_NEAR(s.lr(55), 5.5e-4, 1e-15);                // progress 1/2: halfway
+  EXPECT_NEAR(s.lr(100), min_lr, 1e-15);
+  EXPECT_NEAR(s.lr(250), min_lr, 1e-15);
+}
+
+TEST(LrSchedule, DecayStepsDefaultToTheRunLength) {
+  weft::WarmupDecaySchedule s(weft::LrShape::Cosine, lr_options(0, 0.0, 0), {6e-4, 50});
+  EXPECT_EQ(s.config().decay_steps, 50);
+  EXPECT_NEAR(s.lr(1), 0.5 * 6e-4 * (1 + std::cos(kPi * 1 / 50.0)), 1e-15);
+  EXPECT_NEAR(s.lr(25), 3e-4, 1e-15);
+  EXPECT_NEAR(s.lr(50), 0.0, 1e-15);
+  weft::WarmupDecaySchedule l(weft::LrShape::Linear, lr_options(0, 0.0, 0), {6e-4, 50});
+  EXPECT_NEAR(l.lr(10), 6e-4 * 40 / 50.0, 1e-15);
+}
+
+TEST(LrSchedule, RejectsInconsistentOptions) {
+  weft::SourcePos pos{"run.toml", 12, 3};
+  std::string msg =
+      error_of([&] { weft::WarmupDecaySchedule s(weft::LrShape::Cosine, lr_options(0, 1e-2, 0, pos), {1e-3, 10}); });
+  EXPECT_NE(msg.find("run.toml:12:3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("lr_schedule.min_lr"), std::string::npos) << msg;
+  msg = error_of([] { weft::WarmupDecaySchedule s(weft::LrShape::Linear, lr_options(20, 0.0, 10), {1e-3, 100}); });
+  EXPECT_NE(msg.find("lr_schedule.warmup_steps"), std::string::npos) << msg;
+  msg = error_of([] { weft::WarmupDecaySchedule s(weft::LrShape::Cosine, lr_options(200, 0.0, 0), {1e-3, 100}); });
+  EXPECT_NE(msg.find("lr_schedule.warmup_steps"), std::string::npos) << msg;
+  EXPECT_NO_THROW(weft::WarmupDecaySchedule(weft::LrShape::Cosine, lr_options(100, 0.0, 0), {1e-3, 100}));
+}
+
+}  // namespace
