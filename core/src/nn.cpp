@@ -96,7 +96,7 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy) {
     gw.a = f32(dy), gw.lda = out_;
     gw.b = f32(x), gw.ldb = in_;
     gw.c = f32(weight_.grad), gw.ldc = in_;
-    gw.beta = 0.f;
+    gw.beta = 1.f;
     be.gemm(gw);
     if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_);
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include "weft/error.hpp"
@@ -97,8 +98,12 @@ std::string opt_value_str(const OptValue& value) {
   if (auto d = std::get_if<double>(&value)) {
     if (std::isnan(*d)) return "nan";
     if (std::isinf(*d)) return *d > 0 ? "inf" : "-inf";
+    // Shortest form that reads back to the same double.
     char buf[40];
-    std::snprintf(buf, sizeof buf, "%.17g", *d);
+    for (int precision = 15; precision <= 17; ++precision) {
+      std::snprintf(buf, sizeof buf, "%.*g", precision, *d);
+      if (std::strtod(buf, nullptr) == *d) break;
+    }
     std::string s = buf;
     if (s.find_first_of(".eE") == std::string::npos) s += ".0";
     return s;

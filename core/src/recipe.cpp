@@ -101,14 +101,18 @@ void check_depth(const toml::node& node, int depth) {
     for (auto&& v : *a) check_depth(v, depth + 1);
 }
 
-// Later wins; tables merge key by key, anything else is replaced.
-void merge_into(toml::table& dst, const toml::table& src) {
+// Later wins; tables merge key by key, anything else is replaced. Nodes are
+// moved, never copied: TOML++ keeps source positions only across moves.
+void merge_into(toml::table& dst, toml::table& src) {
   for (auto&& [key, value] : src) {
     toml::node* existing = dst.get(key);
     if (existing && existing->is_table() && value.is_table()) {
       merge_into(*existing->as_table(), *value.as_table());
+    } else if (existing) {
+      dst.erase(key);
+      dst.insert(key, std::move(value));
     } else {
-      dst.insert_or_assign(key, value);
+      dst.insert(key, std::move(value));
     }
   }
 }
@@ -154,7 +158,8 @@ toml::table load_with_includes(const std::string& path, const SourcePos& from, s
       std::error_code ec;
       if (!fs::exists(full, ec))
         fail_at(at, "include '" + rel.string() + "' not found (looked for " + full.string() + ")");
-      merge_into(merged, load_with_includes(full.string(), at, stack));
+      toml::table included = load_with_includes(full.string(), at, stack);
+      merge_into(merged, included);
     }
     table.erase("include");
   }

@@ -28,10 +28,11 @@ WarmupDecaySchedule::WarmupDecaySchedule(LrShape shape, const Options& options, 
   if (config_.min_lr > config_.base_lr)
     options.fail("min_lr", std::to_string(config_.min_lr) + " is above the optimizer's lr " +
                                std::to_string(config_.base_lr));
-  if (config_.decay_steps > 0 && config_.warmup_steps > config_.decay_steps)
+  // A run shorter than its warmup is fine (a short trial of a long recipe);
+  // an explicit decay_steps inside the warmup contradicts it.
+  if (decay_steps > 0 && config_.warmup_steps > decay_steps)
     options.fail("warmup_steps", std::to_string(config_.warmup_steps) + " exceeds decay_steps " +
-                                     std::to_string(config_.decay_steps) +
-                                     (decay_steps > 0 ? "" : " (the run's total steps)"));
+                                     std::to_string(decay_steps));
 }
 
 double WarmupDecaySchedule::lr(int64_t step) const {
