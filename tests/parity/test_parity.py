@@ -1,0 +1,293 @@
+"""weft vs an independent PyTorch GPT-2 (Meson suite 'parity').
+
+    python3 test_parity.py PARITY_DUMP BUILD_ROOT SOURCE_DIR
+
+1. Runs PARITY_DUMP on gpt-parity.toml: weft's initial params, the token
+   batches of steps 1..10, and for the batch of step 1 weft's logits, per-token
+   losses, mean loss and every param's gradient (dloss_scale = 1/(G*T)).
+2. Loads the same params into gpt2_reference.GPT2 and checks logits, losses,
+   loss and every gradient (torch autograd) against weft's.
+3. Runs `BUILD_ROOT/weft train` for 10 steps (log.interval 1) for each batch
+   layout in VARIANTS and checks every step's loss and grad_norm from
+   metrics.jsonl, and the final checkpoint's params, against 10 steps of
+   torch.optim.AdamW + clip_grad_norm_ on the same batches.
+
+Error measure ("rel") everywhere: max|weft - torch| / max|torch| over the
+whole tensor (a scalar: |weft - torch| / |torch|); the denominator is floored
+at 1e-30, so an all-zero reference needs an all-zero weft tensor. The
+reference is float32 PyTorch, the same precision as weft's fp32 run.
+
+Prints one line per check and a final "N passed, M failed"; exits 1 when
+anything failed (torch not importable counts as a failure, never a skip).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TOL_LOGITS = 1e-5      # logits, per-token losses, mean loss at step 1
+TOL_GRAD = 1e-4        # every gradient at step 1
+TOL_TRAIN_LOSS = 1e-4  # each step's loss over 10 training steps
+TOL_GRAD_NORM = 1e-4   # each step's global gradient norm (before clipping)
+TOL_FINAL_PARAM = 1e-3  # every param after 10 steps (Adam's division amplifies last-bit gradient noise)
+STEPS = 10
+
+# (label, extra --set overrides) for the 10-step training comparison.
+VARIANTS = [
+    ("micro4", []),                   # G = 4 as one microbatch
+    ("micro2", ["batch.micro=2"]),    # G = 4 as 2 accumulated microbatches
+]
+
+passed = 0
+failed = 0
+
+
+def report(ok, name, detail):
+    global passed, failed
+    if ok:
+        passed += 1
+    else:
+        failed += 1
+    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
+
+
+def finish():
+    print(f"{passed} passed, {failed} failed", flush=True)
+    sys.exit(0 if failed == 0 and passed > 0 else 1)
+
+
+try:
+    import numpy as np  # noqa: F401  (gpt2_reference needs it)
+    import torch
+except Exception as e:  # noqa: BLE001
+    report(False, "import torch", f"{type(e).__name__}: {e} (install Debian's python3-torch)")
+    finish()
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpt2_reference import GPT2, decays, read_safetensors  # noqa: E402
+
+
+def rel_err(a, b):
+    """max|a-b| / max|b| over the tensor (b = the torch reference)."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    b = torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.numel() == 0:
+        return 0.0
+    return ((a - b).abs().max() / max(b.abs().max().item(), 1e-30)).item()
+
+
+def check_close(name, weft_value, torch_value, tol):
+    err = rel_err(weft_value, torch_value)
+    report(err <= tol, name, f"rel {err:.3e} (tol {tol:.0e})")
+    return err
+
+
+def run(cmd, cwd=None, timeout=300):
+    t0 = time.time()
+    res = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=timeout)
+    if res.returncode != 0:
+        print(res.stdout)
+        raise RuntimeError(f"{' '.join(cmd)} exited {res.returncode}")
+    print(f"  ran {os.path.basename(cmd[0])} {cmd[1] if len(cmd) > 1 else ''} in {time.time() - t0:.1f}s",
+          flush=True)
+    return res.stdout
+
+
+def tokens_of(batch):
+    t = batch.round().to(torch.int64)
+    assert torch.equal(t.to(torch.float32), batch), "token batch holds non-integers"
+    return t
+
+
+# ---------------------------------------------------------------- step 1
+
+def check_step1(cfg, dump):
+    init, _ = read_safetensors(os.path.join(dump, "init.safetensors"))
+    batches, _ = read_safetensors(os.path.join(dump, "batches.safetensors"))
+    step1, _ = read_safetensors(os.path.join(dump, "step1.safetensors"))
+    mc = cfg["model"]
+    G, T, V, Vp = cfg["batch"]["global"], mc["seq_length"], mc["vocab"], mc["padded_vocab"]
+
+    model = GPT2.from_config(mc)
+    torch_names = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    weft_names = {p["name"]: tuple(p["shape"]) for p in cfg["params"]}
+    report(torch_names == weft_names, "param names and shapes",
+           f"{len(weft_names)} weft params, {len(torch_names)} torch params"
+           + ("" if torch_names == weft_names else
+              f"; only weft {sorted(set(weft_names.items()) - set(torch_names.items()))},"
+              f" only torch {sorted(set(torch_names.items()) - set(weft_names.items()))}"))
+    wd_wrong = [p["name"] for p in cfg["params"] if p["weight_decay"] != decays(p["name"])]
+    report(not wd_wrong, "weight_decay flags", "weft's Param::weight_decay follow the GPT-2 rule"
+           if not wd_wrong else f"differ from the GPT-2 rule for {wd_wrong}")
+    model.load_weights(init)
+
+    tok = tokens_of(batches["step1"])  # [G,T+1]
+    ids, targets = tok[:, :T], tok[:, 1:]
+    assert tok.shape == (G, T + 1) and int(tok.max()) < V and int(tok.min()) >= 0
+
+    logits = model(ids)  # [G,T,Vp]
+    losses = model.token_losses(logits, targets)  # [G,T]
+    loss = losses.mean()
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+
+    check_close("step1 logits [G,T,Vp]", step1["logits"], logits.detach(), TOL_LOGITS)
+    check_close("step1 per-token losses [G,T]", step1["losses"], losses.detach(), TOL_LOGITS)
+    check_close("step1 mean loss", step1["loss"], loss.detach().reshape(1), TOL_LOGITS)
+    print(f"  step1 loss weft {step1['loss'].item():.9g} torch {loss.item():.9g} (ln V = {np.log(V):.6g})")
+    worst = (0.0, "")
+    for name, p in model.named_parameters():
+        key = "grad." + name
+        if key not in step1:
+            report(False, f"grad {name}", "missing from weft's dump")
+            continue
+        err = check_close(f"grad {name} {tuple(p.shape)}", step1[key], p.grad, TOL_GRAD)
+        worst = max(worst, (err, name))
+    print(f"  worst gradient: {worst[1]} rel {worst[0]:.3e}")
+
+
+# ---------------------------------------------------------------- 10 training steps
+
+def torch_train(cfg, init, batches, micro, steps):
+    """Returns ([loss per step], [grad norm per step], final params) of torch training."""
+    torch.manual_seed(0)  # unused: every value comes from weft's files
+    mc, oc = cfg["model"], cfg["optimizer"]
+    G, T = cfg["batch"]["global"], mc["seq_length"]
+    model = GPT2.from_config(mc)
+    model.load_weights(init)
+    decay = [p for n, p in model.named_parameters() if decays(n)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": oc["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=oc["lr"], betas=(oc["beta1"], oc["beta2"]), eps=oc["eps"])
+    losses, norms = [], []
+    for s in range(1, steps + 1):
+        tok = tokens_of(batches[f"step{s}"])  # [G,T+1]
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for m0 in range(0, G, micro):
+            chunk = tok[m0:m0 + micro]
+            l = model.token_losses(model(chunk[:, :T]), chunk[:, 1:])  # [micro,T]
+            (l.sum() / (G * T)).backward()
+            total += l.detach().double().sum().item()
+        losses.append(total / (G * T))
+        clip = oc["clip_grad_norm"]
+        if clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        norms.append(float(norm))
+        opt.step()
+    return losses, norms, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def read_metrics(path):
+    records = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                r = json.loads(line)
+                records[int(r["step"])] = r
+    return records
+
+
+def check_training(cfg, dump, weft_exe, recipe, work, label, overrides):
+    init, _ = read_safetensors(os.path.join(dump, "init.safetensors"))
+    batches, _ = read_safetensors(os.path.join(dump, "batches.safetensors"))
+    out_dir = os.path.join(work, "run-" + label)
+    sets = [f"run.out_dir={out_dir}", f"run.steps={STEPS}", "log.interval=1" + overrides
+    cmd = [weft_exe, "train", recipe]
+    for s in sets:
+        cmd += ["--set", s]
+    run(cmd, cwd=work)
+    metrics = read_metrics(os.path.join(out_dir, "metrics.jsonl"))
+    micro = cfg["batch"]["micro"]
+    for o in overrides:
+        if o.startswith("batch.micro="):
+            micro = int(o.split("=", 1)[1])
+    ref_losses, ref_norms, ref_params = torch_train(cfg, init, batches, micro, STEPS)
+
+    report(sorted(metrics) == list(range(1, STEPS + 1)), f"{label} metrics steps",
+           f"metrics.jsonl has steps {sorted(metrics)}")
+    worst_loss = worst_norm = 0.0
+    for s in range(1, STEPS + 1):
+        if s not in metrics:
+            continue
+        r = metrics[s]
+        lerr = abs(r["loss"] - ref_losses[s - 1]) / abs(ref_losses[s - 1])
+        nerr = abs(r["grad_norm"] - ref_norms[s - 1]) / max(abs(ref_norms[s - 1]), 1e-30)
+        worst_loss, worst_norm = max(worst_loss, lerr), max(worst_norm, nerr)
+        print(f"  {label} step {s:2d}: loss weft {r['loss']:.9f} torch {ref_losses[s - 1]:.9f} rel {lerr:.2e}"
+              f" | grad_norm weft {r['grad_norm']:.6g} torch {ref_norms[s - 1]:.6g} rel {nerr:.2e}"
+              f" | lr {r['lr']:g}")
+        report(lerr <= TOL_TRAIN_LOSS, f"{label} step {s} loss", f"rel {lerr:.3e} (tol {TOL_TRAIN_LOSS:.0e})")
+        report(nerr <= TOL_GRAD_NORM, f"{label} step {s} grad_norm", f"rel {nerr:.3e} (tol {TOL_GRAD_NORM:.0e})")
+        lr_ok = abs(r["lr"] - cfg["optimizer"]["lr"]) <= 1e-12 * cfg["optimizer"]["lr"]
+        if not lr_ok:
+            report(False, f"{label} step {s} lr", f"weft {r['lr']!r}, constant schedule expects {cfg['optimizer']['lr']!r}")
+    print(f"  {label}: worst step loss rel {worst_loss:.3e}, worst grad_norm rel {worst_norm:.3e}")
+
+    ckpt = os.path.join(out_dir, "checkpoints", f"step_{STEPS}", "model.safetensors")
+    final, _ = read_safetensors(ckpt)
+    worst = (0.0, "")
+    for name, ref in ref_params.items():
+        err = rel_err(final[name], ref) if name in final else float("inf")
+        worst = max(worst, (err, name))
+    report(worst[0] <= TOL_FINAL_PARAM, f"{label} params after {STEPS} steps",
+           f"worst {worst[1]} rel {worst[0]:.3e} (tol {TOL_FINAL_PARAM:.0e}) over {len(ref_params)} params")
+
+
+def main():
+    if len(sys.argv) != 4:
+        print("usage: test_parity.py PARITY_DUMP BUILD_ROOT SOURCE_DIR", file=sys.stderr)
+        sys.exit(2)
+    dump_exe, build_root, source_dir = (os.path.abspath(a) for a in sys.argv[1:])
+    recipe = os.path.join(source_dir, "gpt-parity.toml")
+    weft_exe = os.path.join(build_root, "weft")
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, weft {weft_exe}, recipe {recipe}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="weft-parity-") as work:
+        dump = os.path.join(work, "dump")
+        cfg = None
+        try:
+            run([dump_exe, build_root, recipe, dump, "--steps", str(STEPS)], cwd=work)
+            with open(os.path.join(dump, "config.json")) as f:
+                cfg = json.load(f)
+            mc = cfg["model"]
+            ok = (mc["plugin"] == "gpt" and cfg["optimizer"]["plugin"] == "adamw" and cfg["world"] == 1
+                  and cfg["lr_schedule"]["plugin"] == "constant" and cfg["lr_schedule"]["warmup_steps"] == 0
+                  and cfg["precision"] == "fp32")
+            report(ok, "recipe", f"gpt L{mc['layers']} C{mc['hidden']} H{mc['heads']} T{mc['seq_length']} "
+                   f"V{mc['vocab']} Vp{mc['padded_vocab']}, G {cfg['batch']['global']}, {cfg['optimizer']['plugin']} "
+                   f"lr {cfg['optimizer']['lr']}, {cfg['lr_schedule']['plugin']} schedule, {cfg['precision']}")
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+            report(False, "parity_dump", "did not produce its files")
+            finish()
+
+        try:
+            check_step1(cfg, dump)
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+            report(False, "step1", "raised")
+
+        for label, overrides in VARIANTS:
+            try:
+                check_training(cfg, dump, weft_exe, recipe, work, label, overrides)
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+                report(False, f"{label} training", "raised")
+    finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+// safetensors writer/reader: round trip against the values written, the
+// byte layout the format specifies, and refusals of damaged files with the
+// path and the offset.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "safetensors.hpp"
+#include "weft/error.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_file(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("weft-st-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return dir / name;
+}
+
+std::string error_of(const std::string& path) {
+  try {
+    weft::SafetensorsReader r(path);
+  } catch (const weft::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+void write_bytes(const fs::path& p, const std::string& bytes) {
+  std::ofstream(p, std::ios::binary) << bytes;
+}
+
+std::string with_header(const std::string& json, const std::string& data) {
+  std::string out(8, '\0');
+  uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(n >> (8 * i));
+  return out + json + data;
+}
+
+}  // namespace
+
+TEST(Safetensors, RoundTripAndLayout) {
+  fs::path p = temp_file("a.safetensors");
+  std::vector<weft::NamedArray> tensors = {{"b.weight", {2, 3}, {1, 2, 3, 4, 5, 6.5f}},
+                                           {"a", {1}, {-0.25f}}};
+  weft::write_safetensors(p.string(), tensors, {{"format", "weft"}});
+  weft::SafetensorsReader r(p.string());
+  EXPECT_EQ(r.shape("b.weight"), (weft::Shape{2, 3}));
+  EXPECT_EQ(r.read("b.weight"), tensors[0].values);
+  EXPECT_EQ(r.read("a"), tensors[1].values);
+  EXPECT_EQ(r.metadata().at("format"), "weft");
+
+  // Independent parse of the bytes: LE header length, JSON, data at the offsets.
+  std::ifstream in(p, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  EXPECT_EQ((8 + n) % 8, 0u);
+  auto header = nlohmann::json::parse(bytes.substr(8, n));
+  EXPECT_EQ(header["b.weight"]["dtype"], "F32");
+  auto off = header["a"]["data_offsets"].get<std::vector<uint64_t>>();
+  float v;
+  std::memcpy(&v, bytes.data() + 8 + n + off[0], 4);
+  EXPECT_EQ(v, -0.25f);
+  EXPECT_EQ(bytes.size(), 8 + n + 7 * 4);
+  // No temporary file is left behind.
+  for (const auto& e : fs::directory_iterator(p.parent_path()))
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+}
+
+TEST(Safetensors, DamagedFilesAreRefusedWithPathAndOffset) {
+  fs::path p = temp_file("bad.safetensors");
+  write_bytes(p, "abc");
+  EXPECT_NE(error_of(p.string()).find(p.string() + ": offset 0: file too short"), std::string::npos);
+  write_bytes(p, with_header(std::string(100, ' '), "").substr(0, 8) + std::string(4, 'x'));
+  EXPECT_NE(error_of(p.string()).find("exceeds the file"), std::string::npos) << error_of(p.string());
+  write_bytes(p, with_header("{not json", ""));
+  EXPECT_NE(error_of(p.string()).find(p.string() + ": offset 8: malformed JSON header"), std::string::npos);
+  write_bytes(p, with_header(R"({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})", "12345678"));
+  EXPECT_NE(error_of(p.string()).find("tensor 'x': data ends past the end of the file"), std::string::npos)
+      << error_of(p.string());
+  write_bytes(p, with_header(R"({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", "12345678"));
+  EXPECT_NE(error_of(p.string()).find("does not match shape [3]"), std::string::npos) << error_of(p.string());
+  write_bytes(p, with_header(R"({"x": {"dtype": "F32", "shape": "oops", "data_offsets": [0, 8]}})", "12345678"));
+  EXPECT_NE(error_of(p.string()).find("tensor 'x'"), std::string::npos) << error_of(p.string());
+  EXPECT_NE(error_of((p.parent_path() / "missing.safetensors").string()).find("cannot open"), std::string::npos);
+  fs::remove_all(p.parent_path());
+}
