@@ -19,6 +19,7 @@ void load_default_plugins(Plugins& plugins);
 struct RecipeArgs {
   std::string recipe;
   std::vector<std::string> overrides;  // --set section.key=value
+  bool log_level_given = false;        // --log-level beats the recipe's log.level
 };
 
 int cmd_plugins(const std::string& name);

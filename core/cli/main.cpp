@@ -15,8 +15,9 @@ int run(int argc, char** argv) {
   CLI::App app{"weft: train transformer language models from TOML recipes", "weft"};
   app.set_version_flag("--version", std::string("weft ") + WEFT_VERSION + " (plugin ABI " +
                                         std::to_string(weft::kAbiVersion) + ")");
-  std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  std::string log_level;
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off (default: the recipe's log.level, "
+                                           "else info)");
   app.require_subcommand(1);
 
   weft::cli::RecipeArgs recipe_args;
@@ -28,12 +29,12 @@ int run(int argc, char** argv) {
 
   CLI::App* train = app.add_subcommand("train", "train a model from a recipe");
   add_recipe(train);
-  bool resume = false;
   std::string resume_dir;
-  train->add_option("--resume", resume_dir, "resume from DIR, or from the latest checkpoint when DIR is omitted")
-      ->expected(0, 1)
-      ->each([&](const std::string&) { resume = true; });
-  train->add_flag_callback("--resume-latest", [&] { resume = true; }, "resume from the latest checkpoint");
+  CLI::Option* resume_opt =
+      train->add_option("--resume", resume_dir,
+                        "resume from the run's latest checkpoint, or from DIR (a step_N folder, a checkpoints "
+                        "folder or an out_dir; write --resume=DIR before the recipe)")
+          ->expected(0, 1);
 
   CLI::App* check = app.add_subcommand("check", "validate a recipe; print it resolved, the layout, "
                                                  "the parameter count and a per-rank memory estimate");
@@ -74,8 +75,9 @@ int run(int argc, char** argv) {
     return 2;
   }
 
-  weft::setup_logging(log_level);
-  if (train->parsed()) return weft::cli::cmd_train(recipe_args, resume, resume_dir);
+  weft::setup_logging(log_level.empty() ? "info" : log_level);
+  recipe_args.log_level_given = !log_level.empty();
+  if (train->parsed()) return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir);
   if (check->parsed()) return weft::cli::cmd_check(recipe_args);
   if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);
   if (eval->parsed()) return weft::cli::cmd_eval(checkpoint, text_file);

@@ -1,5 +1,6 @@
 // `weft train RECIPE [--set k=v]... [--resume [DIR]]`.
 #include "commands.hpp"
+#include "logging.hpp"
 #include "runtime.hpp"
 #include "trainer.hpp"
 
@@ -9,6 +10,7 @@ int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir
   Plugins plugins;
   load_default_plugins(plugins);
   Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan);
+  if (!args.log_level_given) setup_logging(recipe.options("log").get_string("level"));
   TrainArgs targs;
   targs.resume = resume;
   targs.resume_from = resume_dir;

@@ -27,8 +27,18 @@ std::vector<float> to_host(Backend& backend, const Tensor& t) {
 }  // namespace
 
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
-                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend) {
+                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer) {
+  // Optimizer state may be sharded over dp (zero1): reading it is collective.
+  std::vector<NamedArray> state;
+  for (Param* p : flat.params) {
+    for (int s = 0; dp && s < state_slots; ++s) {
+      NamedArray a{p->name + ".slot" + std::to_string(s), p->full_shape, std::vector<float>(p->data.numel())};
+      dp->read_state(*p, s, a.values.data());
+      if (writer) state.push_back(std::move(a));
+    }
+  }
   fs::path root = fs::path(out_dir) / "checkpoints";
+  if (!writer) return (root / step_name(meta.step)).string();
   fs::path final_dir = root / step_name(meta.step);
   fs::path tmp_dir = root / (step_name(meta.step) + ".tmp." + std::to_string(::getpid()));
   std::error_code ec;
@@ -36,17 +46,12 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
   fs::create_directories(tmp_dir, ec);
   if (ec) throw Error(tmp_dir.string() + ": cannot create checkpoint folder: " + ec.message());
 
-  std::vector<NamedArray> params, state;
+  std::vector<NamedArray> params;
   json shapes = json::object();
   for (Param* p : flat.params) {
     WEFT_ASSERT(p->shard.count == 1, "checkpoint of a sharded parameter: " + p->name);
     params.push_back({p->name, p->full_shape, to_host(backend, p->data)});
     shapes[p->name] = p->full_shape;
-    for (int s = 0; dp && s < state_slots; ++s) {
-      NamedArray a{p->name + ".slot" + std::to_string(s), p->full_shape, std::vector<float>(p->data.numel())};
-      dp->read_state(*p, s, a.values.data());
-      state.push_back(std::move(a));
-    }
   }
   write_safetensors((tmp_dir / "model.safetensors").string(), params, {{"format", "weft"}});
   if (dp) write_safetensors((tmp_dir / "optimizer.safetensors").string(), state, {{"format", "weft"}});

@@ -19,10 +19,11 @@ struct CheckpointMeta {
   uint64_t seed = 0;
 };
 
-// Rank 0 writes; the caller holds a barrier before calling `publish_latest`.
+// Every rank calls it (sharded optimizer state is gathered collectively); only
+// the `writer` writes files. The caller holds a barrier before `publish_latest`.
 // Returns the step folder.
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
-                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend);
+                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer);
 // Points checkpoints/latest at step_N and removes the oldest beyond `keep` (0 = keep all).
 void publish_latest(const std::string& out_dir, int64_t step, int64_t keep);
 

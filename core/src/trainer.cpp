@@ -253,12 +253,10 @@ void RankTrainer::run() {
     }
     bool save = step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
     if (save) {
-      if (rank0) {
-        CheckpointMeta meta{step, step * global_, seed};
-        std::string dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(),
-                                           optimizer_->state_slots(), *stack_.backend);
-        log_->info("checkpoint {}", dir);
-      }
+      CheckpointMeta meta{step, step * global_, seed};
+      std::string dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
+                                         *stack_.backend, rank0);
+      if (rank0) log_->info("checkpoint {}", dir);
       world_.barrier();
       if (rank0) publish_latest(out_dir_, step, keep);
     }

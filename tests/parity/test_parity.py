@@ -9,8 +9,8 @@
    loss and every gradient (torch autograd) against weft's.
 3. Runs `BUILD_ROOT/weft train` for 10 steps (log.interval 1) for each batch
    layout in VARIANTS and checks every step's loss and grad_norm from
-   metrics.jsonl, and the final checkpoint's params, against 10 steps of
-   torch.optim.AdamW + clip_grad_norm_ on the same batches.
+   metrics.jsonl, and the update of every param (final checkpoint - init),
+   against 10 steps of torch.optim.AdamW + clip_grad_norm_ on the same batches.
 
 Error measure ("rel") everywhere: max|weft - torch| / max|torch| over the
 whole tensor (a scalar: |weft - torch| / |torch|); the denominator is floored
@@ -33,7 +33,9 @@ TOL_LOGITS = 1e-5      # logits, per-token losses, mean loss at step 1
 TOL_GRAD = 1e-4        # every gradient at step 1
 TOL_TRAIN_LOSS = 1e-4  # each step's loss over 10 training steps
 TOL_GRAD_NORM = 1e-4   # each step's global gradient norm (before clipping)
-TOL_FINAL_PARAM = 1e-3  # every param after 10 steps (Adam's division amplifies last-bit gradient noise)
+# Every param's 10-step update (final - init): Adam's m/sqrt(v) amplifies last-bit
+# gradient differences where a gradient element is near zero (observed <= 4e-4).
+TOL_FINAL_UPDATE = 5e-3
 STEPS = 10
 
 # (label, extra --set overrides) for the 10-step training comparison.
@@ -151,13 +153,16 @@ def check_step1(cfg, dump):
         err = check_close(f"grad {name} {tuple(p.shape)}", step1[key], p.grad, TOL_GRAD)
         worst = max(worst, (err, name))
     print(f"  worst gradient: {worst[1]} rel {worst[0]:.3e}")
+    if "grad.wte.weight" in step1:
+        pad = step1["grad.wte.weight"][V:]
+        report(bool((pad == 0).all()), f"grad wte.weight padded rows [{V}:{Vp}]",
+               f"max |grad| {pad.abs().max().item() if pad.numel() else 0.0:.3e} (must be exactly 0)")
 
 
 # ---------------------------------------------------------------- 10 training steps
 
 def torch_train(cfg, init, batches, micro, steps):
     """Returns ([loss per step], [grad norm per step], final params) of torch training."""
-    torch.manual_seed(0)  # unused: every value comes from weft's files
     mc, oc = cfg["model"], cfg["optimizer"]
     G, T = cfg["batch"]["global"], mc["seq_length"]
     model = GPT2.from_config(mc)
@@ -203,7 +208,7 @@ def check_training(cfg, dump, weft_exe, recipe, work, label, overrides):
     init, _ = read_safetensors(os.path.join(dump, "init.safetensors"))
     batches, _ = read_safetensors(os.path.join(dump, "batches.safetensors"))
     out_dir = os.path.join(work, "run-" + label)
-    sets = [f"run.out_dir={out_dir}", f"run.steps={STEPS}", "log.interval=1" + overrides
+    sets = [f"run.out_dir={out_dir}", f"run.steps={STEPS}", "log.interval=1"] + overrides
     cmd = [weft_exe, "train", recipe]
     for s in sets:
         cmd += ["--set", s]
@@ -235,14 +240,16 @@ def check_training(cfg, dump, weft_exe, recipe, work, label, overrides):
             report(False, f"{label} step {s} lr", f"weft {r['lr']!r}, constant schedule expects {cfg['optimizer']['lr']!r}")
     print(f"  {label}: worst step loss rel {worst_loss:.3e}, worst grad_norm rel {worst_norm:.3e}")
 
+    # Final params from weft's last checkpoint, measured on the 10-step update
+    # (final - init), so a small but systematic optimizer difference shows.
     ckpt = os.path.join(out_dir, "checkpoints", f"step_{STEPS}", "model.safetensors")
     final, _ = read_safetensors(ckpt)
     worst = (0.0, "")
     for name, ref in ref_params.items():
-        err = rel_err(final[name], ref) if name in final else float("inf")
+        err = rel_err(final[name] - init[name], ref - init[name]) if name in final else float("inf")
         worst = max(worst, (err, name))
-    report(worst[0] <= TOL_FINAL_PARAM, f"{label} params after {STEPS} steps",
-           f"worst {worst[1]} rel {worst[0]:.3e} (tol {TOL_FINAL_PARAM:.0e}) over {len(ref_params)} params")
+    report(worst[0] <= TOL_FINAL_UPDATE, f"{label} param updates after {STEPS} steps",
+           f"worst {worst[1]} rel {worst[0]:.3e} (tol {TOL_FINAL_UPDATE:.0e}) over {len(ref_params)} params")
 
 
 def main():

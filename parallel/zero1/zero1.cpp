@@ -1,0 +1,138 @@
+#include "zero1.hpp"
+
+#include <algorithm>
+
+namespace weft {
+
+template <class Fn>
+void Zero1::for_param_ranges(int64_t begin, int64_t end, Fn fn) const {
+  for (size_t i = 0; i < flat_->params.size(); ++i) {
+    int64_t pb = flat_->offsets[i], pe = pb + flat_->params[i]->data.numel();
+    int64_t b = std::max(begin, pb), e = std::min(end, pe);
+    if (b < e) fn(i, b, e);
+  }
+}
+
+void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Communicator* dp) {
+  flat_ = &flat;
+  optimizer_ = &optimizer;
+  backend_ = &backend;
+  dp_ = dp;
+  ranks_ = dp ? dp->size() : 1;
+  rank_ = dp ? dp->rank() : 0;
+  // Buckets in backward order (the last params of the flat buffer finish first).
+  int n = static_cast<int>(flat.params.size());
+  bucket_of_param_.assign(n, 0);
+  for (int i = n - 1; i >= 0; --i) {
+    int64_t begin = flat.offsets[i], end = begin + flat.params[i]->data.numel();
+    if (buckets_.empty() || (buckets_.back().end - buckets_.back().begin) * 4 >= bucket_bytes_)
+      buckets_.push_back(Bucket{begin, end});
+    Bucket& b = buckets_.back();
+    b.begin = std::min(b.begin, begin);
+    b.end = std::max(b.end, end);
+    ++b.params;
+    bucket_of_param_[i] = static_cast<int>(buckets_.size()) - 1;
+  }
+  for (Bucket& b : buckets_) {
+    int64_t len = b.end - b.begin;
+    b.shard = (len + ranks_ - 1) / ranks_;
+    b.own_begin = std::min(b.end, b.begin + rank_ * b.shard);
+    b.own_end = std::min(b.end, b.own_begin + b.shard);
+    b.state_offset = owned_;
+    owned_ += b.own_end - b.own_begin;
+    b.send = backend.alloc({ranks_ * b.shard}, DType::F32, MemCategory::CommBuffer);
+    b.recv = backend.alloc({b.shard}, DType::F32, MemCategory::CommBuffer);
+  }
+  for (int s = 0; s < optimizer.state_slots(); ++s)
+    state_.push_back(backend.alloc({std::max<int64_t>(owned_, 1)}, DType::F32, MemCategory::OptimState));
+}
+
+void Zero1::launch(Bucket& b) {
+  int64_t len = b.end - b.begin;
+  backend_->copy(b.send.view(0, {len}), flat_->grad.view(b.begin, {len}));  // padding stays zero
+  if (ranks_ == 1) {
+    backend_->copy(b.recv, b.send.view(0, {b.shard}));
+    return;
+  }
+  b.work = dp_->reduce_scatter(b.send, b.recv, ReduceOp::Sum);
+}
+
+void Zero1::grad_ready(Param& param) {
+  for (size_t i = 0; i < flat_->params.size(); ++i) {
+    if (flat_->params[i] != &param) continue;
+    Bucket& b = buckets_[bucket_of_param_[i]];
+    if (++b.ready == b.params) launch(b);
+    return;
+  }
+}
+
+double Zero1::finish_reduction() {
+  double local = 0;
+  for (Bucket& b : buckets_) {
+    if (b.ready != b.params) launch(b);
+    if (b.work) b.work->wait();
+    b.work.reset();
+    b.ready = 0;
+    // Only owned elements count, so every element is counted exactly once.
+    local += backend_->sum_squares(b.recv.data<float>(), b.own_end - b.own_begin);
+  }
+  if (ranks_ == 1) return local;
+  Tensor sum = backend_->alloc({1}, DType::F32, MemCategory::Workspace);
+  float partial = static_cast<float>(local);
+  backend_->copy_from_host(sum, &partial);
+  dp_->all_reduce(sum, ReduceOp::Sum)->wait();
+  float total = 0;
+  backend_->copy_to_host(&total, sum);
+  return total;
+}
+
+void Zero1::step(double lr, double grad_scale, int64_t step) {
+  std::vector<float*> slots(state_.size());
+  for (Bucket& b : buckets_) {
+    float* g = b.recv.data<float>();  // reduced gradients of [own_begin, own_end)
+    int64_t owned = b.own_end - b.own_begin;
+    if (grad_scale != 1.0 && owned > 0) backend_->scale(g, static_cast<float>(grad_scale), owned);
+    for_param_ranges(b.own_begin, b.own_end, [&](size_t i, int64_t pb, int64_t pe) {
+      int64_t local = pb - b.own_begin;
+      for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + b.state_offset + local;
+      optimizer_->update(*backend_, flat_->data.data<float>() + pb, g + local, slots.data(), pe - pb, lr,
+                         flat_->params[i]->weight_decay, step);
+    });
+    if (ranks_ == 1) continue;
+    // Gather the updated slices: rank r's slice lands at r*shard of the padded bucket.
+    if (owned > 0) backend_->copy(b.recv.view(0, {owned}), flat_->data.view(b.own_begin, {owned}));
+    dp_->all_gather(b.recv, b.send)->wait();
+    backend_->copy(flat_->data.view(b.begin, {b.end - b.begin}), b.send.view(0, {b.end - b.begin}));
+  }
+}
+
+int64_t Zero1::optimizer_state_bytes() const { return owned_ * 4 * static_cast<int64_t>(state_.size()); }
+
+// Collective over the dp group: every rank contributes the elements it owns.
+void Zero1::read_state(const Param& param, int slot, float* out) {
+  int64_t n = param.data.numel();
+  int64_t pb = 0;
+  for (size_t i = 0; i < flat_->params.size(); ++i)
+    if (flat_->params[i] == &param) pb = flat_->offsets[i];
+  Tensor full = backend_->alloc({n}, DType::F32, MemCategory::Workspace);
+  for (const Bucket& b : buckets_) {
+    int64_t lo = std::max(pb, b.own_begin), hi = std::min(pb + n, b.own_end);
+    if (lo < hi) backend_->copy(full.view(lo - pb, {hi - lo}), state_.at(slot).view(b.state_offset + lo - b.own_begin, {hi - lo}));
+  }
+  if (ranks_ > 1) dp_->all_reduce(full, ReduceOp::Sum)->wait();
+  backend_->copy_to_host(out, full);
+}
+
+void Zero1::write_state(const Param& param, int slot, const float* in) {
+  int64_t n = param.data.numel();
+  int64_t pb = 0;
+  for (size_t i = 0; i < flat_->params.size(); ++i)
+    if (flat_->params[i] == &param) pb = flat_->offsets[i];
+  for (const Bucket& b : buckets_) {
+    int64_t lo = std::max(pb, b.own_begin), hi = std::min(pb + n, b.own_end);
+    if (lo < hi)
+      backend_->copy_from_host(state_.at(slot).view(b.state_offset + lo - b.own_begin, {hi - lo}), in + (lo - pb));
+  }
+}
+
+}  // namespace weft

@@ -1,0 +1,54 @@
+// zero1 (ZeRO stage 1 / distributed optimizer): gradients are reduce-scattered
+// over the dp group in buckets; each rank keeps optimizer state only for its
+// slice of every bucket, updates that slice, and all-gathers the parameters.
+// Bucket b of `len` elements is padded to a multiple of dp; rank r owns
+// elements [r*shard, (r+1)*shard) of it (shard = padded / dp).
+#pragma once
+
+#include <vector>
+
+#include "weft/grad_sync.hpp"
+
+namespace weft {
+
+class Zero1 : public DataParallel {
+ public:
+  explicit Zero1(double bucket_mb) : bucket_bytes_(static_cast<int64_t>(bucket_mb * 1024 * 1024)) {}
+  void setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Communicator* dp) override;
+  void grad_ready(Param& param) override;
+  double finish_reduction() override;
+  void step(double lr, double grad_scale, int64_t step) override;
+  int64_t optimizer_state_bytes() const override;
+  double optimizer_state_share(int dp) const override { return 1.0 / dp; }
+  void read_state(const Param& param, int slot, float* out) override;
+  void write_state(const Param& param, int slot, const float* in) override;
+
+ private:
+  struct Bucket {
+    int64_t begin = 0, end = 0;  // element range of the flat buffers
+    int64_t shard = 0;           // padded length / dp
+    int64_t own_begin = 0, own_end = 0;  // this rank's elements, flat indices (may be empty)
+    int64_t state_offset = 0;    // where this rank's slice starts in the state buffers
+    int params = 0, ready = 0;
+    Tensor send;  // [dp*shard] padded gradients (comm buffer)
+    Tensor recv;  // [shard] reduced gradient slice, then parameter slice for the gather
+    std::unique_ptr<Work> work;
+  };
+  void launch(Bucket& bucket);
+  // Calls fn(param index, flat begin, flat end) for every param range inside [begin, end).
+  template <class Fn>
+  void for_param_ranges(int64_t begin, int64_t end, Fn fn) const;
+
+  int64_t bucket_bytes_;
+  FlatParams* flat_ = nullptr;
+  Optimizer* optimizer_ = nullptr;
+  Backend* backend_ = nullptr;
+  Communicator* dp_ = nullptr;
+  int ranks_ = 1, rank_ = 0;
+  std::vector<Tensor> state_;  // [owned elements] per optimizer slot
+  int64_t owned_ = 0;
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_param_;
+};
+
+}  // namespace weft
