@@ -197,7 +197,9 @@ std::string resolve_path(const std::string& value, const SourcePos& pos) {
   return fs::absolute(base / p).lexically_normal().string();
 }
 
-void check_value(const OptionSpec& spec, const OptValue& value, const std::string& qualified, const SourcePos& pos) {
+// `is_auto`: the value came from the word "auto", so the range does not apply.
+void check_value(const OptionSpec& spec, const OptValue& value, const std::string& qualified, const SourcePos& pos,
+                 bool is_auto = false) {
   auto out_of_range = [&](const std::string& shown) {
     std::string range;
     if (spec.min && spec.max)
@@ -210,7 +212,7 @@ void check_value(const OptionSpec& spec, const OptValue& value, const std::strin
     fail_at(pos, qualified + ": " + shown + " is out of range (" + range + ")");
   };
   if (auto i = std::get_if<int64_t>(&value)) {
-    if (spec.auto_value && *i == *spec.auto_value) return;
+    if (is_auto) return;
     if ((spec.min && double(*i) < *spec.min) || (spec.max && double(*i) > *spec.max)) out_of_range(std::to_string(*i));
   } else if (auto d = std::get_if<double>(&value)) {
     if (!std::isfinite(*d)) fail_at(pos, qualified + ": " + opt_value_str(*d) + " is not a finite number");
@@ -223,6 +225,22 @@ void check_value(const OptionSpec& spec, const OptValue& value, const std::strin
       fail_at(pos, msg);
     }
   }
+}
+
+bool node_is_auto(const toml::node& node, const OptionSpec& spec) {
+  return spec.auto_value && node.is_string() && node.as_string()->get() == "auto";
+}
+
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t len = c < 0x80 ? 1 : (c >= 0xC2 && c < 0xE0) ? 2 : (c >= 0xE0 && c < 0xF0) ? 3 : (c >= 0xF0 && c < 0xF5) ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    for (size_t k = 1; k < len; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    i += len;
+  }
+  return true;
 }
 
 OptValue value_from_node(const toml::node& node, const OptionSpec& spec, const std::string& qualified) {
@@ -265,6 +283,7 @@ OptValue value_from_text(const std::string& raw, const OptionSpec& spec, const s
     fail_at(pos, qualified + ": '" + raw + "' is not " + why);
   };
   std::string text = raw;
+  if (!valid_utf8(raw)) fail_at(pos, qualified + ": the value is not valid UTF-8");
   auto unquote = [](std::string s) {
     if (s.size() >= 2 && ((s.front() == '"' && s.back() == '"') || (s.front() == '\'' && s.back() == '\'')))
       return s.substr(1, s.size() - 2);
@@ -373,7 +392,7 @@ Options build_options(const std::string& section, const toml::table* table, cons
         fail_at(pos, msg);
       }
       OptValue v = value_from_node(node, *spec, section + "." + key);
-      check_value(*spec, v, section + "." + key, pos_of(node));
+      check_value(*spec, v, section + "." + key, pos_of(node), node_is_auto(node, *spec));
       entries[key] = Options::Entry{v, pos_of(node)};
     }
   }
@@ -387,7 +406,8 @@ Options build_options(const std::string& section, const toml::table* table, cons
       fail_at(o.pos, section + "." + o.key + ": unknown key" + (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
     }
     OptValue v = value_from_text(o.value, *spec, section + "." + o.key, o.pos);
-    check_value(*spec, v, section + "." + o.key, o.pos);
+    bool is_auto = spec->auto_value && (o.value == "auto" || o.value == "\"auto\"");
+    check_value(*spec, v, section + "." + o.key, o.pos, is_auto);
     entries[o.key] = Options::Entry{v, o.pos};
     o.used = true;
   }

@@ -5,7 +5,7 @@
 namespace weft {
 
 uint64_t name_key(std::string_view name) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 14695981039346656037ull;  // FNV-1a 64-bit offset basis
   for (unsigned char c : name) {
     h ^= c;
     h *= 1099511628211ull;

@@ -313,8 +313,13 @@ TEST(RecipeInclude, MalformedIncludes) {
 
 TEST(RecipeInclude, DeepChainIsRefused) {
   TempDir d;
-  for (int i = 0; i < 40; ++i)
-    d.write("f" + std::to_string(i) + ".toml", "include = \"f" + std::to_string(i + 1) + ".toml\"\n");
+  auto name = [](int i) {
+    std::string n = std::to_string(i);
+    n.insert(0, 1, 'f');
+    n.append(".toml");
+    return n;
+  };
+  for (int i = 0; i < 40; ++i) d.write(name(i), "include = \"" + name(i + 1) + "\"\n");
   d.write("f40.toml", kMinimal);
   std::string msg = error_of(d.path + "/f0.toml");
   EXPECT_EQ(msg, d.path + "/f31.toml:1:11: includes nested more than 32 deep");
@@ -517,10 +522,10 @@ TEST(RecipeRefusal, Table) {
       {"non-UTF-8 in a string", kModel + kData + "[run]\nname = \"caf\xe9\"\n", "@:10:", "syntax error: ", "utf-8"},
       {"non-UTF-8 in a comment", "# \xff\xfe\n" + kMinimal, "@:1:", "syntax error: ", "utf-8"},
       {"NUL byte", kMinimal + std::string("\0", 1) + "\n", "@:13:1: syntax error: ..."},
-      {"nested arrays", deep_array, "@:2:"},
-      {"nested tables", deep_tables, "@:1:"},
-      {"nested inline tables", deep_inline, "@:2:"},
-      {"absurdly nested arrays", absurd_array, "@:2:"},
+      {"nested arrays", deep_array, "@:2:23: ..."},
+      {"nested tables", deep_tables, "@:1:1: ..."},
+      {"nested inline tables", deep_inline, "@:2:80: ..."},
+      {"absurdly nested arrays", absurd_array, "@:2:", "syntax error: ", "nested"},
       {"section not a table", "model = \"gpt\"\n" + kData, "@:1:1: [model] must be a table, found a string"},
       {"run not a table", "run = 3\n" + kModel + kData, "@:1:1: [run] must be a table, found a integer"},
       {"plugin subsection not a table", kMinimal + "[parallel]\ndata_parallel = \"zero1\"\n",
