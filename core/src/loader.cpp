@@ -132,6 +132,8 @@ LoadedPlugin load_plugin_file(Registry& registry, const std::string& path) {
     info->register_factories(staged);
   } catch (const std::exception& e) {
     throw refuse(std::string("registration failed: ") + e.what());
+  } catch (...) {
+    throw refuse("registration failed: threw something that is not a std::exception");
   }
   if (staged.records().empty()) throw refuse("registers no factories");
   for (const FactoryRecord& r : staged.records()) {

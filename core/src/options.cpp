@@ -111,7 +111,10 @@ std::string opt_value_str(const OptValue& value) {
   if (auto s = std::get_if<std::string>(&value)) return quote(*s);
   const auto& list = std::get<std::vector<std::string>>(value);
   std::string out = "[";
-  for (size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + quote(list[i]);
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (i) out += ", ";
+    out += quote(list[i]);
+  }
   return out + "]";
 }
 

@@ -94,7 +94,7 @@ std::string read_recipe_file(const std::string& path, const SourcePos& from) {
 }
 
 void check_depth(const toml::node& node, int depth) {
-  if (depth > kMaxTableDepth) fail_at(pos_of(node), "tables nested more than 16 deep");
+  if (depth > kMaxTableDepth) fail_at(pos_of(node), "tables or arrays nested more than 16 deep");
   if (auto t = node.as_table())
     for (auto&& [k, v] : *t) check_depth(v, depth + 1);
   if (auto a = node.as_array())
@@ -153,7 +153,7 @@ toml::table load_with_includes(const std::string& path, const SourcePos& from, s
     for (const toml::node* item : items) {
       if (!item->is_string()) fail_at(pos_of(*item), "include: expected a string (a recipe path)");
       fs::path rel = item->as_string()->get();
-      fs::path full = rel.is_absolute() ? rel : fs::path(path).parent_path() / rel;
+      fs::path full = (rel.is_absolute() ? rel : fs::path(path).parent_path() / rel).lexically_normal();
       SourcePos at = pos_of(*item);
       std::error_code ec;
       if (!fs::exists(full, ec))
@@ -180,6 +180,10 @@ std::string describe_node_type(const toml::node& node) {
     case toml::node_type::boolean: return "boolean";
     default: return "date/time";
   }
+}
+
+std::string with_article(const std::string& noun) {
+  return (std::string("aeiou").find(noun[0]) != std::string::npos ? "an " : "a ") + noun;
 }
 
 std::string spec_expectation(const OptionSpec& spec) {
@@ -269,7 +273,7 @@ OptValue value_from_node(const toml::node& node, const OptionSpec& spec, const s
       std::vector<std::string> out;
       for (auto&& item : *arr) {
         auto s = item.as_string();
-        if (!s) fail_at(pos_of(item), qualified + ": expected an array of strings, found a " + describe_node_type(item));
+        if (!s) fail_at(pos_of(item), qualified + ": expected an array of strings, found " + with_article(describe_node_type(item)));
         out.push_back(spec.is_path ? resolve_path(s->get(), pos) : s->get());
       }
       return out;
@@ -313,17 +317,35 @@ OptValue value_from_text(const std::string& raw, const OptionSpec& spec, const s
     case OptType::String:
       return spec.is_path ? resolve_path(unquote(text), pos) : unquote(text);
     case OptType::StringList: {
-      std::vector<std::string> out;
+      // a,b  or  [a, "b,c", 'd']: items split on commas outside quotes.
       std::string body = text;
       if (body.size() >= 2 && body.front() == '[' && body.back() == ']') body = body.substr(1, body.size() - 2);
-      std::stringstream ss(body);
+      std::vector<std::string> out;
       std::string item;
-      while (std::getline(ss, item, ',')) {
+      bool quoted = false;
+      char quote = 0;
+      auto finish = [&] {
         size_t a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
-        if (a == std::string::npos) continue;
-        std::string v = unquote(item.substr(a, b - a + 1));
-        out.push_back(spec.is_path ? resolve_path(v, pos) : v);
+        std::string v = a == std::string::npos ? "" : item.substr(a, b - a + 1);
+        if (!v.empty() || quoted) out.push_back(spec.is_path ? resolve_path(v, pos) : v);
+        item.clear();
+        quoted = false;
+      };
+      for (char c : body) {
+        if (quote) {
+          if (c == quote) quote = 0;
+          else item += c;
+        } else if (c == '"' || c == '\'') {
+          quote = c;
+          quoted = true;
+        } else if (c == ',') {
+          finish();
+        } else {
+          item += c;
+        }
       }
+      if (quote) return wrong("a list (a quote is not closed)");
+      finish();
       return out;
     }
   }
@@ -370,7 +392,7 @@ const OptionSpec kPluginKey = opt_string("plugin", "", "the plugin that implemen
 
 Options build_options(const std::string& section, const toml::table* table, const OptionSchema& schema,
                       std::vector<Override>& overrides, const std::vector<std::string>& skip_keys,
-                      const SourcePos& section_pos) {
+                      const SourcePos& section_pos, bool plugin_chosen_elsewhere = false) {
   std::map<std::string, Options::Entry> entries;
   std::vector<std::string> known;
   for (const auto& spec : schema) known.push_back(spec.key);
@@ -397,7 +419,7 @@ Options build_options(const std::string& section, const toml::table* table, cons
     }
   }
   for (auto& o : overrides) {
-    if (o.section != section || o.key == "plugin") continue;
+    if (o.section != section || (o.key == "plugin" && plugin_chosen_elsewhere)) continue;
     const OptionSpec* spec = nullptr;
     for (const auto& s : schema)
       if (s.key == o.key) spec = &s;
@@ -429,7 +451,7 @@ const toml::table* subtable(const toml::table& root, const std::string& dotted, 
     node = t->get(part);
     if (!node) return nullptr;
     t = node->as_table();
-    if (!t) fail_at(pos_of(*node), "[" + dotted + "] must be a table, found a " + describe_node_type(*node));
+    if (!t) fail_at(pos_of(*node), "[" + dotted + "] must be a table, found " + with_article(describe_node_type(*node)));
   }
   pos_out = pos_of(*node);
   return t;
@@ -511,7 +533,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_
                    const PluginDirLoader& load_dirs, const RecipeEnv& env) {
   std::vector<Override> overrides = parse_overrides(raw_overrides);
   std::vector<std::string> stack;
-  toml::table root = load_with_includes(path, SourcePos{"recipe", 0, 0}, stack);
+  toml::table root = load_with_includes(path, SourcePos{}, stack);
 
   // Top-level names must be known sections, each a table.
   std::vector<std::string> top = top_level_names();
@@ -523,7 +545,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_
       std::string hint = did_you_mean(key, top);
       fail_at(pos, "unknown section [" + key + "]" + (hint.empty() ? "" : " (did you mean [" + hint + "]?)"));
     }
-    if (!node.is_table()) fail_at(pos, "[" + key + "] must be a table, found a " + describe_node_type(node));
+    if (!node.is_table()) fail_at(pos, "[" + key + "] must be a table, found " + with_article(describe_node_type(node)));
   }
 
   Recipe recipe;
@@ -599,7 +621,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_
       fail_at(plugin_pos, msg);
     }
     section.plugin = plugin;
-    section.options = build_options(name, t, record->schema, overrides, {"plugin"}, spos);
+    section.options = build_options(name, t, record->schema, overrides, {"plugin"}, spos, true);
     recipe.sections.push_back(std::move(section));
   }
 

@@ -9,11 +9,21 @@
 namespace weft {
 
 int launcher_world_from_env() {
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "WORLD_SIZE"}) {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"}) {
     if (const char* v = std::getenv(var)) {
       int n = std::atoi(v);
       if (n > 0) return n;
     }
+  }
+  // srun sets this in every task of a job step (not in batch scripts); a step
+  // of one task (`srun -n 1`) still runs its ranks as threads.
+  if (const char* v = std::getenv("SLURM_STEP_NUM_TASKS")) {
+    int n = std::atoi(v);
+    if (n > 1) return n;
+  }
+  if (const char* v = std::getenv("WORLD_SIZE")) {
+    int n = std::atoi(v);
+    if (n > 0) return n;
   }
   return 0;
 }

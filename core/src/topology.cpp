@@ -8,7 +8,10 @@ namespace {
 
 std::string group_str(const std::vector<int>& g) {
   std::string s = "[";
-  for (size_t i = 0; i < g.size(); ++i) s += (i ? "," : "") + std::to_string(g[i]);
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(g[i]);
+  }
   return s + "]";
 }
 

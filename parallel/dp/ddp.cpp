@@ -17,7 +17,10 @@ void Ddp::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Commun
   for (int i = n - 1; i >= 0; --i) {
     int64_t begin = flat.offsets[i], end = begin + flat.params[i]->data.numel();
     if (buckets_.empty() || (buckets_.back().end - buckets_.back().begin) * 4 >= bucket_bytes_) {
-      buckets_.push_back(Bucket{begin, end, 0, 0, nullptr});
+      Bucket fresh;
+      fresh.begin = begin;
+      fresh.end = end;
+      buckets_.push_back(std::move(fresh));
     }
     Bucket& b = buckets_.back();
     b.begin = std::min(b.begin, begin);

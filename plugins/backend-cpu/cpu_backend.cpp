@@ -3,12 +3,18 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <vector>
 
+#include "simd_avx2.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -19,6 +25,7 @@ constexpr size_t kAlignment = 64;
 constexpr int64_t kElementGrain = 1 << 15;  // elementwise kernels: elements per chunk
 constexpr int64_t kColumnGrain = 16;        // column-partitioned reductions: columns per chunk
 constexpr int64_t kSumBlock = 1 << 12;      // sum/sum_squares: elements per fixed block
+constexpr int64_t kCopyGrain = 1 << 20;     // copy: bytes per chunk
 
 // Rows per chunk so that a chunk holds roughly kElementGrain elements.
 int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, kElementGrain / std::max<int64_t>(1, row_len)); }
@@ -94,29 +101,169 @@ float f16_to_float(uint16_t h) {
 }
 
 // ---------------------------------------------------------------------------
-// Construction, memory
+// Profile: per-kernel calls, wall time and flops (WEFT_CPU_PROFILE=1)
 
-void CpuBackend::Accounting::add(MemCategory category, int64_t bytes) {
-  const int i = static_cast<int>(category);
-  std::lock_guard<std::mutex> lock(mutex);
-  stats.current[i] += bytes;
-  stats.peak[i] = std::max(stats.peak[i], stats.current[i]);
+namespace {
+
+enum Op : int {
+  kOpGemm, kOpAddBias, kOpBiasGrad, kOpLnFwd, kOpLnBwd, kOpGeluFwd, kOpGeluBwd, kOpAttnFwd, kOpAttnBwd,
+  kOpEmbFwd, kOpEmbBwd, kOpXent, kOpAdd, kOpAccumulate, kOpScale, kOpSum, kOpSumSq, kOpAdamW, kOpCast,
+  kOpCopy, kOpAlloc, kOpCount
+};
+constexpr const char* kOpNames[kOpCount] = {
+    "gemm", "add_bias", "bias_grad", "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd", "attention_fwd",
+    "attention_bwd", "embedding_fwd", "embedding_bwd", "cross_entropy", "add", "accumulate", "scale", "sum",
+    "sum_squares", "adamw", "cast", "copy", "alloc"};
+
+}  // namespace
+
+struct CpuBackend::Profile {
+  std::array<std::atomic<int64_t>, kOpCount> calls{}, ns{}, flops{};
+};
+
+namespace {
+
+// Adds one call of `op` (and its wall time) to the profile when profiling is on.
+class OpTimer {
+ public:
+  OpTimer(CpuBackend::Profile* p, Op op, double flops = 0) : p_(p), op_(op), flops_(flops) {
+    if (p_) t0_ = std::chrono::steady_clock::now();
+  }
+  ~OpTimer() {
+    if (!p_) return;
+    const auto dt = std::chrono::steady_clock::now() - t0_;
+    p_->calls[op_].fetch_add(1, std::memory_order_relaxed);
+    p_->ns[op_].fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(dt).count(), std::memory_order_relaxed);
+    p_->flops[op_].fetch_add(static_cast<int64_t>(flops_), std::memory_order_relaxed);
+  }
+  OpTimer(const OpTimer&) = delete;
+  OpTimer& operator=(const OpTimer&) = delete;
+
+ private:
+  CpuBackend::Profile* p_;
+  Op op_;
+  double flops_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Memory: accounting by category and a cache of freed blocks
+
+// Blocks this large or larger go back to the cache when freed: smaller ones are
+// cheap for malloc, larger ones would be unmapped and page-faulted in again on
+// every step.
+constexpr size_t kCacheMinBytes = size_t{64} << 10;
+
+struct CpuBackend::Arena {
+  mutable std::mutex mutex;
+  MemStats stats;
+  std::multimap<size_t, void*> free_blocks;  // capacity -> block
+  int64_t cached = 0;                        // bytes in free_blocks
+  int64_t hits = 0;                          // allocations served from the cache
+  int64_t transient_peak = 0;                // high-water mark of live activation + workspace + comm bytes
+
+  ~Arena() {
+    for (auto& [capacity, block] : free_blocks) std::free(block);
+  }
+
+  void add(MemCategory category, int64_t bytes) {  // caller holds mutex
+    const int i = static_cast<int>(category);
+    stats.current[i] += bytes;
+    stats.peak[i] = std::max(stats.peak[i], stats.current[i]);
+    const int64_t transient = stats.current[static_cast<int>(MemCategory::Activation)] +
+                              stats.current[static_cast<int>(MemCategory::Workspace)] +
+                              stats.current[static_cast<int>(MemCategory::CommBuffer)];
+    transient_peak = std::max(transient_peak, transient);
+  }
+
+  // A cached block of at least `capacity` bytes (at most 1/8 larger; its size
+  // goes to *got), or null.
+  void* take(size_t capacity, size_t* got) {  // caller holds mutex
+    if (capacity < kCacheMinBytes) return nullptr;
+    auto it = free_blocks.lower_bound(capacity);
+    if (it == free_blocks.end() || it->first > capacity + capacity / 8) return nullptr;
+    void* block = it->second;
+    *got = it->first;
+    cached -= static_cast<int64_t>(it->first);
+    free_blocks.erase(it);
+    ++hits;
+    return block;
+  }
+
+  // Keeps the block for reuse while the cache stays within the largest transient
+  // working set seen so far (so it never holds more than one step's worth);
+  // frees it otherwise.
+  void give_back(void* block, size_t capacity) {  // caller holds mutex
+    if (capacity >= kCacheMinBytes && cached + static_cast<int64_t>(capacity) <= transient_peak) {
+      free_blocks.emplace(capacity, block);
+      cached += static_cast<int64_t>(capacity);
+    } else {
+      std::free(block);
+    }
+  }
+};
+
+CpuBackend::CpuBackend(int threads) : pool_(threads), arena_(std::make_shared<Arena>()) {
+  // Every GEMM is cut into panels on our own pool, each computed by a
+  // single-threaded OpenBLAS call: no second thread pool spins between calls.
+  openblas_set_num_threads(1);
+  __builtin_cpu_init();
+  avx2_ = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* prof = std::getenv("WEFT_CPU_PROFILE");
+  if (prof && *prof && std::string(prof) != "0") profile_ = std::make_unique<Profile>();
 }
 
-CpuBackend::CpuBackend(int threads) : pool_(threads), accounting_(std::make_shared<Accounting>()) {
-  openblas_set_num_threads(pool_.size());
+CpuBackend::~CpuBackend() {
+  if (!profile_) return;
+  const Profile& p = *profile_;
+  int64_t total_ns = 0;
+  for (int i = 0; i < kOpCount; ++i) total_ns += p.ns[i].load();
+  std::string out = "weft cpu backend profile (" + std::to_string(pool_.size()) + " threads, " +
+                    (avx2_ ? "avx2" : "generic") + " kernels, openblas " + openblas_get_corename() + ")\n";
+  char line[160];
+  std::snprintf(line, sizeof line, "  %-16s %10s %12s %10s %8s %10s\n", "kernel", "calls", "total ms", "ms/call",
+                "share", "GFLOP/s");
+  out += line;
+  for (int i = 0; i < kOpCount; ++i) {
+    const int64_t calls = p.calls[i].load();
+    if (calls == 0) continue;
+    const double ms = static_cast<double>(p.ns[i].load()) * 1e-6;
+    const double flops = static_cast<double>(p.flops[i].load());
+    std::snprintf(line, sizeof line, "  %-16s %10lld %12.1f %10.3f %7.1f%% %10.1f\n", kOpNames[i],
+                  static_cast<long long>(calls), ms, ms / static_cast<double>(calls),
+                  100.0 * static_cast<double>(p.ns[i].load()) / static_cast<double>(std::max<int64_t>(1, total_ns)),
+                  flops > 0 ? flops / (ms * 1e6) : 0.0);
+    out += line;
+  }
+  MemStats mem = mem_stats();
+  out += "  peak bytes by category:";
+  for (int i = 0; i < kMemCategoryCount; ++i)
+    out += std::string(" ") + mem_category_name(static_cast<MemCategory>(i)) + " " + std::to_string(mem.peak[i]);
+  out += "\n  block cache: " + std::to_string(cached_bytes()) + " bytes held, " + std::to_string(cache_hits()) +
+         " allocations served from it\n";
+  std::fputs(out.c_str(), stderr);
 }
-
-CpuBackend::~CpuBackend() = default;
 
 Tensor CpuBackend::alloc(const Shape& shape, DType dtype, MemCategory category) {
   for (int64_t d : shape) WEFT_ASSERT(d >= 0, "alloc: negative dimension in " + shape_str(shape));
   const int i = static_cast<int>(category);
   WEFT_ASSERT(i >= 0 && i < kMemCategoryCount, "alloc: bad memory category");
+  OpTimer timer(profile_.get(), kOpAlloc);
   const int64_t bytes = shape_numel(shape) * static_cast<int64_t>(dtype_size(dtype));
-  const size_t capacity = (static_cast<size_t>(std::max<int64_t>(bytes, 1)) + kAlignment - 1) / kAlignment * kAlignment;
-  void* data = std::aligned_alloc(kAlignment, capacity);
+  const size_t want = (static_cast<size_t>(std::max<int64_t>(bytes, 1)) + kAlignment - 1) / kAlignment * kAlignment;
+  void* data = nullptr;
+  size_t capacity = want;
+  {
+    std::lock_guard<std::mutex> lock(arena_->mutex);
+    data = arena_->take(want, &capacity);
+    arena_->add(category, bytes);
+  }
+  if (!data) data = std::aligned_alloc(kAlignment, capacity);
   if (!data) {
+    std::lock_guard<std::mutex> lock(arena_->mutex);
+    arena_->add(category, -bytes);
     throw Error("cpu backend: out of host memory allocating " + std::to_string(bytes) + " bytes of " +
                 mem_category_name(category) + " " + shape_str(shape));
   }
@@ -125,32 +272,44 @@ Tensor CpuBackend::alloc(const Shape& shape, DType dtype, MemCategory category) 
   storage->data = data;
   storage->bytes = static_cast<size_t>(bytes);
   storage->device = Device::Host;
-  accounting_->add(category, bytes);
-  storage->release = [acct = accounting_, category, bytes](Storage& s) {
-    std::free(s.data);
+  storage->release = [arena = arena_, category, bytes, capacity](Storage& s) {
+    std::lock_guard<std::mutex> lock(arena->mutex);
+    arena->add(category, -bytes);
+    arena->give_back(s.data, capacity);
     s.data = nullptr;
-    acct->add(category, -bytes);
   };
   return Tensor(std::move(storage), 0, shape, dtype);
 }
 
 MemStats CpuBackend::mem_stats() const {
-  std::lock_guard<std::mutex> lock(accounting_->mutex);
-  return accounting_->stats;
+  std::lock_guard<std::mutex> lock(arena_->mutex);
+  return arena_->stats;
 }
 
 void CpuBackend::reset_peak() {
-  std::lock_guard<std::mutex> lock(accounting_->mutex);
-  accounting_->stats.peak = accounting_->stats.current;
+  std::lock_guard<std::mutex> lock(arena_->mutex);
+  arena_->stats.peak = arena_->stats.current;
+}
+
+int64_t CpuBackend::cached_bytes() const {
+  std::lock_guard<std::mutex> lock(arena_->mutex);
+  return arena_->cached;
+}
+
+int64_t CpuBackend::cache_hits() const {
+  std::lock_guard<std::mutex> lock(arena_->mutex);
+  return arena_->hits;
 }
 
 void CpuBackend::copy_to_host(void* dst, const Tensor& src) {
   WEFT_ASSERT(src.device() == Device::Host, "cpu backend: copy_to_host from a non-host tensor");
+  OpTimer timer(profile_.get(), kOpCopy);
   if (src.bytes() > 0) std::memcpy(dst, src.raw(), src.bytes());
 }
 
 void CpuBackend::copy_from_host(const Tensor& dst, const void* src) {
   WEFT_ASSERT(dst.device() == Device::Host, "cpu backend: copy_from_host into a non-host tensor");
+  OpTimer timer(profile_.get(), kOpCopy);
   if (dst.bytes() > 0) std::memcpy(dst.raw(), src, dst.bytes());
 }
 
@@ -158,16 +317,54 @@ void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
   WEFT_ASSERT(dst.device() == Device::Host && src.device() == Device::Host, "cpu backend: copy of a non-host tensor");
   WEFT_ASSERT(dst.bytes() == src.bytes(), "copy: " + std::to_string(src.bytes()) + " bytes into " +
                                               std::to_string(dst.bytes()));
-  if (dst.bytes() > 0 && dst.raw() != src.raw()) std::memmove(dst.raw(), src.raw(), dst.bytes());  // views may overlap
+  OpTimer timer(profile_.get(), kOpCopy);
+  const size_t bytes = dst.bytes();
+  char* d = static_cast<char*>(dst.raw());
+  const char* s = static_cast<const char*>(src.raw());
+  if (bytes == 0 || d == s) return;
+  if (d + bytes <= s || s + bytes <= d) {  // disjoint: copy in parallel chunks
+    pool_.parallel_for(static_cast<int64_t>(bytes), kCopyGrain, [&](int64_t b0, int64_t b1) {
+      std::memcpy(d + b0, s + b0, static_cast<size_t>(b1 - b0));
+    });
+  } else {
+    std::memmove(d, s, bytes);  // overlapping views
+  }
 }
 
 // ---------------------------------------------------------------------------
 // GEMM, bias
+//
+// A GEMM of at least kGemmParallelFlops is cut along the larger of m and n into
+// panels (a multiple of the thread count of them, so the pool's threads get equal
+// shares); each panel is one single-threaded cblas_sgemm on the pool. Splitting
+// the larger side means only the smaller operand is packed once per panel. The
+// panels depend only on the shape and the thread count, and every element of C
+// is produced by one call over the whole k, so results are deterministic.
+
+namespace {
+constexpr double kGemmParallelFlops = 4e6;
+constexpr int64_t kPanelAlign = 16;     // panel widths are multiples of this (the sgemm micro-tile)
+constexpr int64_t kMinPanelWidth = 256; // below this, per-panel packing starts to show
+}  // namespace
+
+void CpuBackend::gemm_serial(const GemmArgs& g) {
+  const int m = blas_int(g.m, "m"), n = blas_int(g.n, "n"), k = blas_int(g.k, "k");
+  const int lda = blas_int(g.lda, "lda"), ldb = blas_int(g.ldb, "ldb"), ldc = blas_int(g.ldc, "ldc");
+  const CBLAS_TRANSPOSE ta = g.trans_a ? CblasTrans : CblasNoTrans;
+  const CBLAS_TRANSPOSE tb = g.trans_b ? CblasTrans : CblasNoTrans;
+  for (int64_t bi = 0; bi < g.batch; ++bi) {
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, g.alpha, g.a + bi * g.stride_a, lda, g.b + bi * g.stride_b, ldb,
+                g.beta, g.c + bi * g.stride_c, ldc);
+  }
+}
 
 void CpuBackend::gemm(const GemmArgs& g) {
   WEFT_ASSERT(g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0, "gemm: negative size");
   if (g.m == 0 || g.n == 0 || g.batch == 0) return;
   WEFT_ASSERT(g.ldc >= g.n, "gemm: ldc < n");
+  const double flops = 2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) *
+                       static_cast<double>(g.batch);
+  OpTimer timer(profile_.get(), kOpGemm, flops);
   if (g.k == 0) {  // C = beta * C
     for (int64_t bi = 0; bi < g.batch; ++bi) {
       float* c = g.c + bi * g.stride_c;
@@ -180,17 +377,44 @@ void CpuBackend::gemm(const GemmArgs& g) {
   }
   WEFT_ASSERT(g.lda >= (g.trans_a ? g.m : g.k), "gemm: lda too small");
   WEFT_ASSERT(g.ldb >= (g.trans_b ? g.k : g.n), "gemm: ldb too small");
-  const int m = blas_int(g.m, "m"), n = blas_int(g.n, "n"), k = blas_int(g.k, "k");
-  const int lda = blas_int(g.lda, "lda"), ldb = blas_int(g.ldb, "ldb"), ldc = blas_int(g.ldc, "ldc");
-  const CBLAS_TRANSPOSE ta = g.trans_a ? CblasTrans : CblasNoTrans;
-  const CBLAS_TRANSPOSE tb = g.trans_b ? CblasTrans : CblasNoTrans;
-  for (int64_t bi = 0; bi < g.batch; ++bi) {
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, g.alpha, g.a + bi * g.stride_a, lda, g.b + bi * g.stride_b, ldb,
-                g.beta, g.c + bi * g.stride_c, ldc);
+  blas_int(g.m, "m"), blas_int(g.n, "n"), blas_int(g.k, "k");
+  blas_int(g.lda, "lda"), blas_int(g.ldb, "ldb"), blas_int(g.ldc, "ldc");
+  const int64_t threads = pool_.size();
+  if (threads == 1 || flops < kGemmParallelFlops) {
+    gemm_serial(g);
+    return;
   }
+  // Panels along n (columns of C and op(B)) or m (rows of C and op(A)).
+  const bool split_n = g.n >= g.m;
+  const int64_t dim = split_n ? g.n : g.m;
+  const int64_t per_thread = dim >= 2 * threads * kMinPanelWidth ? 2 : 1;
+  int64_t width = (dim + threads * per_thread - 1) / (threads * per_thread);
+  width = (width + kPanelAlign - 1) / kPanelAlign * kPanelAlign;
+  const int64_t panels = (dim + width - 1) / width;
+  pool_.parallel_for(g.batch * panels, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t bi = t / panels, p0 = (t % panels) * width, p1 = std::min(dim, p0 + width);
+      GemmArgs s = g;
+      s.batch = 1;
+      s.a = g.a + bi * g.stride_a;
+      s.b = g.b + bi * g.stride_b;
+      s.c = g.c + bi * g.stride_c;
+      if (split_n) {
+        s.n = p1 - p0;
+        s.b += g.trans_b ? p0 * g.ldb : p0;  // op(B) columns p0.. = rows of B when transposed
+        s.c += p0;
+      } else {
+        s.m = p1 - p0;
+        s.a += g.trans_a ? p0 : p0 * g.lda;  // op(A) rows p0.. = columns of A when transposed
+        s.c += p0 * g.ldc;
+      }
+      gemm_serial(s);
+    }
+  });
 }
 
 void CpuBackend::add_bias(float* out, const float* bias, int64_t n, int64_t o) {
+  OpTimer timer(profile_.get(), kOpAddBias);
   pool_.parallel_for(n, row_grain(o), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* row = out + r * o;
@@ -200,6 +424,7 @@ void CpuBackend::add_bias(float* out, const float* bias, int64_t n, int64_t o) {
 }
 
 void CpuBackend::bias_grad(float* dbias, const float* dout, int64_t n, int64_t o) {
+  OpTimer timer(profile_.get(), kOpBiasGrad);
   // Partitioned over columns; each column sums its rows in order (in double).
   pool_.parallel_for(o, kColumnGrain, [&](int64_t j0, int64_t j1) {
     std::vector<double> acc(j1 - j0, 0.0);
@@ -216,6 +441,7 @@ void CpuBackend::bias_grad(float* dbias, const float* dout, int64_t n, int64_t o
 
 void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
                                    const float* b, int64_t n, int64_t c, float eps) {
+  OpTimer timer(profile_.get(), kOpLnFwd);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * c;
@@ -240,6 +466,7 @@ void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const f
 
 void CpuBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
                                     const float* w, const float* mean, const float* rstd, int64_t n, int64_t c) {
+  OpTimer timer(profile_.get(), kOpLnBwd);
   // dx: per row. With xhat = (x - mean) * rstd and g = dout * w,
   // dx += rstd * (g - mean(g) - xhat * mean(g * xhat)).
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
@@ -284,28 +511,77 @@ void CpuBackend::layernorm_backward(float* dx, float* dw, float* db, const float
   });
 }
 
+// GeLU (tanh form) through the logistic function, which needs one exp and has
+// no cancellation in 1 + tanh for large negative inputs:
+//   u = a (x + b x^3),  s = (1 + tanh u) / 2 = 1 / (1 + e^{-2u}),
+//   gelu(x) = x s,  gelu'(x) = s + 2 x s (1 - s) a (1 + 3 b x^2).
 namespace {
 constexpr float kGeluA = 0.7978845608028654f;  // sqrt(2/pi)
 constexpr float kGeluB = 0.044715f;
+
+inline float gelu_s(float v) { return 1.f / (1.f + std::exp(-2.f * (kGeluA * (v + kGeluB * v * v * v)))); }
+
+WEFT_AVX2_FMA inline __m256 gelu_s8(__m256 v) {
+  const __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+  const __m256 u = _mm256_mul_ps(_mm256_set1_ps(kGeluA), _mm256_fmadd_ps(_mm256_set1_ps(kGeluB), v3, v));
+  const __m256 z = simd::exp256(_mm256_mul_ps(_mm256_set1_ps(-2.f), u));
+  return _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), z));
+}
+
+WEFT_AVX2_FMA inline __m256 gelu_grad8(__m256 v) {
+  const __m256 s = gelu_s8(v);
+  const __m256 du = _mm256_mul_ps(_mm256_set1_ps(kGeluA),
+                                  _mm256_fmadd_ps(_mm256_set1_ps(3.f * kGeluB), _mm256_mul_ps(v, v), _mm256_set1_ps(1.f)));
+  const __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_add_ps(v, v), s), _mm256_sub_ps(_mm256_set1_ps(1.f), s));
+  return _mm256_fmadd_ps(t, du, s);
+}
+
+// The last n % 8 elements go through the same vector code (masked), so an
+// element's result does not depend on where a chunk boundary falls.
+WEFT_AVX2_FMA void gelu_forward_avx2(float* out, const float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(v, gelu_s8(v)));
+  }
+  if (i < n) {
+    const __m256i mask = simd::tail_mask(n - i);
+    const __m256 v = _mm256_maskload_ps(x + i, mask);
+    _mm256_maskstore_ps(out + i, mask, _mm256_mul_ps(v, gelu_s8(v)));
+  }
+}
+
+WEFT_AVX2_FMA void gelu_backward_avx2(float* dx, const float* x, const float* dout, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = gelu_grad8(_mm256_loadu_ps(x + i));
+    _mm256_storeu_ps(dx + i, _mm256_mul_ps(g, _mm256_loadu_ps(dout + i)));
+  }
+  if (i < n) {
+    const __m256i mask = simd::tail_mask(n - i);
+    const __m256 g = gelu_grad8(_mm256_maskload_ps(x + i, mask));
+    _mm256_maskstore_ps(dx + i, mask, _mm256_mul_ps(g, _mm256_maskload_ps(dout + i, mask)));
+  }
+}
+
 }  // namespace
 
 void CpuBackend::gelu_forward(float* out, const float* x, int64_t n) {
+  OpTimer timer(profile_.get(), kOpGeluFwd);
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const float v = x[i];
-      out[i] = 0.5f * v * (1.f + std::tanh(kGeluA * (v + kGeluB * v * v * v)));
-    }
+    if (avx2_) return gelu_forward_avx2(out + i0, x + i0, i1 - i0);
+    for (int64_t i = i0; i < i1; ++i) out[i] = x[i] * gelu_s(x[i]);
   });
 }
 
 void CpuBackend::gelu_backward(float* dx, const float* x, const float* dout, int64_t n) {
+  OpTimer timer(profile_.get(), kOpGeluBwd);
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
+    if (avx2_) return gelu_backward_avx2(dx + i0, x + i0, dout + i0, i1 - i0);
     for (int64_t i = i0; i < i1; ++i) {
-      const float v = x[i];
-      const float th = std::tanh(kGeluA * (v + kGeluB * v * v * v));
+      const float v = x[i], s = gelu_s(v);
       const float du = kGeluA * (1.f + 3.f * kGeluB * v * v);
-      const float grad = 0.5f * (1.f + th) + 0.5f * v * (1.f - th * th) * du;
-      dx[i] = grad * dout[i];
+      dx[i] = (s + 2.f * v * s * (1.f - s) * du) * dout[i];
     }
   });
 }
@@ -368,6 +644,7 @@ void scores_row(float* s, const float* q, const float* kt, int64_t nvalid, int64
 
 void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c,
                                    int64_t h) {
+  OpTimer timer(profile_.get(), kOpAttnFwd);
   const AttnShape a = attn_shape(b, t, c, h);
   const int64_t hs = a.hs;
   constexpr int64_t TQ = kAttnTileQ, TK = kAttnTileK;
@@ -423,6 +700,7 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int
 
 void CpuBackend::attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                                     const float* lse, int64_t b, int64_t t, int64_t c, int64_t h) {
+  OpTimer timer(profile_.get(), kOpAttnBwd);
   const AttnShape a = attn_shape(b, t, c, h);
   const int64_t hs = a.hs;
   const float scale = a.scale;
@@ -526,6 +804,7 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
 // Embedding, cross-entropy
 
 void CpuBackend::embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n, int64_t c) {
+  OpTimer timer(profile_.get(), kOpEmbFwd);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       WEFT_ASSERT(ids[r] >= 0, "embedding: negative id " + std::to_string(ids[r]));
@@ -535,6 +814,7 @@ void CpuBackend::embedding_forward(float* out, const int32_t* ids, const float* 
 }
 
 void CpuBackend::embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n, int64_t c) {
+  OpTimer timer(profile_.get(), kOpEmbBwd);
   // Partitioned over columns: each task owns a column range of every table row
   // and adds the rows of dout in order, so repeated ids never race.
   for (int64_t r = 0; r < n; ++r) WEFT_ASSERT(ids[r] >= 0, "embedding: negative id " + std::to_string(ids[r]));
@@ -549,6 +829,7 @@ void CpuBackend::embedding_backward(float* dtable, const int32_t* ids, const flo
 
 void CpuBackend::cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t n,
                                int64_t v, int64_t vp, float dloss_scale) {
+  OpTimer timer(profile_.get(), kOpXent);
   WEFT_ASSERT(v > 0 && vp >= v, "cross_entropy: need 0 < v <= vp");
   pool_.parallel_for(n, row_grain(vp), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -581,37 +862,63 @@ void CpuBackend::cross_entropy(float* losses, float* dlogits, const float* logit
 // Elementwise, reductions, optimizer, cast
 
 void CpuBackend::add(float* out, const float* a, const float* b, int64_t n) {
+  OpTimer timer(profile_.get(), kOpAdd);
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) out[i] = a[i] + b[i];
   });
 }
 
 void CpuBackend::accumulate(float* acc, const float* x, int64_t n) {
+  OpTimer timer(profile_.get(), kOpAccumulate);
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) acc[i] += x[i];
   });
 }
 
 void CpuBackend::scale(float* x, float s, int64_t n) {
+  OpTimer timer(profile_.get(), kOpScale);
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) x[i] *= s;
   });
 }
 
 namespace {
-// Sums f(x[i]) in double over fixed blocks, then the blocks in order: the
+
+// Sum (square = false) or sum of squares of x[0, n) in double: 16 partial sums
+// (4 vectors of 4 doubles) in a fixed order, then combined in a fixed order.
+template <bool kSquare>
+WEFT_AVX2_FMA double block_sum_avx2(const float* x, int64_t n) {
+  __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int u = 0; u < 4; ++u) {
+      const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4 * u));
+      acc[u] = kSquare ? _mm256_fmadd_pd(v, v, acc[u]) : _mm256_add_pd(acc[u], v);
+    }
+  }
+  double s = simd::hsum(_mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3])));
+  for (; i < n; ++i) s += kSquare ? static_cast<double>(x[i]) * x[i] : static_cast<double>(x[i]);
+  return s;
+}
+
+template <bool kSquare>
+double block_sum_scalar(const float* x, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += kSquare ? static_cast<double>(x[i]) * x[i] : static_cast<double>(x[i]);
+  return s;
+}
+
+// Sums over fixed blocks of kSumBlock elements, then the blocks in order: the
 // result does not depend on the thread count.
-template <class F>
-double blocked_sum(ThreadPool& pool, const float* x, int64_t n, F f) {
+template <bool kSquare>
+double blocked_sum(ThreadPool& pool, bool avx2, const float* x, int64_t n) {
   if (n <= 0) return 0.0;
   const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
   std::vector<double> partial(blocks, 0.0);
   pool.parallel_for(blocks, kElementGrain / kSumBlock, [&](int64_t b0, int64_t b1) {
     for (int64_t bi = b0; bi < b1; ++bi) {
-      const int64_t i0 = bi * kSumBlock, i1 = std::min(n, i0 + kSumBlock);
-      double s = 0.0;
-      for (int64_t i = i0; i < i1; ++i) s += f(static_cast<double>(x[i]));
-      partial[bi] = s;
+      const int64_t i0 = bi * kSumBlock, len = std::min(n, i0 + kSumBlock) - i0;
+      partial[bi] = avx2 ? block_sum_avx2<kSquare>(x + i0, len) : block_sum_scalar<kSquare>(x + i0, len);
     }
   });
   double total = 0.0;
@@ -621,29 +928,71 @@ double blocked_sum(ThreadPool& pool, const float* x, int64_t n, F f) {
 }  // namespace
 
 double CpuBackend::sum_squares(const float* x, int64_t n) {
-  return blocked_sum(pool_, x, n, [](double v) { return v * v; });
+  OpTimer timer(profile_.get(), kOpSumSq);
+  return blocked_sum<true>(pool_, avx2_, x, n);
 }
 
 double CpuBackend::sum(const float* x, int64_t n) {
-  return blocked_sum(pool_, x, n, [](double v) { return v; });
+  OpTimer timer(profile_.get(), kOpSum);
+  return blocked_sum<false>(pool_, avx2_, x, n);
 }
+
+namespace {
+
+struct AdamWCoef {
+  float lr, beta1, beta2, eps, wd, bc1, bc2;
+};
+
+// One pass over p, g, m, v. The vector path does, lane by lane, exactly the
+// scalar operations in the scalar order (no FMA), so both give the same bits.
+inline void adamw_scalar(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& k) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i];
+    const float mi = k.beta1 * m[i] + (1.f - k.beta1) * gi;
+    const float vi = k.beta2 * v[i] + (1.f - k.beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    const float mhat = mi / k.bc1;
+    const float vhat = vi / k.bc2;
+    p[i] -= k.lr * (mhat / (std::sqrt(vhat) + k.eps) + k.wd * p[i]);
+  }
+}
+
+WEFT_AVX2 void adamw_avx2(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& k) {
+  const __m256 b1 = _mm256_set1_ps(k.beta1), b2 = _mm256_set1_ps(k.beta2);
+  const __m256 omb1 = _mm256_set1_ps(1.f - k.beta1), omb2 = _mm256_set1_ps(1.f - k.beta2);
+  const __m256 bc1 = _mm256_set1_ps(k.bc1), bc2 = _mm256_set1_ps(k.bc2);
+  const __m256 lr = _mm256_set1_ps(k.lr), eps = _mm256_set1_ps(k.eps), wd = _mm256_set1_ps(k.wd);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gi = _mm256_loadu_ps(g + i);
+    const __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m + i)), _mm256_mul_ps(omb1, gi));
+    const __m256 vi =
+        _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i)), _mm256_mul_ps(_mm256_mul_ps(omb2, gi), gi));
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+    const __m256 mhat = _mm256_div_ps(mi, bc1);
+    const __m256 vhat = _mm256_div_ps(vi, bc2);
+    const __m256 pi = _mm256_loadu_ps(p + i);
+    const __m256 upd = _mm256_add_ps(_mm256_div_ps(mhat, _mm256_add_ps(_mm256_sqrt_ps(vhat), eps)), _mm256_mul_ps(wd, pi));
+    _mm256_storeu_ps(p + i, _mm256_sub_ps(pi, _mm256_mul_ps(lr, upd)));
+  }
+  adamw_scalar(p + i, g + i, m + i, v + i, n - i, k);
+}
+
+}  // namespace
 
 void CpuBackend::adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2,
                        float eps, float weight_decay, int64_t step) {
+  OpTimer timer(profile_.get(), kOpAdamW);
   WEFT_ASSERT(step >= 1, "adamw: step counts from 1");
-  const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step)));
-  const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step)));
+  AdamWCoef k;
+  k.lr = lr, k.beta1 = beta1, k.beta2 = beta2, k.eps = eps, k.wd = weight_decay;
+  k.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step)));
+  k.bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step)));
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const float gi = g[i];
-      const float mi = beta1 * m[i] + (1.f - beta1) * gi;
-      const float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
-      m[i] = mi;
-      v[i] = vi;
-      const float mhat = mi / bc1;
-      const float vhat = vi / bc2;
-      p[i] -= lr * (mhat / (std::sqrt(vhat) + eps) + weight_decay * p[i]);
-    }
+    if (avx2_) return adamw_avx2(p + i0, g + i0, m + i0, v + i0, i1 - i0, k);
+    adamw_scalar(p + i0, g + i0, m + i0, v + i0, i1 - i0, k);
   });
 }
 
@@ -657,6 +1006,7 @@ void cast_loop(ThreadPool& pool, Dst* dst, const Src* src, int64_t n, Conv conv)
 }  // namespace
 
 void CpuBackend::cast(const Tensor& dst, const Tensor& src) {
+  OpTimer timer(profile_.get(), kOpCast);
   WEFT_ASSERT(dst.numel() == src.numel(),
               "cast: " + shape_str(src.shape()) + " into " + shape_str(dst.shape()));
   const int64_t n = src.numel();

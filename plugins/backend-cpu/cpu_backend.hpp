@@ -1,14 +1,25 @@
-// CpuBackend: the readable, multithreaded reference backend. GEMM goes to
-// OpenBLAS; every other kernel is plain C++ split over a persistent ThreadPool.
+// CpuBackend: the readable, multithreaded reference backend. Everything runs on
+// one persistent ThreadPool per backend (one per rank): GEMMs are cut into
+// column or row panels that single-threaded OpenBLAS calls compute on the pool's
+// threads, so no BLAS thread pool spins against ours; the other kernels are
+// plain C++ (AVX2 paths chosen at run time where the CPU has them).
 // Kernel results do not depend on the thread count: work is split so that each
 // output element is produced by one task in a fixed order, and reductions run
 // over fixed blocks in double.
+//
+// Memory: alloc() hands out zero-filled, 64-byte aligned blocks and counts them
+// by category; freed blocks of 64 KiB and more are kept in a cache (free lists
+// by size) and handed out again, so a steady-state training step maps no new
+// memory. Accounting counts live tensors only, never the cache.
+//
+// WEFT_CPU_PROFILE=1 in the environment makes every backend time its kernels
+// and print a per-kernel table (calls, ms, GFLOP/s, cache use) to stderr when
+// it is destroyed.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "thread_pool.hpp"
@@ -80,17 +91,20 @@ class CpuBackend final : public Backend {
 
   ThreadPool& pool() { return pool_; }
 
+  // Bytes held in the block cache now, and blocks served from it so far.
+  int64_t cached_bytes() const;
+  int64_t cache_hits() const;
+
+  struct Arena;     // accounting + block cache, shared with every Storage handed out
+  struct Profile;   // per-kernel timers (WEFT_CPU_PROFILE)
+
  private:
-  // Byte counts by category; shared with every Storage this backend hands out,
-  // so a tensor may outlive the backend.
-  struct Accounting {
-    mutable std::mutex mutex;
-    MemStats stats;
-    void add(MemCategory category, int64_t bytes);
-  };
+  void gemm_serial(const GemmArgs& g);
 
   ThreadPool pool_;
-  std::shared_ptr<Accounting> accounting_;
+  std::shared_ptr<Arena> arena_;
+  std::unique_ptr<Profile> profile_;  // null unless WEFT_CPU_PROFILE is set
+  bool avx2_ = false;                 // the CPU runs the AVX2 kernels
 };
 
 }  // namespace weft

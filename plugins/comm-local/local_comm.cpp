@@ -68,7 +68,10 @@ void reduce_block(const Tensor& out, const std::vector<LocalHub::Post>& posts, i
 
 void LocalHub::fail_wait(const char* op, const std::vector<int>& missing, double timeout_s) {
   std::string ranks;
-  for (size_t i = 0; i < missing.size(); ++i) ranks += (i ? "," : "") + std::to_string(missing[i]);
+  for (size_t i = 0; i < missing.size(); ++i) {
+    if (i) ranks += ",";
+    ranks += std::to_string(missing[i]);
+  }
   std::string reason = aborted_ ? abort_reason_
                                 : "timed out after " + std::to_string(static_cast<int>(timeout_s)) + " s";
   std::string msg = std::string(op) + ": " + reason + "; missing ranks [" + ranks + "]";
@@ -113,6 +116,7 @@ void LocalHub::leave(int rank, const char* op, double timeout_s) {
     return;
   }
   bool ok = cv_.wait_until(lock, deadline, [&] { return aborted_ || generation_ != gen; });
+  if (generation_ != gen) return;  // the round completed, even if an abort came right after
   if (!ok || aborted_) {
     std::vector<int> missing;
     for (int r = 0; r < size_; ++r)

@@ -13,6 +13,11 @@
 //                        of dataset samples (s-1)*G .. s*G-1, the trainer's order
 //   step1.safetensors    for the batch of step 1 run as one microbatch of G samples:
 //                        "logits" [G,T,Vp] (forward with no targets),
+//                        "act.<i>" [G,T,C] the output of layer i (0 = embedding,
+//                        1..L = blocks) on the way, and for each block layer i
+//                        "act.<i>.ln1|attn|ln2|mlp": its sub-modules run on their
+//                        own from the block's input x (ln1(x), attn(ln1(x)),
+//                        ln2(x2), mlp(ln2(x2)) with x2 = x + attn(ln1(x))),
 //                        "losses" [G,T], "loss" [1] (mean over the G*T tokens),
 //                        "grad.<name>" for every param after one forward+backward
 //                        with dloss_scale = 1/(G*T), grads zeroed first.
@@ -32,6 +37,7 @@
 #include "safetensors.hpp"
 #include "weft/dataset.hpp"
 #include "weft/error.hpp"
+#include "weft/nn.hpp"
 #include "weft/params.hpp"
 
 namespace fs = std::filesystem;
@@ -142,6 +148,7 @@ int run(const Args& args) {
                  {"hidden", mo.get_int("hidden")},
                  {"heads", mo.get_int("heads")},
                  {"seq_length", T},
+                 {"init_std", mo.get_float("init_std")},
                  {"vocab", V},
                  {"padded_vocab", Vp}}},
       {"batch", {{"micro", recipe.options("batch").get_int("micro")}, {"global", G},
@@ -209,10 +216,31 @@ int run(const Args& args) {
   const std::vector<weft::Module*> layers = model.layers();
 
   std::vector<weft::NamedArray> step1;
-  {  // logits: forward with no targets
+  {  // logits: forward with no targets, and the activations along the way
     weft::Context ctx(be, 0);
     weft::Tensor x = ids;
-    for (weft::Module* layer : layers) x = layer->forward(ctx, x);
+    for (size_t li = 0; li < layers.size(); ++li) {
+      if (auto* block = dynamic_cast<weft::nn::Block*>(layers[li])) {
+        // Each sub-module of the block on its own, from the block's input, so a
+        // mismatch can be pinned to ln1 / attn / ln2 / mlp (a separate context).
+        weft::Context probe(be, 0);
+        const std::string pre = "act." + std::to_string(li) + ".";
+        weft::Tensor a1 = block->ln1().forward(probe, x);
+        weft::Tensor o1 = block->attn().forward(probe, a1);
+        std::vector<float> x2 = to_host(be, x), o1h = to_host(be, o1);
+        for (size_t i = 0; i < x2.size(); ++i) x2[i] += o1h[i];
+        weft::Tensor x2t = be.alloc(x.shape(), weft::DType::F32, weft::MemCategory::Workspace);
+        be.copy_from_host(x2t, x2.data());
+        weft::Tensor a2 = block->ln2().forward(probe, x2t);
+        weft::Tensor o2 = block->mlp().forward(probe, a2);
+        step1.push_back({pre + "ln1", x.shape(), to_host(be, a1)});
+        step1.push_back({pre + "attn", x.shape(), o1h});
+        step1.push_back({pre + "ln2", x.shape(), to_host(be, a2)});
+        step1.push_back({pre + "mlp", x.shape(), to_host(be, o2)});
+      }
+      x = layers[li]->forward(ctx, x);
+      if (li + 1 < layers.size()) step1.push_back({"act." + std::to_string(li), x.shape(), to_host(be, x)});
+    }
     WEFT_ASSERT(x.shape() == (weft::Shape{G, T, Vp}), "parity_dump: logits are " + weft::shape_str(x.shape()));
     step1.push_back({"logits", {G, T, Vp}, to_host(be, x)});
   }

@@ -2,19 +2,22 @@
 
     python3 test_parity.py PARITY_DUMP BUILD_ROOT SOURCE_DIR
 
-1. Runs PARITY_DUMP on gpt-parity.toml: weft's initial params, the token
+1. Runs PARITY_DUMP on gpt-parity.toml (and once more with init_std 0.02): weft's initial params, the token
    batches of steps 1..10, and for the batch of step 1 weft's logits, per-token
    losses, mean loss and every param's gradient (dloss_scale = 1/(G*T)).
 2. Loads the same params into gpt2_reference.GPT2 and checks logits, losses,
-   loss and every gradient (torch autograd) against weft's.
+   loss and every gradient (torch autograd) against weft's; and each module
+   (embedding, every block's ln1/attn/ln2/mlp and the block, the head) run by
+   torch on weft's own input to that module, which names the module at fault.
 3. Runs `BUILD_ROOT/weft train` for 10 steps (log.interval 1) for each batch
    layout in VARIANTS and checks every step's loss and grad_norm from
    metrics.jsonl, and the update of every param (final checkpoint - init),
    against 10 steps of torch.optim.AdamW + clip_grad_norm_ on the same batches.
 
-Error measure ("rel") everywhere: max|weft - torch| / max|torch| over the
-whole tensor (a scalar: |weft - torch| / |torch|); the denominator is floored
-at 1e-30, so an all-zero reference needs an all-zero weft tensor. The
+Error measure ("rel"): max|weft - torch| / max|torch| over the whole tensor
+(a scalar: |weft - torch| / |torch|); the denominator is floored at 1e-30, so
+an all-zero reference needs an all-zero weft tensor. The 10-step param
+updates use the L2 form ||weft - torch|| / ||torch|| instead (see there). The
 reference is float32 PyTorch, the same precision as weft's fp32 run.
 
 Prints one line per check and a final "N passed, M failed"; exits 1 when
@@ -30,15 +33,25 @@ import time
 import traceback
 
 TOL_LOGITS = 1e-5      # logits, per-token losses, mean loss at step 1
+TOL_MODULE = 3e-6      # each module at step 1 on weft's own input (observed <= 3e-7)
 TOL_GRAD = 1e-4        # every gradient at step 1
 TOL_TRAIN_LOSS = 1e-4  # each step's loss over 10 training steps
 TOL_GRAD_NORM = 1e-4   # each step's global gradient norm (before clipping)
-# Every param's 10-step update (final - init): Adam's m/sqrt(v) amplifies last-bit
-# gradient differences where a gradient element is near zero (observed <= 4e-4).
-TOL_FINAL_UPDATE = 5e-3
+# Every param's 10-step update (final - init), L2 relative (see check_training):
+# Adam's m/sqrt(v) amplifies last-bit differences of near-zero gradient elements
+# (observed <= 1e-5).
+TOL_FINAL_UPDATE = 1e-3
 STEPS = 10
 
-# (label, extra --set overrides) for the 10-step training comparison.
+# (label, extra --set overrides) for the step-1 checks: the recipe (init_std
+# 0.1, which exercises the nonlinearities) and GPT-2's usual init_std 0.02.
+STEP1_VARIANTS = [
+    ("recipe", []),
+    ("init002", ["model.init_std=0.02"]),
+]
+
+# (label, extra --set overrides) for the 10-step training comparison (the recipe's
+# init; the batches of the "recipe" dump).
 VARIANTS = [
     ("micro4", []),                   # G = 4 as one microbatch
     ("micro2", ["batch.micro=2"]),    # G = 4 as 2 accumulated microbatches
@@ -110,7 +123,7 @@ def tokens_of(batch):
 
 # ---------------------------------------------------------------- step 1
 
-def check_step1(cfg, dump):
+def check_step1(cfg, dump, label):
     init, _ = read_safetensors(os.path.join(dump, "init.safetensors"))
     batches, _ = read_safetensors(os.path.join(dump, "batches.safetensors"))
     step1, _ = read_safetensors(os.path.join(dump, "step1.safetensors"))
@@ -120,13 +133,13 @@ def check_step1(cfg, dump):
     model = GPT2.from_config(mc)
     torch_names = {n: tuple(p.shape) for n, p in model.named_parameters()}
     weft_names = {p["name"]: tuple(p["shape"]) for p in cfg["params"]}
-    report(torch_names == weft_names, "param names and shapes",
+    report(torch_names == weft_names, f"{label} param names and shapes",
            f"{len(weft_names)} weft params, {len(torch_names)} torch params"
            + ("" if torch_names == weft_names else
               f"; only weft {sorted(set(weft_names.items()) - set(torch_names.items()))},"
               f" only torch {sorted(set(torch_names.items()) - set(weft_names.items()))}"))
     wd_wrong = [p["name"] for p in cfg["params"] if p["weight_decay"] != decays(p["name"])]
-    report(not wd_wrong, "weight_decay flags", "weft's Param::weight_decay follow the GPT-2 rule"
+    report(not wd_wrong, f"{label} weight_decay flags", "weft's Param::weight_decay follow the GPT-2 rule"
            if not wd_wrong else f"differ from the GPT-2 rule for {wd_wrong}")
     model.load_weights(init)
 
@@ -134,28 +147,45 @@ def check_step1(cfg, dump):
     ids, targets = tok[:, :T], tok[:, 1:]
     assert tok.shape == (G, T + 1) and int(tok.max()) < V and int(tok.min()) >= 0
 
+    # Each module on weft's own input (isolated, so a mismatch names its module).
+    with torch.no_grad():
+        L = len(model.blocks)
+        emb = model.wte(ids) + model.wpe(torch.arange(T))[None]
+        check_close(f"{label} module embedding", step1["act.0"], emb, TOL_MODULE)
+        for i, blk in enumerate(model.blocks):
+            n = i + 1  # layer index: 0 is the embedding
+            x = step1[f"act.{n - 1}"]
+            for what, ref in [("ln1", blk.ln1(x)),
+                              ("attn", blk.attn(step1[f"act.{n}.ln1"])),
+                              ("ln2", blk.ln2(x + step1[f"act.{n}.attn"])),
+                              ("mlp", blk.mlp(step1[f"act.{n}.ln2"]))]:
+                check_close(f"{label} module blocks.{i}.{what}", step1[f"act.{n}.{what}"], ref, TOL_MODULE)
+            check_close(f"{label} module blocks.{i}", step1[f"act.{n}"], blk(x), TOL_MODULE)
+        head = model.lnf(step1[f"act.{L}"]) @ model.wte.weight.t()
+        check_close(f"{label} module head (lnf, x @ wte^T)", step1["logits"], head, TOL_MODULE)
+
     logits = model(ids)  # [G,T,Vp]
     losses = model.token_losses(logits, targets)  # [G,T]
     loss = losses.mean()
     model.zero_grad(set_to_none=True)
     loss.backward()
 
-    check_close("step1 logits [G,T,Vp]", step1["logits"], logits.detach(), TOL_LOGITS)
-    check_close("step1 per-token losses [G,T]", step1["losses"], losses.detach(), TOL_LOGITS)
-    check_close("step1 mean loss", step1["loss"], loss.detach().reshape(1), TOL_LOGITS)
-    print(f"  step1 loss weft {step1['loss'].item():.9g} torch {loss.item():.9g} (ln V = {np.log(V):.6g})")
+    check_close(f"{label} step1 logits [G,T,Vp]", step1["logits"], logits.detach(), TOL_LOGITS)
+    check_close(f"{label} step1 per-token losses [G,T]", step1["losses"], losses.detach(), TOL_LOGITS)
+    check_close(f"{label} step1 mean loss", step1["loss"], loss.detach().reshape(1), TOL_LOGITS)
+    print(f"  {label} step1 loss weft {step1['loss'].item():.9g} torch {loss.item():.9g} (ln V = {np.log(V):.6g})")
     worst = (0.0, "")
     for name, p in model.named_parameters():
         key = "grad." + name
         if key not in step1:
-            report(False, f"grad {name}", "missing from weft's dump")
+            report(False, f"{label} grad {name}", "missing from weft's dump")
             continue
-        err = check_close(f"grad {name} {tuple(p.shape)}", step1[key], p.grad, TOL_GRAD)
+        err = check_close(f"{label} grad {name} {tuple(p.shape)}", step1[key], p.grad, TOL_GRAD)
         worst = max(worst, (err, name))
-    print(f"  worst gradient: {worst[1]} rel {worst[0]:.3e}")
+    print(f"  {label} worst gradient: {worst[1]} rel {worst[0]:.3e}")
     if "grad.wte.weight" in step1:
         pad = step1["grad.wte.weight"][V:]
-        report(bool((pad == 0).all()), f"grad wte.weight padded rows [{V}:{Vp}]",
+        report(bool((pad == 0).all()), f"{label} grad wte.weight padded rows [{V}:{Vp}]",
                f"max |grad| {pad.abs().max().item() if pad.numel() else 0.0:.3e} (must be exactly 0)")
 
 
@@ -232,7 +262,7 @@ def check_training(cfg, dump, weft_exe, recipe, work, label, overrides):
         worst_loss, worst_norm = max(worst_loss, lerr), max(worst_norm, nerr)
         print(f"  {label} step {s:2d}: loss weft {r['loss']:.9f} torch {ref_losses[s - 1]:.9f} rel {lerr:.2e}"
               f" | grad_norm weft {r['grad_norm']:.6g} torch {ref_norms[s - 1]:.6g} rel {nerr:.2e}"
-              f" | lr {r['lr']:g}")
+              f" | lr {r['lr']:g}{' (clipped)' if 0 < cfg['optimizer']['clip_grad_norm'] < ref_norms[s - 1] else ''}")
         report(lerr <= TOL_TRAIN_LOSS, f"{label} step {s} loss", f"rel {lerr:.3e} (tol {TOL_TRAIN_LOSS:.0e})")
         report(nerr <= TOL_GRAD_NORM, f"{label} step {s} grad_norm", f"rel {nerr:.3e} (tol {TOL_GRAD_NORM:.0e})")
         lr_ok = abs(r["lr"] - cfg["optimizer"]["lr"]) <= 1e-12 * cfg["optimizer"]["lr"]
@@ -241,15 +271,29 @@ def check_training(cfg, dump, weft_exe, recipe, work, label, overrides):
     print(f"  {label}: worst step loss rel {worst_loss:.3e}, worst grad_norm rel {worst_norm:.3e}")
 
     # Final params from weft's last checkpoint, measured on the 10-step update
-    # (final - init), so a small but systematic optimizer difference shows.
+    # (final - init) in L2 norm: ||dW_weft - dW_torch|| / ||dW_torch|| per param.
+    # The key slice [C:2C] of each attn.qkv.bias is left out: its gradient is
+    # analytically zero (a key bias adds the same q.b_k to every score of a row,
+    # which softmax cancels), so both sides hold rounding noise of ~1e-9 that
+    # Adam's m/sqrt(v) turns into unrelated steps of up to lr.
     ckpt = os.path.join(out_dir, "checkpoints", f"step_{STEPS}", "model.safetensors")
     final, _ = read_safetensors(ckpt)
+    C = cfg["model"]["hidden"]
     worst = (0.0, "")
     for name, ref in ref_params.items():
-        err = rel_err(final[name] - init[name], ref - init[name]) if name in final else float("inf")
+        if name not in final:
+            worst = max(worst, (float("inf"), name + " (missing)"))
+            continue
+        dw = (final[name] - init[name]).double()
+        dt = (ref - init[name]).double()
+        if name.endswith("attn.qkv.bias"):
+            keep = torch.ones(dt.shape[0], dtype=torch.bool)
+            keep[C:2 * C] = False
+            dw, dt = dw[keep], dt[keep]
+        err = ((dw - dt).norm() / max(dt.norm().item(), 1e-30)).item() if dw.shape == dt.shape else float("inf")
         worst = max(worst, (err, name))
     report(worst[0] <= TOL_FINAL_UPDATE, f"{label} param updates after {STEPS} steps",
-           f"worst {worst[1]} rel {worst[0]:.3e} (tol {TOL_FINAL_UPDATE:.0e}) over {len(ref_params)} params")
+           f"worst {worst[1]} L2 rel {worst[0]:.3e} (tol {TOL_FINAL_UPDATE:.0e}) over {len(ref_params)} params")
 
 
 def main():
@@ -263,30 +307,39 @@ def main():
     print(f"torch {torch.__version__}, weft {weft_exe}, recipe {recipe}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="weft-parity-") as work:
-        dump = os.path.join(work, "dump")
-        cfg = None
-        try:
-            run([dump_exe, build_root, recipe, dump, "--steps", str(STEPS)], cwd=work)
-            with open(os.path.join(dump, "config.json")) as f:
-                cfg = json.load(f)
-            mc = cfg["model"]
-            ok = (mc["plugin"] == "gpt" and cfg["optimizer"]["plugin"] == "adamw" and cfg["world"] == 1
-                  and cfg["lr_schedule"]["plugin"] == "constant" and cfg["lr_schedule"]["warmup_steps"] == 0
-                  and cfg["precision"] == "fp32")
-            report(ok, "recipe", f"gpt L{mc['layers']} C{mc['hidden']} H{mc['heads']} T{mc['seq_length']} "
-                   f"V{mc['vocab']} Vp{mc['padded_vocab']}, G {cfg['batch']['global']}, {cfg['optimizer']['plugin']} "
-                   f"lr {cfg['optimizer']['lr']}, {cfg['lr_schedule']['plugin']} schedule, {cfg['precision']}")
-        except Exception:  # noqa: BLE001
-            traceback.print_exc()
-            report(False, "parity_dump", "did not produce its files")
+        dumps = {}  # label -> (config, dump folder)
+        for label, overrides in STEP1_VARIANTS:
+            dump = os.path.join(work, "dump-" + label)
+            try:
+                cmd = [dump_exe, build_root, recipe, dump, "--steps", str(STEPS)]
+                for o in overrides:
+                    cmd += ["--set", o]
+                run(cmd, cwd=work)
+                with open(os.path.join(dump, "config.json")) as f:
+                    cfg = json.load(f)
+                mc = cfg["model"]
+                ok = (mc["plugin"] == "gpt" and cfg["optimizer"]["plugin"] == "adamw" and cfg["world"] == 1
+                      and cfg["lr_schedule"]["plugin"] == "constant" and cfg["lr_schedule"]["warmup_steps"] == 0
+                      and cfg["precision"] == "fp32")
+                report(ok, f"{label} recipe",
+                       f"gpt L{mc['layers']} C{mc['hidden']} H{mc['heads']} T{mc['seq_length']} init_std "
+                       f"{mc['init_std']:g} V{mc['vocab']} Vp{mc['padded_vocab']}, G {cfg['batch']['global']}, "
+                       f"{cfg['optimizer']['plugin']} lr {cfg['optimizer']['lr']}, {cfg['lr_schedule']['plugin']} "
+                       f"schedule, {cfg['precision']}")
+                dumps[label] = (cfg, dump)
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+                report(False, f"{label} parity_dump", "did not produce its files")
+                continue
+            try:
+                check_step1(cfg, dump, label)
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+                report(False, f"{label} step1", "raised")
+
+        if "recipe" not in dumps:
             finish()
-
-        try:
-            check_step1(cfg, dump)
-        except Exception:  # noqa: BLE001
-            traceback.print_exc()
-            report(False, "step1", "raised")
-
+        cfg, dump = dumps["recipe"]
         for label, overrides in VARIANTS:
             try:
                 check_training(cfg, dump, weft_exe, recipe, work, label, overrides)

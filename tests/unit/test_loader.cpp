@@ -132,6 +132,33 @@ TEST(LoaderRefusal, RegisterThrowsLeavesRegistryUntouched) {
   EXPECT_EQ(registry.find("tokenizer", "fixture-throws"), nullptr);
 }
 
+// Whatever the register function throws, the file is refused with its path;
+// nothing escapes the loader (an escaping non-std exception ends `weft`).
+TEST(LoaderRefusal, RegisterThrowsSomethingElse) {
+  weft::Registry registry;
+  std::string msg;
+  try {
+    weft::load_plugin_file(registry, fixture("throws-other"));
+    ADD_FAILURE() << "loaded a plugin whose register function throws";
+  } catch (const weft::Error& e) {
+    msg = e.what();
+  } catch (...) {
+    ADD_FAILURE() << "a non-weft::Error escaped load_plugin_file";
+  }
+  EXPECT_TRUE(msg.rfind(fixture("throws-other") + ": registration failed", 0) == 0) << msg;
+  EXPECT_TRUE(registry.records().empty());
+
+  weft::PluginScan scan;
+  try {
+    weft::load_plugin_dirs(registry, {fixture_dir("throws-other"), fixture_dir("good")}, scan);
+  } catch (...) {
+    ADD_FAILURE() << "load_plugin_dirs let an exception escape";
+  }
+  ASSERT_EQ(scan.refused.size(), 1u);
+  EXPECT_EQ(scan.refused[0].path, fixture("throws-other"));
+  EXPECT_EQ(scan.loaded.size(), 1u);
+}
+
 TEST(LoaderRefusal, DuplicateOfCoreRegisteredName) {
   weft::Registry registry;
   registry.add<weft::Backend>("cpu", {}, "core-registered cpu",

@@ -392,6 +392,28 @@ TEST(RecipeOverride, PluginChoiceSwitchesTheSchema) {
       << error_of(p, {"optimizer.plugin=sdg"});
 }
 
+// A quoted list item keeps its commas and escapes, as the same list would in a recipe.
+TEST(RecipeOverride, StringListItemsWithCommas) {
+  TempDir d;
+  std::string p = d.write("r.toml", kMinimal);
+  weft::Recipe r = load(p, {"tokenizer.plugin=fixture-tok", "tokenizer.specials=[\"x,y\", \"z\"]"});
+  EXPECT_EQ(r.options("tokenizer").get_strings("specials"), (std::vector<std::string>{"x,y", "z"}));
+  r = load(p, {"tokenizer.plugin=fixture-tok", "tokenizer.specials=['a, b', c]"});
+  EXPECT_EQ(r.options("tokenizer").get_strings("specials"), (std::vector<std::string>{"a, b", "c"}));
+}
+
+// `plugin` is not a key of a core section: the refusal says so, not that the
+// section is missing from the recipe.
+TEST(RecipeOverride, PluginKeyOfACoreSection) {
+  TempDir d;
+  std::string p = d.write("r.toml", kMinimal);
+  std::string msg = error_of(p, {"run.plugin=x"});
+  EXPECT_TRUE(starts_with(msg, "--set run.plugin=x: run.plugin: unknown key")) << msg;
+  // The same key in the file is refused that way already.
+  std::string q = d.write("q.toml", kMinimal + "plugin = \"x\"\n");
+  EXPECT_EQ(error_of(q), q + ":13:1: run.plugin: unknown key; keys: name, seed, steps, out_dir");
+}
+
 struct OverrideCase {
   const char* name;
   std::vector<std::string> overrides;
@@ -493,7 +515,7 @@ TEST(RecipeRefusal, Table) {
       {"string for bool", kMinimal + "[checkpoint]\nresume = \"yes\"\n", "@:14:10: checkpoint.resume: expected boolean, got string"},
       {"string for list", kMinimal + "[log]\nsinks = \"console\"\n", "@:14:9: log.sinks: expected array of strings, got string"},
       {"number in a list", kMinimal + "[log]\nsinks = [\"console\", 3]\n",
-       "@:14:21: log.sinks: expected an array of strings, found a integer"},
+       "@:14:21: log.sinks: expected an array of strings, found an integer"},
       {"auto misspelt", kMinimal + "[parallel]\ndata = \"atuo\"\n", "@:14:8: parallel.data: expected integer or \"auto\", got string"},
       {"out of range", kMinimal + "[batch]\nmicro = 0\n", "@:14:9: batch.micro: 0 is out of range (allowed 1 to 1048576)"},
       {"out of range, plugin", kModel + "init_std = -0.5\n" + kData,
@@ -527,7 +549,7 @@ TEST(RecipeRefusal, Table) {
       {"nested inline tables", deep_inline, "@:2:80: ..."},
       {"absurdly nested arrays", absurd_array, "@:2:", "syntax error: ", "nested"},
       {"section not a table", "model = \"gpt\"\n" + kData, "@:1:1: [model] must be a table, found a string"},
-      {"run not a table", "run = 3\n" + kModel + kData, "@:1:1: [run] must be a table, found a integer"},
+      {"run not a table", "run = 3\n" + kModel + kData, "@:1:1: [run] must be a table, found an integer"},
       {"plugin subsection not a table", kMinimal + "[parallel]\ndata_parallel = \"zero1\"\n",
        "@:14:17: [parallel.data_parallel] must be a table, found a string"},
       {"plugin not a string", kMinimal + "[backend]\nplugin = 1\n", "@:14:10: backend.plugin: expected string, got integer"},
@@ -591,14 +613,14 @@ TEST(RecipeRefusal, NestingMessages) {
 
 TEST(RecipeRefusal, RecipeFileItself) {
   TempDir d;
-  EXPECT_EQ(error_of(d.path + "/none.toml"), "recipe: recipe file '" + d.path + "/none.toml' not found");
-  EXPECT_EQ(error_of(d.path), "recipe: recipe '" + d.path + "' is a directory");
+  EXPECT_EQ(error_of(d.path + "/none.toml"), "recipe file '" + d.path + "/none.toml' not found");
+  EXPECT_EQ(error_of(d.path), "recipe '" + d.path + "' is a directory");
   std::string bin;
   for (int i = 0; i < 256; ++i) bin += static_cast<char>((i * 37 + 11) & 0xff);
   std::string p = d.write("binary.toml", bin);
   EXPECT_TRUE(starts_with(error_of(p), p + ":1:")) << error_of(p);
   std::string big = d.write("big.toml", "# " + std::string(17u << 20, 'x') + "\n");
-  EXPECT_EQ(error_of(big), "recipe: recipe file '" + big + "' is larger than 16 MiB");
+  EXPECT_EQ(error_of(big), "recipe file '" + big + "' is larger than 16 MiB");
   std::string empty = d.write("empty.toml", "");
   EXPECT_EQ(error_of(empty), empty + ": missing required key data.plugin (which dataset plugin to use)");
 }

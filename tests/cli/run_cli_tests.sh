@@ -1,0 +1,417 @@
+#!/usr/bin/env bash
+# CLI suite: `weft check` on malformed recipes (exit 2, exactly one line on
+# stderr naming file:line:col, no crash), `weft plugins` on each plugin
+# fixture, and the happy paths (--version, plugins NAME, check of a valid recipe).
+#
+# usage: run_cli_tests.sh WEFT_EXE SOURCE_ROOT BUILD_ROOT
+set -u
+
+if [ $# -ne 3 ]; then
+  echo "usage: $0 WEFT_EXE SOURCE_ROOT BUILD_ROOT" >&2
+  exit 1
+fi
+WEFT=$1
+SRC=$2
+BUILD=$3
+FIX=$BUILD/tests/fixtures
+
+if [ ! -x "$WEFT" ]; then
+  echo "weft executable not found: $WEFT (build it first: ninja -C $BUILD)" >&2
+  exit 1
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/weft-cli-XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+OUT=$TMP/stdout
+ERR=$TMP/stderr
+# Nothing from the caller's environment changes which plugins are found.
+unset WEFT_PLUGIN_PATH OMPI_COMM_WORLD_SIZE PMI_SIZE PMIX_SIZE WORLD_SIZE
+
+passed=0
+failed=0
+current=""
+case_ok=1
+
+begin() {
+  current=$1
+  case_ok=1
+}
+problem() {
+  if [ $case_ok -eq 1 ]; then echo "FAIL: $current"; fi
+  echo "    $*"
+  case_ok=0
+}
+finish() {
+  if [ $case_ok -eq 1 ]; then
+    passed=$((passed + 1))
+    echo "ok: $current"
+  else
+    failed=$((failed + 1))
+    echo "    --- stdout (first lines):"
+    head -n 5 "$OUT" | sed 's/^/    | /'
+    echo "    --- stderr (first lines):"
+    head -n 5 "$ERR" | cut -c1-400 | sed 's/^/    | /'
+  fi
+}
+
+# run [VAR=value ...] -- ARGS...: runs weft with a 60 s limit; sets $rc.
+run() {
+  local envs=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    envs+=("$1")
+    shift
+  done
+  shift
+  env "${envs[@]+"${envs[@]}"}" timeout 60 "$WEFT" "$@" >"$OUT" 2>"$ERR" </dev/null
+  rc=$?
+  if [ $rc -eq 124 ]; then problem "timed out after 60 s: weft $*"; fi
+}
+
+# Nothing that looks like a crash, an uncaught exception or a stack trace.
+expect_no_crash() {
+  if grep -aqE 'terminate called|Aborted|Segmentation fault|core dumped|stack trace|Stack trace|^#[0-9]+ +0x|what\(\):' "$OUT" "$ERR"; then
+    problem "crash output: $(grep -ahE 'terminate called|Aborted|Segmentation|core dumped|stack trace|what\(\)' "$OUT" "$ERR" | head -n 2)"
+  fi
+  if [ $rc -ge 128 ]; then problem "killed by signal $((rc - 128))"; fi
+}
+
+expect_rc() {
+  if [ "$rc" -ne "$1" ]; then problem "exit code $rc, expected $1"; fi
+}
+
+# stderr is exactly one newline-terminated line starting with "weft: error: ".
+expect_one_error_line() {
+  local lines
+  lines=$(wc -l <"$ERR")
+  if [ "$lines" -ne 1 ] || [ -n "$(tail -c 1 "$ERR" | tr -d '\n')" ]; then
+    problem "stderr has $lines newline(s), expected exactly one line"
+  fi
+  if ! head -n 1 "$ERR" | grep -aq '^weft: error: '; then problem "stderr does not start with 'weft: error: '"; fi
+}
+
+# Each argument is a fixed string the stderr line must contain.
+expect_err_has() {
+  local s
+  for s in "$@"; do
+    if ! grep -aqF -- "$s" "$ERR"; then problem "stderr lacks: $s"; fi
+  done
+}
+expect_out_has() {
+  local s
+  for s in "$@"; do
+    if ! grep -aqF -- "$s" "$OUT"; then problem "stdout lacks: $s"; fi
+  done
+}
+
+# refuse NAME RECIPE [--set ...] -- EXPECTED...: `weft check` must refuse it.
+refuse() {
+  local name=$1 recipe=$2
+  shift 2
+  local args=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    args+=("$1")
+    shift
+  done
+  shift
+  begin "check refuses: $name"
+  run -- check "$recipe" "${args[@]+"${args[@]}"}"
+  expect_rc 2
+  expect_one_error_line
+  expect_no_crash
+  expect_err_has "$@"
+  finish
+}
+
+# ---- recipes --------------------------------------------------------------------------------
+
+# The minimal valid recipe; appended text starts at line 13.
+R=$TMP/recipes
+mkdir -p "$R"
+cat >"$R/base.toml" <<'EOF'
+[model]
+plugin = "gpt"
+layers = 1
+hidden = 32
+heads = 2
+seq_length = 16
+
+[data]
+plugin = "synthetic"
+
+[run]
+steps = 2
+EOF
+
+# variant NAME APPEND_TEXT: base + text (printf %b, so \n and \xHH work).
+variant() {
+  cp "$R/base.toml" "$R/$1.toml"
+  printf '%b' "$2" >>"$R/$1.toml"
+  echo "$R/$1.toml"
+}
+# replace NAME FROM TO: base with one line replaced (fixed strings).
+replace() {
+  local from=$2 to=$3
+  FROM="$from" TO="$to" awk '{ if ($0 == ENVIRON["FROM"]) print ENVIRON["TO"]; else print }' "$R/base.toml" >"$R/$1.toml"
+  echo "$R/$1.toml"
+}
+
+begin "check accepts the minimal recipe"
+run -- check "$R/base.toml"
+expect_rc 0
+expect_no_crash
+expect_out_has "[model]" 'plugin = "gpt"' "# layout: world 1" "# parameters:" "# memory per rank"
+if [ -s "$ERR" ] && grep -aq 'error' "$ERR"; then problem "stderr has an error: $(head -n 1 "$ERR")"; fi
+finish
+
+begin "check: --set changes the parameter count"
+run -- check "$R/base.toml" --set model.layers=2
+expect_rc 0
+expect_no_crash
+p1=$(grep -a '^# parameters:' "$OUT")
+run -- check "$R/base.toml"
+p0=$(grep -a '^# parameters:' "$OUT")
+if [ -z "$p0" ] || [ "$p0" = "$p1" ]; then problem "parameter lines: '$p0' vs '$p1'"; fi
+finish
+
+begin "check: the printed resolved recipe is itself a valid recipe"
+run -- check "$R/base.toml"
+grep -av '^# layout\|^#   \|^# parameters\|^# memory' "$OUT" >"$R/resolved.toml"
+cp "$OUT" "$TMP/first.txt"
+run -- check "$R/resolved.toml"
+expect_rc 0
+expect_no_crash
+if ! diff -q "$TMP/first.txt" "$OUT" >/dev/null; then problem "checking the resolved recipe prints something else"; fi
+finish
+
+refuse "syntax error" "$(variant syntax '[batch]\nmicro = = 2\n')" -- "syntax.toml:14:9: syntax error"
+refuse "unknown section" "$(variant section '[modle]\nlayers = 2\n')" -- \
+  "section.toml:13:2: unknown section [modle] (did you mean [model]?)"
+refuse "unknown key" "$(variant key '[batch]\nmicor = 2\n')" -- \
+  "key.toml:14:1: batch.micor: unknown key (did you mean 'micro'?)"
+refuse "wrong type" "$(replace type 'layers = 1' 'layers = "one"')" -- \
+  "type.toml:3:10: model.layers: expected integer, got string"
+refuse "float for an integer" "$(replace float 'hidden = 32' 'hidden = 32.0')" -- \
+  "float.toml:4:10: model.hidden: expected integer, got float"
+refuse "out of range" "$(variant range '[batch]\nmicro = 0\n')" -- \
+  "range.toml:14:9: batch.micro: 0 is out of range (allowed 1 to 1048576)"
+refuse "integer literal overflow" "$(variant overflow '[checkpoint]\ninterval = 99999999999999999999\n')" -- \
+  "overflow.toml:14:" "syntax error" "99999999999999999999"
+refuse "missing data.plugin" "$(replace noplugin 'plugin = "synthetic"' 'size = 10')" -- \
+  "noplugin.toml:8:1: missing required key data.plugin"
+refuse "missing data.files" "$(replace nofiles 'plugin = "synthetic"' 'plugin = "text"')" -- \
+  "nofiles.toml:8:1: missing required key data.files"
+refuse "tensor x pipeline x data != world" \
+  "$(variant world '[parallel]\ntensor = 2\npipeline = 2\ndata = 3\nworld = 8\n')" -- \
+  "world.toml:16:8: parallel.data: tensor 2 x pipeline 2 x data 3 = 12 ranks, but world is 8"
+refuse "global not divisible" "$(variant global '[parallel]\ndata = 2\n[batch]\nmicro = 3\nglobal = 10\n')" -- \
+  "global.toml:17:10: batch.global: global batch 10 is not divisible by micro 3 x data 2 = 6"
+refuse "expert does not divide data" "$(variant expert '[parallel]\ndata = 4\nexpert = 3\n')" -- \
+  "expert.toml:15:10: parallel.expert: expert 3 does not divide data 4"
+refuse "non-UTF-8 bytes" "$(variant utf8 '[checkpoint]\n# caf\xe9\n')" -- "utf8.toml:14:" "syntax error"
+refuse "absurd nesting" \
+  "$(variant nesting "[checkpoint]\nx = $(printf '[%.0s' $(seq 40))1$(printf ']%.0s' $(seq 40))\n")" -- \
+  "nesting.toml:14:" "nested more than 16 deep"
+refuse "absurder nesting" \
+  "$(variant nesting2 "[checkpoint]\nx = $(head -c 5000 /dev/zero | tr '\0' '[')\n")" -- "nesting2.toml:14:" "syntax error"
+printf 'batch = 3\n' >"$R/nottable.toml"
+cat "$R/base.toml" >>"$R/nottable.toml"
+refuse "section that is not a table" "$R/nottable.toml" -- "nottable.toml:1:1: [batch] must be a table"
+refuse "unknown plugin" "$(replace plugin 'plugin = "gpt"' 'plugin = "gtp"')" -- \
+  "plugin.toml:2:10: model.plugin: no model plugin named 'gtp' (did you mean 'gpt'?)"
+refuse "unknown sink" "$(variant sink '[log]\nsinks = ["console", "jsnol"]\n')" -- \
+  "sink.toml:14:9: log.sinks: no metrics_sink plugin named 'jsnol' (did you mean 'jsonl'?)"
+refuse "option of an unlisted sink" "$(variant sinkopt '[log]\nsinks = ["console"]\n[log.jsonl]\n')" -- \
+  "sinkopt.toml:15:1: [log.jsonl] configures a sink that log.sinks does not list"
+
+printf 'include = ["nope.toml"]\n' >"$R/noinc.toml"
+cat "$R/base.toml" >>"$R/noinc.toml"
+refuse "missing include" "$R/noinc.toml" -- "noinc.toml:1:12: include 'nope.toml' not found"
+printf 'include = ["cycle-b.toml"]\n' >"$R/cycle-a.toml"
+printf '\ninclude = "cycle-a.toml"\n' >"$R/cycle-b.toml"
+refuse "include cycle" "$R/cycle-a.toml" -- "cycle-b.toml:2:11: include cycle: cycle-a.toml -> cycle-b.toml -> cycle-a.toml"
+
+refuse "--set not an integer" "$R/base.toml" --set run.steps=abc -- "--set run.steps=abc: run.steps: 'abc' is not an integer"
+refuse "--set unknown section" "$R/base.toml" --set modle.layers=3 -- \
+  "--set modle.layers=3: unknown section [modle] (did you mean [model]?)"
+refuse "--set unknown key" "$R/base.toml" --set model.layer=3 -- \
+  "--set model.layer=3: model.layer: unknown key (did you mean 'layers'?)"
+refuse "--set malformed" "$R/base.toml" --set steps -- "--set steps: expected section.key=value"
+refuse "--set integer overflow" "$R/base.toml" --set run.steps=99999999999999999999 -- \
+  "--set run.steps=99999999999999999999: run.steps: integer overflow"
+
+refuse "missing recipe file" "$R/does-not-exist.toml" -- "does-not-exist.toml" "not found"
+mkdir -p "$R/folder.toml"
+refuse "directory as recipe" "$R/folder.toml" -- "folder.toml" "is a directory"
+# A binary file: every byte value, deterministic.
+for i in $(seq 0 255); do printf "\\x$(printf %02x $(((i * 37 + 11) % 256)))"; done >"$R/binary.toml"
+refuse "binary file as recipe" "$R/binary.toml" -- "binary.toml:1:" "syntax error"
+refuse "the weft executable as recipe" "$WEFT" -- "$WEFT"
+
+# ---- recipes derived from examples/ -----------------------------------------------------------
+
+if ls "$SRC"/examples/*.toml >/dev/null 2>&1; then
+  mkdir -p "$TMP/examples"
+  cp -r "$SRC"/examples/. "$TMP/examples/"
+  for ex in "$TMP"/examples/*.toml; do
+    name=$(basename "$ex" .toml)
+    begin "check accepts examples/$name.toml"
+    run -- check "$ex"
+    expect_rc 0
+    expect_no_crash
+    expect_out_has "# parameters:" "# memory per rank"
+    finish
+
+    # Appended after the last line: an unknown section, then a wrong type.
+    n=$(($(wc -l <"$ex") + 1))
+    if [ -n "$(tail -c 1 "$ex" | tr -d '\n')" ]; then printf '\n' >>"$ex"; fi
+    cp "$ex" "$TMP/examples/$name-bad1.toml"
+    printf '[trainer]\nsteps = 3\n' >>"$TMP/examples/$name-bad1.toml"
+    refuse "examples/$name.toml + unknown section" "$TMP/examples/$name-bad1.toml" -- \
+      "$name-bad1.toml:$n:2: unknown section [trainer]"
+    cp "$ex" "$TMP/examples/$name-bad2.toml"
+    printf '[checkpoint]\nkeep = "two"\n' >>"$TMP/examples/$name-bad2.toml"
+    if grep -q '^\[checkpoint\]' "$ex"; then
+      # A second [checkpoint] header is a TOML error at the header.
+      refuse "examples/$name.toml + duplicate table" "$TMP/examples/$name-bad2.toml" -- "$name-bad2.toml:$n:" "syntax error"
+    else
+      refuse "examples/$name.toml + wrong type" "$TMP/examples/$name-bad2.toml" -- \
+        "$name-bad2.toml:$((n + 1)):8: checkpoint.keep: expected integer, got string"
+    fi
+  done
+fi
+
+# ---- plugins -----------------------------------------------------------------------------------
+
+begin "--version"
+run -- --version
+expect_rc 0
+expect_no_crash
+if ! grep -aqE '^weft [0-9]+\.[0-9]+\.[0-9]+ \(plugin ABI [0-9]+\)$' "$OUT"; then problem "version line: $(head -n 1 "$OUT")"; fi
+finish
+
+begin "plugins lists the built-ins"
+run -- plugins
+expect_rc 0
+expect_no_crash
+expect_out_has "model:" "gpt" "backend:" "cpu" "metrics_sink:"
+if [ -s "$ERR" ]; then problem "stderr not empty"; fi
+finish
+
+begin "plugins gpt prints its options"
+run -- plugins gpt
+expect_rc 0
+expect_no_crash
+expect_out_has "model/gpt" "layers" "integer, default 2" "hidden" "heads" "seq_length"
+finish
+
+begin "plugins NAME that does not exist"
+run -- plugins gtp
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "no plugin named 'gtp' (did you mean 'gpt'?)"
+finish
+
+begin "plugins with the two-family fixture"
+run WEFT_PLUGIN_PATH="$FIX/good" -- plugins
+expect_rc 0
+expect_no_crash
+expect_out_has "fixture-tok" "fixture-sink" "9.8.7"
+if [ -s "$ERR" ]; then problem "stderr not empty"; fi
+finish
+
+begin "plugins fixture-tok prints every option type"
+run WEFT_PLUGIN_PATH="$FIX/good" -- plugins fixture-tok
+expect_rc 0
+expect_no_crash
+expect_out_has "tokenizer/fixture-tok 9.8.7" "$FIX/good/libfixture-good.so" "offset" "range 0..1000" \
+  "one of keep|lower|upper" "float, default 1.0" "boolean, default false" 'array of strings, default ["<eot>"]'
+finish
+
+# refusal fixtures: exit 2, one line naming the file and the cause.
+plugin_refusal() {
+  local dir=$1 file=$2 cause=$3
+  begin "plugins refuses fixture $dir"
+  run WEFT_PLUGIN_PATH="$FIX/$dir" -- plugins
+  expect_rc 2
+  expect_one_error_line
+  expect_no_crash
+  expect_err_has "weft: error: plugin $FIX/$dir/$file: $cause"
+  expect_out_has "model:" "gpt"  # the listing of what did load still comes
+  finish
+}
+plugin_refusal not-elf not-a-library.so "not a shared library (no ELF header)"
+plugin_refusal no-entry libfixture-no-entry.so "missing entry point 'weft_plugin_info'"
+plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 2, this weft expects 1"
+plugin_refusal unresolved libfixture-unresolved.so "unresolved symbol: weft_fixture_missing_symbol"
+plugin_refusal throws libfixture-throws.so "registration failed: fixture refuses to register (needs /dev/fixture)"
+plugin_refusal throws-other libfixture-throws-other.so "registration failed"
+plugin_refusal duplicate libfixture-duplicate.so "duplicate plugin name backend/cpu (already provided by "
+
+begin "check ignores a refused plugin the recipe does not need"
+run WEFT_PLUGIN_PATH="$FIX/bad-abi" -- check "$R/base.toml"
+expect_rc 0
+expect_no_crash
+expect_out_has "# parameters:"
+finish
+
+begin "check ignores a plugin whose register function throws a non-std exception"
+run WEFT_PLUGIN_PATH="$FIX/throws-other" -- check "$R/base.toml"
+expect_rc 0
+expect_no_crash
+expect_out_has "# parameters:"
+finish
+
+begin "check names the refused files when a needed plugin is missing"
+run WEFT_PLUGIN_PATH="$FIX/bad-abi" -- check "$R/base.toml" --set tokenizer.plugin=fixture-bad-abi
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "--set tokenizer.plugin=fixture-bad-abi: tokenizer.plugin: no tokenizer plugin named 'fixture-bad-abi'" \
+  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 2, this weft expects 1"
+finish
+
+begin "check uses a fixture plugin from WEFT_PLUGIN_PATH"
+run WEFT_PLUGIN_PATH="$FIX/good" -- check "$R/base.toml" --set tokenizer.plugin=fixture-tok --set tokenizer.offset=10 \
+  --set tokenizer.case=upper --set log.sinks=fixture-sink --set log.fixture-sink.digits=4
+expect_rc 0
+expect_no_crash
+expect_out_has "[tokenizer]" 'plugin = "fixture-tok"' "offset = 10" 'case = "upper"' "[log.fixture-sink]" "digits = 4"
+finish
+
+begin "check uses a fixture plugin from [plugins] paths"
+cp "$R/base.toml" "$R/paths.toml"
+printf '[plugins]\npaths = ["%s"]\n[tokenizer]\nplugin = "fixture-tok"\nreverse = true\n' "$FIX/good" >>"$R/paths.toml"
+run -- check "$R/paths.toml"
+expect_rc 0
+expect_no_crash
+expect_out_has 'plugin = "fixture-tok"' "reverse = true"
+finish
+
+refuse "fixture option out of range" "$R/base.toml" --set tokenizer.plugin=fixture-tok --set tokenizer.offset=5000 -- \
+  "no tokenizer plugin named 'fixture-tok'"
+cp "$R/base.toml" "$R/fixrange.toml"
+printf '[plugins]\npaths = ["%s"]\n[tokenizer]\nplugin = "fixture-tok"\ncase = "lowr"\n' "$FIX/good" >>"$R/fixrange.toml"
+refuse "fixture option choice" "$R/fixrange.toml" -- \
+  "fixrange.toml:17:8: tokenizer.case: 'lowr' is not one of keep, lower, upper (did you mean 'lower'?)"
+
+# ---- usage errors ------------------------------------------------------------------------------
+
+usage_error() {
+  local name=$1
+  shift
+  begin "usage error: $name"
+  run -- "$@"
+  expect_rc 2
+  expect_one_error_line
+  expect_no_crash
+  finish
+}
+usage_error "no subcommand"
+usage_error "unknown subcommand" frobnicate
+usage_error "check without recipe" check
+usage_error "--set without value" check "$R/base.toml" --set
+usage_error "unknown flag" check "$R/base.toml" --frobnicate
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
