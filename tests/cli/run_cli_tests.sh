@@ -413,5 +413,88 @@ usage_error "check without recipe" check
 usage_error "--set without value" check "$R/base.toml" --set
 usage_error "unknown flag" check "$R/base.toml" --frobnicate
 
+# ---- train, eval, generate, and damaged inputs to them ------------------------------------------
+
+RUN=$TMP/run
+begin "train gpt-tiny 3 steps"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=3 --set log.interval=1 --set "run.out_dir=$RUN"
+expect_rc 0
+expect_no_crash
+for f in recipe.toml metrics.jsonl checkpoints/latest checkpoints/step_3/model.safetensors \
+         checkpoints/step_3/optimizer.safetensors checkpoints/step_3/meta.json; do
+  [ -f "$RUN/$f" ] || problem "missing $f"
+done
+[ "$(wc -l <"$RUN/metrics.jsonl")" -eq 3 ] || problem "metrics.jsonl should have 3 records"
+finish
+
+TEXT=$TMP/eval.txt
+printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 1 40) >"$TEXT"
+begin "eval prints one JSON line with the mean loss"
+run -- eval --checkpoint "$RUN" --text "$TEXT"
+expect_rc 0
+expect_no_crash
+[ "$(wc -l <"$OUT")" -eq 1 ] || problem "expected one line"
+grep -qE '^\{"loss": [0-9.e+-]+, "tokens": [0-9]+, "windows": 28, "seq_length": 64\}$' "$OUT" || problem "unexpected output"
+finish
+
+begin "generate continues the prompt"
+run -- generate --checkpoint "$RUN/checkpoints/step_3" --prompt "The " --tokens 20 --seed 7
+expect_rc 0
+expect_no_crash
+grep -q '^The ' "$OUT" || problem "output does not start with the prompt"
+finish
+
+begin "eval of a missing text file"
+run -- eval --checkpoint "$RUN" --text "$TMP/nope.txt"
+expect_rc 2
+expect_one_error_line
+expect_err_has "nope.txt"
+expect_no_crash
+finish
+
+begin "eval of a text shorter than one window"
+printf 'short' >"$TMP/short.txt"
+run -- eval --checkpoint "$RUN" --text "$TMP/short.txt"
+expect_rc 2
+expect_one_error_line
+expect_err_has "short.txt" "one window needs 65"
+expect_no_crash
+finish
+
+begin "eval of a folder that is not a checkpoint"
+run -- eval --checkpoint "$TMP" --text "$TEXT"
+expect_rc 2
+expect_one_error_line
+expect_err_has "not a checkpoint"
+expect_no_crash
+finish
+
+BROKEN=$TMP/broken
+cp -r "$RUN/checkpoints/step_3" "$BROKEN"
+head -c 1000 "$RUN/checkpoints/step_3/model.safetensors" >"$BROKEN/model.safetensors"
+begin "eval of a truncated model.safetensors"
+run -- eval --checkpoint "$BROKEN" --text "$TEXT"
+expect_rc 2
+expect_one_error_line
+expect_err_has "model.safetensors" "offset"
+expect_no_crash
+finish
+
+begin "resume from a truncated checkpoint"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=5 --set "run.out_dir=$TMP/run2" "--resume=$BROKEN"
+expect_rc 2
+expect_one_error_line
+expect_err_has "model.safetensors"
+expect_no_crash
+finish
+
+begin "text data file that does not exist"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=1 --set "run.out_dir=$TMP/run3" --set "data.files=$TMP/missing.txt"
+expect_rc 2
+expect_one_error_line
+expect_err_has "missing.txt"
+expect_no_crash
+finish
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
