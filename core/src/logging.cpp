@@ -15,8 +15,11 @@ void setup_logging(const std::string& level) {
 }
 
 std::shared_ptr<spdlog::logger> rank_logger(int rank, int world) {
-  auto sink = spdlog::default_logger()->sinks();
-  auto logger = std::make_shared<spdlog::logger>("rank" + std::to_string(rank), sink.begin(), sink.end());
+  // A sink of its own: a pattern is stored in the sinks, and ranks as threads
+  // must not relabel each other's lines. Console sinks share one mutex, so
+  // lines do not interleave.
+  auto sink = std::make_shared<spdlog::sinks::stdout_color_sink_mt>();
+  auto logger = std::make_shared<spdlog::logger>("rank" + std::to_string(rank), sink);
   logger->set_level(spdlog::get_level());
   if (world > 1)
     logger->set_pattern("[%H:%M:%S] %^%l%$ [rank " + std::to_string(rank) + "] %v");

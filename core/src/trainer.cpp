@@ -266,6 +266,8 @@ void RankTrainer::run() {
 }  // namespace
 
 void train(const Recipe& recipe, const Registry& registry, const TrainArgs& args) {
+  // Metrics sinks print through the default logger on rank 0 only.
+  if (recipe.world > 1) spdlog::set_pattern("[%H:%M:%S] %^%l%$ [rank 0] %v");
   auto launcher = registry.factory<CommLauncher>(recipe.plugin("comm"))(recipe.options("comm"));
   launcher->run(recipe.world, [&](Communicator& world, const LaunchInfo& launch) {
     if (world.size() != recipe.world)
