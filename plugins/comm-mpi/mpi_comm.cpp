@@ -422,6 +422,17 @@ void MpiContext::wait(const std::function<bool()>& test, const WaitFor& what) {
     failing_ = true;
   }
   std::vector<int> missing = what.peer >= 0 ? std::vector<int>{what.peer} : missing_ranks(what);
+  // A failed member never arrives, whatever it had entered before it failed.
+  int failed = -1;
+  {
+    auto lk = lock();
+    failed = abort_from_;
+  }
+  if (failed >= 0 && std::find(what.members.begin(), what.members.end(), failed) != what.members.end() &&
+      std::find(missing.begin(), missing.end(), failed) == missing.end()) {
+    missing.push_back(failed);
+    std::sort(missing.begin(), missing.end());
+  }
   throw Error(what.op + ": " + reason + "; missing ranks " + ranks_str(missing));
 }
 
