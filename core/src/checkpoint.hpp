@@ -1,4 +1,4 @@
-// Checkpoints (DESIGN §6, docs/checkpoints.md): run.out_dir/checkpoints/step_N/
+// Checkpoints (docs/checkpoints.md): run.out_dir/checkpoints/step_N/
 // with model.safetensors (params by logical name, global shape),
 // optimizer.safetensors ("<param>.slot<k>"), meta.json and the resolved
 // recipe.toml. Written into a temporary folder and renamed; `latest` moves

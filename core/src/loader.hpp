@@ -1,4 +1,4 @@
-// Finds plugin files and loads them into a Registry (DESIGN §2). Every file
+// Finds plugin files and loads them into a Registry (docs/plugins.md). Every file
 // that cannot be used is kept as a refusal with its path and cause; callers
 // decide whether that is fatal (`weft plugins`: always; train/check: only
 // when the recipe needs a plugin that is missing).

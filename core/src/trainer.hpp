@@ -1,4 +1,4 @@
-// The training loop (DESIGN §3, §4): every rank builds its objects from the
+// The training loop (docs/design.md): every rank builds its objects from the
 // recipe, then for each step runs the pipeline schedule over its microbatches,
 // lets the data-parallel strategy reduce and update, logs and checkpoints.
 #pragma once

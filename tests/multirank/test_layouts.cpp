@@ -1,4 +1,4 @@
-// Layout equivalence (DESIGN §5) with comm-local, through the library API:
+// Layout equivalence (docs/design.md) with comm-local, through the library API:
 // examples/gpt-tiny.toml at a global batch of 8 for 10 fp32 steps under
 // dp in {1, 2, 4} x {ddp, zero1} x micro in {1, 2} gives the single-rank loss
 // at every step (rel 1e-5), and the metrics account for what each rank holds

@@ -1,6 +1,6 @@
 """An independent PyTorch GPT-2 for weft's parity suite, and a safetensors reader.
 
-The model follows the GPT-2 recipe weft documents (DESIGN §5, models/gpt):
+The model follows the GPT-2 recipe weft documents (docs/checkpoints.md, models/gpt):
 learned token embedding wte [Vp, C] (vocabulary padded to Vp rows) and
 position embedding wpe [T, C]; L pre-LN blocks x + attn(ln1(x)), then
 x + mlp(ln2(x)); causal multi-head attention from one qkv Linear [3C, C]

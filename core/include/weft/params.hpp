@@ -1,7 +1,7 @@
 // Materialising parameters: one flat fp32 param buffer and one flat grad
 // buffer per rank, every Param::data/grad a view into them, values drawn from
 // the counter-based RNG keyed by (seed, logical name, logical element index)
-// so every parallel layout holds exactly the same numbers (DESIGN §5).
+// so every parallel layout holds exactly the same numbers (docs/design.md).
 #pragma once
 
 #include <cstdint>

@@ -36,7 +36,7 @@ struct PluginInfo {
   void (*register_factories)(Registry& registry);
 };
 
-// The families a plugin may provide (DESIGN §2).
+// The families a plugin may provide (docs/plugins.md).
 const std::vector<std::string>& plugin_families();
 
 // Compiler, libstdc++ dual ABI and CUDA version of this translation unit's build.

@@ -1,6 +1,6 @@
 // Counter-based RNG (Philox-4x32-10). Parameter init is keyed by
 // (seed, logical param name, element index), so every parallel layout draws
-// exactly the same numbers for the same logical element (DESIGN §5).
+// exactly the same numbers for the same logical element (docs/design.md).
 #pragma once
 
 #include <cstdint>

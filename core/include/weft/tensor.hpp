@@ -14,7 +14,7 @@ namespace weft {
 enum class DType : uint8_t { F32, BF16, F16, I32, I64, U8 };
 enum class Device : uint8_t { Host, Cuda };
 
-// Memory is accounted by what it is for (DESIGN §3a metrics, `weft check`).
+// Memory is accounted by what it is for (metrics.jsonl, `weft check`).
 enum class MemCategory : uint8_t { Param, Grad, OptimState, Activation, CommBuffer, Workspace };
 inline constexpr int kMemCategoryCount = 6;
 
