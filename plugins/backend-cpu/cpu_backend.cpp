@@ -25,7 +25,8 @@ constexpr size_t kAlignment = 64;
 constexpr int64_t kElementGrain = 1 << 15;  // elementwise kernels: elements per chunk
 constexpr int64_t kColumnGrain = 16;        // column-partitioned reductions: columns per chunk
 constexpr int64_t kSumBlock = 1 << 12;      // sum/sum_squares: elements per fixed block
-constexpr int64_t kCopyGrain = 1 << 20;     // copy: bytes per chunk
+constexpr int64_t kCopyGrain = 1 << 20;     // copy, zero-fill: bytes per chunk
+constexpr size_t kParallelZeroBytes = size_t{4} << 20;  // zero-fill larger blocks on the pool
 
 // Rows per chunk so that a chunk holds roughly kElementGrain elements.
 int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, kElementGrain / std::max<int64_t>(1, row_len)); }
@@ -106,12 +107,12 @@ float f16_to_float(uint16_t h) {
 namespace {
 
 enum Op : int {
-  kOpGemm, kOpAddBias, kOpBiasGrad, kOpLnFwd, kOpLnBwd, kOpGeluFwd, kOpGeluBwd, kOpAttnFwd, kOpAttnBwd,
+  kOpGemmNN, kOpGemmNT, kOpGemmTN, kOpGemmTT, kOpAddBias, kOpBiasGrad, kOpLnFwd, kOpLnBwd, kOpGeluFwd, kOpGeluBwd, kOpAttnFwd, kOpAttnBwd,
   kOpEmbFwd, kOpEmbBwd, kOpXent, kOpAdd, kOpAccumulate, kOpScale, kOpSum, kOpSumSq, kOpAdamW, kOpCast,
   kOpCopy, kOpAlloc, kOpCount
 };
 constexpr const char* kOpNames[kOpCount] = {
-    "gemm", "add_bias", "bias_grad", "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd", "attention_fwd",
+    "gemm A.B", "gemm A.B^T", "gemm A^T.B", "gemm A^T.B^T", "add_bias", "bias_grad", "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd", "attention_fwd",
     "attention_bwd", "embedding_fwd", "embedding_bwd", "cross_entropy", "add", "accumulate", "scale", "sum",
     "sum_squares", "adamw", "cast", "copy", "alloc"};
 
@@ -267,7 +268,14 @@ Tensor CpuBackend::alloc(const Shape& shape, DType dtype, MemCategory category) 
     throw Error("cpu backend: out of host memory allocating " + std::to_string(bytes) + " bytes of " +
                 mem_category_name(category) + " " + shape_str(shape));
   }
-  std::memset(data, 0, capacity);
+  if (capacity >= kParallelZeroBytes) {
+    char* bytes_ptr = static_cast<char*>(data);
+    pool_.parallel_for(static_cast<int64_t>(capacity), kCopyGrain, [&](int64_t b0, int64_t b1) {
+      std::memset(bytes_ptr + b0, 0, static_cast<size_t>(b1 - b0));
+    });
+  } else {
+    std::memset(data, 0, capacity);
+  }
   auto storage = std::make_shared<Storage>();
   storage->data = data;
   storage->bytes = static_cast<size_t>(bytes);
@@ -345,6 +353,7 @@ namespace {
 constexpr double kGemmParallelFlops = 4e6;
 constexpr int64_t kPanelAlign = 16;     // panel widths are multiples of this (the sgemm micro-tile)
 constexpr int64_t kMinPanelWidth = 256; // below this, per-panel packing starts to show
+constexpr int64_t kSplitKRatio = 16;    // k >= this * max(m, n): split k instead
 }  // namespace
 
 void CpuBackend::gemm_serial(const GemmArgs& g) {
@@ -358,13 +367,55 @@ void CpuBackend::gemm_serial(const GemmArgs& g) {
   }
 }
 
+// A long, thin product (k much larger than m and n, like dlogits[N,Vp] @ wte[Vp,C])
+// is cut along k instead, one part per thread: part 0 computes
+// C = alpha * A0 B0 + beta * C in place, part p > 0 computes alpha * Ap Bp
+// into scratch, and the scratch parts are added to C in part order. Each
+// thread then packs only its share of both operands.
+void CpuBackend::gemm_split_k(const GemmArgs& g) {
+  const int64_t parts = pool_.size();
+  const int64_t width = (g.k + parts - 1) / parts;
+  std::lock_guard<std::mutex> lock(scratch_mutex_);
+  const size_t need = static_cast<size_t>((parts - 1) * g.m * g.n);
+  if (gemm_scratch_.size() < need) gemm_scratch_.resize(need);
+  float* scratch = gemm_scratch_.data();
+  pool_.parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t k0 = p * width, k1 = std::min(g.k, k0 + width);
+      GemmArgs s = g;
+      s.k = k1 - k0;
+      s.a += g.trans_a ? k0 * g.lda : k0;  // op(A) columns k0..
+      s.b += g.trans_b ? k0 : k0 * g.ldb;  // op(B) rows k0..
+      if (p > 0) {
+        s.beta = 0.f;
+        s.c = scratch + (p - 1) * g.m * g.n;
+        s.ldc = g.n;
+      }
+      if (s.k > 0) {
+        gemm_serial(s);
+      } else if (p > 0) {
+        std::fill(s.c, s.c + g.m * g.n, 0.f);
+      }
+    }
+  });
+  pool_.parallel_for(g.m, row_grain(g.n * parts), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* crow = g.c + r * g.ldc;
+      for (int64_t p = 1; p < parts; ++p) {
+        const float* srow = scratch + (p - 1) * g.m * g.n + r * g.n;
+        for (int64_t j = 0; j < g.n; ++j) crow[j] += srow[j];
+      }
+    }
+  });
+}
+
 void CpuBackend::gemm(const GemmArgs& g) {
   WEFT_ASSERT(g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0, "gemm: negative size");
   if (g.m == 0 || g.n == 0 || g.batch == 0) return;
   WEFT_ASSERT(g.ldc >= g.n, "gemm: ldc < n");
   const double flops = 2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) *
                        static_cast<double>(g.batch);
-  OpTimer timer(profile_.get(), kOpGemm, flops);
+  OpTimer timer(profile_.get(), static_cast<Op>(kOpGemmNN + 2 * g.trans_a + g.trans_b), flops);
   if (g.k == 0) {  // C = beta * C
     for (int64_t bi = 0; bi < g.batch; ++bi) {
       float* c = g.c + bi * g.stride_c;
@@ -377,11 +428,13 @@ void CpuBackend::gemm(const GemmArgs& g) {
   }
   WEFT_ASSERT(g.lda >= (g.trans_a ? g.m : g.k), "gemm: lda too small");
   WEFT_ASSERT(g.ldb >= (g.trans_b ? g.k : g.n), "gemm: ldb too small");
-  blas_int(g.m, "m"), blas_int(g.n, "n"), blas_int(g.k, "k");
-  blas_int(g.lda, "lda"), blas_int(g.ldb, "ldb"), blas_int(g.ldc, "ldc");
   const int64_t threads = pool_.size();
   if (threads == 1 || flops < kGemmParallelFlops) {
     gemm_serial(g);
+    return;
+  }
+  if (g.batch == 1 && g.k >= kSplitKRatio * std::max(g.m, g.n)) {
+    gemm_split_k(g);
     return;
   }
   // Panels along n (columns of C and op(B)) or m (rows of C and op(A)).
@@ -413,13 +466,154 @@ void CpuBackend::gemm(const GemmArgs& g) {
   });
 }
 
+// Inline kernel bodies below are compiled twice, for AVX2 (WEFT_AVX2, no FMA, so
+// no contraction) and for the baseline ISA: both give the same bits.
+#define WEFT_INLINE inline __attribute__((always_inline))
+#define WEFT_DISPATCH(name, params, args)       \
+  WEFT_AVX2 void name##_avx2 params { name args; } \
+  void name##_generic params { name args; }
+
+namespace {
+
+// out[r0:r1, :] += bias
+WEFT_INLINE void add_bias_rows(float* out, const float* bias, int64_t r0, int64_t r1, int64_t o) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* row = out + r * o;
+    for (int64_t j = 0; j < o; ++j) row[j] += bias[j];
+  }
+}
+WEFT_DISPATCH(add_bias_rows, (float* out, const float* bias, int64_t r0, int64_t r1, int64_t o),
+              (out, bias, r0, r1, o))
+
+// dbias[j0:j1] += column sums of dout[N, O] over rows in order, in double (acc: j1 - j0 doubles).
+WEFT_INLINE void bias_grad_cols(float* dbias, const float* dout, double* acc, int64_t n, int64_t o, int64_t j0,
+                                int64_t j1) {
+  const int64_t w = j1 - j0;
+  for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = dout + r * o + j0;
+    for (int64_t j = 0; j < w; ++j) acc[j] += row[j];
+  }
+  for (int64_t j = 0; j < w; ++j) dbias[j0 + j] += static_cast<float>(acc[j]);
+}
+WEFT_DISPATCH(bias_grad_cols,
+              (float* dbias, const float* dout, double* acc, int64_t n, int64_t o, int64_t j0, int64_t j1),
+              (dbias, dout, acc, n, o, j0, j1))
+
+// Row sums in double with four interleaved partial sums combined in a fixed
+// order (a latency-bound single chain would be 4x slower).
+WEFT_INLINE double row_sum(const float* x, int64_t c) {
+  double s[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t j = 0;
+  for (; j + 4 <= c; j += 4)
+    for (int u = 0; u < 4; ++u) s[u] += x[j + u];
+  for (; j < c; ++j) s[0] += x[j];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+WEFT_INLINE void layernorm_forward_rows(float* out, float* mean, float* rstd, const float* x, const float* w,
+                                        const float* b, int64_t r0, int64_t r1, int64_t c, float eps) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * c;
+    const double mu = row_sum(xr, c) / static_cast<double>(c);
+    double ss[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t j = 0;
+    for (; j + 4 <= c; j += 4)
+      for (int u = 0; u < 4; ++u) {
+        const double d = xr[j + u] - mu;
+        ss[u] += d * d;
+      }
+    for (; j < c; ++j) {
+      const double d = xr[j] - mu;
+      ss[0] += d * d;
+    }
+    const double var = ((ss[0] + ss[1]) + (ss[2] + ss[3])) / static_cast<double>(c);
+    const float m = static_cast<float>(mu);
+    const float rs = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+    float* orow = out + r * c;
+    for (int64_t jj = 0; jj < c; ++jj) orow[jj] = (xr[jj] - m) * rs * w[jj] + b[jj];
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+WEFT_DISPATCH(layernorm_forward_rows,
+              (float* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t r0,
+               int64_t r1, int64_t c, float eps),
+              (out, mean, rstd, x, w, b, r0, r1, c, eps))
+
+// dx rows [r0, r1): dx += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * w.
+// tmp: 2c floats of scratch (g and xhat of the row).
+WEFT_INLINE void layernorm_backward_rows(float* dx, const float* dout, const float* x, const float* w,
+                                         const float* mean, const float* rstd, float* tmp, int64_t r0, int64_t r1,
+                                         int64_t c) {
+  float* g = tmp;
+  float* xh = tmp + c;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * c;
+    const float* dr = dout + r * c;
+    const float m = mean[r], rs = rstd[r];
+    for (int64_t j = 0; j < c; ++j) {
+      xh[j] = (xr[j] - m) * rs;
+      g[j] = dr[j] * w[j];
+    }
+    double sg[4] = {0.0, 0.0, 0.0, 0.0}, sgx[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t j = 0;
+    for (; j + 4 <= c; j += 4)
+      for (int u = 0; u < 4; ++u) {
+        sg[u] += g[j + u];
+        sgx[u] += static_cast<double>(g[j + u]) * xh[j + u];
+      }
+    for (; j < c; ++j) {
+      sg[0] += g[j];
+      sgx[0] += static_cast<double>(g[j]) * xh[j];
+    }
+    const float mean_g = static_cast<float>(((sg[0] + sg[1]) + (sg[2] + sg[3])) / static_cast<double>(c));
+    const float mean_gx = static_cast<float>(((sgx[0] + sgx[1]) + (sgx[2] + sgx[3])) / static_cast<double>(c));
+    float* dxr = dx + r * c;
+    for (int64_t jj = 0; jj < c; ++jj) dxr[jj] += rs * (g[jj] - mean_g - xh[jj] * mean_gx);
+  }
+}
+WEFT_DISPATCH(layernorm_backward_rows,
+              (float* dx, const float* dout, const float* x, const float* w, const float* mean, const float* rstd,
+               float* tmp, int64_t r0, int64_t r1, int64_t c),
+              (dx, dout, x, w, mean, rstd, tmp, r0, r1, c))
+
+// dw[j0:j1] += sum_r dout * xhat, db[j0:j1] += sum_r dout, rows in order, in double
+// (acc: 2 (j1 - j0) doubles).
+WEFT_INLINE void layernorm_param_grad_cols(float* dw, float* db, const float* dout, const float* x,
+                                           const float* mean, const float* rstd, double* acc, int64_t n, int64_t c,
+                                           int64_t j0, int64_t j1) {
+  const int64_t w = j1 - j0;
+  double* aw = acc;
+  double* ab = acc + w;
+  for (int64_t j = 0; j < 2 * w; ++j) acc[j] = 0.0;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * c + j0;
+    const float* dr = dout + r * c + j0;
+    const float m = mean[r], rs = rstd[r];
+    for (int64_t j = 0; j < w; ++j) {
+      const float xhat = (xr[j] - m) * rs;
+      aw[j] += static_cast<double>(dr[j]) * xhat;
+      ab[j] += dr[j];
+    }
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    dw[j0 + j] += static_cast<float>(aw[j]);
+    db[j0 + j] += static_cast<float>(ab[j]);
+  }
+}
+WEFT_DISPATCH(layernorm_param_grad_cols,
+              (float* dw, float* db, const float* dout, const float* x, const float* mean, const float* rstd,
+               double* acc, int64_t n, int64_t c, int64_t j0, int64_t j1),
+              (dw, db, dout, x, mean, rstd, acc, n, c, j0, j1))
+
+}  // namespace
+
 void CpuBackend::add_bias(float* out, const float* bias, int64_t n, int64_t o) {
   OpTimer timer(profile_.get(), kOpAddBias);
   pool_.parallel_for(n, row_grain(o), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float* row = out + r * o;
-      for (int64_t j = 0; j < o; ++j) row[j] += bias[j];
-    }
+    if (avx2_) return add_bias_rows_avx2(out, bias, r0, r1, o);
+    add_bias_rows_generic(out, bias, r0, r1, o);
   });
 }
 
@@ -427,12 +621,9 @@ void CpuBackend::bias_grad(float* dbias, const float* dout, int64_t n, int64_t o
   OpTimer timer(profile_.get(), kOpBiasGrad);
   // Partitioned over columns; each column sums its rows in order (in double).
   pool_.parallel_for(o, kColumnGrain, [&](int64_t j0, int64_t j1) {
-    std::vector<double> acc(j1 - j0, 0.0);
-    for (int64_t r = 0; r < n; ++r) {
-      const float* row = dout + r * o;
-      for (int64_t j = j0; j < j1; ++j) acc[j - j0] += row[j];
-    }
-    for (int64_t j = j0; j < j1; ++j) dbias[j] += static_cast<float>(acc[j - j0]);
+    std::vector<double> acc(j1 - j0);
+    if (avx2_) return bias_grad_cols_avx2(dbias, dout, acc.data(), n, o, j0, j1);
+    bias_grad_cols_generic(dbias, dout, acc.data(), n, o, j0, j1);
   });
 }
 
@@ -443,71 +634,24 @@ void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const f
                                    const float* b, int64_t n, int64_t c, float eps) {
   OpTimer timer(profile_.get(), kOpLnFwd);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * c;
-      double s = 0.0;
-      for (int64_t j = 0; j < c; ++j) s += xr[j];
-      const double mu = s / static_cast<double>(c);
-      double ss = 0.0;
-      for (int64_t j = 0; j < c; ++j) {
-        const double d = xr[j] - mu;
-        ss += d * d;
-      }
-      const double var = ss / static_cast<double>(c);
-      const float m = static_cast<float>(mu);
-      const float rs = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
-      float* orow = out + r * c;
-      for (int64_t j = 0; j < c; ++j) orow[j] = (xr[j] - m) * rs * w[j] + b[j];
-      mean[r] = m;
-      rstd[r] = rs;
-    }
+    if (avx2_) return layernorm_forward_rows_avx2(out, mean, rstd, x, w, b, r0, r1, c, eps);
+    layernorm_forward_rows_generic(out, mean, rstd, x, w, b, r0, r1, c, eps);
   });
 }
 
 void CpuBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
                                     const float* w, const float* mean, const float* rstd, int64_t n, int64_t c) {
   OpTimer timer(profile_.get(), kOpLnBwd);
-  // dx: per row. With xhat = (x - mean) * rstd and g = dout * w,
-  // dx += rstd * (g - mean(g) - xhat * mean(g * xhat)).
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * c;
-      const float* dr = dout + r * c;
-      const float m = mean[r], rs = rstd[r];
-      double sum_g = 0.0, sum_gx = 0.0;
-      for (int64_t j = 0; j < c; ++j) {
-        const float xhat = (xr[j] - m) * rs;
-        const float gj = dr[j] * w[j];
-        sum_g += gj;
-        sum_gx += static_cast<double>(gj) * xhat;
-      }
-      const float mean_g = static_cast<float>(sum_g / static_cast<double>(c));
-      const float mean_gx = static_cast<float>(sum_gx / static_cast<double>(c));
-      float* dxr = dx + r * c;
-      for (int64_t j = 0; j < c; ++j) {
-        const float xhat = (xr[j] - m) * rs;
-        dxr[j] += rs * (dr[j] * w[j] - mean_g - xhat * mean_gx);
-      }
-    }
+    std::vector<float> tmp(2 * c);
+    if (avx2_) return layernorm_backward_rows_avx2(dx, dout, x, w, mean, rstd, tmp.data(), r0, r1, c);
+    layernorm_backward_rows_generic(dx, dout, x, w, mean, rstd, tmp.data(), r0, r1, c);
   });
   // dw, db: partitioned over columns, rows summed in order (in double).
   pool_.parallel_for(c, kColumnGrain, [&](int64_t j0, int64_t j1) {
-    const int64_t width = j1 - j0;
-    std::vector<double> aw(width, 0.0), ab(width, 0.0);
-    for (int64_t r = 0; r < n; ++r) {
-      const float* xr = x + r * c;
-      const float* dr = dout + r * c;
-      const float m = mean[r], rs = rstd[r];
-      for (int64_t j = j0; j < j1; ++j) {
-        const float xhat = (xr[j] - m) * rs;
-        aw[j - j0] += static_cast<double>(dr[j]) * xhat;
-        ab[j - j0] += dr[j];
-      }
-    }
-    for (int64_t j = j0; j < j1; ++j) {
-      dw[j] += static_cast<float>(aw[j - j0]);
-      db[j] += static_cast<float>(ab[j - j0]);
-    }
+    std::vector<double> acc(2 * (j1 - j0));
+    if (avx2_) return layernorm_param_grad_cols_avx2(dw, db, dout, x, mean, rstd, acc.data(), n, c, j0, j1);
+    layernorm_param_grad_cols_generic(dw, db, dout, x, mean, rstd, acc.data(), n, c, j0, j1);
   });
 }
 
@@ -589,15 +733,19 @@ void CpuBackend::gelu_backward(float* dx, const float* x, const float* dout, int
 // ---------------------------------------------------------------------------
 // Causal attention
 //
-// One task is one (batch, head) pair and one tile of kAttnTileQ query rows.
-// The forward streams key tiles of kAttnTileK keys up to the diagonal with an
+// Forward: one task is one (batch, head) pair and one tile of kAttnTileQ query
+// rows. It streams key tiles of kAttnTileK keys up to the diagonal with an
 // online softmax (running max m, running sum l, rescaled accumulator), so no
-// more than one [TQ, TK] score tile exists per task. The backward recomputes
-// probabilities from the saved lse in two passes that need no atomics:
-//   pass 1, one task per (b, h, key tile): dK and dV of those keys, summing over
-//           all query rows i >= key in order;
-//   pass 2, one task per (b, h, query tile): dQ of those rows over key tiles.
-// Every element of dqkv is written by exactly one task.
+// more than one [TQ, TK] score tile exists per task.
+// Backward: one task is one (batch, head) pair. It walks the query tiles in
+// order and, inside each, the key tiles up to the diagonal, recomputing the
+// probabilities once from the saved lse: dQ of the tile sums over key tiles in
+// order, and dK, dV (accumulated for all keys of the pair in task-local [T, hs]
+// buffers) sum over query rows in increasing order. Every element of dqkv is
+// written by exactly one task, with no atomics.
+// The task bodies are inline templates compiled twice, for AVX2 and for the
+// baseline ISA; the loops are plain (no FMA contraction without the fma
+// target), so both give the same bits.
 
 namespace {
 
@@ -619,8 +767,13 @@ AttnShape attn_shape(int64_t b, int64_t t, int64_t c, int64_t h) {
   return AttnShape{b, t, c, h, hs, static_cast<float>(1.0 / std::sqrt(static_cast<double>(hs)))};
 }
 
+// y[0:n] += a * x[0:n]
+WEFT_INLINE void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
+}
+
 // Loads rows [j0, j0+nk) of K (or V) for one head transposed into dst[hs][TK].
-void load_transposed(float* dst, const float* first_row, int64_t row_stride, int64_t nk, int64_t hs) {
+WEFT_INLINE void load_transposed(float* dst, const float* first_row, int64_t row_stride, int64_t nk, int64_t hs) {
   constexpr int64_t tk = CpuBackend::kAttnTileK;
   for (int64_t jj = 0; jj < nk; ++jj) {
     const float* src = first_row + jj * row_stride;
@@ -629,7 +782,8 @@ void load_transposed(float* dst, const float* first_row, int64_t row_stride, int
 }
 
 // s[jj] = scale * dot(q, key jj) for jj < nvalid, with the keys transposed in kt[hs][TK].
-void scores_row(float* s, const float* q, const float* kt, int64_t nvalid, int64_t hs, float scale) {
+WEFT_INLINE void scores_row(float* __restrict s, const float* __restrict q, const float* __restrict kt,
+                            int64_t nvalid, int64_t hs, float scale) {
   constexpr int64_t tk = CpuBackend::kAttnTileK;
   for (int64_t jj = 0; jj < nvalid; ++jj) s[jj] = 0.f;
   for (int64_t d = 0; d < hs; ++d) {
@@ -640,61 +794,134 @@ void scores_row(float* s, const float* q, const float* kt, int64_t nvalid, int64
   for (int64_t jj = 0; jj < nvalid; ++jj) s[jj] *= scale;
 }
 
+// Forward tasks [task0, task1): task = (b*h + hi) * nq + query tile.
+WEFT_INLINE void attn_forward_tasks(const AttnShape& a, float* out, float* lse, const float* qkv, int64_t task0,
+                                    int64_t task1) {
+  const int64_t hs = a.hs, t = a.t, c = a.c, h = a.h;
+  constexpr int64_t TQ = CpuBackend::kAttnTileQ, TK = CpuBackend::kAttnTileK;
+  const int64_t nq = (t + TQ - 1) / TQ;
+  std::vector<float> kt(hs * TK), s(TK), acc(TQ * hs);
+  std::vector<float> m(TQ);
+  std::vector<double> l(TQ);
+  for (int64_t task = task0; task < task1; ++task) {
+    const int64_t bh = task / nq, bi = bh / h, hi = bh % h;
+    const int64_t i0 = (task % nq) * TQ, i1 = std::min(t, i0 + TQ);
+    std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+    std::fill(l.begin(), l.end(), 0.0);
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t j0 = 0; j0 < i1; j0 += TK) {  // key tiles up to the diagonal
+      const int64_t j1 = std::min(i1, j0 + TK);
+      load_transposed(kt.data(), a.k(qkv, bi, j0, hi), a.row(), j1 - j0, hs);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t nvalid = std::min(j1, i + 1) - j0;  // causal: keys j <= i
+        if (nvalid <= 0) continue;
+        const int64_t ii = i - i0;
+        scores_row(s.data(), a.q(qkv, bi, i, hi), kt.data(), nvalid, hs, a.scale);
+        float mx = m[ii];
+        for (int64_t jj = 0; jj < nvalid; ++jj) mx = std::max(mx, s[jj]);
+        const float corr = std::exp(m[ii] - mx);  // 0 on the first tile (m = -inf)
+        double psum = 0.0;
+        for (int64_t jj = 0; jj < nvalid; ++jj) {
+          s[jj] = std::exp(s[jj] - mx);
+          psum += s[jj];
+        }
+        l[ii] = l[ii] * corr + psum;
+        m[ii] = mx;
+        float* accr = acc.data() + ii * hs;
+        for (int64_t d = 0; d < hs; ++d) accr[d] *= corr;
+        for (int64_t jj = 0; jj < nvalid; ++jj) axpy(accr, s[jj], a.v(qkv, bi, j0 + jj, hi), hs);
+      }
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t ii = i - i0;
+      const float inv = static_cast<float>(1.0 / l[ii]);
+      float* orow = out + (bi * t + i) * c + hi * hs;
+      const float* accr = acc.data() + ii * hs;
+      for (int64_t d = 0; d < hs; ++d) orow[d] = accr[d] * inv;
+      lse[bh * t + i] = static_cast<float>(static_cast<double>(m[ii]) + std::log(l[ii]));
+    }
+  }
+}
+
+// Backward tasks [task0, task1): task = b*h + hi. dsum[b,h,i] = dot(dout_i, out_i).
+WEFT_INLINE void attn_backward_tasks(const AttnShape& a, float* dqkv, const float* dout, const float* qkv,
+                                     const float* lse, const float* dsum, int64_t task0, int64_t task1) {
+  const int64_t hs = a.hs, t = a.t, c = a.c, h = a.h, row = a.row();
+  const float scale = a.scale;
+  constexpr int64_t TQ = CpuBackend::kAttnTileQ, TK = CpuBackend::kAttnTileK;
+  std::vector<float> kt(hs * TK), vt(hs * TK), p(TK), ds(TK), dq(TQ * hs), dk(t * hs), dv(t * hs);
+  for (int64_t bh = task0; bh < task1; ++bh) {
+    const int64_t bi = bh / h, hi = bh % h;
+    std::fill(dk.begin(), dk.end(), 0.f);
+    std::fill(dv.begin(), dv.end(), 0.f);
+    for (int64_t i0 = 0; i0 < t; i0 += TQ) {
+      const int64_t i1 = std::min(t, i0 + TQ);
+      std::fill(dq.begin(), dq.end(), 0.f);
+      for (int64_t j0 = 0; j0 < i1; j0 += TK) {
+        const int64_t j1 = std::min(i1, j0 + TK);
+        load_transposed(kt.data(), a.k(qkv, bi, j0, hi), row, j1 - j0, hs);
+        load_transposed(vt.data(), a.v(qkv, bi, j0, hi), row, j1 - j0, hs);
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t nvalid = std::min(j1, i + 1) - j0;
+          if (nvalid <= 0) continue;
+          // p = softmax probabilities from the saved lse; ds = p * (dp - dsum), dp = dout_i . v_j.
+          const float* qi = a.q(qkv, bi, i, hi);
+          const float* doi = dout + (bi * t + i) * c + hi * hs;
+          scores_row(p.data(), qi, kt.data(), nvalid, hs, scale);
+          const float li = lse[bh * t + i];
+          for (int64_t jj = 0; jj < nvalid; ++jj) p[jj] = std::exp(p[jj] - li);
+          scores_row(ds.data(), doi, vt.data(), nvalid, hs, 1.f);
+          const float di = dsum[bh * t + i];
+          for (int64_t jj = 0; jj < nvalid; ++jj) ds[jj] = p[jj] * (ds[jj] - di);
+          float* dqr = dq.data() + (i - i0) * hs;
+          for (int64_t jj = 0; jj < nvalid; ++jj) {
+            const float pj = p[jj], dsj = ds[jj] * scale;
+            const float* kr = a.k(qkv, bi, j0 + jj, hi);
+            float* dvr = dv.data() + (j0 + jj) * hs;
+            float* dkr = dk.data() + (j0 + jj) * hs;
+            axpy(dqr, dsj, kr, hs);
+            axpy(dvr, pj, doi, hs);
+            axpy(dkr, dsj, qi, hs);
+          }
+        }
+      }
+      for (int64_t i = i0; i < i1; ++i)
+        std::memcpy(dqkv + (bi * t + i) * row + hi * hs, dq.data() + (i - i0) * hs, hs * sizeof(float));
+    }
+    for (int64_t j = 0; j < t; ++j) {
+      float* base = dqkv + (bi * t + j) * row + hi * hs;
+      std::memcpy(base + c, dk.data() + j * hs, hs * sizeof(float));
+      std::memcpy(base + 2 * c, dv.data() + j * hs, hs * sizeof(float));
+    }
+  }
+}
+
+WEFT_AVX2 void attn_forward_tasks_avx2(const AttnShape& a, float* out, float* lse, const float* qkv, int64_t t0,
+                                       int64_t t1) {
+  attn_forward_tasks(a, out, lse, qkv, t0, t1);
+}
+void attn_forward_tasks_generic(const AttnShape& a, float* out, float* lse, const float* qkv, int64_t t0, int64_t t1) {
+  attn_forward_tasks(a, out, lse, qkv, t0, t1);
+}
+WEFT_AVX2 void attn_backward_tasks_avx2(const AttnShape& a, float* dqkv, const float* dout, const float* qkv,
+                                        const float* lse, const float* dsum, int64_t t0, int64_t t1) {
+  attn_backward_tasks(a, dqkv, dout, qkv, lse, dsum, t0, t1);
+}
+void attn_backward_tasks_generic(const AttnShape& a, float* dqkv, const float* dout, const float* qkv,
+                                 const float* lse, const float* dsum, int64_t t0, int64_t t1) {
+  attn_backward_tasks(a, dqkv, dout, qkv, lse, dsum, t0, t1);
+}
+
 }  // namespace
 
 void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c,
                                    int64_t h) {
   OpTimer timer(profile_.get(), kOpAttnFwd);
   const AttnShape a = attn_shape(b, t, c, h);
-  const int64_t hs = a.hs;
-  constexpr int64_t TQ = kAttnTileQ, TK = kAttnTileK;
-  const int64_t nq = (t + TQ - 1) / TQ;
+  const int64_t nq = (t + kAttnTileQ - 1) / kAttnTileQ;
   pool_.parallel_for(b * h * nq, 1, [&](int64_t task0, int64_t task1) {
-    std::vector<float> kt(hs * TK), s(TK), acc(TQ * hs);
-    std::vector<float> m(TQ);
-    std::vector<double> l(TQ);
-    for (int64_t task = task0; task < task1; ++task) {
-      const int64_t bh = task / nq, bi = bh / h, hi = bh % h;
-      const int64_t i0 = (task % nq) * TQ, i1 = std::min(t, i0 + TQ);
-      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
-      std::fill(l.begin(), l.end(), 0.0);
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t j0 = 0; j0 < i1; j0 += TK) {  // key tiles up to the diagonal
-        const int64_t j1 = std::min(i1, j0 + TK);
-        load_transposed(kt.data(), a.k(qkv, bi, j0, hi), a.row(), j1 - j0, hs);
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t nvalid = std::min(j1, i + 1) - j0;  // causal: keys j <= i
-          if (nvalid <= 0) continue;
-          const int64_t ii = i - i0;
-          scores_row(s.data(), a.q(qkv, bi, i, hi), kt.data(), nvalid, hs, a.scale);
-          float mx = m[ii];
-          for (int64_t jj = 0; jj < nvalid; ++jj) mx = std::max(mx, s[jj]);
-          const float corr = std::exp(m[ii] - mx);  // 0 on the first tile (m = -inf)
-          double psum = 0.0;
-          for (int64_t jj = 0; jj < nvalid; ++jj) {
-            s[jj] = std::exp(s[jj] - mx);
-            psum += s[jj];
-          }
-          l[ii] = l[ii] * corr + psum;
-          m[ii] = mx;
-          float* accr = acc.data() + ii * hs;
-          for (int64_t d = 0; d < hs; ++d) accr[d] *= corr;
-          for (int64_t jj = 0; jj < nvalid; ++jj) {
-            const float p = s[jj];
-            const float* vr = a.v(qkv, bi, j0 + jj, hi);
-            for (int64_t d = 0; d < hs; ++d) accr[d] += p * vr[d];
-          }
-        }
-      }
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t ii = i - i0;
-        const float inv = static_cast<float>(1.0 / l[ii]);
-        float* orow = out + (bi * t + i) * c + hi * hs;
-        const float* accr = acc.data() + ii * hs;
-        for (int64_t d = 0; d < hs; ++d) orow[d] = accr[d] * inv;
-        lse[bh * t + i] = static_cast<float>(static_cast<double>(m[ii]) + std::log(l[ii]));
-      }
-    }
+    if (avx2_) return attn_forward_tasks_avx2(a, out, lse, qkv, task0, task1);
+    attn_forward_tasks_generic(a, out, lse, qkv, task0, task1);
   });
 }
 
@@ -703,10 +930,6 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
   OpTimer timer(profile_.get(), kOpAttnBwd);
   const AttnShape a = attn_shape(b, t, c, h);
   const int64_t hs = a.hs;
-  const float scale = a.scale;
-  constexpr int64_t TQ = kAttnTileQ, TK = kAttnTileK;
-  const int64_t row = a.row();
-
   // dsum[b,h,i] = dot(dout_i, out_i) per head: the softmax backward term.
   std::vector<float> dsum(static_cast<size_t>(b * h * t));
   pool_.parallel_for(b * t, row_grain(c), [&](int64_t r0, int64_t r1) {
@@ -721,82 +944,9 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
       }
     }
   });
-
-  // For query row i against keys [j0, j0+nvalid): p = softmax probabilities and
-  // ds = p * (dp - dsum), dp = dout_i . v_j. kt, vt: the key tile transposed.
-  auto probs_row = [&](float* p, float* ds, int64_t bi, int64_t hi, int64_t i, const float* kt, const float* vt,
-                       int64_t nvalid) {
-    const int64_t bh = bi * h + hi;
-    scores_row(p, a.q(qkv, bi, i, hi), kt, nvalid, hs, scale);
-    const float li = lse[bh * t + i];
-    for (int64_t jj = 0; jj < nvalid; ++jj) p[jj] = std::exp(p[jj] - li);
-    scores_row(ds, dout + (bi * t + i) * c + hi * hs, vt, nvalid, hs, 1.f);
-    const float di = dsum[bh * t + i];
-    for (int64_t jj = 0; jj < nvalid; ++jj) ds[jj] = p[jj] * (ds[jj] - di);
-  };
-
-  // Pass 1: dK, dV per key tile.
-  const int64_t nk_tiles = (t + TK - 1) / TK;
-  pool_.parallel_for(b * h * nk_tiles, 1, [&](int64_t task0, int64_t task1) {
-    std::vector<float> kt(hs * TK), vt(hs * TK), p(TK), ds(TK), dk(TK * hs), dv(TK * hs);
-    for (int64_t task = task0; task < task1; ++task) {
-      const int64_t bh = task / nk_tiles, bi = bh / h, hi = bh % h;
-      const int64_t j0 = (task % nk_tiles) * TK, j1 = std::min(t, j0 + TK), nk = j1 - j0;
-      load_transposed(kt.data(), a.k(qkv, bi, j0, hi), row, nk, hs);
-      load_transposed(vt.data(), a.v(qkv, bi, j0, hi), row, nk, hs);
-      std::fill(dk.begin(), dk.end(), 0.f);
-      std::fill(dv.begin(), dv.end(), 0.f);
-      for (int64_t i = j0; i < t; ++i) {  // query rows that see any of these keys
-        const int64_t nvalid = std::min(j1, i + 1) - j0;
-        probs_row(p.data(), ds.data(), bi, hi, i, kt.data(), vt.data(), nvalid);
-        const float* qi = a.q(qkv, bi, i, hi);
-        const float* doi = dout + (bi * t + i) * c + hi * hs;
-        for (int64_t jj = 0; jj < nvalid; ++jj) {
-          float* dvr = dv.data() + jj * hs;
-          float* dkr = dk.data() + jj * hs;
-          const float pj = p[jj], dsj = ds[jj] * scale;
-          for (int64_t d = 0; d < hs; ++d) {
-            dvr[d] += pj * doi[d];
-            dkr[d] += dsj * qi[d];
-          }
-        }
-      }
-      for (int64_t jj = 0; jj < nk; ++jj) {
-        float* base = dqkv + (bi * t + j0 + jj) * row + hi * hs;
-        std::memcpy(base + c, dk.data() + jj * hs, hs * sizeof(float));
-        std::memcpy(base + 2 * c, dv.data() + jj * hs, hs * sizeof(float));
-      }
-    }
-  });
-
-  // Pass 2: dQ per query tile.
-  const int64_t nq_tiles = (t + TQ - 1) / TQ;
-  pool_.parallel_for(b * h * nq_tiles, 1, [&](int64_t task0, int64_t task1) {
-    std::vector<float> kt(hs * TK), vt(hs * TK), p(TK), ds(TK), dq(TQ * hs);
-    for (int64_t task = task0; task < task1; ++task) {
-      const int64_t bh = task / nq_tiles, bi = bh / h, hi = bh % h;
-      const int64_t i0 = (task % nq_tiles) * TQ, i1 = std::min(t, i0 + TQ);
-      std::fill(dq.begin(), dq.end(), 0.f);
-      for (int64_t j0 = 0; j0 < i1; j0 += TK) {
-        const int64_t j1 = std::min(i1, j0 + TK);
-        load_transposed(kt.data(), a.k(qkv, bi, j0, hi), row, j1 - j0, hs);
-        load_transposed(vt.data(), a.v(qkv, bi, j0, hi), row, j1 - j0, hs);
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t nvalid = std::min(j1, i + 1) - j0;
-          if (nvalid <= 0) continue;
-          probs_row(p.data(), ds.data(), bi, hi, i, kt.data(), vt.data(), nvalid);
-          float* dqr = dq.data() + (i - i0) * hs;
-          for (int64_t jj = 0; jj < nvalid; ++jj) {
-            const float dsj = ds[jj] * scale;
-            const float* kr = a.k(qkv, bi, j0 + jj, hi);
-            for (int64_t d = 0; d < hs; ++d) dqr[d] += dsj * kr[d];
-          }
-        }
-      }
-      for (int64_t i = i0; i < i1; ++i) {
-        std::memcpy(dqkv + (bi * t + i) * row + hi * hs, dq.data() + (i - i0) * hs, hs * sizeof(float));
-      }
-    }
+  pool_.parallel_for(b * h, 1, [&](int64_t task0, int64_t task1) {
+    if (avx2_) return attn_backward_tasks_avx2(a, dqkv, dout, qkv, lse, dsum.data(), task0, task1);
+    attn_backward_tasks_generic(a, dqkv, dout, qkv, lse, dsum.data(), task0, task1);
   });
 }
 

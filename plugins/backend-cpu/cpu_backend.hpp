@@ -1,7 +1,8 @@
 // CpuBackend: the readable, multithreaded reference backend. Everything runs on
 // one persistent ThreadPool per backend (one per rank): GEMMs are cut into
-// column or row panels that single-threaded OpenBLAS calls compute on the pool's
-// threads, so no BLAS thread pool spins against ours; the other kernels are
+// column or row panels (long, thin products along k) that single-threaded
+// OpenBLAS calls compute on the pool's threads, so no BLAS thread pool spins
+// against ours; the other kernels are
 // plain C++ (AVX2 paths chosen at run time where the CPU has them).
 // Kernel results do not depend on the thread count: work is split so that each
 // output element is produced by one task in a fixed order, and reductions run
@@ -20,7 +21,9 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "thread_pool.hpp"
 #include "weft/backend.hpp"
@@ -100,11 +103,14 @@ class CpuBackend final : public Backend {
 
  private:
   void gemm_serial(const GemmArgs& g);
+  void gemm_split_k(const GemmArgs& g);
 
   ThreadPool pool_;
   std::shared_ptr<Arena> arena_;
   std::unique_ptr<Profile> profile_;  // null unless WEFT_CPU_PROFILE is set
   bool avx2_ = false;                 // the CPU runs the AVX2 kernels
+  std::mutex scratch_mutex_;
+  std::vector<float> gemm_scratch_;   // split-k partial products [(threads-1) * m * n]
 };
 
 }  // namespace weft
