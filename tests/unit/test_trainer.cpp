@@ -3,6 +3,7 @@
 // checkpoints are complete and atomic.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "loader.hpp"
 #include "runtime.hpp"
 #include "trainer.hpp"
+#include "weft/metrics.hpp"
 
 namespace fs = std::filesystem;
 
@@ -157,3 +159,11 @@ TEST(Training, DataParallelThreadsMatchOneRank) {
 }
 
 }  // namespace
+
+TEST(MetricsRecord, GetFindsValuesByName) {
+  weft::MetricsRecord r;
+  r.values = {{"loss", 2.5}, {"lr", 1e-3}};
+  EXPECT_EQ(r.get("loss"), 2.5);
+  EXPECT_EQ(r.get("lr"), 1e-3);
+  EXPECT_TRUE(std::isnan(r.get("missing")));
+}

@@ -20,7 +20,7 @@ struct MetricsRecord {
   // Ordered (name, value) pairs: loss, lr, grad_norm, tokens_per_s, step_ms,
   // mem_*_bytes, comm_bytes, ... Floats are written so they read back bit-exactly.
   std::vector<std::pair<std::string, double>> values;
-  double get(const std::string& name) const;
+  double get(const std::string& name) const;  // NaN when absent
 };
 
 class MetricsSink {
