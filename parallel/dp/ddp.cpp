@@ -11,30 +11,16 @@ void Ddp::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Commun
   dp_ = dp;
   for (int s = 0; s < optimizer.state_slots(); ++s)
     state_.push_back(backend.alloc({flat.numel}, DType::F32, MemCategory::OptimState));
-  // Buckets follow backward order: the last params of the flat buffer finish first.
-  int n = static_cast<int>(flat.params.size());
-  bucket_of_param_.assign(n, 0);
-  for (int i = n - 1; i >= 0; --i) {
-    int64_t begin = flat.offsets[i], end = begin + flat.params[i]->data.numel();
-    if (buckets_.empty() || (buckets_.back().end - buckets_.back().begin) * 4 >= bucket_bytes_) {
-      Bucket fresh;
-      fresh.begin = begin;
-      fresh.end = end;
-      buckets_.push_back(std::move(fresh));
-    }
-    Bucket& b = buckets_.back();
-    b.begin = std::min(b.begin, begin);
-    b.end = std::max(b.end, end);
-    ++b.params;
-    bucket_of_param_[i] = static_cast<int>(buckets_.size()) - 1;
+  for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_)) {
+    Bucket b;
+    b.begin = range.begin;
+    b.end = range.end;
+    b.params = range.params;
+    buckets_.push_back(std::move(b));
   }
 }
 
-int64_t Ddp::offset_of(const Param& param) const {
-  for (size_t i = 0; i < flat_->params.size(); ++i)
-    if (flat_->params[i] == &param) return flat_->offsets[i];
-  throw InternalError("ddp: parameter " + param.name + " is not in the flat buffer");
-}
+int64_t Ddp::offset_of(const Param& param) const { return flat_->offsets[param_index(*flat_, param)]; }
 
 void Ddp::launch(Bucket& bucket) {
   if (!dp_ || dp_->size() == 1) return;
@@ -42,12 +28,8 @@ void Ddp::launch(Bucket& bucket) {
 }
 
 void Ddp::grad_ready(Param& param) {
-  for (size_t i = 0; i < flat_->params.size(); ++i) {
-    if (flat_->params[i] != &param) continue;
-    Bucket& b = buckets_[bucket_of_param_[i]];
-    if (++b.ready == b.params) launch(b);
-    return;
-  }
+  Bucket& b = buckets_[bucket_of_param_[param_index(*flat_, param)]];
+  if (++b.ready == b.params) launch(b);
 }
 
 double Ddp::finish_reduction() {

@@ -20,22 +20,12 @@ void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Comm
   dp_ = dp;
   ranks_ = dp ? dp->size() : 1;
   rank_ = dp ? dp->rank() : 0;
-  // Buckets in backward order (the last params of the flat buffer finish first).
-  int n = static_cast<int>(flat.params.size());
-  bucket_of_param_.assign(n, 0);
-  for (int i = n - 1; i >= 0; --i) {
-    int64_t begin = flat.offsets[i], end = begin + flat.params[i]->data.numel();
-    if (buckets_.empty() || (buckets_.back().end - buckets_.back().begin) * 4 >= bucket_bytes_) {
-      Bucket fresh;
-      fresh.begin = begin;
-      fresh.end = end;
-      buckets_.push_back(std::move(fresh));
-    }
-    Bucket& b = buckets_.back();
-    b.begin = std::min(b.begin, begin);
-    b.end = std::max(b.end, end);
-    ++b.params;
-    bucket_of_param_[i] = static_cast<int>(buckets_.size()) - 1;
+  for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_)) {
+    Bucket b;
+    b.begin = range.begin;
+    b.end = range.end;
+    b.params = range.params;
+    buckets_.push_back(std::move(b));
   }
   for (Bucket& b : buckets_) {
     int64_t len = b.end - b.begin;
@@ -62,12 +52,8 @@ void Zero1::launch(Bucket& b) {
 }
 
 void Zero1::grad_ready(Param& param) {
-  for (size_t i = 0; i < flat_->params.size(); ++i) {
-    if (flat_->params[i] != &param) continue;
-    Bucket& b = buckets_[bucket_of_param_[i]];
-    if (++b.ready == b.params) launch(b);
-    return;
-  }
+  Bucket& b = buckets_[bucket_of_param_[param_index(*flat_, param)]];
+  if (++b.ready == b.params) launch(b);
 }
 
 double Zero1::finish_reduction() {
@@ -115,9 +101,7 @@ int64_t Zero1::optimizer_state_bytes() const { return owned_ * 4 * static_cast<i
 // Collective over the dp group: every rank contributes the elements it owns.
 void Zero1::read_state(const Param& param, int slot, float* out) {
   int64_t n = param.data.numel();
-  int64_t pb = 0;
-  for (size_t i = 0; i < flat_->params.size(); ++i)
-    if (flat_->params[i] == &param) pb = flat_->offsets[i];
+  int64_t pb = flat_->offsets[param_index(*flat_, param)];
   Tensor full = backend_->alloc({n}, DType::F32, MemCategory::Workspace);
   for (const Bucket& b : buckets_) {
     int64_t lo = std::max(pb, b.own_begin), hi = std::min(pb + n, b.own_end);
@@ -129,9 +113,7 @@ void Zero1::read_state(const Param& param, int slot, float* out) {
 
 void Zero1::write_state(const Param& param, int slot, const float* in) {
   int64_t n = param.data.numel();
-  int64_t pb = 0;
-  for (size_t i = 0; i < flat_->params.size(); ++i)
-    if (flat_->params[i] == &param) pb = flat_->offsets[i];
+  int64_t pb = flat_->offsets[param_index(*flat_, param)];
   for (const Bucket& b : buckets_) {
     int64_t lo = std::max(pb, b.own_begin), hi = std::min(pb + n, b.own_end);
     if (lo < hi)

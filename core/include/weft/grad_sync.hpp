@@ -25,6 +25,20 @@ struct FlatParams {
   int64_t numel = 0;
 };
 
+// Index of `param` in flat.params; InternalError when it is not there.
+size_t param_index(const FlatParams& flat, const Param& param);
+
+// A contiguous range of the flat gradient buffer reduced as one message.
+struct GradBucket {
+  int64_t begin = 0, end = 0;  // element range
+  int params = 0;              // params inside it
+};
+// Groups params into buckets of about `bucket_bytes` in backward order (the
+// last params of the flat buffer get their gradients first); bucket_of_param[i]
+// is the bucket of flat.params[i].
+std::vector<GradBucket> plan_grad_buckets(const FlatParams& flat, int64_t bucket_bytes,
+                                          std::vector<int>& bucket_of_param);
+
 class DataParallel {
  public:
   virtual ~DataParallel() = default;

@@ -1,0 +1,31 @@
+#include "weft/grad_sync.hpp"
+
+#include <algorithm>
+
+namespace weft {
+
+size_t param_index(const FlatParams& flat, const Param& param) {
+  for (size_t i = 0; i < flat.params.size(); ++i)
+    if (flat.params[i] == &param) return i;
+  throw InternalError("parameter " + param.name + " is not in the flat buffer");
+}
+
+std::vector<GradBucket> plan_grad_buckets(const FlatParams& flat, int64_t bucket_bytes,
+                                          std::vector<int>& bucket_of_param) {
+  std::vector<GradBucket> buckets;
+  const int n = static_cast<int>(flat.params.size());
+  bucket_of_param.assign(n, 0);
+  for (int i = n - 1; i >= 0; --i) {
+    int64_t begin = flat.offsets[i], end = begin + flat.params[i]->data.numel();
+    if (buckets.empty() || (buckets.back().end - buckets.back().begin) * 4 >= bucket_bytes)
+      buckets.push_back(GradBucket{begin, end, 0});
+    GradBucket& b = buckets.back();
+    b.begin = std::min(b.begin, begin);
+    b.end = std::max(b.end, end);
+    ++b.params;
+    bucket_of_param[i] = static_cast<int>(buckets.size()) - 1;
+  }
+  return buckets;
+}
+
+}  // namespace weft
