@@ -21,10 +21,10 @@ namespace {
 
 // A backend that only reports its device and records the adamw call; enough
 // to drive the optimizers' own logic without kernels.
-class StubBackend final : public weft::Backend {
+class RecordingBackend final : public weft::Backend {
  public:
-  explicit StubBackend(weft::Device device) : device_(device) {}
-  std::string name() const override { return "stub"; }
+  explicit RecordingBackend(weft::Device device) : device_(device) {}
+  std::string name() const override { return "recording"; }
   weft::Device device() const override { return device_; }
   int threads() const override { return 1; }
   weft::Tensor alloc(const weft::Shape&, weft::DType, weft::MemCategory) override { return {}; }
@@ -112,24 +112,24 @@ TEST(AdamW, OptionsAndForwarding) {
   EXPECT_DOUBLE_EQ(opt.base_lr(), 3e-4);
   EXPECT_DOUBLE_EQ(opt.clip_grad_norm(), 2.0);
 
-  StubBackend stub(weft::Device::Cuda);  // adamw runs on any backend
+  RecordingBackend recorder(weft::Device::Cuda);  // adamw runs on any backend
   float p[3] = {}, g[3] = {}, m[3] = {}, v[3] = {};
   float* state[2] = {m, v};
-  opt.update(stub, p, g, state, 3, 1e-4, true, 7);
-  ASSERT_EQ(stub.calls, 1);
-  EXPECT_EQ(stub.last.p, p);
-  EXPECT_EQ(stub.last.g, g);
-  EXPECT_EQ(stub.last.m, m);
-  EXPECT_EQ(stub.last.v, v);
-  EXPECT_EQ(stub.last.n, 3);
-  EXPECT_FLOAT_EQ(stub.last.lr, 1e-4f);
-  EXPECT_FLOAT_EQ(stub.last.beta1, 0.8f);
-  EXPECT_FLOAT_EQ(stub.last.beta2, 0.99f);
-  EXPECT_FLOAT_EQ(stub.last.eps, 1e-6f);
-  EXPECT_FLOAT_EQ(stub.last.weight_decay, 0.05f);
-  EXPECT_EQ(stub.last.step, 7);
-  opt.update(stub, p, g, state, 3, 1e-4, false, 8);  // no decay for biases and norms
-  EXPECT_EQ(stub.last.weight_decay, 0.0f);
+  opt.update(recorder, p, g, state, 3, 1e-4, true, 7);
+  ASSERT_EQ(recorder.calls, 1);
+  EXPECT_EQ(recorder.last.p, p);
+  EXPECT_EQ(recorder.last.g, g);
+  EXPECT_EQ(recorder.last.m, m);
+  EXPECT_EQ(recorder.last.v, v);
+  EXPECT_EQ(recorder.last.n, 3);
+  EXPECT_FLOAT_EQ(recorder.last.lr, 1e-4f);
+  EXPECT_FLOAT_EQ(recorder.last.beta1, 0.8f);
+  EXPECT_FLOAT_EQ(recorder.last.beta2, 0.99f);
+  EXPECT_FLOAT_EQ(recorder.last.eps, 1e-6f);
+  EXPECT_FLOAT_EQ(recorder.last.weight_decay, 0.05f);
+  EXPECT_EQ(recorder.last.step, 7);
+  opt.update(recorder, p, g, state, 3, 1e-4, false, 8);  // no decay for biases and norms
+  EXPECT_EQ(recorder.last.weight_decay, 0.0f);
 }
 
 TEST(AdamW, RejectsBadOptions) {
@@ -196,7 +196,7 @@ TEST(Sgd, MomentumTrajectoryByHand) {
   // Element 0: p = 1, g = 1 every step. Element 1: p = 2, g = 0: only the decay term drives it.
   weft::Sgd opt(sgd_options(0.1, 0.5, 0.1, false));
   EXPECT_EQ(opt.state_slots(), 1);
-  StubBackend host(weft::Device::Host);
+  RecordingBackend host(weft::Device::Host);
   float p[2] = {1.f, 2.f};
   float g[2] = {1.f, 0.f};
   float buf[2] = {123.f, -5.f};  // overwritten at step 1
@@ -223,7 +223,7 @@ TEST(Sgd, MomentumTrajectoryByHand) {
 }
 
 TEST(Sgd, NesterovPlainAndNoDecay) {
-  StubBackend host(weft::Device::Host);
+  RecordingBackend host(weft::Device::Host);
   {
     // Nesterov, lr 0.1, momentum 0.5, p = 1, g = 1:
     //   buf 1, 1.5, 1.75; step d = g + 0.5*buf = 1.5, 1.75, 1.875; p = 0.85, 0.675, 0.4875
@@ -258,7 +258,7 @@ TEST(Sgd, NesterovPlainAndNoDecay) {
 
 TEST(Sgd, NeedsAHostBackendAndValidOptions) {
   weft::Sgd opt(sgd_options(0.1, 0.9, 0.0, false));
-  StubBackend gpu(weft::Device::Cuda);
+  RecordingBackend gpu(weft::Device::Cuda);
   float p = 1.f, g = 1.f, buf = 0.f;
   float* state[1] = {&buf};
   std::string msg = error_of([&] { opt.update(gpu, &p, &g, state, 1, 0.1, true, 1); });
