@@ -53,7 +53,7 @@ def read_recipe(path):
         r = tomllib.load(f)
     m = r["model"]
     pad = int(m.get("vocab_pad_multiple", 64))
-    vocab = 257  # the byte tokenizer
+    vocab = int(m.get("vocab_size", 0)) or 257  # 0: the byte tokenizer's 257
     vp = (vocab + pad - 1) // pad * pad
     return {"name": r["run"]["name"], "L": int(m["layers"]), "C": int(m["hidden"]), "H": int(m["heads"]),
             "T": int(m["seq_length"]), "B": int(r["batch"]["global"]), "Vp": vp}

@@ -19,7 +19,9 @@ int cmd_generate(const std::string& checkpoint, const std::string& prompt, int t
   build_stack_from_checkpoint(stack, checkpoint, plugins.registry, plugins.scan, recipe);
   Backend& backend = *stack.backend;
   const ModelSummary summary = stack.model->summary();
-  const int64_t T = summary.seq_length, V = summary.vocab, Vp = summary.padded_vocab;
+  // Only ids the tokenizer can decode are sampled (a model may have a larger V).
+  const int64_t T = summary.seq_length, Vp = summary.padded_vocab;
+  const int64_t V = std::min<int64_t>(summary.vocab, stack.tokenizer->vocab_size());
 
   std::vector<int32_t> context = stack.tokenizer->encode(prompt);
   if (context.empty()) context.push_back(stack.tokenizer->eot());

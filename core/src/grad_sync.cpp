@@ -28,4 +28,19 @@ std::vector<GradBucket> plan_grad_buckets(const FlatParams& flat, int64_t bucket
   return buckets;
 }
 
+std::vector<DecayRun> decay_runs(const FlatParams& flat, int64_t begin, int64_t end) {
+  std::vector<DecayRun> runs;
+  for (size_t i = 0; i < flat.params.size(); ++i) {
+    const int64_t b = std::max(begin, flat.offsets[i]);
+    const int64_t e = std::min(end, flat.offsets[i] + flat.params[i]->data.numel());
+    if (b >= e) continue;
+    const bool decay = flat.params[i]->weight_decay;
+    if (!runs.empty() && runs.back().end == b && runs.back().decay == decay)
+      runs.back().end = e;
+    else
+      runs.push_back(DecayRun{b, e, decay});
+  }
+  return runs;
+}
+
 }  // namespace weft

@@ -66,7 +66,7 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
   check_f32(x, in_, "Linear input");
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / in_;
-  Tensor y = be.alloc(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);  // [..., out]
+  Tensor y = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);  // [..., out]
   if (n > 0) {
     GemmArgs g;  // y[N,out] = x[N,in] @ W[out,in]^T
     g.trans_b = true;
@@ -88,7 +88,7 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy) {
   const int64_t n = dy.numel() / out_;
   WEFT_ASSERT(n * in_ == x.numel(), "Linear dy " + shape_str(dy.shape()) + " does not match input " +
                                         shape_str(x.shape()));
-  Tensor dx = be.alloc(x.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
+  Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
   if (n > 0) {
     GemmArgs gw;  // dW[out,in] += dy[N,out]^T @ x[N,in]
     gw.trans_a = true;
@@ -130,7 +130,7 @@ Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
   Backend& be = ctx.backend();
   Shape shape = ids.shape();
   shape.push_back(dim_);
-  Tensor y = be.alloc(shape, DType::F32, MemCategory::Activation);  // [B,T,C]
+  Tensor y = be.alloc_uninitialized(shape, DType::F32, MemCategory::Activation);  // [B,T,C]
   if (ids.numel() > 0) be.embedding_forward(f32(y), ids.data<int32_t>(), f32(weight_.data), ids.numel(), dim_);
   ctx.save(this, {ids});
   return y;
@@ -161,9 +161,9 @@ Tensor LayerNorm::forward(Context& ctx, const Tensor& x) {
   check_f32(x, dim_, "LayerNorm input");
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / dim_;
-  Tensor y = be.alloc(x.shape(), DType::F32, MemCategory::Activation);  // [..., C]
-  Tensor mean = be.alloc({n}, DType::F32, MemCategory::Activation);     // [N]
-  Tensor rstd = be.alloc({n}, DType::F32, MemCategory::Activation);     // [N]
+  Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [..., C]
+  Tensor mean = be.alloc_uninitialized({n}, DType::F32, MemCategory::Activation);     // [N]
+  Tensor rstd = be.alloc_uninitialized({n}, DType::F32, MemCategory::Activation);     // [N]
   if (n > 0)
     be.layernorm_forward(f32(y), f32(mean), f32(rstd), f32(x), f32(weight_.data), f32(bias_.data), n, dim_,
                          eps_);
@@ -223,8 +223,8 @@ Tensor CausalSelfAttention::forward(Context& ctx, const Tensor& x) {
   const int64_t c = qkv.dim(-1) / 3;
   WEFT_ASSERT((heads_ * c) % dim_ == 0, "attention qkv width does not hold whole heads");
   const int64_t h = heads_ * c / dim_;
-  Tensor out = be.alloc({b, t, c}, DType::F32, MemCategory::Activation);  // [B,T,c]
-  Tensor lse = be.alloc({b, h, t}, DType::F32, MemCategory::Activation);  // [B,h,T]
+  Tensor out = be.alloc_uninitialized({b, t, c}, DType::F32, MemCategory::Activation);  // [B,T,c]
+  Tensor lse = be.alloc_uninitialized({b, h, t}, DType::F32, MemCategory::Activation);  // [B,h,T]
   if (b * t > 0) be.attention_forward(f32(out), f32(lse), f32(qkv), b, t, c, h);
   ctx.save(this, {qkv, out, lse});
   return proj_->forward(ctx, out);  // [B,T,C]
@@ -241,7 +241,7 @@ Tensor CausalSelfAttention::backward(Context& ctx, const Tensor& dy) {
     const Tensor& lse = saved[2];  // [B,h,T]
     const int64_t b = qkv.dim(0), t = qkv.dim(1), c = qkv.dim(2) / 3, h = lse.dim(1);
     WEFT_ASSERT(dout.numel() == out.numel(), "attention dy does not match its output");
-    dqkv = be.alloc(qkv.shape(), DType::F32, MemCategory::Workspace);
+    dqkv = be.alloc_uninitialized(qkv.shape(), DType::F32, MemCategory::Workspace);
     if (b * t > 0) be.attention_backward(f32(dqkv), f32(dout), f32(qkv), f32(out), f32(lse), b, t, c, h);
     ctx.release(this);
   }
@@ -265,7 +265,7 @@ MLP::MLP(std::string name, int64_t dim, LayerProvider& layers, float init_std, f
 Tensor MLP::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
   Tensor h = fc_->forward(ctx, x);                                      // [..., 4c]
-  Tensor a = be.alloc(h.shape(), DType::F32, MemCategory::Activation);  // [..., 4c] = gelu(h)
+  Tensor a = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Activation);  // [..., 4c] = gelu(h)
   if (h.numel() > 0) be.gelu_forward(f32(a), f32(h), h.numel());
   ctx.save(this, {h});
   return proj_->forward(ctx, a);  // [..., C]
@@ -276,7 +276,7 @@ Tensor MLP::backward(Context& ctx, const Tensor& dy) {
   Tensor da = proj_->backward(ctx, dy);  // [..., 4c]
   Tensor h = ctx.saved(this)[0];
   WEFT_ASSERT(da.numel() == h.numel(), "MLP gradient does not match its hidden activation");
-  Tensor dh = be.alloc(h.shape(), DType::F32, MemCategory::Workspace);  // [..., 4c]
+  Tensor dh = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Workspace);  // [..., 4c]
   if (h.numel() > 0) be.gelu_backward(f32(dh), f32(h), f32(da), h.numel());
   ctx.release(this);
   h = Tensor();
@@ -300,12 +300,12 @@ Block::Block(std::string name, int64_t dim, int64_t heads, LayerProvider& layers
 
 Tensor Block::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
-  Tensor x2 = be.alloc(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x + attn(ln1(x))
+  Tensor x2 = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x + attn(ln1(x))
   {
     Tensor a = attn_.forward(ctx, ln1_.forward(ctx, x));
     be.add(f32(x2), f32(x), f32(a), x.numel());
   }
-  Tensor y = be.alloc(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x2 + mlp(ln2(x2))
+  Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x2 + mlp(ln2(x2))
   {
     Tensor m = mlp_.forward(ctx, ln2_.forward(ctx, x2));
     be.add(f32(y), f32(x2), f32(m), x.numel());

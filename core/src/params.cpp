@@ -98,13 +98,7 @@ FlatParams materialize_params(const std::vector<Param*>& params, Backend& backen
 
 void zero_grads(FlatParams& flat, Backend& backend) {
   if (flat.numel == 0) return;
-  // Copy from a zero-filled workspace chunk: unlike scale(0), this also clears inf/nan.
-  const int64_t chunk = std::min<int64_t>(flat.numel, int64_t(1) << 22);
-  Tensor zeros = backend.alloc({chunk}, DType::F32, MemCategory::Workspace);
-  for (int64_t off = 0; off < flat.numel; off += chunk) {
-    const int64_t len = std::min(chunk, flat.numel - off);
-    backend.copy(flat.grad.view(off, {len}), zeros.view(0, {len}));
-  }
+  backend.fill(flat.grad.data<float>(), 0.0f, flat.numel);  // unlike scale(0), this also clears inf/nan
 }
 
 }  // namespace weft

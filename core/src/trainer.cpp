@@ -109,6 +109,7 @@ void RankTrainer::build() {
 
   DatasetEnv denv;
   denv.tokenizer = stack_.tokenizer.get();
+  denv.vocab_size = summary.vocab;
   denv.seq_length = seq_;
   denv.seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
   dataset_ = registry_.factory<Dataset>(recipe_.plugin("data"))(recipe_.options("data"), denv);

@@ -21,6 +21,10 @@ OptionSchema gpt_schema() {
       opt_int("hidden", 128, "model width (C)", 1),
       opt_int("heads", 4, "attention heads (H); must divide hidden", 1),
       opt_int("seq_length", 64, "maximum sequence length (T), size of the position embedding", 1),
+      opt_int("vocab_size", 0,
+              "vocabulary V (0 = the tokenizer's); larger only for token ids the tokenizer never makes "
+              "(synthetic data)",
+              0),
       opt_int("vocab_pad_multiple", 64, "pad the vocabulary to a multiple of this (Vp)", 1),
       opt_float("init_std", 0.02, "std of the normal init; residual projections use init_std/sqrt(2L)", 0.0),
   };
@@ -45,8 +49,14 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size) {
   if (vocab_size < 1)
     throw Error(o.section() + ": the tokenizer reports a vocabulary of " + std::to_string(vocab_size) +
                 " tokens; the model needs at least 1");
-  c.vocab = vocab_size;
-  c.padded_vocab = (vocab_size + pad - 1) / pad * pad;
+  const int64_t own_vocab = o.get_int("vocab_size");
+  if (own_vocab != 0 && own_vocab < vocab_size)
+    o.fail("vocab_size", "vocab_size " + std::to_string(own_vocab) + " is smaller than the tokenizer's vocabulary of " +
+                             std::to_string(vocab_size));
+  if (own_vocab > (int64_t{1} << 31) - 1)
+    o.fail("vocab_size", "vocab_size " + std::to_string(own_vocab) + " exceeds the int32 token ids");
+  c.vocab = own_vocab != 0 ? own_vocab : vocab_size;
+  c.padded_vocab = (c.vocab + pad - 1) / pad * pad;
   return c;
 }
 
@@ -94,7 +104,7 @@ Tensor GptHead::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
   const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
   Tensor h = lnf_.forward(ctx, x);                                                      // [B,T,C]
-  Tensor logits = be.alloc({b, t, padded_vocab_}, DType::F32, MemCategory::Activation);  // [B,T,Vp]
+  Tensor logits = be.alloc_uninitialized({b, t, padded_vocab_}, DType::F32, MemCategory::Activation);  // [B,T,Vp]
   if (n > 0) {
     GemmArgs g;  // logits[N,Vp] = h[N,C] @ wte[Vp,C]^T
     g.trans_b = true;
@@ -111,11 +121,14 @@ Tensor GptHead::forward(Context& ctx, const Tensor& x) {
   const Tensor& targets = ctx.targets;  // [B,T]
   WEFT_ASSERT(targets.dtype() == DType::I32 && targets.numel() == n,
               "gpt: targets " + shape_str(targets.shape()) + " do not match the batch " + shape_str({b, t}));
-  Tensor losses = be.alloc({b, t}, DType::F32, MemCategory::Activation);  // [B,T]
+  // One fused pass gives the losses and, in place of the logits, their
+  // gradient dlogits = dloss_scale * (softmax - onehot): backward needs only
+  // that, so the [B,T,Vp] logits are never kept or read twice.
+  Tensor losses = be.alloc_uninitialized({b, t}, DType::F32, MemCategory::Activation);  // [B,T]
   if (n > 0)
-    be.cross_entropy(f32(losses), nullptr, f32(logits), targets.data<int32_t>(), n, vocab_, padded_vocab_,
+    be.cross_entropy(f32(losses), f32(logits), f32(logits), targets.data<int32_t>(), n, vocab_, padded_vocab_,
                      ctx.dloss_scale);
-  ctx.save(this, {h, logits, targets});
+  ctx.save(this, {h, logits});  // logits now holds dlogits [B,T,Vp]
   return losses;
 }
 
@@ -125,15 +138,10 @@ Tensor GptHead::backward(Context& ctx, const Tensor& /*dy: the loss is the end o
   {
     auto& saved = ctx.saved(this);
     const Tensor& h = saved[0];        // [B,T,C]
-    const Tensor& logits = saved[1];   // [B,T,Vp]
-    const Tensor& targets = saved[2];  // [B,T]
+    const Tensor& dlogits = saved[1];  // [B,T,Vp], from forward
     const int64_t n = h.dim(0) * h.dim(1);
-    dh = be.alloc(h.shape(), DType::F32, MemCategory::Workspace);
+    dh = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Workspace);
     if (n > 0) {
-      Tensor dlogits = be.alloc(logits.shape(), DType::F32, MemCategory::Workspace);  // [B,T,Vp]
-      Tensor scratch = be.alloc({n}, DType::F32, MemCategory::Workspace);             // [N] losses, unused
-      be.cross_entropy(f32(scratch), f32(dlogits), f32(logits), targets.data<int32_t>(), n, vocab_,
-                       padded_vocab_, ctx.dloss_scale);
       GemmArgs gx;  // dh[N,C] = dlogits[N,Vp] @ wte[Vp,C]
       gx.m = n, gx.n = hidden_, gx.k = padded_vocab_;
       gx.a = f32(dlogits), gx.lda = padded_vocab_;

@@ -29,11 +29,11 @@ AdamW::AdamW(const Options& options) {
 }
 
 void AdamW::update(Backend& backend, float* p, const float* g, float* const* state, int64_t n, double lr,
-                   bool decay, int64_t step) {
+                   double grad_scale, bool decay, int64_t step) {
   if (n <= 0) return;
   backend.adamw(p, g, state[0], state[1], n, static_cast<float>(lr), static_cast<float>(config_.beta1),
                 static_cast<float>(config_.beta2), static_cast<float>(config_.eps),
-                decay ? static_cast<float>(config_.weight_decay) : 0.0f, step);
+                decay ? static_cast<float>(config_.weight_decay) : 0.0f, step, static_cast<float>(grad_scale));
 }
 
 }  // namespace weft

@@ -26,7 +26,7 @@ class AdamW final : public Optimizer {
   double clip_grad_norm() const override { return config_.clip_grad_norm; }
   // state[0] = m, state[1] = v; weight decay only where `decay`.
   void update(Backend& backend, float* p, const float* g, float* const* state, int64_t n, double lr,
-              bool decay, int64_t step) override;
+              double grad_scale, bool decay, int64_t step) override;
   const AdamWConfig& config() const { return config_; }
 
  private:

@@ -28,7 +28,7 @@ Sgd::Sgd(const Options& options) {
 }
 
 void Sgd::update(Backend& backend, float* p, const float* g, float* const* state, int64_t n, double lr,
-                 bool decay, int64_t step) {
+                 double grad_scale, bool decay, int64_t step) {
   if (backend.device() != Device::Host)
     throw Error("sgd: the optimizer updates host memory and needs a host backend (backend '" + backend.name() +
                 "' is not one); use adamw or a cpu backend");
@@ -36,14 +36,15 @@ void Sgd::update(Backend& backend, float* p, const float* g, float* const* state
   const float lr_f = static_cast<float>(lr);
   const float wd = decay ? static_cast<float>(config_.weight_decay) : 0.0f;
   const float mu = static_cast<float>(config_.momentum);
+  const float gs = static_cast<float>(grad_scale);
   if (config_.momentum <= 0) {
-    for (int64_t i = 0; i < n; ++i) p[i] -= lr_f * (g[i] + wd * p[i]);
+    for (int64_t i = 0; i < n; ++i) p[i] -= lr_f * (gs * g[i] + wd * p[i]);
     return;
   }
   float* buf = state[0];
   const bool first = step <= 1;
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i] + wd * p[i];
+    const float gi = gs * g[i] + wd * p[i];
     const float b = first ? gi : mu * buf[i] + gi;
     buf[i] = b;
     const float d = config_.nesterov ? gi + mu * b : b;

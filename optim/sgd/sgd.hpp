@@ -28,7 +28,7 @@ class Sgd final : public Optimizer {
   double clip_grad_norm() const override { return config_.clip_grad_norm; }
   // state[0] = momentum buffer when momentum > 0.
   void update(Backend& backend, float* p, const float* g, float* const* state, int64_t n, double lr,
-              bool decay, int64_t step) override;
+              double grad_scale, bool decay, int64_t step) override;
   const SgdConfig& config() const { return config_; }
 
  private:

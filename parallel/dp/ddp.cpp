@@ -43,15 +43,12 @@ double Ddp::finish_reduction() {
 }
 
 void Ddp::step(double lr, double grad_scale, int64_t step) {
-  float* g = flat_->grad.data<float>();
-  if (grad_scale != 1.0) backend_->scale(g, static_cast<float>(grad_scale), flat_->numel);
+  const float* g = flat_->grad.data<float>();
   std::vector<float*> slots(state_.size());
-  for (size_t i = 0; i < flat_->params.size(); ++i) {
-    const Param& p = *flat_->params[i];
-    int64_t off = flat_->offsets[i];
-    for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + off;
-    optimizer_->update(*backend_, flat_->data.data<float>() + off, g + off, slots.data(), p.data.numel(), lr,
-                       p.weight_decay, step);
+  for (const DecayRun& run : decay_runs(*flat_, 0, flat_->numel)) {
+    for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + run.begin;
+    optimizer_->update(*backend_, flat_->data.data<float>() + run.begin, g + run.begin, slots.data(),
+                       run.end - run.begin, lr, grad_scale, run.decay, step);
   }
 }
 

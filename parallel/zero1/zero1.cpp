@@ -4,15 +4,6 @@
 
 namespace weft {
 
-template <class Fn>
-void Zero1::for_param_ranges(int64_t begin, int64_t end, Fn fn) const {
-  for (size_t i = 0; i < flat_->params.size(); ++i) {
-    int64_t pb = flat_->offsets[i], pe = pb + flat_->params[i]->data.numel();
-    int64_t b = std::max(begin, pb), e = std::min(end, pe);
-    if (b < e) fn(i, b, e);
-  }
-}
-
 void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Communicator* dp) {
   flat_ = &flat;
   optimizer_ = &optimizer;
@@ -81,13 +72,12 @@ void Zero1::step(double lr, double grad_scale, int64_t step) {
   for (Bucket& b : buckets_) {
     float* g = b.recv.data<float>();  // reduced gradients of [own_begin, own_end)
     int64_t owned = b.own_end - b.own_begin;
-    if (grad_scale != 1.0 && owned > 0) backend_->scale(g, static_cast<float>(grad_scale), owned);
-    for_param_ranges(b.own_begin, b.own_end, [&](size_t i, int64_t pb, int64_t pe) {
-      int64_t local = pb - b.own_begin;
+    for (const DecayRun& run : decay_runs(*flat_, b.own_begin, b.own_end)) {
+      int64_t local = run.begin - b.own_begin;
       for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + b.state_offset + local;
-      optimizer_->update(*backend_, flat_->data.data<float>() + pb, g + local, slots.data(), pe - pb, lr,
-                         flat_->params[i]->weight_decay, step);
-    });
+      optimizer_->update(*backend_, flat_->data.data<float>() + run.begin, g + local, slots.data(),
+                         run.end - run.begin, lr, grad_scale, run.decay, step);
+    }
     if (ranks_ == 1) continue;
     // Gather the updated slices: rank r's slice lands at r*shard of the padded bucket.
     if (owned > 0) backend_->copy(b.recv.view(0, {owned}), flat_->data.view(b.own_begin, {owned}));

@@ -35,9 +35,6 @@ class Zero1 : public DataParallel {
     std::unique_ptr<Work> work;
   };
   void launch(Bucket& bucket);
-  // Calls fn(param index, flat begin, flat end) for every param range inside [begin, end).
-  template <class Fn>
-  void for_param_ranges(int64_t begin, int64_t end, Fn fn) const;
 
   int64_t bucket_bytes_;
   FlatParams* flat_ = nullptr;

@@ -108,12 +108,12 @@ namespace {
 
 enum Op : int {
   kOpGemmNN, kOpGemmNT, kOpGemmTN, kOpGemmTT, kOpAddBias, kOpBiasGrad, kOpLnFwd, kOpLnBwd, kOpGeluFwd, kOpGeluBwd, kOpAttnFwd, kOpAttnBwd,
-  kOpEmbFwd, kOpEmbBwd, kOpXent, kOpAdd, kOpAccumulate, kOpScale, kOpSum, kOpSumSq, kOpAdamW, kOpCast,
+  kOpEmbFwd, kOpEmbBwd, kOpXent, kOpAdd, kOpAccumulate, kOpScale, kOpFill, kOpSum, kOpSumSq, kOpAdamW, kOpCast,
   kOpCopy, kOpAlloc, kOpCount
 };
 constexpr const char* kOpNames[kOpCount] = {
     "gemm A.B", "gemm A.B^T", "gemm A^T.B", "gemm A^T.B^T", "add_bias", "bias_grad", "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd", "attention_fwd",
-    "attention_bwd", "embedding_fwd", "embedding_bwd", "cross_entropy", "add", "accumulate", "scale", "sum",
+    "attention_bwd", "embedding_fwd", "embedding_bwd", "cross_entropy", "add", "accumulate", "scale", "fill", "sum",
     "sum_squares", "adamw", "cast", "copy", "alloc"};
 
 }  // namespace
@@ -248,6 +248,14 @@ CpuBackend::~CpuBackend() {
 }
 
 Tensor CpuBackend::alloc(const Shape& shape, DType dtype, MemCategory category) {
+  return allocate(shape, dtype, category, true);
+}
+
+Tensor CpuBackend::alloc_uninitialized(const Shape& shape, DType dtype, MemCategory category) {
+  return allocate(shape, dtype, category, false);
+}
+
+Tensor CpuBackend::allocate(const Shape& shape, DType dtype, MemCategory category, bool zero) {
   for (int64_t d : shape) WEFT_ASSERT(d >= 0, "alloc: negative dimension in " + shape_str(shape));
   const int i = static_cast<int>(category);
   WEFT_ASSERT(i >= 0 && i < kMemCategoryCount, "alloc: bad memory category");
@@ -268,7 +276,9 @@ Tensor CpuBackend::alloc(const Shape& shape, DType dtype, MemCategory category) 
     throw Error("cpu backend: out of host memory allocating " + std::to_string(bytes) + " bytes of " +
                 mem_category_name(category) + " " + shape_str(shape));
   }
-  if (capacity >= kParallelZeroBytes) {
+  if (!zero) {
+    // Nothing to do: the caller overwrites the whole block.
+  } else if (capacity >= kParallelZeroBytes) {
     char* bytes_ptr = static_cast<char*>(data);
     pool_.parallel_for(static_cast<int64_t>(capacity), kCopyGrain, [&](int64_t b0, int64_t b1) {
       std::memset(bytes_ptr + b0, 0, static_cast<size_t>(b1 - b0));
@@ -977,6 +987,49 @@ void CpuBackend::embedding_backward(float* dtable, const int32_t* ids, const flo
   });
 }
 
+namespace {
+
+// One row of the fused softmax cross-entropy, AVX2: the max, then e^(x - max)
+// (stored in dr when there is a gradient) summed in double (8 floats widened
+// per step, two accumulators), then dr scaled to dloss_scale * softmax in
+// place while it is still in cache. Returns the loss. dr may alias lr:
+// lr[target] is read first.
+WEFT_AVX2_FMA float xent_row_avx2(float* dr, const float* lr, int32_t target, int64_t v, int64_t vp, float scale) {
+  const float x_target = lr[target];
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 8 <= v; j += 8) vmax = _mm256_max_ps(_mm256_loadu_ps(lr + j), vmax);
+  float mx = simd::hmax(vmax);
+  for (; j < v; ++j) mx = std::max(mx, lr[j]);
+  const __m256 vmx = _mm256_set1_ps(mx);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  for (j = 0; j + 8 <= v; j += 8) {
+    const __m256 e = simd::exp256(_mm256_sub_ps(_mm256_loadu_ps(lr + j), vmx));
+    if (dr) _mm256_storeu_ps(dr + j, e);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  double s = simd::hsum(s0) + simd::hsum(s1);
+  for (; j < v; ++j) {
+    const float e = std::exp(lr[j] - mx);
+    if (dr) dr[j] = e;
+    s += static_cast<double>(e);
+  }
+  const double log_z = static_cast<double>(mx) + std::log(s);
+  const float loss = static_cast<float>(log_z - static_cast<double>(x_target));
+  if (dr) {
+    const float k = static_cast<float>(static_cast<double>(scale) / s);  // dloss_scale / sum
+    const __m256 vk = _mm256_set1_ps(k);
+    for (j = 0; j + 8 <= v; j += 8) _mm256_storeu_ps(dr + j, _mm256_mul_ps(vk, _mm256_loadu_ps(dr + j)));
+    for (; j < v; ++j) dr[j] *= k;
+    dr[target] -= scale;
+    std::fill(dr + v, dr + vp, 0.f);
+  }
+  return loss;
+}
+
+}  // namespace
+
 void CpuBackend::cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t n,
                                int64_t v, int64_t vp, float dloss_scale) {
   OpTimer timer(profile_.get(), kOpXent);
@@ -992,6 +1045,11 @@ void CpuBackend::cross_entropy(float* losses, float* dlogits, const float* logit
         continue;
       }
       WEFT_ASSERT(target < v, "cross_entropy: target " + std::to_string(target) + " >= vocab " + std::to_string(v));
+      if (avx2_) {
+        losses[r] = xent_row_avx2(dr, lr, target, v, vp, dloss_scale);
+        continue;
+      }
+      // Scalar reference path; in-place safe for the same reason.
       float mx = lr[0];
       for (int64_t j = 1; j < v; ++j) mx = std::max(mx, lr[j]);
       double s = 0.0;
@@ -1030,6 +1088,11 @@ void CpuBackend::scale(float* x, float s, int64_t n) {
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) x[i] *= s;
   });
+}
+
+void CpuBackend::fill(float* x, float value, int64_t n) {
+  OpTimer timer(profile_.get(), kOpFill);
+  pool_.parallel_for(n, kCopyGrain / 4, [&](int64_t i0, int64_t i1) { std::fill(x + i0, x + i1, value); });
 }
 
 namespace {
@@ -1090,14 +1153,14 @@ double CpuBackend::sum(const float* x, int64_t n) {
 namespace {
 
 struct AdamWCoef {
-  float lr, beta1, beta2, eps, wd, bc1, bc2;
+  float lr, beta1, beta2, eps, wd, bc1, bc2, grad_scale;
 };
 
 // One pass over p, g, m, v. The vector path does, lane by lane, exactly the
 // scalar operations in the scalar order (no FMA), so both give the same bits.
 inline void adamw_scalar(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& k) {
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i];
+    const float gi = k.grad_scale * g[i];
     const float mi = k.beta1 * m[i] + (1.f - k.beta1) * gi;
     const float vi = k.beta2 * v[i] + (1.f - k.beta2) * gi * gi;
     m[i] = mi;
@@ -1113,9 +1176,10 @@ WEFT_AVX2 void adamw_avx2(float* p, const float* g, float* m, float* v, int64_t 
   const __m256 omb1 = _mm256_set1_ps(1.f - k.beta1), omb2 = _mm256_set1_ps(1.f - k.beta2);
   const __m256 bc1 = _mm256_set1_ps(k.bc1), bc2 = _mm256_set1_ps(k.bc2);
   const __m256 lr = _mm256_set1_ps(k.lr), eps = _mm256_set1_ps(k.eps), wd = _mm256_set1_ps(k.wd);
+  const __m256 gs = _mm256_set1_ps(k.grad_scale);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 gi = _mm256_loadu_ps(g + i);
+    const __m256 gi = _mm256_mul_ps(gs, _mm256_loadu_ps(g + i));
     const __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m + i)), _mm256_mul_ps(omb1, gi));
     const __m256 vi =
         _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i)), _mm256_mul_ps(_mm256_mul_ps(omb2, gi), gi));
@@ -1133,11 +1197,11 @@ WEFT_AVX2 void adamw_avx2(float* p, const float* g, float* m, float* v, int64_t 
 }  // namespace
 
 void CpuBackend::adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2,
-                       float eps, float weight_decay, int64_t step) {
+                       float eps, float weight_decay, int64_t step, float grad_scale) {
   OpTimer timer(profile_.get(), kOpAdamW);
   WEFT_ASSERT(step >= 1, "adamw: step counts from 1");
   AdamWCoef k;
-  k.lr = lr, k.beta1 = beta1, k.beta2 = beta2, k.eps = eps, k.wd = weight_decay;
+  k.lr = lr, k.beta1 = beta1, k.beta2 = beta2, k.eps = eps, k.wd = weight_decay, k.grad_scale = grad_scale;
   k.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step)));
   k.bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step)));
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {

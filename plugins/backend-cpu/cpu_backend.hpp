@@ -8,8 +8,8 @@
 // output element is produced by one task in a fixed order, and reductions run
 // over fixed blocks in double.
 //
-// Memory: alloc() hands out zero-filled, 64-byte aligned blocks and counts them
-// by category; freed blocks of 64 KiB and more are kept in a cache (free lists
+// Memory: alloc() hands out zero-filled (alloc_uninitialized() unfilled), 64-byte
+// aligned blocks and counts them by category; freed blocks of 64 KiB and more are kept in a cache (free lists
 // by size) and handed out again, so a steady-state training step maps no new
 // memory. Accounting counts live tensors only, never the cache.
 //
@@ -50,6 +50,7 @@ class CpuBackend final : public Backend {
   int threads() const override { return pool_.size(); }
 
   Tensor alloc(const Shape& shape, DType dtype, MemCategory category) override;
+  Tensor alloc_uninitialized(const Shape& shape, DType dtype, MemCategory category) override;
   MemStats mem_stats() const override;
   void reset_peak() override;
   void copy_to_host(void* dst, const Tensor& src) override;
@@ -85,11 +86,12 @@ class CpuBackend final : public Backend {
   void add(float* out, const float* a, const float* b, int64_t n) override;
   void accumulate(float* acc, const float* x, int64_t n) override;
   void scale(float* x, float s, int64_t n) override;
+  void fill(float* x, float value, int64_t n) override;
   double sum_squares(const float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
 
   void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
-             float beta2, float eps, float weight_decay, int64_t step) override;
+             float beta2, float eps, float weight_decay, int64_t step, float grad_scale) override;
   void cast(const Tensor& dst, const Tensor& src) override;
 
   ThreadPool& pool() { return pool_; }
@@ -102,6 +104,7 @@ class CpuBackend final : public Backend {
   struct Profile;   // per-kernel timers (WEFT_CPU_PROFILE)
 
  private:
+  Tensor allocate(const Shape& shape, DType dtype, MemCategory category, bool zero);
   void gemm_serial(const GemmArgs& g);
   void gemm_split_k(const GemmArgs& g);
 

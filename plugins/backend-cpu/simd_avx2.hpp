@@ -20,10 +20,11 @@ WEFT_AVX2 inline __m256i tail_mask(int64_t r) {
 }
 
 // e^x, relative error about 2 ulp for x in [-87, 88]; inputs are clamped to
-// that range (so tiny results stay normal and large ones finite). Cody-Waite
-// reduction x = n ln2 + r, degree-6 polynomial for e^r, then scaling by 2^n.
+// that range (so tiny results stay normal and large ones finite), NaN stays NaN
+// (max/min return their second operand when one is NaN). Cody-Waite reduction
+// x = n ln2 + r, degree-6 polynomial for e^r, then scaling by 2^n.
 WEFT_AVX2_FMA inline __m256 exp256(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);

@@ -14,7 +14,7 @@ const uint64_t kSyntheticStream = name_key("weft.data.synthetic");
 
 OptionSchema SyntheticDataset::schema() {
   return {
-      opt_int("vocab", 0, "tokens are uniform in [0, vocab) (0 = the tokenizer's vocabulary)", 0),
+      opt_int("vocab", 0, "tokens are uniform in [0, vocab) (0 = the model's vocabulary)", 0),
       opt_int("size", int64_t{1} << 20, "samples per epoch", 1),
   };
 }
@@ -22,17 +22,19 @@ OptionSchema SyntheticDataset::schema() {
 SyntheticDataset::SyntheticDataset(const Options& options, const DatasetEnv& env)
     : size_(options.get_int("size")), seq_length_(env.seq_length), seed_(env.seed) {
   const int64_t vocab = options.get_int("vocab");
-  const int64_t tok_vocab = env.tokenizer ? env.tokenizer->vocab_size() : 0;
-  if (vocab < 0) options.fail("vocab", "must be >= 0 (0 = the tokenizer's vocabulary)");
-  if (vocab == 0 && tok_vocab <= 0) options.fail("vocab", "is 0 but there is no tokenizer to take the vocabulary from");
-  if (vocab > 0 && tok_vocab > 0 && vocab > tok_vocab)
-    options.fail("vocab", std::to_string(vocab) + " exceeds the tokenizer's vocabulary of " +
-                              std::to_string(tok_vocab));
+  // The model's vocabulary when known, else the tokenizer's.
+  const int64_t model_vocab =
+      env.vocab_size > 0 ? env.vocab_size : (env.tokenizer ? env.tokenizer->vocab_size() : 0);
+  if (vocab < 0) options.fail("vocab", "must be >= 0 (0 = the model's vocabulary)");
+  if (vocab == 0 && model_vocab <= 0) options.fail("vocab", "is 0 but there is no vocabulary to take it from");
+  if (vocab > 0 && model_vocab > 0 && vocab > model_vocab)
+    options.fail("vocab", std::to_string(vocab) + " exceeds the model's vocabulary of " +
+                              std::to_string(model_vocab));
   if (vocab > (int64_t{1} << 31)) options.fail("vocab", "must be at most 2^31");
   if (size_ < 1) options.fail("size", "must be >= 1");
   if (seq_length_ <= 0)
     throw Error("data.synthetic: seq_length must be positive, got " + std::to_string(seq_length_));
-  vocab_ = vocab > 0 ? vocab : tok_vocab;
+  vocab_ = vocab > 0 ? vocab : model_vocab;
 }
 
 SyntheticDataset::SyntheticDataset(int64_t vocab, int64_t size, int64_t seq_length, uint64_t seed)

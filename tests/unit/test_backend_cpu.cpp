@@ -439,17 +439,12 @@ TEST_P(CpuBackendTest, Embedding) {
   expect_close(dtable, want, kRel, kAbs, "embedding dtable");
 }
 
-TEST_P(CpuBackendTest, CrossEntropy) {
-  const int64_t n = 5, v = 11, vp = 16;
-  Vec logits = random_vec(n * vp, 70, -3.f, 3.f);
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t j = v; j < vp; ++j) logits[r * vp + j] = 1000.f;  // padded columns must not count
-  logits[2 * vp + 4] = 80.f;                                         // stability: exp would overflow naively
-  std::vector<int32_t> targets = {3, 0, 4, -1, 10};
-  const float dscale = 0.37f;
-  Vec losses(n, 9.f), dlogits(n * vp, 9.f);
-  be.cross_entropy(losses.data(), dlogits.data(), logits.data(), targets.data(), n, v, vp, dscale);
-  DVec want_loss(n, 0.0), want_d(n * vp, 0.0);
+// Softmax cross-entropy in double over the first v of vp columns: losses[N]
+// and dloss_scale * (softmax - onehot) (0 in padded columns and ignored rows).
+void xent_reference(const Vec& logits, const std::vector<int32_t>& targets, int64_t n, int64_t v, int64_t vp,
+                    float dscale, DVec& want_loss, DVec& want_d) {
+  want_loss.assign(n, 0.0);
+  want_d.assign(n * vp, 0.0);
   for (int64_t r = 0; r < n; ++r) {
     if (targets[r] < 0) continue;
     double mx = -1e300;
@@ -460,6 +455,20 @@ TEST_P(CpuBackendTest, CrossEntropy) {
     for (int64_t j = 0; j < v; ++j)
       want_d[r * vp + j] = dscale * (std::exp(logits[r * vp + j] - mx) / z - (j == targets[r] ? 1.0 : 0.0));
   }
+}
+
+TEST_P(CpuBackendTest, CrossEntropy) {
+  const int64_t n = 5, v = 11, vp = 16;
+  Vec logits = random_vec(n * vp, 70, -3.f, 3.f);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = v; j < vp; ++j) logits[r * vp + j] = 1000.f;  // padded columns must not count
+  logits[2 * vp + 4] = 80.f;                                         // stability: exp would overflow naively
+  std::vector<int32_t> targets = {3, 0, 4, -1, 10};
+  const float dscale = 0.37f;
+  Vec losses(n, 9.f), dlogits(n * vp, 9.f);
+  be.cross_entropy(losses.data(), dlogits.data(), logits.data(), targets.data(), n, v, vp, dscale);
+  DVec want_loss, want_d;
+  xent_reference(logits, targets, n, v, vp, dscale, want_loss, want_d);
   expect_close(losses, want_loss, kRel, kAbs, "cross_entropy losses");
   expect_close(dlogits, want_d, kRel, kAbs, "cross_entropy dlogits");
   EXPECT_EQ(losses[3], 0.f);
@@ -470,6 +479,29 @@ TEST_P(CpuBackendTest, CrossEntropy) {
   Vec losses2(n, 9.f);
   be.cross_entropy(losses2.data(), nullptr, logits.data(), targets.data(), n, v, vp, dscale);
   expect_close(losses2, want_loss, kRel, kAbs, "cross_entropy losses (no grad)");
+}
+
+// A wide vocabulary (the vector path with a tail) computed in place: dlogits
+// is the logits buffer itself, as the GPT head calls it. Against a double
+// reference; a NaN logit makes that row's loss NaN.
+TEST_P(CpuBackendTest, CrossEntropyWideInPlace) {
+  const int64_t n = 6, v = 1003, vp = 1024;
+  Vec logits = random_vec(n * vp, 71, -8.f, 8.f);
+  std::vector<int32_t> targets = {0, 1002, 517, -1, 8, 999};
+  const float dscale = 1.f / 384.f;
+  DVec want_loss, want_d;
+  xent_reference(logits, targets, n, v, vp, dscale, want_loss, want_d);
+  Vec losses(n, 9.f), inplace = logits;
+  be.cross_entropy(losses.data(), inplace.data(), inplace.data(), targets.data(), n, v, vp, dscale);
+  expect_close(losses, want_loss, kRel, kAbs, "cross_entropy losses (in place)");
+  expect_close(inplace, want_d, kRel, 1e-9, "cross_entropy dlogits (in place)");
+  for (int64_t j = v; j < vp; ++j) EXPECT_EQ(inplace[j], 0.f) << j;
+
+  Vec bad = logits;
+  bad[2 * vp + 40] = std::numeric_limits<float>::quiet_NaN();
+  be.cross_entropy(losses.data(), nullptr, bad.data(), targets.data(), n, v, vp, dscale);
+  EXPECT_TRUE(std::isnan(losses[2]));
+  EXPECT_FALSE(std::isnan(losses[1]));
 }
 
 // ---------------------------------------------------------------------------
@@ -492,6 +524,13 @@ TEST_P(CpuBackendTest, ElementwiseAndReductions) {
     for (int64_t i = 0; i < n; ++i) want[i] = -1.5 * a[i];
     expect_close(s, want, kRel, kAbs, "scale");
 
+    Vec f = a;
+    if (n > 0) f[n / 2] = std::numeric_limits<float>::quiet_NaN();
+    be.fill(f.data(), 0.f, n);
+    EXPECT_EQ(f, Vec(n, 0.f)) << "fill " << n;  // NaN cleared too
+    be.fill(f.data(), 2.5f, n);
+    EXPECT_EQ(f, Vec(n, 2.5f)) << "fill " << n;
+
     double sum = 0.0, sq = 0.0;
     for (float x : a) {
       sum += x;
@@ -510,12 +549,14 @@ TEST_P(CpuBackendTest, AdamWSeveralSteps) {
   DVec pd = to_double(p), md(n, 0.0), vd(n, 0.0);
   for (int64_t step = 1; step <= 5; ++step) {
     Vec g = random_vec(n, 100 + static_cast<uint32_t>(step));
-    be.adamw(p.data(), g.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd, step);
+    const float gs = step % 2 ? 1.f : 0.3f;  // the clip factor, on every other step
+    be.adamw(p.data(), g.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd, step, gs);
     const double bc1 = 1.0 - std::pow(static_cast<double>(b1), step);
     const double bc2 = 1.0 - std::pow(static_cast<double>(b2), step);
     for (int64_t i = 0; i < n; ++i) {
-      md[i] = b1 * md[i] + (1.0 - b1) * g[i];
-      vd[i] = b2 * vd[i] + (1.0 - b2) * static_cast<double>(g[i]) * g[i];
+      const double gi = static_cast<double>(gs) * g[i];
+      md[i] = b1 * md[i] + (1.0 - b1) * gi;
+      vd[i] = b2 * vd[i] + (1.0 - b2) * gi * gi;
       const double mhat = md[i] / bc1, vhat = vd[i] / bc2;
       pd[i] -= lr * (mhat / (std::sqrt(vhat) + eps) + wd * pd[i]);
     }
@@ -728,6 +769,25 @@ TEST_P(CpuBackendTest, AllocationAccountingAndCopies) {
   weft::Tensor empty = be.alloc({0, 4}, weft::DType::F32, MemCategory::Workspace);
   EXPECT_EQ(empty.numel(), 0);
   EXPECT_EQ(be.mem_stats().peak[static_cast<int>(MemCategory::Workspace)], 40);
+
+  // Unfilled allocations: same alignment and accounting; a cached block comes
+  // back as it was left (so the zero fill of alloc() is really skipped there).
+  const int64_t big = (int64_t{1} << 20) / 4;  // 1 MiB: kept by the block cache
+  {
+    weft::Tensor u = be.alloc_uninitialized({big}, weft::DType::F32, MemCategory::Activation);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(u.raw()) % 64, 0u);
+    EXPECT_EQ(be.mem_stats().current[A], big * 4);
+    be.fill(u.data<float>(), 7.f, big);
+  }
+  EXPECT_EQ(be.mem_stats().current[A], 0);
+  {
+    weft::Tensor z = be.alloc({big}, weft::DType::F32, MemCategory::Activation);  // the same block, zeroed
+    EXPECT_EQ(z.data<float>()[0], 0.f);
+    EXPECT_EQ(z.data<float>()[big - 1], 0.f);
+    be.fill(z.data<float>(), 7.f, big);
+  }
+  weft::Tensor u2 = be.alloc_uninitialized({big}, weft::DType::F32, MemCategory::Activation);
+  EXPECT_EQ(u2.data<float>()[big - 1], 7.f);
 }
 
 TEST(CpuBackendMemory, ConcurrentAllocAndTensorOutlivingBackend) {

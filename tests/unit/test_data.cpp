@@ -359,6 +359,24 @@ TEST(SyntheticData, VocabFromTheTokenizer) {
   EXPECT_THROW(weft::SyntheticDataset(synthetic_options(0, 10), {nullptr, 16, 1}), weft::Error);
 }
 
+// A model vocabulary larger than the tokenizer's (gpt's vocab_size) bounds the ids instead.
+TEST(SyntheticData, VocabFromTheModel) {
+  weft::ByteTokenizer tok;
+  weft::SyntheticDataset d(synthetic_options(0, 1000), {&tok, 16, 1, 50304});
+  EXPECT_EQ(d.vocab(), 50304);
+  int32_t top = 0;
+  for (int64_t i = 0; i < 200; ++i)
+    for (int32_t v : sample_of(d, i, 16)) {
+      ASSERT_GE(v, 0);
+      ASSERT_LT(v, 50304);
+      top = std::max(top, v);
+    }
+  EXPECT_GT(top, 40000);
+  EXPECT_EQ(weft::SyntheticDataset(synthetic_options(1000, 10), {&tok, 16, 1, 50304}).vocab(), 1000);
+  EXPECT_EQ(weft::SyntheticDataset(synthetic_options(0, 10), {nullptr, 16, 1, 300}).vocab(), 300);
+  EXPECT_THROW(weft::SyntheticDataset(synthetic_options(50305, 10), {&tok, 16, 1, 50304}), weft::Error);
+}
+
 // ---------------------------------------------------- precision, metrics ----
 
 TEST(Fp32Precision, PolicyIsPlainFp32) {

@@ -1,4 +1,5 @@
-// Gradient bucket planning shared by ddp and zero1, against hand-worked plans.
+// Gradient bucket planning and optimizer-call runs shared by ddp and zero1,
+// against hand-worked plans.
 #include <gtest/gtest.h>
 
 #include "weft/grad_sync.hpp"
@@ -46,6 +47,33 @@ TEST(GradBuckets, ParamIndex) {
   EXPECT_EQ(weft::param_index(f.flat, f.params[1]), 1u);
   weft::Param stranger;  // not in the flat buffer
   EXPECT_THROW(weft::param_index(f.flat, stranger), weft::InternalError);
+}
+
+TEST(DecayRuns, MergeNeighboursWithTheSameFlagAndClip) {
+  Flat f({10, 20, 5, 30, 4});  // offsets 0, 10, 30, 35, 65; end 69
+  const bool decay[5] = {true, true, false, false, true};
+  for (int i = 0; i < 5; ++i) f.params[i].weight_decay = decay[i];
+  auto all = weft::decay_runs(f.flat, 0, f.flat.numel);
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0].begin, 0);
+  EXPECT_EQ(all[0].end, 30);
+  EXPECT_TRUE(all[0].decay);
+  EXPECT_EQ(all[1].begin, 30);
+  EXPECT_EQ(all[1].end, 65);
+  EXPECT_FALSE(all[1].decay);
+  EXPECT_EQ(all[2].begin, 65);
+  EXPECT_EQ(all[2].end, 69);
+  EXPECT_TRUE(all[2].decay);
+  // A zero1 shard [12, 40): the tail of p1, p2, the head of p3.
+  auto shard = weft::decay_runs(f.flat, 12, 40);
+  ASSERT_EQ(shard.size(), 2u);
+  EXPECT_EQ(shard[0].begin, 12);
+  EXPECT_EQ(shard[0].end, 30);
+  EXPECT_TRUE(shard[0].decay);
+  EXPECT_EQ(shard[1].begin, 30);
+  EXPECT_EQ(shard[1].end, 40);
+  EXPECT_FALSE(shard[1].decay);
+  EXPECT_TRUE(weft::decay_runs(f.flat, 20, 20).empty());
 }
 
 }  // namespace

@@ -445,6 +445,20 @@ TEST_F(NnTest, GptOptions) {
   EXPECT_EQ(c.padded_vocab, 16);
   c = gpt::gpt_config(options_from(schema, "model", {{"vocab_pad_multiple", int64_t(1)}}), 11);
   EXPECT_EQ(c.padded_vocab, 11);
+  // vocab_size: a V of its own, at least the tokenizer's.
+  c = gpt::gpt_config(options_from(schema, "model", {{"vocab_size", int64_t(50304)}}), 257);
+  EXPECT_EQ(c.vocab, 50304);
+  EXPECT_EQ(c.padded_vocab, 50304);
+  c = gpt::gpt_config(options_from(schema, "model", {{"vocab_size", int64_t(257)}}), 257);
+  EXPECT_EQ(c.vocab, 257);
+  EXPECT_EQ(c.padded_vocab, 320);
+  try {
+    gpt::gpt_config(options_from(schema, "model", {{"vocab_size", int64_t(100)}}), 257);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("vocab_size 100 is smaller than the tokenizer's vocabulary of 257"), std::string::npos) << msg;
+  }
   try {
     gpt::gpt_config(options_from(schema, "model", {{"hidden", int64_t(130)}}), 256);
     FAIL() << "expected an error";

@@ -28,6 +28,7 @@ class RecordingBackend final : public weft::Backend {
   weft::Device device() const override { return device_; }
   int threads() const override { return 1; }
   weft::Tensor alloc(const weft::Shape&, weft::DType, weft::MemCategory) override { return {}; }
+  weft::Tensor alloc_uninitialized(const weft::Shape&, weft::DType, weft::MemCategory) override { return {}; }
   weft::MemStats mem_stats() const override { return {}; }
   void reset_peak() override {}
   void copy_to_host(void*, const weft::Tensor&) override {}
@@ -52,12 +53,13 @@ class RecordingBackend final : public weft::Backend {
   void add(float*, const float*, const float*, int64_t) override {}
   void accumulate(float*, const float*, int64_t) override {}
   void scale(float*, float, int64_t) override {}
+  void fill(float*, float, int64_t) override {}
   double sum_squares(const float*, int64_t) override { return 0; }
   double sum(const float*, int64_t) override { return 0; }
   void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
-             float weight_decay, int64_t step) override {
+             float weight_decay, int64_t step, float grad_scale) override {
     calls++;
-    last = {p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, step};
+    last = {p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, step, grad_scale};
   }
   void cast(const weft::Tensor&, const weft::Tensor&) override {}
 
@@ -69,6 +71,7 @@ class RecordingBackend final : public weft::Backend {
     int64_t n;
     float lr, beta1, beta2, eps, weight_decay;
     int64_t step;
+    float grad_scale;
   };
   int calls = 0;
   AdamwCall last{};
@@ -115,7 +118,7 @@ TEST(AdamW, OptionsAndForwarding) {
   RecordingBackend recorder(weft::Device::Cuda);  // adamw runs on any backend
   float p[3] = {}, g[3] = {}, m[3] = {}, v[3] = {};
   float* state[2] = {m, v};
-  opt.update(recorder, p, g, state, 3, 1e-4, true, 7);
+  opt.update(recorder, p, g, state, 3, 1e-4, 0.25, true, 7);
   ASSERT_EQ(recorder.calls, 1);
   EXPECT_EQ(recorder.last.p, p);
   EXPECT_EQ(recorder.last.g, g);
@@ -128,8 +131,10 @@ TEST(AdamW, OptionsAndForwarding) {
   EXPECT_FLOAT_EQ(recorder.last.eps, 1e-6f);
   EXPECT_FLOAT_EQ(recorder.last.weight_decay, 0.05f);
   EXPECT_EQ(recorder.last.step, 7);
-  opt.update(recorder, p, g, state, 3, 1e-4, false, 8);  // no decay for biases and norms
+  EXPECT_EQ(recorder.last.grad_scale, 0.25f);
+  opt.update(recorder, p, g, state, 3, 1e-4, 1.0, false, 8);  // no decay for biases and norms
   EXPECT_EQ(recorder.last.weight_decay, 0.0f);
+  EXPECT_EQ(recorder.last.grad_scale, 1.0f);
 }
 
 TEST(AdamW, RejectsBadOptions) {
@@ -161,13 +166,14 @@ TEST(AdamW, MatchesADoublePrecisionReferenceOverThreeSteps) {
     for (int64_t step = 1; step <= 3; ++step) {
       for (int64_t i = 0; i < n; ++i)
         g[i] = weft::normal01(2, static_cast<uint64_t>(step), static_cast<uint64_t>(i)) * (i % 7 == 0 ? 1e-3f : 1.f);
-      opt.update(backend, p.data(), g.data(), state, n, lrs[step - 1], decay, step);
+      const double clip = step == 2 ? 0.4 : 1.0;  // a clipped step in the middle
+      opt.update(backend, p.data(), g.data(), state, n, lrs[step - 1], clip, decay, step);
 
       const double lr = lrs[step - 1], w = decay ? wd : 0.0;
       const double bc1 = 1 - std::pow(beta1, static_cast<double>(step));
       const double bc2 = 1 - std::pow(beta2, static_cast<double>(step));
       for (int64_t i = 0; i < n; ++i) {
-        const double gi = g[i];
+        const double gi = clip * g[i];
         rm[i] = beta1 * rm[i] + (1 - beta1) * gi;
         rv[i] = beta2 * rv[i] + (1 - beta2) * gi * gi;
         const double mhat = rm[i] / bc1, vhat = rv[i] / bc2;
@@ -214,7 +220,7 @@ TEST(Sgd, MomentumTrajectoryByHand) {
   const double want_b0[3] = {1.1, 1.639, 1.89211};
   const double want_b1[3] = {0.2, 0.298, 0.34402};
   for (int step = 1; step <= 3; ++step) {
-    opt.update(host, p, g, state, 2, 0.1, true, step);
+    opt.update(host, p, g, state, 2, 0.1, 1.0, true, step);
     EXPECT_NEAR(p[0], want_p0[step - 1], 1e-6) << step;
     EXPECT_NEAR(p[1], want_p1[step - 1], 1e-6) << step;
     EXPECT_NEAR(buf[0], want_b0[step - 1], 1e-6) << step;
@@ -232,7 +238,7 @@ TEST(Sgd, NesterovPlainAndNoDecay) {
     float* state[1] = {&buf};
     const double want[3] = {0.85, 0.675, 0.4875};
     for (int step = 1; step <= 3; ++step) {
-      opt.update(host, &p, &g, state, 1, 0.1, true, step);
+      opt.update(host, &p, &g, state, 1, 0.1, 1.0, true, step);
       EXPECT_NEAR(p, want[step - 1], 1e-6) << step;
     }
   }
@@ -242,7 +248,7 @@ TEST(Sgd, NesterovPlainAndNoDecay) {
     EXPECT_EQ(opt.state_slots(), 0);
     float p = 1.f, g = 1.f;
     for (int step = 1; step <= 3; ++step) {
-      opt.update(host, &p, &g, nullptr, 1, 0.1, true, step);
+      opt.update(host, &p, &g, nullptr, 1, 0.1, 1.0, true, step);
       EXPECT_NEAR(p, 1.0 - 0.1 * step, 1e-6) << step;
     }
   }
@@ -251,9 +257,24 @@ TEST(Sgd, NesterovPlainAndNoDecay) {
     weft::Sgd opt(sgd_options(0.1, 0.9, 0.5, false));
     float p = 2.f, g = 0.f, buf = 0.f;
     float* state[1] = {&buf};
-    for (int step = 1; step <= 3; ++step) opt.update(host, &p, &g, state, 1, 0.1, false, step);
+    for (int step = 1; step <= 3; ++step) opt.update(host, &p, &g, state, 1, 0.1, 1.0, false, step);
     EXPECT_EQ(p, 2.f);
   }
+}
+
+TEST(Sgd, ClipFactorScalesTheGradientNotTheDecay) {
+  // lr 0.1, momentum 0.5, weight decay 0.1, clip factor 0.5, p = 1, g = 2:
+  //   step 1: g' = 0.5*2 + 0.1*1 = 1.1, buf = 1.1, p = 0.89
+  //   step 2: g' = 1 + 0.089 = 1.089, buf = 0.55 + 1.089 = 1.639, p = 0.7261
+  weft::Sgd opt(sgd_options(0.1, 0.5, 0.1, false));
+  RecordingBackend host(weft::Device::Host);
+  float p = 1.f, g = 2.f, buf = 0.f;
+  float* state[1] = {&buf};
+  opt.update(host, &p, &g, state, 1, 0.1, 0.5, true, 1);
+  EXPECT_NEAR(p, 0.89, 1e-6);
+  opt.update(host, &p, &g, state, 1, 0.1, 0.5, true, 2);
+  EXPECT_NEAR(p, 0.7261, 1e-6);
+  EXPECT_NEAR(buf, 1.639, 1e-6);
 }
 
 TEST(Sgd, NeedsAHostBackendAndValidOptions) {
@@ -261,7 +282,7 @@ TEST(Sgd, NeedsAHostBackendAndValidOptions) {
   RecordingBackend gpu(weft::Device::Cuda);
   float p = 1.f, g = 1.f, buf = 0.f;
   float* state[1] = {&buf};
-  std::string msg = error_of([&] { opt.update(gpu, &p, &g, state, 1, 0.1, true, 1); });
+  std::string msg = error_of([&] { opt.update(gpu, &p, &g, state, 1, 0.1, 1.0, true, 1); });
   EXPECT_NE(msg.find("sgd"), std::string::npos) << msg;
   EXPECT_NE(msg.find("host backend"), std::string::npos) << msg;
   EXPECT_EQ(p, 1.f);

@@ -22,6 +22,7 @@ struct MemStats {
 };
 
 // C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b], row-major; op(A) is [m,k], op(B) [k,n].
+// With beta = 0, C is only written: its old contents (even NaN) do not matter.
 struct GemmArgs {
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0;
@@ -41,6 +42,10 @@ class Backend {
 
   // Zero-filled allocation of `shape` counted under `category`.
   virtual Tensor alloc(const Shape& shape, DType dtype, MemCategory category) = 0;
+  // The same without the zero fill: contents unspecified. Only for buffers the
+  // next kernel overwrites whole (a GEMM output with beta 0, the outputs of
+  // layernorm_forward, gelu_*, attention_*, add, cross_entropy).
+  virtual Tensor alloc_uninitialized(const Shape& shape, DType dtype, MemCategory category) = 0;
   virtual MemStats mem_stats() const = 0;
   virtual void reset_peak() = 0;
   virtual void copy_to_host(void* dst, const Tensor& src) = 0;
@@ -83,19 +88,23 @@ class Backend {
   // Fused softmax cross-entropy over the first v of vp columns of logits[N,Vp].
   // losses[N] = -log softmax(logits)[target]; when dlogits is non-null it gets
   // dloss_scale * (softmax - onehot) (padded columns 0). Targets < 0 are ignored
-  // (loss 0, gradient 0).
+  // (loss 0, gradient 0). dlogits may be logits itself: the gradient then
+  // replaces the logits in place (no second [N,Vp] buffer).
   virtual void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets,
                              int64_t n, int64_t v, int64_t vp, float dloss_scale) = 0;
 
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;  // out = a + b
   virtual void accumulate(float* acc, const float* x, int64_t n) = 0;          // acc += x
   virtual void scale(float* x, float s, int64_t n) = 0;                        // x *= s
+  virtual void fill(float* x, float value, int64_t n) = 0;  // x = value (also clears inf/nan, unlike scale(0))
   virtual double sum_squares(const float* x, int64_t n) = 0;                   // in fp64
   virtual double sum(const float* x, int64_t n) = 0;
 
-  // AdamW on a flat range, decoupled weight decay: p -= lr*(mhat/(sqrt(vhat)+eps) + wd*p).
+  // AdamW on a flat range, decoupled weight decay: p -= lr*(mhat/(sqrt(vhat)+eps) + wd*p),
+  // with the gradient taken as grad_scale * g[i] (one fp32 multiply, the clip
+  // factor; 1 = unclipped), so clipping costs no separate pass over g.
   virtual void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
-                     float beta2, float eps, float weight_decay, int64_t step) = 0;
+                     float beta2, float eps, float weight_decay, int64_t step, float grad_scale) = 0;
   // dst (bf16/f16/f32) = cast(src) and back
   virtual void cast(const Tensor& dst, const Tensor& src) = 0;
 };

@@ -26,6 +26,7 @@ struct DatasetEnv {
   const Tokenizer* tokenizer = nullptr;
   int64_t seq_length = 0;
   uint64_t seed = 0;
+  int64_t vocab_size = 0;  // the model's V (0: unknown, use the tokenizer's); token ids stay below it
 };
 
 template <>

@@ -39,6 +39,15 @@ struct GradBucket {
 std::vector<GradBucket> plan_grad_buckets(const FlatParams& flat, int64_t bucket_bytes,
                                           std::vector<int>& bucket_of_param);
 
+// A maximal element range of consecutive params, clipped to [begin, end), that
+// share the weight-decay flag: optimizers update ranges elementwise, so one
+// update call per run (not per param) covers them.
+struct DecayRun {
+  int64_t begin = 0, end = 0;
+  bool decay = false;
+};
+std::vector<DecayRun> decay_runs(const FlatParams& flat, int64_t begin, int64_t end);
+
 class DataParallel {
  public:
   virtual ~DataParallel() = default;

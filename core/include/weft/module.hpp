@@ -49,7 +49,8 @@ class Context {
   void release(const void* owner) { saved_.erase(owner); }
 
   Tensor targets;  // [B,T] int32, read by the loss; undefined: the head returns logits [B,T,Vp]
-  float dloss_scale = 1.f;  // dL/d(per-token loss): 1 / tokens of the global batch
+  float dloss_scale = 1.f;  // dL/d(per-token loss): 1 / tokens of the global batch; set before forward
+                            // (the loss computes its gradient there)
   // Called when a parameter's gradient is final for this step (last microbatch),
   // so data-parallel reduction can start while backward goes on.
   std::function<void(Param&)> on_grad_ready;

@@ -19,9 +19,11 @@ class Optimizer {
   virtual int state_slots() const = 0;
   virtual double base_lr() const = 0;
   virtual double clip_grad_norm() const = 0;  // 0: no clipping
-  // p[n] -= update(g[n], state[slot][n]); `decay` is false for biases and norm weights.
+  // p[n] -= update(grad_scale * g[n], state[slot][n]); grad_scale is the clip
+  // factor (1 = unclipped), applied as one fp32 multiply per element before
+  // anything else; `decay` is false for biases and norm weights.
   virtual void update(Backend& backend, float* p, const float* g, float* const* state, int64_t n,
-                      double lr, bool decay, int64_t step) = 0;
+                      double lr, double grad_scale, bool decay, int64_t step) = 0;
 };
 
 class LrSchedule {
