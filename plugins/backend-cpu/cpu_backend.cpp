@@ -754,8 +754,9 @@ void CpuBackend::gelu_backward(float* dx, const float* x, const float* dout, int
 // buffers) sum over query rows in increasing order. Every element of dqkv is
 // written by exactly one task, with no atomics.
 // The task bodies are inline templates compiled twice, for AVX2 and for the
-// baseline ISA; the loops are plain (no FMA contraction without the fma
-// target), so both give the same bits.
+// baseline ISA. The AVX2 build takes its exponentials 8 at a time from
+// simd::exp256 (a row of up to TK scores per call), the baseline from
+// std::exp; everything else is the same plain loops.
 
 namespace {
 
@@ -775,6 +776,39 @@ AttnShape attn_shape(int64_t b, int64_t t, int64_t c, int64_t h) {
               "attention: channels " + std::to_string(c) + " not divisible by heads " + std::to_string(h));
   const int64_t hs = c / h;
   return AttnShape{b, t, c, h, hs, static_cast<float>(1.0 / std::sqrt(static_cast<double>(hs)))};
+}
+
+// s[j] = e^(s[j] - shift) for j < n; returns the sum of the results in double.
+WEFT_AVX2_FMA double exp_shifted_avx2(float* s, int64_t n, float shift) {
+  const __m256 vs = _mm256_set1_ps(shift);
+  __m256d acc = _mm256_setzero_pd();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = simd::exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vs));
+    _mm256_storeu_ps(s + j, e);
+    acc = _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(e)),
+                                           _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1))));
+  }
+  double sum = simd::hsum(acc);
+  for (; j < n; ++j) {
+    s[j] = std::exp(s[j] - shift);
+    sum += s[j];
+  }
+  return sum;
+}
+
+template <bool kAvx2>
+WEFT_INLINE double exp_shifted(float* s, int64_t n, float shift) {
+  if constexpr (kAvx2) {
+    return exp_shifted_avx2(s, n, shift);
+  } else {
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = std::exp(s[j] - shift);
+      sum += s[j];
+    }
+    return sum;
+  }
 }
 
 // y[0:n] += a * x[0:n]
@@ -805,6 +839,7 @@ WEFT_INLINE void scores_row(float* __restrict s, const float* __restrict q, cons
 }
 
 // Forward tasks [task0, task1): task = (b*h + hi) * nq + query tile.
+template <bool kAvx2>
 WEFT_INLINE void attn_forward_tasks(const AttnShape& a, float* out, float* lse, const float* qkv, int64_t task0,
                                     int64_t task1) {
   const int64_t hs = a.hs, t = a.t, c = a.c, h = a.h;
@@ -830,11 +865,7 @@ WEFT_INLINE void attn_forward_tasks(const AttnShape& a, float* out, float* lse, 
         float mx = m[ii];
         for (int64_t jj = 0; jj < nvalid; ++jj) mx = std::max(mx, s[jj]);
         const float corr = std::exp(m[ii] - mx);  // 0 on the first tile (m = -inf)
-        double psum = 0.0;
-        for (int64_t jj = 0; jj < nvalid; ++jj) {
-          s[jj] = std::exp(s[jj] - mx);
-          psum += s[jj];
-        }
+        const double psum = exp_shifted<kAvx2>(s.data(), nvalid, mx);
         l[ii] = l[ii] * corr + psum;
         m[ii] = mx;
         float* accr = acc.data() + ii * hs;
@@ -854,6 +885,7 @@ WEFT_INLINE void attn_forward_tasks(const AttnShape& a, float* out, float* lse, 
 }
 
 // Backward tasks [task0, task1): task = b*h + hi. dsum[b,h,i] = dot(dout_i, out_i).
+template <bool kAvx2>
 WEFT_INLINE void attn_backward_tasks(const AttnShape& a, float* dqkv, const float* dout, const float* qkv,
                                      const float* lse, const float* dsum, int64_t task0, int64_t task1) {
   const int64_t hs = a.hs, t = a.t, c = a.c, h = a.h, row = a.row();
@@ -879,7 +911,7 @@ WEFT_INLINE void attn_backward_tasks(const AttnShape& a, float* dqkv, const floa
           const float* doi = dout + (bi * t + i) * c + hi * hs;
           scores_row(p.data(), qi, kt.data(), nvalid, hs, scale);
           const float li = lse[bh * t + i];
-          for (int64_t jj = 0; jj < nvalid; ++jj) p[jj] = std::exp(p[jj] - li);
+          exp_shifted<kAvx2>(p.data(), nvalid, li);
           scores_row(ds.data(), doi, vt.data(), nvalid, hs, 1.f);
           const float di = dsum[bh * t + i];
           for (int64_t jj = 0; jj < nvalid; ++jj) ds[jj] = p[jj] * (ds[jj] - di);
@@ -908,18 +940,18 @@ WEFT_INLINE void attn_backward_tasks(const AttnShape& a, float* dqkv, const floa
 
 WEFT_AVX2 void attn_forward_tasks_avx2(const AttnShape& a, float* out, float* lse, const float* qkv, int64_t t0,
                                        int64_t t1) {
-  attn_forward_tasks(a, out, lse, qkv, t0, t1);
+  attn_forward_tasks<true>(a, out, lse, qkv, t0, t1);
 }
 void attn_forward_tasks_generic(const AttnShape& a, float* out, float* lse, const float* qkv, int64_t t0, int64_t t1) {
-  attn_forward_tasks(a, out, lse, qkv, t0, t1);
+  attn_forward_tasks<false>(a, out, lse, qkv, t0, t1);
 }
 WEFT_AVX2 void attn_backward_tasks_avx2(const AttnShape& a, float* dqkv, const float* dout, const float* qkv,
                                         const float* lse, const float* dsum, int64_t t0, int64_t t1) {
-  attn_backward_tasks(a, dqkv, dout, qkv, lse, dsum, t0, t1);
+  attn_backward_tasks<true>(a, dqkv, dout, qkv, lse, dsum, t0, t1);
 }
 void attn_backward_tasks_generic(const AttnShape& a, float* dqkv, const float* dout, const float* qkv,
                                  const float* lse, const float* dsum, int64_t t0, int64_t t1) {
-  attn_backward_tasks(a, dqkv, dout, qkv, lse, dsum, t0, t1);
+  attn_backward_tasks<false>(a, dqkv, dout, qkv, lse, dsum, t0, t1);
 }
 
 }  // namespace
