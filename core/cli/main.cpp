@@ -1,6 +1,8 @@
 // weft: train, check, plugins, eval, generate. Refused input (weft::Error,
 // usage errors) prints one line and exits 2; anything else exits 1.
 #include <CLI/CLI.hpp>
+#include <malloc.h>
+
 #include <cstdio>
 #include <exception>
 #include <spdlog/spdlog.h>
@@ -94,6 +96,13 @@ std::string one_line(std::string s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Fixed glibc thresholds: by default freeing a large block raises the mmap
+  // threshold to its size and the heap top is trimmed after every step, so
+  // host buffers that come and go each step would be unmapped and
+  // page-faulted back in. Kept, they are reused; the backends bound what
+  // they cache themselves.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   try {
     return run(argc, argv);
   } catch (const weft::Error& e) {
