@@ -206,12 +206,12 @@ struct CpuBackend::Arena {
   }
 };
 
-CpuBackend::CpuBackend(int threads) : pool_(threads), arena_(std::make_shared<Arena>()) {
+CpuBackend::CpuBackend(int threads, bool vector_kernels) : pool_(threads), arena_(std::make_shared<Arena>()) {
   // Every GEMM is cut into panels on our own pool, each computed by a
   // single-threaded OpenBLAS call: no second thread pool spins between calls.
   openblas_set_num_threads(1);
   __builtin_cpu_init();
-  avx2_ = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  avx2_ = vector_kernels && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const char* prof = std::getenv("WEFT_CPU_PROFILE");
   if (prof && *prof && std::string(prof) != "0") profile_ = std::make_unique<Profile>();
 }
@@ -749,10 +749,11 @@ void CpuBackend::gelu_backward(float* dx, const float* x, const float* dout, int
 // more than one [TQ, TK] score tile exists per task.
 // Backward: one task is one (batch, head) pair. It walks the query tiles in
 // order and, inside each, the key tiles up to the diagonal, recomputing the
-// probabilities once from the saved lse: dQ of the tile sums over key tiles in
-// order, and dK, dV (accumulated for all keys of the pair in task-local [T, hs]
-// buffers) sum over query rows in increasing order. Every element of dqkv is
-// written by exactly one task, with no atomics.
+// probabilities once from the saved lse into a [TQ, TK] tile with the score
+// gradients beside it; then dQ rows of the tile take the key tile's weighted
+// sum, and dK, dV rows (task-local [T, hs] buffers for all keys of the pair)
+// the query tile's, each row summed in registers over the tile and added once.
+// Every element of dqkv is written by exactly one task, with no atomics.
 // The task bodies are inline templates compiled twice, for AVX2 and for the
 // baseline ISA. The AVX2 build takes its exponentials 8 at a time from
 // simd::exp256 (a row of up to TK scores per call), the baseline from
@@ -811,9 +812,49 @@ WEFT_INLINE double exp_shifted(float* s, int64_t n, float shift) {
   }
 }
 
-// y[0:n] += a * x[0:n]
-WEFT_INLINE void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {
-  for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
+// out[0:hs] += sum over r < nr of w[r * ws] * x[r * xs + 0:hs], r in increasing
+// order for every element. AVX2 + FMA: blocks of 32 columns held in four
+// registers across all r, so out is loaded and stored once per call.
+WEFT_AVX2_FMA void add_weighted_rows_avx2(float* __restrict out, const float* __restrict w, int64_t ws,
+                                          const float* __restrict x, int64_t xs, int64_t nr, int64_t hs) {
+  int64_t d = 0;
+  for (; d + 32 <= hs; d += 32) {
+    __m256 a0 = _mm256_loadu_ps(out + d), a1 = _mm256_loadu_ps(out + d + 8);
+    __m256 a2 = _mm256_loadu_ps(out + d + 16), a3 = _mm256_loadu_ps(out + d + 24);
+    for (int64_t r = 0; r < nr; ++r) {
+      const __m256 wr = _mm256_set1_ps(w[r * ws]);
+      const float* xr = x + r * xs + d;
+      a0 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(xr), a0);
+      a1 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(xr + 8), a1);
+      a2 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(xr + 16), a2);
+      a3 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(xr + 24), a3);
+    }
+    _mm256_storeu_ps(out + d, a0);
+    _mm256_storeu_ps(out + d + 8, a1);
+    _mm256_storeu_ps(out + d + 16, a2);
+    _mm256_storeu_ps(out + d + 24, a3);
+  }
+  for (; d + 8 <= hs; d += 8) {
+    __m256 a = _mm256_loadu_ps(out + d);
+    for (int64_t r = 0; r < nr; ++r) a = _mm256_fmadd_ps(_mm256_set1_ps(w[r * ws]), _mm256_loadu_ps(x + r * xs + d), a);
+    _mm256_storeu_ps(out + d, a);
+  }
+  for (; d < hs; ++d) {
+    float a = out[d];
+    for (int64_t r = 0; r < nr; ++r) a = std::fma(w[r * ws], x[r * xs + d], a);
+    out[d] = a;
+  }
+}
+
+template <bool kAvx2>
+WEFT_INLINE void add_weighted_rows(float* __restrict out, const float* __restrict w, int64_t ws,
+                                   const float* __restrict x, int64_t xs, int64_t nr, int64_t hs) {
+  if constexpr (kAvx2) {
+    add_weighted_rows_avx2(out, w, ws, x, xs, nr, hs);
+  } else {
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t d = 0; d < hs; ++d) out[d] += w[r * ws] * x[r * xs + d];
+  }
 }
 
 // Loads rows [j0, j0+nk) of K (or V) for one head transposed into dst[hs][TK].
@@ -825,9 +866,36 @@ WEFT_INLINE void load_transposed(float* dst, const float* first_row, int64_t row
   }
 }
 
-// s[jj] = scale * dot(q, key jj) for jj < nvalid, with the keys transposed in kt[hs][TK].
+// AVX2 + FMA: all 32 columns of a key tile at once (four registers across
+// the whole d loop); columns past the valid ones are computed and ignored.
+static_assert(CpuBackend::kAttnTileK == 32, "scores_row_avx2 holds one key tile in four registers");
+WEFT_AVX2_FMA void scores_row_avx2(float* __restrict s, const float* __restrict q, const float* __restrict kt,
+                                   int64_t hs, float scale) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  for (int64_t d = 0; d < hs; ++d) {
+    const __m256 qd = _mm256_set1_ps(q[d]);
+    const float* kd = kt + d * 32;
+    a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kd), a0);
+    a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kd + 8), a1);
+    a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kd + 16), a2);
+    a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kd + 24), a3);
+  }
+  const __m256 sc = _mm256_set1_ps(scale);
+  _mm256_storeu_ps(s, _mm256_mul_ps(a0, sc));
+  _mm256_storeu_ps(s + 8, _mm256_mul_ps(a1, sc));
+  _mm256_storeu_ps(s + 16, _mm256_mul_ps(a2, sc));
+  _mm256_storeu_ps(s + 24, _mm256_mul_ps(a3, sc));
+}
+
+// s[jj] = scale * dot(q, key jj) for jj < nvalid, with the keys transposed in kt[hs][TK]
+// (s has TK entries; the AVX2 build fills all of them).
+template <bool kAvx2>
 WEFT_INLINE void scores_row(float* __restrict s, const float* __restrict q, const float* __restrict kt,
                             int64_t nvalid, int64_t hs, float scale) {
+  if constexpr (kAvx2) {
+    scores_row_avx2(s, q, kt, hs, scale);
+    return;
+  }
   constexpr int64_t tk = CpuBackend::kAttnTileK;
   for (int64_t jj = 0; jj < nvalid; ++jj) s[jj] = 0.f;
   for (int64_t d = 0; d < hs; ++d) {
@@ -861,7 +929,7 @@ WEFT_INLINE void attn_forward_tasks(const AttnShape& a, float* out, float* lse, 
         const int64_t nvalid = std::min(j1, i + 1) - j0;  // causal: keys j <= i
         if (nvalid <= 0) continue;
         const int64_t ii = i - i0;
-        scores_row(s.data(), a.q(qkv, bi, i, hi), kt.data(), nvalid, hs, a.scale);
+        scores_row<kAvx2>(s.data(), a.q(qkv, bi, i, hi), kt.data(), nvalid, hs, a.scale);
         float mx = m[ii];
         for (int64_t jj = 0; jj < nvalid; ++jj) mx = std::max(mx, s[jj]);
         const float corr = std::exp(m[ii] - mx);  // 0 on the first tile (m = -inf)
@@ -870,7 +938,7 @@ WEFT_INLINE void attn_forward_tasks(const AttnShape& a, float* out, float* lse, 
         m[ii] = mx;
         float* accr = acc.data() + ii * hs;
         for (int64_t d = 0; d < hs; ++d) accr[d] *= corr;
-        for (int64_t jj = 0; jj < nvalid; ++jj) axpy(accr, s[jj], a.v(qkv, bi, j0 + jj, hi), hs);
+        add_weighted_rows<kAvx2>(accr, s.data(), 1, a.v(qkv, bi, j0, hi), a.row(), nvalid, hs);
       }
     }
     for (int64_t i = i0; i < i1; ++i) {
@@ -891,7 +959,8 @@ WEFT_INLINE void attn_backward_tasks(const AttnShape& a, float* dqkv, const floa
   const int64_t hs = a.hs, t = a.t, c = a.c, h = a.h, row = a.row();
   const float scale = a.scale;
   constexpr int64_t TQ = CpuBackend::kAttnTileQ, TK = CpuBackend::kAttnTileK;
-  std::vector<float> kt(hs * TK), vt(hs * TK), p(TK), ds(TK), dq(TQ * hs), dk(t * hs), dv(t * hs);
+  // pt, gt [TQ, TK]: the tile's probabilities and scale * dS.
+  std::vector<float> kt(hs * TK), vt(hs * TK), pt(TQ * TK), gt(TQ * TK), dq(TQ * hs), dk(t * hs), dv(t * hs);
   for (int64_t bh = task0; bh < task1; ++bh) {
     const int64_t bi = bh / h, hi = bh % h;
     std::fill(dk.begin(), dk.end(), 0.f);
@@ -904,27 +973,30 @@ WEFT_INLINE void attn_backward_tasks(const AttnShape& a, float* dqkv, const floa
         load_transposed(kt.data(), a.k(qkv, bi, j0, hi), row, j1 - j0, hs);
         load_transposed(vt.data(), a.v(qkv, bi, j0, hi), row, j1 - j0, hs);
         for (int64_t i = i0; i < i1; ++i) {
-          const int64_t nvalid = std::min(j1, i + 1) - j0;
+          const int64_t nvalid = std::min(j1, i + 1) - j0;  // causal: keys j <= i
           if (nvalid <= 0) continue;
           // p = softmax probabilities from the saved lse; ds = p * (dp - dsum), dp = dout_i . v_j.
           const float* qi = a.q(qkv, bi, i, hi);
           const float* doi = dout + (bi * t + i) * c + hi * hs;
-          scores_row(p.data(), qi, kt.data(), nvalid, hs, scale);
-          const float li = lse[bh * t + i];
-          exp_shifted<kAvx2>(p.data(), nvalid, li);
-          scores_row(ds.data(), doi, vt.data(), nvalid, hs, 1.f);
+          float* pr = pt.data() + (i - i0) * TK;
+          float* gr = gt.data() + (i - i0) * TK;
+          scores_row<kAvx2>(pr, qi, kt.data(), nvalid, hs, scale);
+          exp_shifted<kAvx2>(pr, nvalid, lse[bh * t + i]);
+          scores_row<kAvx2>(gr, doi, vt.data(), nvalid, hs, 1.f);
           const float di = dsum[bh * t + i];
-          for (int64_t jj = 0; jj < nvalid; ++jj) ds[jj] = p[jj] * (ds[jj] - di);
-          float* dqr = dq.data() + (i - i0) * hs;
-          for (int64_t jj = 0; jj < nvalid; ++jj) {
-            const float pj = p[jj], dsj = ds[jj] * scale;
-            const float* kr = a.k(qkv, bi, j0 + jj, hi);
-            float* dvr = dv.data() + (j0 + jj) * hs;
-            float* dkr = dk.data() + (j0 + jj) * hs;
-            axpy(dqr, dsj, kr, hs);
-            axpy(dvr, pj, doi, hs);
-            axpy(dkr, dsj, qi, hs);
-          }
+          for (int64_t jj = 0; jj < nvalid; ++jj) gr[jj] = pr[jj] * (gr[jj] - di) * scale;
+          // dQ_i += sum over the tile's keys of g_ij K_j
+          add_weighted_rows<kAvx2>(dq.data() + (i - i0) * hs, gr, 1, a.k(qkv, bi, j0, hi), row, nvalid, hs);
+        }
+        // dK_j += sum of g_ij Q_i and dV_j += sum of p_ij dO_i over the tile's rows i >= j.
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t first = std::max(i0, j);
+          if (first >= i1) continue;
+          const int64_t at = (first - i0) * TK + (j - j0);
+          add_weighted_rows<kAvx2>(dk.data() + j * hs, gt.data() + at, TK, a.q(qkv, bi, first, hi), row, i1 - first,
+                                   hs);
+          add_weighted_rows<kAvx2>(dv.data() + j * hs, pt.data() + at, TK, dout + (bi * t + first) * c + hi * hs, c,
+                                   i1 - first, hs);
         }
       }
       for (int64_t i = i0; i < i1; ++i)

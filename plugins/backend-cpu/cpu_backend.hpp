@@ -42,7 +42,9 @@ class CpuBackend final : public Backend {
   static constexpr int64_t kAttnTileQ = 32;
   static constexpr int64_t kAttnTileK = 32;
 
-  explicit CpuBackend(int threads);
+  // vector_kernels = false keeps to the baseline x86-64 loops even where the
+  // CPU has AVX2 and FMA (slower; for checking both builds of each kernel).
+  explicit CpuBackend(int threads, bool vector_kernels = true);
   ~CpuBackend() override;
 
   std::string name() const override { return "cpu"; }
@@ -95,6 +97,7 @@ class CpuBackend final : public Backend {
   void cast(const Tensor& dst, const Tensor& src) override;
 
   ThreadPool& pool() { return pool_; }
+  bool vector_kernels() const { return avx2_; }  // the AVX2 + FMA builds run
 
   // Bytes held in the block cache now, and blocks served from it so far.
   int64_t cached_bytes() const;

@@ -11,12 +11,16 @@ namespace {
 void register_cpu(weft::Registry& r) {
   r.add<weft::Backend>(
       "cpu",
-      {weft::opt_int("threads", 0, "kernel and BLAS threads; 0 = this rank's share of the cores", 0, 1024)},
+      {weft::opt_int("threads", 0, "kernel and BLAS threads; 0 = this rank's share of the cores", 0, 1024),
+       weft::opt_string("kernels", "auto",
+                        "auto: AVX2 + FMA kernels where the CPU has them; generic: baseline x86-64 loops only "
+                        "(slower, for checking)",
+                        {"auto", "generic"})},
       "CPU backend: OpenBLAS GEMM and multithreaded kernels",
       [](const weft::Options& o, const weft::BackendEnv& env) -> std::unique_ptr<weft::Backend> {
         int threads = static_cast<int>(o.get_int("threads"));
         if (threads == 0) threads = std::max(1, env.cores);
-        return std::make_unique<weft::CpuBackend>(threads);
+        return std::make_unique<weft::CpuBackend>(threads, o.get_string("kernels") == "auto");
       });
 }
 

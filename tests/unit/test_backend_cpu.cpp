@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <random>
 #include <string>
 #include <thread>
@@ -52,16 +53,18 @@ void expect_close(const Vec& got, const DVec& want, double rel, double abs, cons
 constexpr double kRel = 1e-5;
 constexpr double kAbs = 1e-6;
 
-class CpuBackendTest : public ::testing::TestWithParam<int> {
+// Parameters: thread count, and whether the AVX2 kernels may run (false: the
+// baseline loops, so both builds of every kernel meet the references).
+class CpuBackendTest : public ::testing::TestWithParam<std::tuple<int, bool>> {
  protected:
-  CpuBackend be{GetParam()};
+  CpuBackend be{std::get<0>(GetParam()), std::get<1>(GetParam())};
 };
 
 // ---------------------------------------------------------------------------
 // Thread pool
 
 TEST_P(CpuBackendTest, ParallelForCoversEveryIndexOnce) {
-  EXPECT_EQ(be.threads(), GetParam());
+  EXPECT_EQ(be.threads(), std::get<0>(GetParam()));
   for (int64_t n : {0, 1, 7, 100, 1001, 100003}) {
     for (int64_t grain : {1, 16, 5000}) {
       std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
@@ -881,7 +884,10 @@ TEST(CpuBackendPlugin, RegistersBackendCpu) {
     weft::Registry registry;
     info->register_factories(registry);
     const weft::FactoryRecord& rec = registry.get("backend", "cpu");
-    ASSERT_EQ(rec.schema.size(), 1u);
+    ASSERT_EQ(rec.schema.size(), 2u);
+    EXPECT_EQ(rec.schema[1].key, "kernels");
+    EXPECT_EQ(std::get<std::string>(rec.schema[1].default_value), "auto");
+    EXPECT_EQ(rec.schema[1].choices, (std::vector<std::string>{"auto", "generic"}));
     EXPECT_EQ(rec.schema[0].key, "threads");
     EXPECT_EQ(rec.schema[0].type, weft::OptType::Int);
     EXPECT_EQ(std::get<int64_t>(rec.schema[0].default_value), 0);
@@ -890,22 +896,27 @@ TEST(CpuBackendPlugin, RegistersBackendCpu) {
     const auto& make = registry.factory<weft::Backend>("cpu");
     weft::BackendEnv env;
     env.cores = 2;
-    std::map<std::string, weft::Options::Entry> auto_threads{{"threads", {weft::OptValue(int64_t{0}), {}}}};
+    std::map<std::string, weft::Options::Entry> auto_threads{{"threads", {weft::OptValue(int64_t{0}), {}}},
+                                                             {"kernels", {weft::OptValue(std::string("auto")), {}}}};
     auto be = make(weft::Options("backend", auto_threads), env);
     EXPECT_EQ(be->name(), "cpu");
     EXPECT_EQ(be->device(), weft::Device::Host);
     EXPECT_EQ(be->threads(), 2);
-    std::map<std::string, weft::Options::Entry> three{{"threads", {weft::OptValue(int64_t{3}), {}}}};
-    EXPECT_EQ(make(weft::Options("backend", three), env)->threads(), 3);
+    std::map<std::string, weft::Options::Entry> three{{"threads", {weft::OptValue(int64_t{3}), {}}},
+                                                      {"kernels", {weft::OptValue(std::string("generic")), {}}}};
+    auto generic = make(weft::Options("backend", three), env);
+    EXPECT_EQ(generic->threads(), 3);
+    EXPECT_FALSE(dynamic_cast<CpuBackend&>(*generic).vector_kernels());
     Vec a = {1.f, 2.f}, b = {3.f, 4.f}, out(2);
     be->add(out.data(), a.data(), b.data(), 2);
     EXPECT_EQ(out, (Vec{4.f, 6.f}));
   }  // the registry (and its factories) go before the library
 }
 
-INSTANTIATE_TEST_SUITE_P(Threads, CpuBackendTest, ::testing::Values(1, 3),
-                         [](const ::testing::TestParamInfo<int>& info) {
-                           return "threads" + std::to_string(info.param);
+INSTANTIATE_TEST_SUITE_P(Kernels, CpuBackendTest, ::testing::Combine(::testing::Values(1, 3), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<int, bool>>& info) {
+                           return "threads" + std::to_string(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) ? "_vector" : "_generic");
                          });
 
 }  // namespace
