@@ -755,9 +755,9 @@ void CpuBackend::gelu_backward(float* dx, const float* x, const float* dout, int
 // the query tile's, each row summed in registers over the tile and added once.
 // Every element of dqkv is written by exactly one task, with no atomics.
 // The task bodies are inline templates compiled twice, for AVX2 and for the
-// baseline ISA. The AVX2 build takes its exponentials 8 at a time from
-// simd::exp256 (a row of up to TK scores per call), the baseline from
-// std::exp; everything else is the same plain loops.
+// baseline ISA. The AVX2 build calls AVX2 + FMA helpers for the three inner
+// pieces (a row of scores, its exponentials, weighted sums of rows); the
+// baseline does the same in plain loops with std::exp.
 
 namespace {
 
