@@ -163,20 +163,26 @@ struct CpuBackend::Arena {
   std::multimap<size_t, void*> free_blocks;  // capacity -> block
   int64_t cached = 0;                        // bytes in free_blocks
   int64_t hits = 0;                          // allocations served from the cache
-  int64_t transient_peak = 0;                // high-water mark of live activation + workspace + comm bytes
+  int64_t misses = 0;                        // cacheable allocations it could not serve
+  int64_t transient_live = 0;                // block bytes behind live activation, workspace, comm tensors
+  int64_t transient_peak = 0;                // its high-water mark
 
   ~Arena() {
     for (auto& [capacity, block] : free_blocks) std::free(block);
   }
 
-  void add(MemCategory category, int64_t bytes) {  // caller holds mutex
+  // Counts `bytes` of live tensors of `category` (the accounting) and the
+  // `capacity` of the block behind them (what the cache bound compares with:
+  // blocks are rounded up and may be taken up to 1/8 larger).
+  void add(MemCategory category, int64_t bytes, int64_t capacity) {  // caller holds mutex
     const int i = static_cast<int>(category);
     stats.current[i] += bytes;
     stats.peak[i] = std::max(stats.peak[i], stats.current[i]);
-    const int64_t transient = stats.current[static_cast<int>(MemCategory::Activation)] +
-                              stats.current[static_cast<int>(MemCategory::Workspace)] +
-                              stats.current[static_cast<int>(MemCategory::CommBuffer)];
-    transient_peak = std::max(transient_peak, transient);
+    if (category == MemCategory::Activation || category == MemCategory::Workspace ||
+        category == MemCategory::CommBuffer) {
+      transient_live += capacity;
+      transient_peak = std::max(transient_peak, transient_live);
+    }
   }
 
   // A cached block of at least `capacity` bytes (at most 1/8 larger; its size
@@ -184,7 +190,10 @@ struct CpuBackend::Arena {
   void* take(size_t capacity, size_t* got) {  // caller holds mutex
     if (capacity < kCacheMinBytes) return nullptr;
     auto it = free_blocks.lower_bound(capacity);
-    if (it == free_blocks.end() || it->first > capacity + capacity / 8) return nullptr;
+    if (it == free_blocks.end() || it->first > capacity + capacity / 8) {
+      ++misses;
+      return nullptr;
+    }
     void* block = it->second;
     *got = it->first;
     cached -= static_cast<int64_t>(it->first);
@@ -193,11 +202,14 @@ struct CpuBackend::Arena {
     return block;
   }
 
-  // Keeps the block for reuse while the cache stays within the largest transient
-  // working set seen so far (so it never holds more than one step's worth);
-  // frees it otherwise.
+  // Keeps the block for reuse while the cache stays within twice the largest
+  // transient working set seen so far, frees it otherwise. Twice, because a
+  // step needs more distinct blocks than its peak: a request only takes a
+  // block of its own size (at most 1/8 larger), and the sizes live at the
+  // peak are not all the sizes of the step. With the bound at 1x, blocks were
+  // freed at the end of every step and mapped again in the next.
   void give_back(void* block, size_t capacity) {  // caller holds mutex
-    if (capacity >= kCacheMinBytes && cached + static_cast<int64_t>(capacity) <= transient_peak) {
+    if (capacity >= kCacheMinBytes && cached + static_cast<int64_t>(capacity) <= 2 * transient_peak) {
       free_blocks.emplace(capacity, block);
       cached += static_cast<int64_t>(capacity);
     } else {
@@ -243,7 +255,7 @@ CpuBackend::~CpuBackend() {
   for (int i = 0; i < kMemCategoryCount; ++i)
     out += std::string(" ") + mem_category_name(static_cast<MemCategory>(i)) + " " + std::to_string(mem.peak[i]);
   out += "\n  block cache: " + std::to_string(cached_bytes()) + " bytes held, " + std::to_string(cache_hits()) +
-         " allocations served from it\n";
+         " allocations served from it, " + std::to_string(cache_misses()) + " fresh blocks of 64 KiB or more\n";
   std::fputs(out.c_str(), stderr);
 }
 
@@ -267,12 +279,12 @@ Tensor CpuBackend::allocate(const Shape& shape, DType dtype, MemCategory categor
   {
     std::lock_guard<std::mutex> lock(arena_->mutex);
     data = arena_->take(want, &capacity);
-    arena_->add(category, bytes);
+    arena_->add(category, bytes, static_cast<int64_t>(capacity));
   }
   if (!data) data = std::aligned_alloc(kAlignment, capacity);
   if (!data) {
     std::lock_guard<std::mutex> lock(arena_->mutex);
-    arena_->add(category, -bytes);
+    arena_->add(category, -bytes, -static_cast<int64_t>(capacity));
     throw Error("cpu backend: out of host memory allocating " + std::to_string(bytes) + " bytes of " +
                 mem_category_name(category) + " " + shape_str(shape));
   }
@@ -292,7 +304,7 @@ Tensor CpuBackend::allocate(const Shape& shape, DType dtype, MemCategory categor
   storage->device = Device::Host;
   storage->release = [arena = arena_, category, bytes, capacity](Storage& s) {
     std::lock_guard<std::mutex> lock(arena->mutex);
-    arena->add(category, -bytes);
+    arena->add(category, -bytes, -static_cast<int64_t>(capacity));
     arena->give_back(s.data, capacity);
     s.data = nullptr;
   };
@@ -317,6 +329,11 @@ int64_t CpuBackend::cached_bytes() const {
 int64_t CpuBackend::cache_hits() const {
   std::lock_guard<std::mutex> lock(arena_->mutex);
   return arena_->hits;
+}
+
+int64_t CpuBackend::cache_misses() const {
+  std::lock_guard<std::mutex> lock(arena_->mutex);
+  return arena_->misses;
 }
 
 void CpuBackend::copy_to_host(void* dst, const Tensor& src) {

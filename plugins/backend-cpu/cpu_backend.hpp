@@ -99,9 +99,11 @@ class CpuBackend final : public Backend {
   ThreadPool& pool() { return pool_; }
   bool vector_kernels() const { return avx2_; }  // the AVX2 + FMA builds run
 
-  // Bytes held in the block cache now, and blocks served from it so far.
+  // Bytes held in the block cache now, blocks served from it so far, and
+  // blocks of a cacheable size (>= 64 KiB) it could not serve (fresh memory).
   int64_t cached_bytes() const;
   int64_t cache_hits() const;
+  int64_t cache_misses() const;
 
   struct Arena;     // accounting + block cache, shared with every Storage handed out
   struct Profile;   // per-kernel timers (WEFT_CPU_PROFILE)

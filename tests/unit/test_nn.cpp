@@ -382,6 +382,39 @@ GptBatch tiny_batch(Backend& be, uint64_t stream, int64_t b = 2, int64_t t = 5, 
   return {ids_to_device(be, {b, t}, ids), ids_to_device(be, {b, t}, tg)};
 }
 
+// After the first training step, every block of 64 KiB or more that a step
+// allocates (activations, workspace, logits) comes from the backend's block
+// cache: the steady state maps no fresh memory.
+TEST_F(NnTest, GptStepsTakeNoFreshBlocksAfterTheFirst) {
+  gpt::GptConfig c;
+  c.layers = 2;
+  c.hidden = 64;
+  c.heads = 4;
+  c.seq_length = 64;
+  c.vocab = 257;
+  c.padded_vocab = 320;
+  c.init_std = 0.02f;
+  gpt::GptModel model(c, nullptr);
+  FlatParams flat = materialize_params(model.params(), be, kTestSeed);
+  GptBatch batch = tiny_batch(be, 31, 4, 64, 257);  // [4,64]: [B,T,C] activations are 64 KiB
+  const std::vector<Module*> layers = model.layers();
+  auto step = [&] {
+    Context ctx(be, 0);
+    ctx.targets = batch.targets;
+    ctx.dloss_scale = 1.f / 256.f;
+    Tensor x = batch.ids;
+    for (Module* m : layers) x = m->forward(ctx, x);
+    Tensor d;
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) d = (*it)->backward(ctx, d);
+  };
+  step();
+  const int64_t misses = be.cache_misses(), hits = be.cache_hits();
+  EXPECT_GT(misses, 0);  // the first step does map its blocks
+  for (int i = 0; i < 3; ++i) step();
+  EXPECT_EQ(be.cache_misses(), misses);
+  EXPECT_GT(be.cache_hits(), hits + 20);  // and later steps reuse them
+}
+
 TEST_F(NnTest, GptParamNamesAndShapes) {
   gpt::GptModel model(tiny_gpt_config(), nullptr);
   const int64_t C = 12;
