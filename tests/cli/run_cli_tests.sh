@@ -230,6 +230,8 @@ printf 'include = ["cycle-b.toml"]\n' >"$R/cycle-a.toml"
 printf '\ninclude = "cycle-a.toml"\n' >"$R/cycle-b.toml"
 refuse "include cycle" "$R/cycle-a.toml" -- "cycle-b.toml:2:11: include cycle: cycle-a.toml -> cycle-b.toml -> cycle-a.toml"
 
+refuse "model vocabulary below the tokenizer's" "$(replace vocab 'seq_length = 16' $'seq_length = 16\nvocab_size = 100')" -- \
+  "vocab.toml:7:14: model.vocab_size: vocab_size 100 is smaller than the tokenizer's vocabulary of 257"
 refuse "--set not an integer" "$R/base.toml" --set run.steps=abc -- "--set run.steps=abc: run.steps: 'abc' is not an integer"
 refuse "--set unknown section" "$R/base.toml" --set modle.layers=3 -- \
   "--set modle.layers=3: unknown section [modle] (did you mean [model]?)"
@@ -486,6 +488,16 @@ expect_rc 2
 expect_one_error_line
 expect_err_has "model.safetensors"
 expect_no_crash
+finish
+
+begin "synthetic ids beyond the model's vocabulary"
+run -- train "$R/base.toml" --set run.steps=1 --set "run.out_dir=$TMP/run5" --set model.vocab_size=300 \
+  --set data.vocab=301
+expect_rc 2
+expect_one_error_line
+expect_err_has "--set data.vocab=301: data.vocab: 301 exceeds the model's vocabulary of 300"
+expect_no_crash
+[ -e "$TMP/run5" ] && problem "a refused run left $TMP/run5 behind"
 finish
 
 begin "text data file that does not exist"
