@@ -53,6 +53,38 @@ void grad_ready(Context& ctx, Param& param) {
 
 // ---------------------------------------------------------------- Linear
 
+void linear_forward(Backend& be, float* y, const float* x, const float* w, int64_t n, int64_t in, int64_t out) {
+  GemmArgs g;
+  g.trans_b = true;
+  g.m = n, g.n = out, g.k = in;
+  g.a = x, g.lda = in;
+  g.b = w, g.ldb = in;
+  g.c = y, g.ldc = out;
+  be.gemm(g);
+}
+
+void linear_backward_input(Backend& be, float* dx, const float* dy, const float* w, int64_t n, int64_t in,
+                           int64_t out) {
+  GemmArgs g;
+  g.m = n, g.n = in, g.k = out;
+  g.a = dy, g.lda = out;
+  g.b = w, g.ldb = in;
+  g.c = dx, g.ldc = in;
+  be.gemm(g);
+}
+
+void linear_backward_weight(Backend& be, float* dw, const float* dy, const float* x, int64_t n, int64_t in,
+                            int64_t out) {
+  GemmArgs g;
+  g.trans_a = true;
+  g.m = out, g.n = in, g.k = n;
+  g.a = dy, g.lda = out;
+  g.b = x, g.ldb = in;
+  g.c = dw, g.ldc = in;
+  g.beta = 1.f;
+  be.gemm(g);
+}
+
 Linear::Linear(const LinearSpec& spec) : Linear(spec.name, spec.in, spec.out, spec.bias, spec.init_std) {}
 
 Linear::Linear(std::string name, int64_t in, int64_t out, bool bias, float init_std)
@@ -68,13 +100,7 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
   const int64_t n = x.numel() / in_;
   Tensor y = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);  // [..., out]
   if (n > 0) {
-    GemmArgs g;  // y[N,out] = x[N,in] @ W[out,in]^T
-    g.trans_b = true;
-    g.m = n, g.n = out_, g.k = in_;
-    g.a = f32(x), g.lda = in_;
-    g.b = f32(weight_.data), g.ldb = in_;
-    g.c = f32(y), g.ldc = out_;
-    be.gemm(g);
+    linear_forward(be, f32(y), f32(x), f32(weight_.data), n, in_, out_);
     if (has_bias_) be.add_bias(f32(y), f32(bias_.data), n, out_);
   }
   ctx.save(this, {x});
@@ -90,22 +116,9 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy) {
                                         shape_str(x.shape()));
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
   if (n > 0) {
-    GemmArgs gw;  // dW[out,in] += dy[N,out]^T @ x[N,in]
-    gw.trans_a = true;
-    gw.m = out_, gw.n = in_, gw.k = n;
-    gw.a = f32(dy), gw.lda = out_;
-    gw.b = f32(x), gw.ldb = in_;
-    gw.c = f32(weight_.grad), gw.ldc = in_;
-    gw.beta = 1.f;
-    be.gemm(gw);
+    linear_backward_weight(be, f32(weight_.grad), f32(dy), f32(x), n, in_, out_);
     if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_);
-
-    GemmArgs gx;  // dx[N,in] = dy[N,out] @ W[out,in]
-    gx.m = n, gx.n = in_, gx.k = out_;
-    gx.a = f32(dy), gx.lda = out_;
-    gx.b = f32(weight_.data), gx.ldb = in_;
-    gx.c = f32(dx), gx.ldc = in_;
-    be.gemm(gx);
+    linear_backward_input(be, f32(dx), f32(dy), f32(weight_.data), n, in_, out_);
   }
   ctx.release(this);
   grad_ready(ctx, weight_);

@@ -105,15 +105,7 @@ Tensor GptHead::forward(Context& ctx, const Tensor& x) {
   const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
   Tensor h = lnf_.forward(ctx, x);                                                      // [B,T,C]
   Tensor logits = be.alloc_uninitialized({b, t, padded_vocab_}, DType::F32, MemCategory::Activation);  // [B,T,Vp]
-  if (n > 0) {
-    GemmArgs g;  // logits[N,Vp] = h[N,C] @ wte[Vp,C]^T
-    g.trans_b = true;
-    g.m = n, g.n = padded_vocab_, g.k = hidden_;
-    g.a = f32(h), g.lda = hidden_;
-    g.b = f32(wte_.data), g.ldb = hidden_;
-    g.c = f32(logits), g.ldc = padded_vocab_;
-    be.gemm(g);
-  }
+  if (n > 0) nn::linear_forward(be, f32(logits), f32(h), f32(wte_.data), n, hidden_, padded_vocab_);  // h @ wte^T
   if (!ctx.targets.defined()) {  // eval / generation: no backward
     ctx.release(&lnf_);
     return logits;
@@ -142,20 +134,8 @@ Tensor GptHead::backward(Context& ctx, const Tensor& /*dy: the loss is the end o
     const int64_t n = h.dim(0) * h.dim(1);
     dh = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Workspace);
     if (n > 0) {
-      GemmArgs gx;  // dh[N,C] = dlogits[N,Vp] @ wte[Vp,C]
-      gx.m = n, gx.n = hidden_, gx.k = padded_vocab_;
-      gx.a = f32(dlogits), gx.lda = padded_vocab_;
-      gx.b = f32(wte_.data), gx.ldb = hidden_;
-      gx.c = f32(dh), gx.ldc = hidden_;
-      be.gemm(gx);
-      GemmArgs gw;  // dwte[Vp,C] += dlogits[N,Vp]^T @ h[N,C]
-      gw.trans_a = true;
-      gw.m = padded_vocab_, gw.n = hidden_, gw.k = n;
-      gw.a = f32(dlogits), gw.lda = padded_vocab_;
-      gw.b = f32(h), gw.ldb = hidden_;
-      gw.c = f32(wte_.grad), gw.ldc = hidden_;
-      gw.beta = 1.f;
-      be.gemm(gw);
+      nn::linear_backward_input(be, f32(dh), f32(dlogits), f32(wte_.data), n, hidden_, padded_vocab_);
+      nn::linear_backward_weight(be, f32(wte_.grad), f32(dlogits), f32(h), n, hidden_, padded_vocab_);
     }
     ctx.release(this);
   }

@@ -30,6 +30,15 @@ Param make_param(std::string name, Shape full_shape, InitKind init, float init_s
 // last microbatch of the step and a hook is set.
 void grad_ready(Context& ctx, Param& param);
 
+// The three products of a linear map y = x W^T with W [out, in] (PyTorch's
+// layout), over n rows; Linear and the GPT head's tied output layer use them.
+void linear_forward(Backend& be, float* y, const float* x, const float* w, int64_t n, int64_t in,
+                    int64_t out);  // y[n,out] = x[n,in] @ W^T
+void linear_backward_input(Backend& be, float* dx, const float* dy, const float* w, int64_t n, int64_t in,
+                           int64_t out);  // dx[n,in] = dy[n,out] @ W
+void linear_backward_weight(Backend& be, float* dw, const float* dy, const float* x, int64_t n, int64_t in,
+                            int64_t out);  // dW[out,in] += dy^T @ x
+
 // y[..., out] = x[..., in] W^T + b; weight [out, in] as in PyTorch.
 // Params "<name>.weight" [out, in] (Normal, init_std), "<name>.bias" [out] (Zeros).
 class Linear : public Module {
