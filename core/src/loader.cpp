@@ -59,22 +59,28 @@ void add_so_files(const fs::path& dir, std::vector<std::string>& out) {
 
 }  // namespace
 
+std::vector<std::string> build_tree_plugin_dirs(const std::string& build_root) {
+  std::vector<std::string> dirs;
+  for (const char* root : kPluginRoots) {
+    std::error_code ec;
+    fs::path base = fs::path(build_root) / root;
+    if (!fs::is_directory(base, ec)) continue;
+    std::vector<std::string> subdirs;
+    for (fs::directory_iterator it(base, ec), end; !ec && it != end; it.increment(ec))
+      if (it->is_directory()) subdirs.push_back(it->path().string());
+    std::sort(subdirs.begin(), subdirs.end());
+    dirs.insert(dirs.end(), subdirs.begin(), subdirs.end());
+  }
+  return dirs;
+}
+
 std::vector<std::string> default_plugin_dirs() {
   std::vector<std::string> dirs;
   boost::dll::fs::error_code ec;
   fs::path exe_dir = fs::path(boost::dll::program_location(ec).string()).parent_path();
   if (!ec) {
     // Build tree: build/weft beside build/plugins/<name>/libweft-<name>.so, ...
-    for (const char* root : kPluginRoots) {
-      std::error_code dir_ec;
-      fs::path base = exe_dir / root;
-      if (!fs::is_directory(base, dir_ec)) continue;
-      std::vector<std::string> subdirs;
-      for (fs::directory_iterator it(base, dir_ec), end; !dir_ec && it != end; it.increment(dir_ec))
-        if (it->is_directory()) subdirs.push_back(it->path().string());
-      std::sort(subdirs.begin(), subdirs.end());
-      dirs.insert(dirs.end(), subdirs.begin(), subdirs.end());
-    }
+    dirs = build_tree_plugin_dirs(exe_dir.string());
     // Install prefix: <prefix>/<bindir>/weft and <prefix>/<libdir>/weft/plugins.
     fs::path prefix = exe_dir;
     for (const auto& part : fs::path(WEFT_BINDIR)) {

@@ -31,6 +31,10 @@ struct PluginScan {
 // then WEFT_PLUGIN_PATH (colon-separated) when set.
 std::vector<std::string> default_plugin_dirs();
 
+// The plugin folders of the build tree at `build_root`: every folder one level
+// below its plugins/, parallel/, models/ and optim/ (sorted within each).
+std::vector<std::string> build_tree_plugin_dirs(const std::string& build_root);
+
 // Loads every *.so in `dirs` (one folder level below the build tree's family
 // folders, directly inside the others). A file already loaded is skipped.
 void load_plugin_dirs(Registry& registry, const std::vector<std::string>& dirs, PluginScan& scan);

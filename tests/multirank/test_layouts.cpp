@@ -34,17 +34,6 @@ namespace {
 constexpr int kSteps = 10;
 constexpr double kRelTol = 1e-5;
 
-std::vector<std::string> build_plugin_dirs() {
-  std::vector<std::string> dirs;
-  for (const char* root : {"plugins", "parallel", "models", "optim"}) {
-    fs::path base = fs::path(WEFT_BUILD_ROOT) / root;
-    if (!fs::is_directory(base)) continue;
-    for (const auto& entry : fs::directory_iterator(base))
-      if (entry.is_directory()) dirs.push_back(entry.path().string());
-  }
-  return dirs;
-}
-
 using Metrics = std::map<int64_t, nlohmann::json>;
 
 Metrics read_metrics(const fs::path& path) {
@@ -86,7 +75,7 @@ class LayoutEquivalence : public ::testing::TestWithParam<Layout> {
     static weft::Registry* r = [] {
       auto* reg = new weft::Registry;
       weft::PluginScan scan;
-      weft::load_plugin_dirs(*reg, build_plugin_dirs(), scan);
+      weft::load_plugin_dirs(*reg, weft::build_tree_plugin_dirs(WEFT_BUILD_ROOT), scan);
       return reg;
     }();
     return *r;

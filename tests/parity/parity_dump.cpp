@@ -88,19 +88,9 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-// The build tree's plugin folders: one level below each family root, as `weft` scans them.
+// The build tree's plugin folders, as `weft` scans them.
 std::vector<std::string> build_plugin_dirs(const std::string& build_root) {
-  std::vector<std::string> dirs;
-  for (const char* root : {"plugins", "parallel", "models", "optim"}) {
-    fs::path base = fs::path(build_root) / root;
-    std::error_code ec;
-    if (!fs::is_directory(base, ec)) continue;
-    std::vector<std::string> sub;
-    for (fs::directory_iterator it(base, ec), end; !ec && it != end; it.increment(ec))
-      if (it->is_directory()) sub.push_back(it->path().string());
-    std::sort(sub.begin(), sub.end());
-    dirs.insert(dirs.end(), sub.begin(), sub.end());
-  }
+  std::vector<std::string> dirs = weft::build_tree_plugin_dirs(build_root);
   if (dirs.empty()) throw weft::Error(build_root + ": no plugin folders (plugins/*, parallel/*, models/*, optim/*)");
   return dirs;
 }

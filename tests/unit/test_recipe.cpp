@@ -49,12 +49,7 @@ void fake(weft::Registry& r, const std::string& name, OptionSchema schema) {
 weft::Registry& registry() {
   static weft::Registry* reg = [] {
     auto* r = new weft::Registry;
-    std::vector<std::string> dirs;
-    for (const char* root : {"plugins", "parallel", "models", "optim"}) {
-      std::error_code ec;
-      for (fs::directory_iterator it(fs::path(WEFT_BUILD_ROOT) / root, ec), end; !ec && it != end; it.increment(ec))
-        if (it->is_directory()) dirs.push_back(it->path().string());
-    }
+    std::vector<std::string> dirs = weft::build_tree_plugin_dirs(WEFT_BUILD_ROOT);
     dirs.push_back(std::string(WEFT_BUILD_ROOT) + "/tests/fixtures/good");
     weft::PluginScan scan;
     weft::load_plugin_dirs(*r, dirs, scan);

@@ -20,21 +20,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<std::string> build_plugin_dirs() {
-  std::vector<std::string> dirs;
-  for (const char* root : {"plugins", "parallel", "models", "optim"}) {
-    fs::path base = fs::path(WEFT_BUILD_ROOT) / root;
-    if (!fs::is_directory(base)) continue;
-    for (const auto& entry : fs::directory_iterator(base))
-      if (entry.is_directory()) dirs.push_back(entry.path().string());
-  }
-  return dirs;
-}
-
 struct Trainer {
   weft::Registry registry;
   weft::PluginScan scan;
-  Trainer() { weft::load_plugin_dirs(registry, build_plugin_dirs(), scan); }
+  Trainer() { weft::load_plugin_dirs(registry, weft::build_tree_plugin_dirs(WEFT_BUILD_ROOT), scan); }
   void train(const std::vector<std::string>& overrides, bool resume = false, const std::string& from = "") {
     weft::Recipe recipe = weft::load_recipe_for_run(std::string(WEFT_SOURCE_ROOT) + "/examples/gpt-tiny.toml",
                                                     overrides, registry, scan);
