@@ -11,30 +11,25 @@ void Ddp::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Commun
   dp_ = dp;
   for (int s = 0; s < optimizer.state_slots(); ++s)
     state_.push_back(backend.alloc({flat.numel}, DType::F32, MemCategory::OptimState));
-  for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_)) {
-    Bucket b;
-    b.begin = range.begin;
-    b.end = range.end;
-    b.params = range.params;
-    buckets_.push_back(std::move(b));
-  }
+  for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_))
+    buckets_.emplace_back(range);
 }
 
 int64_t Ddp::offset_of(const Param& param) const { return flat_->offsets[param_index(*flat_, param)]; }
 
 void Ddp::launch(Bucket& bucket) {
   if (!dp_ || dp_->size() == 1) return;
-  bucket.work = dp_->all_reduce(flat_->grad.view(bucket.begin, {bucket.end - bucket.begin}), ReduceOp::Sum);
+  bucket.work = dp_->all_reduce(flat_->grad.view(bucket.begin, {bucket.size()}), ReduceOp::Sum);
 }
 
 void Ddp::grad_ready(Param& param) {
   Bucket& b = buckets_[bucket_of_param_[param_index(*flat_, param)]];
-  if (++b.ready == b.params) launch(b);
+  if (b.mark_ready()) launch(b);
 }
 
 double Ddp::finish_reduction() {
   for (Bucket& b : buckets_) {
-    if (b.ready != b.params) launch(b);  // a parameter without a ready signal (unused in this step)
+    if (!b.complete()) launch(b);  // a parameter without a ready signal (unused in this step)
     if (b.work) b.work->wait();
     b.work.reset();
     b.ready = 0;

@@ -22,10 +22,9 @@ class Ddp : public DataParallel {
   void write_state(const Param& param, int slot, const float* in) override;
 
  private:
-  struct Bucket {
-    int64_t begin = 0, end = 0;  // element range of the flat grad
-    int params = 0, ready = 0;
-    std::unique_ptr<Work> work;
+  struct Bucket : GradBucket {
+    explicit Bucket(const GradBucket& range) : GradBucket(range) {}
+    std::unique_ptr<Work> work;  // the all-reduce in flight
   };
   void launch(Bucket& bucket);
   int64_t offset_of(const Param& param) const;

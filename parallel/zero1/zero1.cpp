@@ -12,29 +12,22 @@ void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Comm
   ranks_ = dp ? dp->size() : 1;
   rank_ = dp ? dp->rank() : 0;
   for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_)) {
-    Bucket b;
-    b.begin = range.begin;
-    b.end = range.end;
-    b.params = range.params;
-    buckets_.push_back(std::move(b));
-  }
-  for (Bucket& b : buckets_) {
-    int64_t len = b.end - b.begin;
-    b.shard = (len + ranks_ - 1) / ranks_;
+    Bucket b(range);
+    b.shard = (b.size() + ranks_ - 1) / ranks_;
     b.own_begin = std::min(b.end, b.begin + rank_ * b.shard);
     b.own_end = std::min(b.end, b.own_begin + b.shard);
     b.state_offset = owned_;
     owned_ += b.own_end - b.own_begin;
     b.send = backend.alloc({ranks_ * b.shard}, DType::F32, MemCategory::CommBuffer);
     b.recv = backend.alloc({b.shard}, DType::F32, MemCategory::CommBuffer);
+    buckets_.push_back(std::move(b));
   }
   for (int s = 0; s < optimizer.state_slots(); ++s)
     state_.push_back(backend.alloc({std::max<int64_t>(owned_, 1)}, DType::F32, MemCategory::OptimState));
 }
 
 void Zero1::launch(Bucket& b) {
-  int64_t len = b.end - b.begin;
-  backend_->copy(b.send.view(0, {len}), flat_->grad.view(b.begin, {len}));  // padding stays zero
+  backend_->copy(b.send.view(0, {b.size()}), flat_->grad.view(b.begin, {b.size()}));  // padding stays zero
   if (ranks_ == 1) {
     backend_->copy(b.recv, b.send.view(0, {b.shard}));
     return;
@@ -44,13 +37,13 @@ void Zero1::launch(Bucket& b) {
 
 void Zero1::grad_ready(Param& param) {
   Bucket& b = buckets_[bucket_of_param_[param_index(*flat_, param)]];
-  if (++b.ready == b.params) launch(b);
+  if (b.mark_ready()) launch(b);
 }
 
 double Zero1::finish_reduction() {
   double local = 0;
   for (Bucket& b : buckets_) {
-    if (b.ready != b.params) launch(b);
+    if (!b.complete()) launch(b);
     if (b.work) b.work->wait();
     b.work.reset();
     b.ready = 0;
@@ -82,7 +75,7 @@ void Zero1::step(double lr, double grad_scale, int64_t step) {
     // Gather the updated slices: rank r's slice lands at r*shard of the padded bucket.
     if (owned > 0) backend_->copy(b.recv.view(0, {owned}), flat_->data.view(b.own_begin, {owned}));
     dp_->all_gather(b.recv, b.send)->wait();
-    backend_->copy(flat_->data.view(b.begin, {b.end - b.begin}), b.send.view(0, {b.end - b.begin}));
+    backend_->copy(flat_->data.view(b.begin, {b.size()}), b.send.view(0, {b.size()}));
   }
 }
 

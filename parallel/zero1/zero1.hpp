@@ -24,12 +24,11 @@ class Zero1 : public DataParallel {
   void write_state(const Param& param, int slot, const float* in) override;
 
  private:
-  struct Bucket {
-    int64_t begin = 0, end = 0;  // element range of the flat buffers
+  struct Bucket : GradBucket {
+    explicit Bucket(const GradBucket& range) : GradBucket(range) {}
     int64_t shard = 0;           // padded length / dp
     int64_t own_begin = 0, own_end = 0;  // this rank's elements, flat indices (may be empty)
     int64_t state_offset = 0;    // where this rank's slice starts in the state buffers
-    int params = 0, ready = 0;
     Tensor send;  // [dp*shard] padded gradients (comm buffer)
     Tensor recv;  // [shard] reduced gradient slice, then parameter slice for the gather
     std::unique_ptr<Work> work;

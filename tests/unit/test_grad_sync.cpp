@@ -34,6 +34,14 @@ TEST(GradBuckets, FilledInBackwardOrderUpToTheBucketSize) {
   EXPECT_EQ(b[1].end, 35);
   EXPECT_EQ(b[1].params, 3);
   EXPECT_EQ(of, (std::vector<int>{1, 1, 1, 0}));
+  EXPECT_EQ(b[1].size(), 35);
+  // Readiness: the bucket completes with its third final gradient, not before.
+  EXPECT_FALSE(b[1].mark_ready());
+  EXPECT_FALSE(b[1].mark_ready());
+  EXPECT_FALSE(b[1].complete());
+  EXPECT_TRUE(b[1].mark_ready());
+  EXPECT_TRUE(b[1].complete());
+  EXPECT_FALSE(b[0].complete());
   // One huge bucket holds everything.
   auto one = weft::plan_grad_buckets(f.flat, 1 << 20, of);
   ASSERT_EQ(one.size(), 1u);

@@ -28,10 +28,17 @@ struct FlatParams {
 // Index of `param` in flat.params; InternalError when it is not there.
 size_t param_index(const FlatParams& flat, const Param& param);
 
-// A contiguous range of the flat gradient buffer reduced as one message.
+// A contiguous range of the flat gradient buffer reduced as one message, and
+// how many of its params have reported a final gradient in this step (a
+// strategy launches the bucket's reduction when that reaches `params`).
 struct GradBucket {
   int64_t begin = 0, end = 0;  // element range
   int params = 0;              // params inside it
+  int ready = 0;               // of those, final in this step
+  int64_t size() const { return end - begin; }
+  // Counts one more final gradient; true when that completes the bucket.
+  bool mark_ready() { return ++ready == params; }
+  bool complete() const { return ready == params; }
 };
 // Groups params into buckets of about `bucket_bytes` in backward order (the
 // last params of the flat buffer get their gradients first); bucket_of_param[i]
