@@ -386,14 +386,12 @@ GptBatch tiny_batch(Backend& be, uint64_t stream, int64_t b = 2, int64_t t = 5, 
 // allocates (activations, workspace, logits) comes from the backend's block
 // cache: the steady state maps no fresh memory.
 TEST_F(NnTest, GptStepsTakeNoFreshBlocksAfterTheFirst) {
-  gpt::GptConfig c;
-  c.layers = 2;
+  gpt::GptConfig c = tiny_gpt_config();
   c.hidden = 64;
   c.heads = 4;
   c.seq_length = 64;
   c.vocab = 257;
   c.padded_vocab = 320;
-  c.init_std = 0.02f;
   gpt::GptModel model(c, nullptr);
   FlatParams flat = materialize_params(model.params(), be, kTestSeed);
   GptBatch batch = tiny_batch(be, 31, 4, 64, 257);  // [4,64]: [B,T,C] activations are 64 KiB
