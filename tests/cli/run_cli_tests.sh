@@ -446,6 +446,17 @@ expect_no_crash
 grep -q '^The ' "$OUT" || problem "output does not start with the prompt"
 finish
 
+# A model whose vocabulary is mostly ids the byte tokenizer cannot decode
+# (4000 of 4257): generation must sample only the decodable ones.
+begin "generate from a model with a vocabulary beyond the tokenizer's"
+run -- train "$R/base.toml" --set run.steps=1 --set "run.out_dir=$TMP/wide" --set model.vocab_size=4257
+expect_rc 0
+run -- generate --checkpoint "$TMP/wide" --prompt "ab" --tokens 40 --seed 3
+expect_rc 0
+expect_no_crash
+grep -q '^ab' "$OUT" || problem "output does not start with the prompt"
+finish
+
 begin "eval of a missing text file"
 run -- eval --checkpoint "$RUN" --text "$TMP/nope.txt"
 expect_rc 2
