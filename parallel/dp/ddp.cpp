@@ -13,6 +13,7 @@ void Ddp::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Commun
     state_.push_back(backend.alloc({flat.numel}, DType::F32, MemCategory::OptimState));
   for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_))
     buckets_.emplace_back(range);
+  runs_ = decay_runs(flat, 0, flat.numel);
 }
 
 int64_t Ddp::offset_of(const Param& param) const { return flat_->offsets[param_index(*flat_, param)]; }
@@ -40,7 +41,7 @@ double Ddp::finish_reduction() {
 void Ddp::step(double lr, double grad_scale, int64_t step) {
   const float* g = flat_->grad.data<float>();
   std::vector<float*> slots(state_.size());
-  for (const DecayRun& run : decay_runs(*flat_, 0, flat_->numel)) {
+  for (const DecayRun& run : runs_) {
     for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + run.begin;
     optimizer_->update(*backend_, flat_->data.data<float>() + run.begin, g + run.begin, slots.data(),
                        run.end - run.begin, lr, grad_scale, run.decay, step);

@@ -37,6 +37,7 @@ class Ddp : public DataParallel {
   std::vector<Tensor> state_;          // [numel] per optimizer slot
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_param_;   // index into buckets_, per flat param
+  std::vector<DecayRun> runs_;         // one optimizer call each
 };
 
 }  // namespace weft

@@ -18,6 +18,7 @@ void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Comm
     b.own_end = std::min(b.end, b.own_begin + b.shard);
     b.state_offset = owned_;
     owned_ += b.own_end - b.own_begin;
+    b.runs = decay_runs(flat, b.own_begin, b.own_end);
     b.send = backend.alloc({ranks_ * b.shard}, DType::F32, MemCategory::CommBuffer);
     b.recv = backend.alloc({b.shard}, DType::F32, MemCategory::CommBuffer);
     buckets_.push_back(std::move(b));
@@ -65,7 +66,7 @@ void Zero1::step(double lr, double grad_scale, int64_t step) {
   for (Bucket& b : buckets_) {
     float* g = b.recv.data<float>();  // reduced gradients of [own_begin, own_end)
     int64_t owned = b.own_end - b.own_begin;
-    for (const DecayRun& run : decay_runs(*flat_, b.own_begin, b.own_end)) {
+    for (const DecayRun& run : b.runs) {
       int64_t local = run.begin - b.own_begin;
       for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + b.state_offset + local;
       optimizer_->update(*backend_, flat_->data.data<float>() + run.begin, g + local, slots.data(),
