@@ -1,6 +1,8 @@
 // `weft check RECIPE`: the resolved recipe, the parallel layout, the parameter
 // count and a per-rank memory estimate, without training.
+#include <algorithm>
 #include <cstdio>
+#include <string>
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
@@ -14,6 +16,33 @@ std::string mib(double bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / (1024.0 * 1024.0));
   return buf;
+}
+
+// One line per tensor-parallel rank (global ranks 0 .. tp-1 hold every tp
+// coordinate): the local shape of each parameter of the first block, and the
+// logical slice a sharded one holds.
+void print_first_block_shards(const Recipe& recipe, const Registry& registry) {
+  const int tp = recipe.sizes.tp, shown = std::min(tp, 8);
+  for (int r = 0; r < shown; ++r) {
+    std::string line;
+    for (const LocalParam& p : estimate_model(recipe, registry, r).params) {
+      if (p.name.rfind("blocks.0.", 0) != 0) continue;
+      line += "\n#     " + p.name + " " + shape_str(p.shape);
+      if (p.shard.dim >= 0 && p.shard.count > 1) {
+        const int64_t part = p.shape[p.shard.dim] / p.shard.blocks, block = p.full_shape[p.shard.dim] / p.shard.blocks;
+        line += " = dim " + std::to_string(p.shard.dim) + " [";
+        for (int b = 0; b < p.shard.blocks; ++b) {
+          const int64_t lo = b * block + r * part;
+          line += (b ? ", " : "") + std::to_string(lo) + ":" + std::to_string(lo + part);
+        }
+        line += "] of " + shape_str(p.full_shape);
+      } else {
+        line += " (whole)";
+      }
+    }
+    std::printf("# tensor-parallel rank %d of %d, first block:%s\n", r, tp, line.c_str());
+  }
+  if (shown < tp) std::printf("# ... %d more tensor-parallel ranks, shards of the same shapes\n", tp - shown);
 }
 
 }  // namespace
@@ -35,6 +64,7 @@ int cmd_check(const RecipeArgs& args) {
   if (shown < recipe.world) std::printf("#   ... %d more ranks\n", recipe.world - shown);
 
   ModelEstimate est = estimate_model(recipe, plugins.registry);
+  print_first_block_shards(recipe, plugins.registry);
   std::printf("# parameters: %lld (%.3fM); this rank holds %lld\n", static_cast<long long>(est.summary.params),
               est.summary.params / 1e6, static_cast<long long>(est.local_params));
   std::printf("# memory per rank (estimate): params %s, grads %s, optimizer state %s, activations %s, total %s\n",

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "safetensors.hpp"
+#include "weft/params.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -24,17 +25,64 @@ std::vector<float> to_host(Backend& backend, const Tensor& t) {
   return out;
 }
 
+bool tp_sharded(const Param& p) { return p.shard.dim >= 0 && p.shard.count > 1 && !p.tp_replicated; }
+
+// This rank's shard values -> the logical tensor, gathered over tp (collective).
+std::vector<float> gather_logical(Backend& backend, Communicator* tp, const Param& p, std::vector<float> local) {
+  if (!tp_sharded(p)) return local;
+  WEFT_ASSERT(tp && tp->size() == p.shard.count, p.name + ": no tp group to gather the shards over");
+  const int64_t n = static_cast<int64_t>(local.size());
+  Tensor mine = backend.alloc_uninitialized({n}, DType::F32, MemCategory::Workspace);
+  Tensor all = backend.alloc_uninitialized({n * p.shard.count}, DType::F32, MemCategory::Workspace);
+  backend.copy_from_host(mine, local.data());
+  tp->all_gather(mine, all)->wait();
+  std::vector<float> shards = to_host(backend, all), full(shape_numel(p.full_shape));
+  gather_shards_host(p, shards.data(), full.data());
+  return full;
+}
+
+// The logical tensor `name` of `file` as this rank's shard of `p`. A padded
+// vocabulary of another size keeps the rows both have (the rest stay 0).
+std::vector<float> read_shard(const SafetensorsReader& file, const std::string& path, const std::string& name,
+                              const Param& p) {
+  if (!file.has(name)) throw Error(path + ": missing tensor '" + name + "'");
+  const Shape& saved = file.shape(name);
+  std::vector<float> full = file.read(name);
+  if (saved != p.full_shape) {
+    const bool other_padding = p.vocab_rows > 0 && saved.size() == p.full_shape.size() && !saved.empty() &&
+                               saved[0] >= p.vocab_rows &&
+                               std::equal(saved.begin() + 1, saved.end(), p.full_shape.begin() + 1);
+    if (!other_padding)
+      throw Error(path + ": '" + name + "' has shape " + shape_str(saved) + ", the model expects " +
+                  shape_str(p.full_shape));
+    const int64_t row = shape_numel(saved) / saved[0];
+    std::vector<float> resized(shape_numel(p.full_shape), 0.f);
+    const int64_t rows = std::min(saved[0], p.full_shape[0]);
+    std::copy(full.begin(), full.begin() + rows * row, resized.begin());
+    full = std::move(resized);
+  }
+  if (!tp_sharded(p)) return full;
+  std::vector<float> local(shape_numel(p.shape));
+  slice_shard_host(p, full.data(), local.data());
+  return local;
+}
+
 }  // namespace
 
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
-                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer) {
-  // Optimizer state may be sharded over dp (zero1): reading it is collective.
-  std::vector<NamedArray> state;
+                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
+                             Communicator* tp) {
+  // Optimizer state may be sharded over dp (zero1) and tensors over tp:
+  // reading them is collective, so every rank walks every parameter.
+  std::vector<NamedArray> params, state;
   for (Param* p : flat.params) {
+    std::vector<float> values = gather_logical(backend, tp, *p, to_host(backend, p->data));
+    if (writer) params.push_back({p->name, p->full_shape, std::move(values)});
     for (int s = 0; dp && s < state_slots; ++s) {
-      NamedArray a{p->name + ".slot" + std::to_string(s), p->full_shape, std::vector<float>(p->data.numel())};
-      dp->read_state(*p, s, a.values.data());
-      if (writer) state.push_back(std::move(a));
+      std::vector<float> local(p->data.numel());
+      dp->read_state(*p, s, local.data());
+      std::vector<float> slot = gather_logical(backend, tp, *p, std::move(local));
+      if (writer) state.push_back({p->name + ".slot" + std::to_string(s), p->full_shape, std::move(slot)});
     }
   }
   fs::path root = fs::path(out_dir) / "checkpoints";
@@ -46,13 +94,8 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
   fs::create_directories(tmp_dir, ec);
   if (ec) throw Error(tmp_dir.string() + ": cannot create checkpoint folder: " + ec.message());
 
-  std::vector<NamedArray> params;
   json shapes = json::object();
-  for (Param* p : flat.params) {
-    WEFT_ASSERT(p->shard.count == 1, "checkpoint of a sharded parameter: " + p->name);
-    params.push_back({p->name, p->full_shape, to_host(backend, p->data)});
-    shapes[p->name] = p->full_shape;
-  }
+  for (Param* p : flat.params) shapes[p->name] = p->full_shape;
   write_safetensors((tmp_dir / "model.safetensors").string(), params, {{"format", "weft"}});
   if (dp) write_safetensors((tmp_dir / "optimizer.safetensors").string(), state, {{"format", "weft"}});
 
@@ -131,25 +174,18 @@ CheckpointMeta read_checkpoint(const std::string& step_dir, FlatParams& flat, Da
   } catch (const json::exception& e) {
     throw Error((dir / "meta.json").string() + ": " + e.what());
   }
-  SafetensorsReader model((dir / "model.safetensors").string());
+  const std::string model_path = (dir / "model.safetensors").string();
+  SafetensorsReader model(model_path);
   for (Param* p : flat.params) {
-    if (!model.has(p->name))
-      throw Error((dir / "model.safetensors").string() + ": missing parameter '" + p->name + "'");
-    if (model.shape(p->name) != p->full_shape)
-      throw Error((dir / "model.safetensors").string() + ": '" + p->name + "' has shape " +
-                  shape_str(model.shape(p->name)) + ", the model expects " + shape_str(p->full_shape));
-    std::vector<float> values = model.read(p->name);
+    std::vector<float> values = read_shard(model, model_path, p->name, *p);
     backend.copy_from_host(p->data, values.data());
   }
   if (dp && state_slots > 0) {
-    fs::path opt_path = dir / "optimizer.safetensors";
-    SafetensorsReader opt(opt_path.string());
+    const std::string opt_path = (dir / "optimizer.safetensors").string();
+    SafetensorsReader opt(opt_path);
     for (Param* p : flat.params) {
       for (int s = 0; s < state_slots; ++s) {
-        std::string name = p->name + ".slot" + std::to_string(s);
-        if (!opt.has(name) || opt.shape(name) != p->full_shape)
-          throw Error(opt_path.string() + ": missing or misshapen optimizer state '" + name + "'");
-        std::vector<float> values = opt.read(name);
+        std::vector<float> values = read_shard(opt, opt_path, p->name + ".slot" + std::to_string(s), *p);
         dp->write_state(*p, s, values.data());
       }
     }

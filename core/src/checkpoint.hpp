@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "weft/comm.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/recipe.hpp"
 
@@ -19,11 +20,13 @@ struct CheckpointMeta {
   uint64_t seed = 0;
 };
 
-// Every rank calls it (sharded optimizer state is gathered collectively); only
-// the `writer` writes files. The caller holds a barrier before `publish_latest`.
-// Returns the step folder.
+// Every rank calls it (optimizer state sharded over dp and tensors sharded
+// over tp are gathered collectively: tensors are saved whole, by logical
+// name); only the `writer` writes files. `tp` may be null for one rank. The
+// caller holds a barrier before `publish_latest`. Returns the step folder.
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
-                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer);
+                             FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
+                             Communicator* tp = nullptr);
 // Points checkpoints/latest at step_N and removes the oldest beyond `keep` (0 = keep all).
 void publish_latest(const std::string& out_dir, int64_t step, int64_t keep);
 
@@ -31,7 +34,10 @@ void publish_latest(const std::string& out_dir, int64_t step, int64_t keep);
 // (the latest one for the last two). Throws weft::Error naming the path.
 std::string resolve_checkpoint_dir(const std::string& path);
 
-// Loads params (and optimizer state when dp is given) by logical name; shapes must match.
+// Loads params (and optimizer state when dp is given) by logical name, each
+// rank taking its shard of the logical tensor, so any layout loads any other.
+// Logical shapes must match, except a padded vocabulary (Param::vocab_rows):
+// the common rows load, rows the file lacks start at 0.
 CheckpointMeta read_checkpoint(const std::string& step_dir, FlatParams& flat, DataParallel* dp, int state_slots,
                                Backend& backend);
 

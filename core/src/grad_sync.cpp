@@ -43,4 +43,19 @@ std::vector<DecayRun> decay_runs(const FlatParams& flat, int64_t begin, int64_t 
   return runs;
 }
 
+std::vector<ElementRange> norm_ranges(const FlatParams& flat, int64_t begin, int64_t end) {
+  std::vector<ElementRange> ranges;
+  for (size_t i = 0; i < flat.params.size(); ++i) {
+    if (flat.params[i]->tp_replicated && !flat.count_replicated) continue;
+    const int64_t b = std::max(begin, flat.offsets[i]);
+    const int64_t e = std::min(end, flat.offsets[i] + flat.params[i]->data.numel());
+    if (b >= e) continue;
+    if (!ranges.empty() && ranges.back().end == b)
+      ranges.back().end = e;
+    else
+      ranges.push_back(ElementRange{b, e});
+  }
+  return ranges;
+}
+
 }  // namespace weft

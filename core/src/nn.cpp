@@ -32,11 +32,12 @@ Param make_param(std::string name, Shape full_shape, InitKind init, float init_s
   p.shape = full_shape;
   if (shard.dim >= 0) {
     WEFT_ASSERT(shard.dim < static_cast<int>(full_shape.size()), p.name + ": shard dim out of range");
-    WEFT_ASSERT(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count,
-                p.name + ": bad shard index/count");
-    WEFT_ASSERT(full_shape[shard.dim] % shard.count == 0,
+    WEFT_ASSERT(shard.count >= 1 && shard.blocks >= 1 && shard.index >= 0 && shard.index < shard.count,
+                p.name + ": bad shard index/count/blocks");
+    WEFT_ASSERT(full_shape[shard.dim] % (int64_t{shard.count} * shard.blocks) == 0,
                 p.name + ": dim " + std::to_string(shard.dim) + " of " + shape_str(full_shape) +
-                    " does not split into " + std::to_string(shard.count));
+                    " does not split into " + std::to_string(shard.blocks) + " blocks of " +
+                    std::to_string(shard.count) + " parts");
     p.shape[shard.dim] = full_shape[shard.dim] / shard.count;
   }
   p.full_shape = std::move(full_shape);
@@ -144,7 +145,8 @@ Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
   Shape shape = ids.shape();
   shape.push_back(dim_);
   Tensor y = be.alloc_uninitialized(shape, DType::F32, MemCategory::Activation);  // [B,T,C]
-  if (ids.numel() > 0) be.embedding_forward(f32(y), ids.data<int32_t>(), f32(weight_.data), ids.numel(), dim_);
+  if (ids.numel() > 0)
+    be.embedding_forward(f32(y), ids.data<int32_t>(), f32(weight_.data), ids.numel(), dim_, 0, num_);
   ctx.save(this, {ids});
   return y;
 }
@@ -154,13 +156,58 @@ Tensor Embedding::backward(Context& ctx, const Tensor& dy) {
   Tensor ids = ctx.saved(this)[0];  // [B,T]
   WEFT_ASSERT(dy.numel() == ids.numel() * dim_, "Embedding dy does not match ids");
   if (ids.numel() > 0)
-    ctx.backend().embedding_backward(f32(weight_.grad), ids.data<int32_t>(), f32(dy), ids.numel(), dim_);
+    ctx.backend().embedding_backward(f32(weight_.grad), ids.data<int32_t>(), f32(dy), ids.numel(), dim_, 0, num_);
   ctx.release(this);
   grad_ready(ctx, weight_);
   return Tensor();
 }
 
 void Embedding::collect_params(std::vector<Param*>& out) { out.push_back(&weight_); }
+
+// ---------------------------------------------------------------- TiedOutputLoss
+
+TiedOutputLoss::TiedOutputLoss(Param& table, int64_t vocab) : table_(table), vocab_(vocab) {
+  WEFT_ASSERT(table.full_shape.size() == 2 && vocab >= 1 && vocab <= table.full_shape[0],
+              table.name + ": tied output needs a [Vp, C] table with Vp >= vocab");
+}
+
+Tensor TiedOutputLoss::forward(Context& ctx, const Tensor& x) {
+  const int64_t vp = table_.shape.at(0), c = table_.shape.at(1);
+  check_f32(x, c, "tied output input");
+  WEFT_ASSERT(x.shape().size() == 3, "tied output input must be [B,T,C], got " + shape_str(x.shape()));
+  Backend& be = ctx.backend();
+  const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
+  Tensor logits = be.alloc_uninitialized({b, t, vp}, DType::F32, MemCategory::Activation);  // [B,T,Vp]
+  if (n > 0) linear_forward(be, f32(logits), f32(x), f32(table_.data), n, c, vp);  // x @ table^T
+  if (!ctx.targets.defined()) return logits;  // eval / generation: no backward
+  const Tensor& targets = ctx.targets;  // [B,T]
+  WEFT_ASSERT(targets.dtype() == DType::I32 && targets.numel() == n,
+              "targets " + shape_str(targets.shape()) + " do not match the batch " + shape_str({b, t}));
+  // One fused pass gives the losses and, in place of the logits, their
+  // gradient dlogits = dloss_scale * (softmax - onehot): backward needs only
+  // that, so the [B,T,Vp] logits are never kept or read twice.
+  Tensor losses = be.alloc_uninitialized({b, t}, DType::F32, MemCategory::Activation);  // [B,T]
+  if (n > 0)
+    be.cross_entropy(f32(losses), f32(logits), f32(logits), targets.data<int32_t>(), n, vocab_, vp,
+                     ctx.dloss_scale);
+  ctx.save(this, {x, logits});  // logits now holds dlogits [B,T,Vp]
+  return losses;
+}
+
+Tensor TiedOutputLoss::backward(Context& ctx, const Tensor& /*dy: the loss is the end of the graph*/) {
+  Backend& be = ctx.backend();
+  auto& saved = ctx.saved(this);
+  const Tensor x = saved[0];        // [B,T,C]
+  const Tensor dlogits = saved[1];  // [B,T,Vp], from forward
+  ctx.release(this);
+  const int64_t vp = table_.shape.at(0), c = table_.shape.at(1), n = x.dim(0) * x.dim(1);
+  Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C]
+  if (n > 0) {
+    linear_backward_input(be, f32(dx), f32(dlogits), f32(table_.data), n, c, vp);
+    linear_backward_weight(be, f32(table_.grad), f32(dlogits), f32(x), n, c, vp);
+  }
+  return dx;
+}
 
 // ---------------------------------------------------------------- LayerNorm
 
@@ -216,6 +263,15 @@ std::unique_ptr<Module> SerialLayerProvider::row_linear(const LinearSpec& spec) 
   return std::make_unique<Linear>(spec);
 }
 
+std::unique_ptr<TableEmbedding> SerialLayerProvider::embedding(const std::string& name, int64_t num, int64_t dim,
+                                                               float init_std) {
+  return std::make_unique<Embedding>(name, num, dim, init_std);
+}
+
+std::unique_ptr<Module> SerialLayerProvider::tied_output_loss(Param& table, int64_t vocab) {
+  return std::make_unique<TiedOutputLoss>(table, vocab);
+}
+
 // ---------------------------------------------------------------- CausalSelfAttention
 
 CausalSelfAttention::CausalSelfAttention(std::string name, int64_t dim, int64_t heads, LayerProvider& layers,
@@ -223,16 +279,16 @@ CausalSelfAttention::CausalSelfAttention(std::string name, int64_t dim, int64_t 
     : dim_(dim), heads_(heads) {
   WEFT_ASSERT(dim > 0 && heads > 0 && dim % heads == 0,
               name + ": channels " + std::to_string(dim) + " not divisible by heads " + std::to_string(heads));
-  qkv_ = layers.column_linear(LinearSpec{name + ".qkv", dim, 3 * dim, true, init_std});
+  qkv_ = layers.column_linear(LinearSpec{name + ".qkv", dim, 3 * dim, true, init_std, 3});
   proj_ = layers.row_linear(LinearSpec{name + ".proj", dim, dim, true, proj_init_std});
 }
 
 Tensor CausalSelfAttention::forward(Context& ctx, const Tensor& x) {
   WEFT_ASSERT(x.shape().size() == 3, "attention input must be [B,T,C], got " + shape_str(x.shape()));
   Backend& be = ctx.backend();
-  const int64_t b = x.dim(0), t = x.dim(1);
-  Tensor qkv = qkv_->forward(ctx, x);  // [B,T,3c], c = this rank's share of C
-  WEFT_ASSERT(qkv.dim(-1) % 3 == 0, "attention qkv width must be a multiple of 3");
+  Tensor qkv = qkv_->forward(ctx, x);  // [B,T,3c], c = this rank's share of C, T the whole sequence
+  WEFT_ASSERT(qkv.shape().size() == 3 && qkv.dim(-1) % 3 == 0, "attention qkv must be [B,T,3c]");
+  const int64_t b = qkv.dim(0), t = qkv.dim(1);
   const int64_t c = qkv.dim(-1) / 3;
   WEFT_ASSERT((heads_ * c) % dim_ == 0, "attention qkv width does not hold whole heads");
   const int64_t h = heads_ * c / dim_;

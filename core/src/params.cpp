@@ -13,33 +13,54 @@ namespace weft {
 namespace {
 
 void check_layout(const Param& p) {
-  WEFT_ASSERT(p.shard.dim < 0 || p.shard.count >= 1, p.name + ": shard count must be >= 1");
+  WEFT_ASSERT(p.shard.dim < 0 || (p.shard.count >= 1 && p.shard.blocks >= 1),
+              p.name + ": shard count and blocks must be >= 1");
   WEFT_ASSERT(p.shape.size() == p.full_shape.size(),
               p.name + ": shard shape " + shape_str(p.shape) + " vs full " + shape_str(p.full_shape));
   for (size_t d = 0; d < p.shape.size(); ++d) {
     const bool split = static_cast<int>(d) == p.shard.dim;
     const int64_t want = split ? p.full_shape[d] / p.shard.count : p.full_shape[d];
-    WEFT_ASSERT(p.shape[d] == want && (!split || p.full_shape[d] % p.shard.count == 0),
+    WEFT_ASSERT(p.shape[d] == want && (!split || p.full_shape[d] % (int64_t{p.shard.count} * p.shard.blocks) == 0),
                 p.name + ": shard shape " + shape_str(p.shape) + " does not match full " +
                     shape_str(p.full_shape) + " split " + std::to_string(p.shard.count) + " ways on dim " +
-                    std::to_string(p.shard.dim));
+                    std::to_string(p.shard.dim) + " in " + std::to_string(p.shard.blocks) + " blocks");
   }
   WEFT_ASSERT(p.shard.dim < 0 || (p.shard.index >= 0 && p.shard.index < p.shard.count),
               p.name + ": shard index out of range");
 }
 
-}  // namespace
-
-int64_t logical_index(const Param& p, int64_t local) {
+// logical_index for the shard numbered `index` of p's split.
+int64_t logical_index_of(const Param& p, int index, int64_t local) {
   if (p.shard.dim < 0 || p.shard.count == 1) return local;
   const size_t dim = static_cast<size_t>(p.shard.dim);
   int64_t inner = 1;  // elements per step along `dim` (same locally and logically)
   for (size_t d = dim + 1; d < p.shape.size(); ++d) inner *= p.shape[d];
   const int64_t local_dim = p.shape[dim], full_dim = p.full_shape[dim];
+  const int64_t part = local_dim / p.shard.blocks;  // rows of one block this rank holds
   const int64_t outer = local / (local_dim * inner);
   const int64_t rest = local % (local_dim * inner);
   const int64_t i = rest / inner, j = rest % inner;
-  return (outer * full_dim + p.shard.index * local_dim + i) * inner + j;
+  const int64_t block = i / part, within = i % part;
+  const int64_t logical_i = block * (full_dim / p.shard.blocks) + index * part + within;
+  return (outer * full_dim + logical_i) * inner + j;
+}
+
+}  // namespace
+
+int64_t logical_index(const Param& p, int64_t local) { return logical_index_of(p, p.shard.index, local); }
+
+void gather_shards_host(const Param& p, const float* shards, float* full) {
+  check_layout(p);
+  const int64_t n = shape_numel(p.shape);
+  const int count = p.shard.dim < 0 ? 1 : p.shard.count;
+  for (int r = 0; r < count; ++r)
+    for (int64_t e = 0; e < n; ++e) full[logical_index_of(p, r, e)] = shards[r * n + e];
+}
+
+void slice_shard_host(const Param& p, const float* full, float* local) {
+  check_layout(p);
+  const int64_t n = shape_numel(p.shape);
+  for (int64_t e = 0; e < n; ++e) local[e] = full[logical_index(p, e)];
 }
 
 void init_param_host(const Param& p, uint64_t seed, float* out) {

@@ -49,9 +49,9 @@ std::unique_ptr<Tokenizer> make_tokenizer(const Recipe& recipe, const Registry& 
   return registry.factory<Tokenizer>(recipe.plugin("tokenizer"))(recipe.options("tokenizer"));
 }
 
-ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry) {
+ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int rank) {
   auto tokenizer = make_tokenizer(recipe, registry);
-  Topology topo = make_topology(recipe.world, 0, recipe.sizes);
+  Topology topo = make_topology(recipe.world, rank, recipe.sizes);
   ParallelEnv penv;
   penv.topology = &topo;
   auto layers = registry.factory<LayerProvider>(recipe.plugin("parallel.tensor_parallel"))(
@@ -68,7 +68,10 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry) {
 
   ModelEstimate est;
   est.summary = model->summary();
-  for (const Param* p : model->params()) est.local_params += shape_numel(p->shape);
+  for (const Param* p : model->params()) {
+    est.local_params += shape_numel(p->shape);
+    est.params.push_back({p->name, p->shape, p->full_shape, p->shard});
+  }
   est.param_bytes = 4.0 * est.local_params;
   est.grad_bytes = 4.0 * est.local_params;
   est.optim_bytes = 4.0 * est.local_params * optimizer->state_slots() * dp->optimizer_state_share(recipe.sizes.dp);
@@ -101,6 +104,7 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   menv.parallel = &stack.parallel;
   stack.model = registry.factory<Model>(recipe.plugin("model"))(recipe.options("model"), menv);
   stack.flat = materialize_params(stack.model->params(), *stack.backend, menv.seed);
+  stack.flat.count_replicated = stack.topology.coords.tp == 0;
 }
 
 void build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry, PluginScan& scan,

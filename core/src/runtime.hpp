@@ -24,13 +24,19 @@ int launcher_world_from_env();
 
 std::unique_ptr<Tokenizer> make_tokenizer(const Recipe& recipe, const Registry& registry);
 
+struct LocalParam {
+  std::string name;
+  Shape shape, full_shape;  // this rank's and the logical one
+  ShardSpec shard;
+};
 struct ModelEstimate {
   ModelSummary summary;
-  int64_t local_params = 0;  // elements rank 0 holds
+  int64_t local_params = 0;  // elements the rank holds
   double param_bytes = 0, grad_bytes = 0, optim_bytes = 0, act_bytes = 0;
+  std::vector<LocalParam> params;  // the rank's, declaration order
 };
-// Builds rank 0's model without allocating its parameters.
-ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry);
+// Builds the model of global rank `rank` without allocating its parameters.
+ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int rank = 0);
 
 }  // namespace weft
 

@@ -53,6 +53,7 @@ class RankTrainer {
 
  private:
   void build();
+  double sum_over_tp(double value);
   void load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets);
   MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
 
@@ -128,6 +129,19 @@ void RankTrainer::build() {
   host_tokens_.resize(seq_ + 1);
   host_ids_.resize(micro_ * seq_);
   host_targets_.resize(micro_ * seq_);
+}
+
+// The squared gradient norm of this rank's share (replicated params counted on
+// tp rank 0 only, FlatParams::count_replicated) -> the whole model's.
+double RankTrainer::sum_over_tp(double value) {
+  if (tp_comm_->size() == 1) return value;
+  Tensor buf = stack_.backend->alloc({1}, DType::F32, MemCategory::Workspace);
+  float partial = static_cast<float>(value);
+  stack_.backend->copy_from_host(buf, &partial);
+  tp_comm_->all_reduce(buf, ReduceOp::Sum)->wait();
+  float total = 0;
+  stack_.backend->copy_to_host(&total, buf);
+  return total;
 }
 
 // Step s (0-based) consumes samples [s*G, (s+1)*G) of the seeded order; dp rank
@@ -225,10 +239,14 @@ void RankTrainer::run() {
     s.microbatches = static_cast<int>(accum_);
     s.dloss_scale = dloss_scale;
     s.load = [&](int mb, Tensor& ids, Tensor& targets) { load_microbatch(step - 1, mb, ids, targets); };
-    s.on_grad_ready = [&](Param& p) { dp_->grad_ready(p); };
+    s.on_grad_ready = [&](Param& p) {
+      // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
+      if (stack_.layers->grad_sums_over_tp(p)) tp_comm_->all_reduce(p.grad, ReduceOp::Sum)->wait();
+      dp_->grad_ready(p);
+    };
     double loss_sum = schedule_->run(s);
 
-    double norm = std::sqrt(dp_->finish_reduction());
+    double norm = std::sqrt(sum_over_tp(dp_->finish_reduction()));
     double clip = optimizer_->clip_grad_norm();
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
     double lr = lr_schedule_->lr(step);
@@ -256,7 +274,7 @@ void RankTrainer::run() {
     if (save) {
       CheckpointMeta meta{step, step * global_, seed};
       std::string dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
-                                         *stack_.backend, rank0);
+                                         *stack_.backend, rank0, tp_comm_.get());
       if (rank0) log_->info("checkpoint {}", dir);
       world_.barrier();
       if (rank0) publish_latest(out_dir_, step, keep);

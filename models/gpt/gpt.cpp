@@ -30,7 +30,7 @@ OptionSchema gpt_schema() {
   };
 }
 
-GptConfig gpt_config(const Options& o, int64_t vocab_size) {
+GptConfig gpt_config(const Options& o, int64_t vocab_size, const LayerProvider* layers) {
   GptConfig c;
   c.layers = o.get_int("layers");
   c.hidden = o.get_int("hidden");
@@ -46,6 +46,15 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size) {
   if (!(c.init_std > 0.f)) o.fail("init_std", "init_std " + std::to_string(c.init_std) + " must be > 0");
   if (c.hidden % c.heads != 0)
     o.fail("heads", "hidden " + std::to_string(c.hidden) + " is not divisible by heads " + std::to_string(c.heads));
+  const int64_t tp = layers ? layers->tp_size() : 1;
+  if (c.hidden % tp != 0)
+    o.fail("hidden", "hidden " + std::to_string(c.hidden) + " is not divisible by parallel.tensor " + std::to_string(tp));
+  if (c.heads % tp != 0)
+    o.fail("heads", "heads " + std::to_string(c.heads) + " is not divisible by parallel.tensor " + std::to_string(tp) +
+                        " (each tensor-parallel rank holds whole heads)");
+  if (layers && layers->sequence_parallel() && c.seq_length % tp != 0)
+    o.fail("seq_length", "seq_length " + std::to_string(c.seq_length) + " is not divisible by parallel.tensor " +
+                             std::to_string(tp) + " (sequence parallelism splits the sequence)");
   if (vocab_size < 1)
     throw Error(o.section() + ": the tokenizer reports a vocabulary of " + std::to_string(vocab_size) +
                 " tokens; the model needs at least 1");
@@ -56,90 +65,71 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size) {
   if (own_vocab > (int64_t{1} << 31) - 1)
     o.fail("vocab_size", "vocab_size " + std::to_string(own_vocab) + " exceeds the int32 token ids");
   c.vocab = own_vocab != 0 ? own_vocab : vocab_size;
-  c.padded_vocab = (c.vocab + pad - 1) / pad * pad;
+  if (pad > (int64_t{1} << 31) / tp)
+    o.fail("vocab_pad_multiple", "vocab_pad_multiple " + std::to_string(pad) + " x parallel.tensor " +
+                                     std::to_string(tp) + " exceeds the int32 token ids");
+  // Megatron's rule: every tensor-parallel shard of the vocabulary is a multiple of the pad.
+  const int64_t multiple = pad * tp;
+  c.padded_vocab = (c.vocab + multiple - 1) / multiple * multiple;
   return c;
 }
 
 // ---------------------------------------------------------------- embedding
 
-GptEmbedding::GptEmbedding(int64_t padded_vocab, int64_t seq_length, int64_t hidden, float init_std)
-    : seq_length_(seq_length),
-      hidden_(hidden),
-      wte_("wte", padded_vocab, hidden, init_std),
-      wpe_(nn::make_param("wpe.weight", {seq_length, hidden}, InitKind::Normal, init_std, true)) {}
+GptEmbedding::GptEmbedding(const GptConfig& c, LayerProvider& layers)
+    : seq_length_(c.seq_length),
+      hidden_(c.hidden),
+      layers_(layers),
+      wte_(layers.embedding("wte", c.padded_vocab, c.hidden, c.init_std)),
+      wpe_(nn::make_param("wpe.weight", {c.seq_length, c.hidden}, InitKind::Normal, c.init_std, true)) {
+  wte_->weight().vocab_rows = c.vocab;
+}
 
 Tensor GptEmbedding::forward(Context& ctx, const Tensor& ids) {
   WEFT_ASSERT(ids.defined() && ids.dtype() == DType::I32 && ids.shape().size() == 2,
               "gpt: input must be token ids [B,T] i32");
-  const int64_t b = ids.dim(0), t = ids.dim(1);
+  const int64_t t = ids.dim(1);
   WEFT_ASSERT(t <= seq_length_, "gpt: sequence of " + std::to_string(t) + " tokens exceeds seq_length " +
                                     std::to_string(seq_length_));
-  Tensor x = wte_.forward(ctx, ids);  // [B,T,C]
-  // Position embedding: x viewed as [B, T*C] gets wpe[0:T] (T*C) added to every row.
-  if (b * t > 0) ctx.backend().add_bias(f32(x), f32(wpe_.data), b, t * hidden_);
+  Tensor x = wte_->forward(ctx, ids);  // [B,t,C]: t = T, or T/tp under sequence parallelism
+  // Position embedding: x viewed as [B, t*C] gets wpe[first : first + t] added to every row.
+  const int64_t b = x.dim(0), local_t = x.dim(1);
+  const int64_t first = layers_.sequence_parallel() ? layers_.tp_rank() * local_t : 0;
+  if (b * local_t > 0)
+    ctx.backend().add_bias(f32(x), f32(wpe_.data) + first * hidden_, b, local_t * hidden_);
   return x;
 }
 
 Tensor GptEmbedding::backward(Context& ctx, const Tensor& dy) {
   WEFT_ASSERT(dy.defined() && dy.shape().size() == 3 && dy.dim(2) == hidden_, "gpt: embedding dy must be [B,T,C]");
-  const int64_t b = dy.dim(0), t = dy.dim(1);
-  if (b * t > 0) ctx.backend().bias_grad(f32(wpe_.grad), f32(dy), b, t * hidden_);  // dwpe[0:T] += sum_b dy
-  wte_.backward(ctx, dy);  // also reports wte ready: the head added its part earlier
+  const int64_t b = dy.dim(0), local_t = dy.dim(1);
+  const int64_t first = layers_.sequence_parallel() ? layers_.tp_rank() * local_t : 0;
+  if (b * local_t > 0)  // dwpe[first : first + t] += sum_b dy
+    ctx.backend().bias_grad(f32(wpe_.grad) + first * hidden_, f32(dy), b, local_t * hidden_);
+  wte_->backward(ctx, dy);  // also reports wte ready: the head added its part earlier
   nn::grad_ready(ctx, wpe_);
   return Tensor();
 }
 
 void GptEmbedding::collect_params(std::vector<Param*>& out) {
-  wte_.collect_params(out);
+  wte_->collect_params(out);
   out.push_back(&wpe_);
 }
 
 // ---------------------------------------------------------------- head
 
-GptHead::GptHead(Param& wte, int64_t vocab, int64_t hidden)
-    : wte_(wte), vocab_(vocab), padded_vocab_(wte.shape.at(0)), hidden_(hidden), lnf_("lnf", hidden) {}
+GptHead::GptHead(Param& wte, int64_t vocab, int64_t hidden, LayerProvider& layers)
+    : hidden_(hidden), lnf_("lnf", hidden), output_(layers.tied_output_loss(wte, vocab)) {}
 
 Tensor GptHead::forward(Context& ctx, const Tensor& x) {
   WEFT_ASSERT(x.defined() && x.shape().size() == 3 && x.dim(2) == hidden_, "gpt: head input must be [B,T,C]");
-  Backend& be = ctx.backend();
-  const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
-  Tensor h = lnf_.forward(ctx, x);                                                      // [B,T,C]
-  Tensor logits = be.alloc_uninitialized({b, t, padded_vocab_}, DType::F32, MemCategory::Activation);  // [B,T,Vp]
-  if (n > 0) nn::linear_forward(be, f32(logits), f32(h), f32(wte_.data), n, hidden_, padded_vocab_);  // h @ wte^T
-  if (!ctx.targets.defined()) {  // eval / generation: no backward
-    ctx.release(&lnf_);
-    return logits;
-  }
-  const Tensor& targets = ctx.targets;  // [B,T]
-  WEFT_ASSERT(targets.dtype() == DType::I32 && targets.numel() == n,
-              "gpt: targets " + shape_str(targets.shape()) + " do not match the batch " + shape_str({b, t}));
-  // One fused pass gives the losses and, in place of the logits, their
-  // gradient dlogits = dloss_scale * (softmax - onehot): backward needs only
-  // that, so the [B,T,Vp] logits are never kept or read twice.
-  Tensor losses = be.alloc_uninitialized({b, t}, DType::F32, MemCategory::Activation);  // [B,T]
-  if (n > 0)
-    be.cross_entropy(f32(losses), f32(logits), f32(logits), targets.data<int32_t>(), n, vocab_, padded_vocab_,
-                     ctx.dloss_scale);
-  ctx.save(this, {h, logits});  // logits now holds dlogits [B,T,Vp]
-  return losses;
+  Tensor out = output_->forward(ctx, lnf_.forward(ctx, x));  // losses [B,T] | logits [B,T,Vp]
+  if (!ctx.targets.defined()) ctx.release(&lnf_);             // eval / generation: no backward
+  return out;
 }
 
-Tensor GptHead::backward(Context& ctx, const Tensor& /*dy: the loss is the end of the graph*/) {
-  Backend& be = ctx.backend();
-  Tensor dh;  // [B,T,C]
-  {
-    auto& saved = ctx.saved(this);
-    const Tensor& h = saved[0];        // [B,T,C]
-    const Tensor& dlogits = saved[1];  // [B,T,Vp], from forward
-    const int64_t n = h.dim(0) * h.dim(1);
-    dh = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Workspace);
-    if (n > 0) {
-      nn::linear_backward_input(be, f32(dh), f32(dlogits), f32(wte_.data), n, hidden_, padded_vocab_);
-      nn::linear_backward_weight(be, f32(wte_.grad), f32(dlogits), f32(h), n, hidden_, padded_vocab_);
-    }
-    ctx.release(this);
-  }
-  return lnf_.backward(ctx, dh);  // [B,T,C]
+Tensor GptHead::backward(Context& ctx, const Tensor& dy) {
+  return lnf_.backward(ctx, output_->backward(ctx, dy));  // [B,T,C]
 }
 
 void GptHead::collect_params(std::vector<Param*>& out) { lnf_.collect_params(out); }
@@ -151,14 +141,16 @@ GptModel::GptModel(const GptConfig& config, LayerProvider* layers) : config_(con
   WEFT_ASSERT(c.layers >= 1 && c.hidden >= 1 && c.heads >= 1 && c.hidden % c.heads == 0 && c.seq_length >= 1,
               "gpt: invalid config");
   WEFT_ASSERT(c.vocab >= 1 && c.padded_vocab >= c.vocab, "gpt: invalid vocabulary sizes");
-  nn::SerialLayerProvider serial;
-  LayerProvider& provider = layers ? *layers : serial;
+  LayerProvider& provider = layers ? *layers : serial_;
+  tp_ = provider.tp_size();
+  sequence_parallel_ = provider.sequence_parallel();
+  WEFT_ASSERT(c.heads % tp_ == 0 && c.padded_vocab % tp_ == 0, "gpt: config does not split over tp");
   const float proj_std = c.init_std / std::sqrt(2.f * static_cast<float>(c.layers));
-  embedding_ = std::make_unique<GptEmbedding>(c.padded_vocab, c.seq_length, c.hidden, c.init_std);
+  embedding_ = std::make_unique<GptEmbedding>(c, provider);
   for (int64_t i = 0; i < c.layers; ++i)
     blocks_.push_back(std::make_unique<nn::Block>("blocks." + std::to_string(i), c.hidden, c.heads, provider,
                                                   c.init_std, proj_std));
-  head_ = std::make_unique<GptHead>(embedding_->wte(), c.vocab, c.hidden);
+  head_ = std::make_unique<GptHead>(embedding_->wte(), c.vocab, c.hidden, provider);
 }
 
 std::vector<Module*> GptModel::layers() {
@@ -186,11 +178,13 @@ ModelSummary GptModel::summary() const {
   // layer for full attention, halved for the causal mask, times 3 for fwd+bwd =
   // 6*L*T*C (the "12*L*T*C / 2" causal convention).
   s.flops_per_token = 6 * (s.params - wpe) + 6 * L * T * C;
-  // Saved fp32 activations per token, as the nn modules keep them:
-  //   per block: ln1 in + mean/rstd (C+2), qkv in (C), qkv (3C), attn out (C), lse (H),
-  //              ln2 in + mean/rstd (C+2), fc in (C), fc out (4C), gelu out (4C) = 16C + H + 4
-  //   head: lnf in + mean/rstd (C+2), lnf out (C), logits (Vp), loss (1); ids, targets (2 i32)
-  const int64_t per_token = L * (16 * C + H + 4) + (2 * C + 2) + Vp + 1 + 2;
+  // Saved fp32 activations per token on one rank of tp (p), as the modules keep them:
+  //   per block: ln1 in + mean/rstd (C+2), qkv in (C), qkv (3C/p), attn out (C/p), lse (H/p),
+  //              ln2 in + mean/rstd (C+2), fc in (C), fc out (4C/p), gelu out (4C/p)
+  //   head: lnf in + mean/rstd (C+2), lnf out (C), logits (Vp/p), loss (1); ids, targets (2 i32)
+  // Sequence parallelism keeps the LayerNorm inputs and statistics on T/p tokens.
+  const int64_t p = tp_, ln = sequence_parallel_ ? (C + 2) / p : C + 2;
+  const int64_t per_token = L * (2 * ln + 2 * C + (12 * C + H) / p) + ln + C + Vp / p + 1 + 2;
   s.act_bytes_per_sample = per_token * T * 4;
   s.seq_length = T;
   s.vocab = c.vocab;
@@ -199,7 +193,7 @@ ModelSummary GptModel::summary() const {
 }
 
 std::unique_ptr<Model> make_gpt(const Options& options, const ModelEnv& env) {
-  return std::make_unique<GptModel>(gpt_config(options, env.vocab_size), env.layers);
+  return std::make_unique<GptModel>(gpt_config(options, env.vocab_size, env.layers), env.layers);
 }
 
 }  // namespace weft::gpt

@@ -8,6 +8,8 @@
 //   1..L     nn::Block     x [B,T,C] -> [B,T,C]
 //   L+1      GptHead       x [B,T,C] -> losses [B,T] (ctx.targets defined)
 //                                    or logits [B,T,Vp] (ctx.targets undefined)
+// The LayerProvider (tensor parallelism) builds the Linears, wte and the tied
+// output; with sequence parallelism x is this rank's [B,T/tp,C] slice.
 #pragma once
 
 #include <cstdint>
@@ -25,28 +27,31 @@ struct GptConfig {
   int64_t heads = 4;        // H
   int64_t seq_length = 64;  // T (max)
   int64_t vocab = 0;        // V, from the tokenizer
-  int64_t padded_vocab = 0; // Vp, V rounded up to vocab_pad_multiple
+  int64_t padded_vocab = 0; // Vp, V rounded up to vocab_pad_multiple x tensor
   float init_std = 0.02f;
 };
 
 OptionSchema gpt_schema();
-// Reads and validates the [model] options (Options::fail names the key and the numbers).
-GptConfig gpt_config(const Options& options, int64_t vocab_size);
+// Reads and validates the [model] options against the tensor-parallel layout
+// (Options::fail names the key and the numbers).
+// `layers` null: one rank (tensor 1).
+GptConfig gpt_config(const Options& options, int64_t vocab_size, const LayerProvider* layers = nullptr);
 
 // Layer 0: token + position embedding. Params wte.weight [Vp,C], wpe.weight [T,C].
 class GptEmbedding : public Module {
  public:
-  GptEmbedding(int64_t padded_vocab, int64_t seq_length, int64_t hidden, float init_std);
+  GptEmbedding(const GptConfig& config, LayerProvider& layers);
   Tensor forward(Context& ctx, const Tensor& ids) override;  // ids [B,T] i32 -> [B,T,C]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [B,T,C] -> undefined
   void collect_params(std::vector<Param*>& out) override;
-  Param& wte() { return wte_.weight(); }
+  Param& wte() { return wte_->weight(); }
   Param& wpe() { return wpe_; }
 
  private:
   int64_t seq_length_, hidden_;
-  nn::Embedding wte_;  // [Vp,C]
-  Param wpe_;          // [T,C]
+  LayerProvider& layers_;
+  std::unique_ptr<TableEmbedding> wte_;  // [Vp,C] (rows split over tp)
+  Param wpe_;                            // [T,C]
 };
 
 // Last layer: lnf, logits = x @ wte^T (tied), cross entropy. Owns lnf.*; wte
@@ -54,16 +59,16 @@ class GptEmbedding : public Module {
 // reported ready by the embedding's backward, which runs last).
 class GptHead : public Module {
  public:
-  GptHead(Param& wte, int64_t vocab, int64_t hidden);
+  GptHead(Param& wte, int64_t vocab, int64_t hidden, LayerProvider& layers);
   Tensor forward(Context& ctx, const Tensor& x) override;    // [B,T,C] -> losses [B,T] | logits [B,T,Vp]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy ignored; starts from ctx.dloss_scale
   void collect_params(std::vector<Param*>& out) override;
   nn::LayerNorm& lnf() { return lnf_; }
 
  private:
-  Param& wte_;  // [Vp,C], tied
-  int64_t vocab_, padded_vocab_, hidden_;
+  int64_t hidden_;
   nn::LayerNorm lnf_;
+  std::unique_ptr<Module> output_;  // x @ wte^T and the cross entropy
 };
 
 class GptModel : public Model {
@@ -82,6 +87,9 @@ class GptModel : public Model {
 
  private:
   GptConfig config_;
+  int tp_ = 1;
+  bool sequence_parallel_ = false;
+  nn::SerialLayerProvider serial_;  // used when no provider is given
   std::unique_ptr<GptEmbedding> embedding_;
   std::vector<std::unique_ptr<nn::Block>> blocks_;  // L
   std::unique_ptr<GptHead> head_;

@@ -14,6 +14,7 @@ void Ddp::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Commun
   for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_))
     buckets_.emplace_back(range);
   runs_ = decay_runs(flat, 0, flat.numel);
+  norm_ = norm_ranges(flat, 0, flat.numel);
 }
 
 int64_t Ddp::offset_of(const Param& param) const { return flat_->offsets[param_index(*flat_, param)]; }
@@ -35,7 +36,9 @@ double Ddp::finish_reduction() {
     b.work.reset();
     b.ready = 0;
   }
-  return backend_->sum_squares(flat_->grad.data<float>(), flat_->numel);
+  double sum = 0;
+  for (const ElementRange& r : norm_) sum += backend_->sum_squares(flat_->grad.data<float>() + r.begin, r.end - r.begin);
+  return sum;
 }
 
 void Ddp::step(double lr, double grad_scale, int64_t step) {

@@ -38,6 +38,7 @@ class Ddp : public DataParallel {
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_param_;   // index into buckets_, per flat param
   std::vector<DecayRun> runs_;         // one optimizer call each
+  std::vector<ElementRange> norm_;     // what this rank counts in the gradient norm
 };
 
 }  // namespace weft

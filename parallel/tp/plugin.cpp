@@ -7,7 +7,7 @@ namespace {
 void register_tp(weft::Registry& registry) {
   registry.add<weft::LayerProvider>(
       "megatron", weft::tp::megatron_schema(),
-      "Megatron-style tensor parallelism: column/row-parallel Linears over the tp group (tensor = 1 in this build)",
+      "Megatron-style tensor parallelism: column/row-parallel Linears, vocabulary-parallel embedding and loss, sequence parallelism",
       &weft::tp::make_megatron);
 }
 

@@ -19,6 +19,7 @@ void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Comm
     b.state_offset = owned_;
     owned_ += b.own_end - b.own_begin;
     b.runs = decay_runs(flat, b.own_begin, b.own_end);
+    b.norm = norm_ranges(flat, b.own_begin, b.own_end);
     b.send = backend.alloc({ranks_ * b.shard}, DType::F32, MemCategory::CommBuffer);
     b.recv = backend.alloc({b.shard}, DType::F32, MemCategory::CommBuffer);
     buckets_.push_back(std::move(b));
@@ -49,7 +50,8 @@ double Zero1::finish_reduction() {
     b.work.reset();
     b.ready = 0;
     // Only owned elements count, so every element is counted exactly once.
-    local += backend_->sum_squares(b.recv.data<float>(), b.own_end - b.own_begin);
+    for (const ElementRange& r : b.norm)
+      local += backend_->sum_squares(b.recv.data<float>() + (r.begin - b.own_begin), r.end - r.begin);
   }
   if (ranks_ == 1) return local;
   Tensor sum = backend_->alloc({1}, DType::F32, MemCategory::Workspace);

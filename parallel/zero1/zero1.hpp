@@ -30,6 +30,7 @@ class Zero1 : public DataParallel {
     int64_t own_begin = 0, own_end = 0;  // this rank's elements, flat indices (may be empty)
     int64_t state_offset = 0;    // where this rank's slice starts in the state buffers
     std::vector<DecayRun> runs;  // of [own_begin, own_end): one optimizer call each
+    std::vector<ElementRange> norm;  // of [own_begin, own_end): counted in the gradient norm
     Tensor send;  // [dp*shard] padded gradients (comm buffer)
     Tensor recv;  // [shard] reduced gradient slice, then parameter slice for the gather
     std::unique_ptr<Work> work;

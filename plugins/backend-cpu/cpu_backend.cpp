@@ -1084,24 +1084,32 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
 // ---------------------------------------------------------------------------
 // Embedding, cross-entropy
 
-void CpuBackend::embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n, int64_t c) {
+void CpuBackend::embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n, int64_t c,
+                                   int64_t first, int64_t rows) {
   OpTimer timer(profile_.get(), kOpEmbFwd);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       WEFT_ASSERT(ids[r] >= 0, "embedding: negative id " + std::to_string(ids[r]));
-      std::memcpy(out + r * c, table + static_cast<int64_t>(ids[r]) * c, c * sizeof(float));
+      const int64_t row = static_cast<int64_t>(ids[r]) - first;
+      if (row >= 0 && row < rows)
+        std::memcpy(out + r * c, table + row * c, c * sizeof(float));
+      else
+        std::fill(out + r * c, out + (r + 1) * c, 0.f);  // another shard's row
     }
   });
 }
 
-void CpuBackend::embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n, int64_t c) {
+void CpuBackend::embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n, int64_t c,
+                                    int64_t first, int64_t rows) {
   OpTimer timer(profile_.get(), kOpEmbBwd);
   // Partitioned over columns: each task owns a column range of every table row
   // and adds the rows of dout in order, so repeated ids never race.
   for (int64_t r = 0; r < n; ++r) WEFT_ASSERT(ids[r] >= 0, "embedding: negative id " + std::to_string(ids[r]));
   pool_.parallel_for(c, kColumnGrain, [&](int64_t j0, int64_t j1) {
     for (int64_t r = 0; r < n; ++r) {
-      float* dst = dtable + static_cast<int64_t>(ids[r]) * c;
+      const int64_t row = static_cast<int64_t>(ids[r]) - first;
+      if (row < 0 || row >= rows) continue;
+      float* dst = dtable + row * c;
       const float* src = dout + r * c;
       for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
     }
@@ -1183,6 +1191,70 @@ void CpuBackend::cross_entropy(float* losses, float* dlogits, const float* logit
         dr[target] -= dloss_scale;
         std::fill(dr + v, dr + vp, 0.f);
       }
+    }
+  });
+}
+
+// Vocabulary-parallel passes: the shard's real columns are [0, real) with
+// real = clamp(v - first, 0, vs); sums in double, like the fused kernel.
+namespace {
+int64_t real_columns(int64_t vs, int64_t first, int64_t v) { return std::clamp<int64_t>(v - first, 0, vs); }
+}  // namespace
+
+void CpuBackend::xent_shard_max(float* row_max, float* target_logit, const float* logits, const int32_t* targets,
+                                int64_t n, int64_t vs, int64_t first, int64_t v) {
+  OpTimer timer(profile_.get(), kOpXent);
+  const int64_t real = real_columns(vs, first, v);
+  pool_.parallel_for(n, row_grain(vs), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* lr = logits + r * vs;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < real; ++j) mx = std::max(mx, lr[j]);
+      row_max[r] = mx;
+      const int64_t t = static_cast<int64_t>(targets[r]) - first;
+      target_logit[r] = targets[r] >= 0 && t >= 0 && t < real ? lr[t] : 0.f;
+    }
+  });
+}
+
+void CpuBackend::xent_shard_sum_exp(float* sum_exp, const float* logits, const float* row_max, int64_t n,
+                                    int64_t vs, int64_t first, int64_t v) {
+  OpTimer timer(profile_.get(), kOpXent);
+  const int64_t real = real_columns(vs, first, v);
+  pool_.parallel_for(n, row_grain(vs), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* lr = logits + r * vs;
+      double s = 0.0;
+      for (int64_t j = 0; j < real; ++j) s += std::exp(static_cast<double>(lr[j] - row_max[r]));
+      sum_exp[r] = static_cast<float>(s);
+    }
+  });
+}
+
+void CpuBackend::xent_shard_finish(float* losses, float* dlogits, const float* logits, const int32_t* targets,
+                                   const float* row_max, const float* sum_exp, const float* target_logit,
+                                   int64_t n, int64_t vs, int64_t first, int64_t v, float dloss_scale) {
+  OpTimer timer(profile_.get(), kOpXent);
+  const int64_t real = real_columns(vs, first, v);
+  pool_.parallel_for(n, row_grain(vs), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* lr = logits + r * vs;
+      float* dr = dlogits ? dlogits + r * vs : nullptr;
+      if (targets[r] < 0) {
+        losses[r] = 0.f;
+        if (dr) std::fill(dr, dr + vs, 0.f);
+        continue;
+      }
+      WEFT_ASSERT(targets[r] < v, "cross_entropy: target " + std::to_string(targets[r]) + " >= vocab " +
+                                      std::to_string(v));
+      const double log_z = static_cast<double>(row_max[r]) + std::log(static_cast<double>(sum_exp[r]));
+      losses[r] = static_cast<float>(log_z - static_cast<double>(target_logit[r]));
+      if (!dr) continue;
+      const float lz = static_cast<float>(log_z);
+      for (int64_t j = 0; j < real; ++j) dr[j] = dloss_scale * std::exp(lr[j] - lz);
+      const int64_t t = static_cast<int64_t>(targets[r]) - first;
+      if (t >= 0 && t < real) dr[t] -= dloss_scale;
+      std::fill(dr + real, dr + vs, 0.f);
     }
   });
 }

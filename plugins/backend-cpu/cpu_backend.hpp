@@ -77,13 +77,20 @@ class CpuBackend final : public Backend {
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                           const float* lse, int64_t b, int64_t t, int64_t c, int64_t h) override;
 
-  void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n,
-                         int64_t c) override;
-  void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n,
-                          int64_t c) override;
+  void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n, int64_t c,
+                         int64_t first, int64_t rows) override;
+  void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n, int64_t c,
+                          int64_t first, int64_t rows) override;
 
   void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets,
                      int64_t n, int64_t v, int64_t vp, float dloss_scale) override;
+  void xent_shard_max(float* row_max, float* target_logit, const float* logits, const int32_t* targets,
+                      int64_t n, int64_t vs, int64_t first, int64_t v) override;
+  void xent_shard_sum_exp(float* sum_exp, const float* logits, const float* row_max, int64_t n, int64_t vs,
+                          int64_t first, int64_t v) override;
+  void xent_shard_finish(float* losses, float* dlogits, const float* logits, const int32_t* targets,
+                         const float* row_max, const float* sum_exp, const float* target_logit, int64_t n,
+                         int64_t vs, int64_t first, int64_t v, float dloss_scale) override;
 
   void add(float* out, const float* a, const float* b, int64_t n) override;
   void accumulate(float* acc, const float* x, int64_t n) override;

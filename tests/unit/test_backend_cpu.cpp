@@ -430,16 +430,26 @@ TEST_P(CpuBackendTest, Embedding) {
   for (auto& id : ids) id = static_cast<int32_t>(gen() % 4);  // many repeats
   ids[3] = 10;
   Vec out(n * c);
-  be.embedding_forward(out.data(), ids.data(), table.data(), n, c);
+  be.embedding_forward(out.data(), ids.data(), table.data(), n, c, 0, vocab);
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < c; ++j) ASSERT_EQ(out[r * c + j], table[ids[r] * c + j]);
+
+  // A shard of rows [2, 7): other ids give zero rows, forward and backward.
+  Vec part(n * c, 9.f);
+  be.embedding_forward(part.data(), ids.data(), table.data() + 2 * c, n, c, 2, 5);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < c; ++j)
+      ASSERT_EQ(part[r * c + j], ids[r] >= 2 && ids[r] < 7 ? table[ids[r] * c + j] : 0.f) << r;
 
   Vec dtable = random_vec(vocab * c, 62), dout = random_vec(n * c, 63);
   DVec want = to_double(dtable);
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < c; ++j) want[ids[r] * c + j] += dout[r * c + j];
-  be.embedding_backward(dtable.data(), ids.data(), dout.data(), n, c);
+  Vec dshard(dtable.begin() + 2 * c, dtable.begin() + 7 * c);
+  be.embedding_backward(dtable.data(), ids.data(), dout.data(), n, c, 0, vocab);
   expect_close(dtable, want, kRel, kAbs, "embedding dtable");
+  be.embedding_backward(dshard.data(), ids.data(), dout.data(), n, c, 2, 5);
+  expect_close(dshard, DVec(want.begin() + 2 * c, want.begin() + 7 * c), kRel, kAbs, "embedding dtable shard");
 }
 
 // Softmax cross-entropy in double over the first v of vp columns: losses[N]
@@ -482,6 +492,46 @@ TEST_P(CpuBackendTest, CrossEntropy) {
   Vec losses2(n, 9.f);
   be.cross_entropy(losses2.data(), nullptr, logits.data(), targets.data(), n, v, vp, dscale);
   expect_close(losses2, want_loss, kRel, kAbs, "cross_entropy losses (no grad)");
+}
+
+// The three vocabulary-parallel passes over shards of Vs columns, with the
+// reductions between them done here as the tp group would (max, sums), give the
+// fused kernel's double reference: losses on every shard, each shard's slice of
+// dlogits (in place), 0 on padded columns and ignored rows. Shards 3 and 4 hold
+// only padding or part of it (v = 11 of vp = 16 in shards of 4).
+TEST_P(CpuBackendTest, CrossEntropyVocabShards) {
+  const int64_t n = 5, v = 11, vp = 16, vs = 4, shards = vp / vs;
+  Vec logits = random_vec(n * vp, 72, -3.f, 3.f);
+  logits[2 * vp + 9] = 80.f;
+  std::vector<int32_t> targets = {3, 0, 9, -1, 10};
+  const float dscale = 0.37f;
+  DVec want_loss, want_d;
+  xent_reference(logits, targets, n, v, vp, dscale, want_loss, want_d);
+  std::vector<Vec> part(shards, Vec(n * vs));
+  for (int64_t s = 0; s < shards; ++s)
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < vs; ++j) part[s][r * vs + j] = logits[r * vp + s * vs + j];
+  Vec row_max(n, -std::numeric_limits<float>::infinity()), target(n, 0.f), sum_exp(n, 0.f);
+  for (int64_t s = 0; s < shards; ++s) {
+    Vec mx(n), tl(n);
+    be.xent_shard_max(mx.data(), tl.data(), part[s].data(), targets.data(), n, vs, s * vs, v);
+    for (int64_t r = 0; r < n; ++r) row_max[r] = std::max(row_max[r], mx[r]), target[r] += tl[r];
+  }
+  for (int64_t s = 0; s < shards; ++s) {
+    Vec se(n);
+    be.xent_shard_sum_exp(se.data(), part[s].data(), row_max.data(), n, vs, s * vs, v);
+    for (int64_t r = 0; r < n; ++r) sum_exp[r] += se[r];
+  }
+  for (int64_t s = 0; s < shards; ++s) {
+    Vec losses(n, 9.f);
+    be.xent_shard_finish(losses.data(), part[s].data(), part[s].data(), targets.data(), row_max.data(),
+                         sum_exp.data(), target.data(), n, vs, s * vs, v, dscale);
+    expect_close(losses, want_loss, kRel, kAbs, "vocab-parallel losses, shard " + std::to_string(s));
+    DVec want_part(n * vs);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < vs; ++j) want_part[r * vs + j] = want_d[r * vp + s * vs + j];
+    expect_close(part[s], want_part, kRel, kAbs, "vocab-parallel dlogits, shard " + std::to_string(s));
+  }
 }
 
 // A wide vocabulary (the vector path with a tail) computed in place: dlogits
@@ -860,8 +910,8 @@ TEST(CpuBackendDeterminism, SameBitsForOneAndThreeThreads) {
   std::vector<int32_t> ids(N);
   for (int64_t i = 0; i < N; ++i) ids[i] = static_cast<int32_t>(i % 5);
   Vec t1(5 * C, 0.f), t3(5 * C, 0.f);
-  one.embedding_backward(t1.data(), ids.data(), dout.data(), N, C);
-  three.embedding_backward(t3.data(), ids.data(), dout.data(), N, C);
+  one.embedding_backward(t1.data(), ids.data(), dout.data(), N, C, 0, 5);
+  three.embedding_backward(t3.data(), ids.data(), dout.data(), N, C, 0, 5);
   EXPECT_EQ(t1, t3);
 }
 

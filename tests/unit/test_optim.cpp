@@ -47,9 +47,13 @@ class RecordingBackend final : public weft::Backend {
   void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
   void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,
                           int64_t, int64_t) override {}
-  void embedding_forward(float*, const int32_t*, const float*, int64_t, int64_t) override {}
-  void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t) override {}
+  void embedding_forward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
+  void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
   void cross_entropy(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float) override {}
+  void xent_shard_max(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t) override {}
+  void xent_shard_sum_exp(float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
+  void xent_shard_finish(float*, float*, const float*, const int32_t*, const float*, const float*, const float*,
+                         int64_t, int64_t, int64_t, int64_t, float) override {}
   void add(float*, const float*, const float*, int64_t) override {}
   void accumulate(float*, const float*, int64_t) override {}
   void scale(float*, float, int64_t) override {}

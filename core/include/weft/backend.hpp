@@ -78,12 +78,13 @@ class Backend {
   virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                                   const float* lse, int64_t b, int64_t t, int64_t c, int64_t h) = 0;
 
-  // out[N,C] = table[ids[n], :]
-  virtual void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n,
-                                 int64_t c) = 0;
-  // dtable[ids[n], :] += dout[n, :]
-  virtual void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n,
-                                  int64_t c) = 0;
+  // Rows [first, first + rows) of a table (all of it, or this rank's vocabulary shard):
+  // out[N,C] = table[ids[n] - first, :] for ids in that range, 0 for the others.
+  virtual void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n, int64_t c,
+                                 int64_t first, int64_t rows) = 0;
+  // dtable[ids[n] - first, :] += dout[n, :] for ids in [first, first + rows)
+  virtual void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n, int64_t c,
+                                  int64_t first, int64_t rows) = 0;
 
   // Fused softmax cross-entropy over the first v of vp columns of logits[N,Vp].
   // losses[N] = -log softmax(logits)[target]; when dlogits is non-null it gets
@@ -92,6 +93,23 @@ class Backend {
   // replaces the logits in place (no second [N,Vp] buffer).
   virtual void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets,
                              int64_t n, int64_t v, int64_t vp, float dloss_scale) = 0;
+
+  // Vocabulary-parallel cross entropy, in three passes over one shard:
+  // logits[N,Vs] are the logical columns [first, first + Vs) of [N,Vp]; columns
+  // >= v are padding. Between the passes the caller reduces over the shards:
+  // row_max with Max, target_logit and sum_exp with Sum.
+  // Pass 1: row_max[N] = max over the shard's real columns (-inf when none);
+  // target_logit[N] = the target's logit when this shard holds it, else 0.
+  virtual void xent_shard_max(float* row_max, float* target_logit, const float* logits, const int32_t* targets,
+                              int64_t n, int64_t vs, int64_t first, int64_t v) = 0;
+  // Pass 2: sum_exp[N] = sum over the shard's real columns of exp(logit - row_max).
+  virtual void xent_shard_sum_exp(float* sum_exp, const float* logits, const float* row_max, int64_t n,
+                                  int64_t vs, int64_t first, int64_t v) = 0;
+  // Pass 3: losses[N] = log(sum_exp) + row_max - target_logit (0 for targets < 0);
+  // dlogits (may alias logits) = dloss_scale * (softmax - onehot) on real columns, 0 on padding.
+  virtual void xent_shard_finish(float* losses, float* dlogits, const float* logits, const int32_t* targets,
+                                 const float* row_max, const float* sum_exp, const float* target_logit,
+                                 int64_t n, int64_t vs, int64_t first, int64_t v, float dloss_scale) = 0;
 
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;  // out = a + b
   virtual void accumulate(float* acc, const float* x, int64_t n) = 0;          // acc += x

@@ -23,6 +23,10 @@ struct FlatParams {
   Tensor data;                   // [numel]
   Tensor grad;                   // [numel]
   int64_t numel = 0;
+  // Whether this rank counts the tp-replicated params in the gradient norm:
+  // true on tp rank 0 only, so summing the norm over tp counts each logical
+  // element once (sharded params on every rank, replicated ones once).
+  bool count_replicated = true;
 };
 
 // Index of `param` in flat.params; InternalError when it is not there.
@@ -55,6 +59,13 @@ struct DecayRun {
 };
 std::vector<DecayRun> decay_runs(const FlatParams& flat, int64_t begin, int64_t end);
 
+// The element ranges of [begin, end) that this rank counts in the gradient
+// norm (FlatParams::count_replicated), consecutive params merged.
+struct ElementRange {
+  int64_t begin = 0, end = 0;
+};
+std::vector<ElementRange> norm_ranges(const FlatParams& flat, int64_t begin, int64_t end);
+
 class DataParallel {
  public:
   virtual ~DataParallel() = default;
@@ -62,8 +73,9 @@ class DataParallel {
   virtual void setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Communicator* dp) = 0;
   // A gradient became final during the last microbatch's backward.
   virtual void grad_ready(Param& param) = 0;
-  // Completes reduction; returns the squared global gradient norm over the dp
-  // group, counting every element once (before clipping).
+  // Completes reduction; returns the squared gradient norm over the dp group
+  // of the elements norm_ranges() selects, each counted once (before clipping);
+  // the caller sums it over tp.
   virtual double finish_reduction() = 0;
   // Applies the optimizer with grads scaled by `grad_scale` (clipping), then
   // makes params consistent on every dp rank.

@@ -14,11 +14,15 @@
 
 namespace weft {
 
-// Which slice of the logical tensor this rank holds.
+// Which slice of the logical tensor this rank holds. Dim `dim` is viewed as
+// `blocks` equal consecutive blocks (a fused q | k | v weight has 3), each cut
+// into `count` parts; this rank holds part `index` of every block, so its
+// shard is again q | k | v, each with its own heads.
 struct ShardSpec {
   int dim = -1;  // -1: the whole tensor
   int index = 0;
   int count = 1;
+  int blocks = 1;
 };
 
 enum class InitKind { Normal, Zeros, Ones };
@@ -31,8 +35,11 @@ struct Param {
   InitKind init = InitKind::Normal;
   float init_std = 0.02f;
   bool weight_decay = true;   // false for biases and norm weights
-  bool tp_replicated = true;  // same values on every tp rank (grads reduced over tp)
+  bool tp_replicated = true;  // same values on every tp rank (false: a tp shard; see LayerProvider)
   bool expert = false;        // sharded over ep
+  // > 0: dim 0 is a padded vocabulary of which the first vocab_rows rows are
+  // real; a checkpoint padded differently (another tensor size) still loads.
+  int64_t vocab_rows = 0;
   Tensor data;  // [shape], view into the flat param buffer
   Tensor grad;  // [shape], view into the flat grad buffer
 };

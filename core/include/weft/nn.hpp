@@ -64,7 +64,7 @@ class Linear : public Module {
 
 // Token embedding: ids [B,T] int32 -> [B,T,C]. Param "<name>.weight" [num, C].
 // backward accumulates into the table and returns an undefined tensor.
-class Embedding : public Module {
+class Embedding : public TableEmbedding {
  public:
   Embedding(std::string name, int64_t num, int64_t dim, float init_std = 0.02f);
 
@@ -74,11 +74,26 @@ class Embedding : public Module {
 
   int64_t num() const { return num_; }
   int64_t dim() const { return dim_; }
-  Param& weight() { return weight_; }
+  Param& weight() override { return weight_; }
 
  private:
   int64_t num_, dim_;
   Param weight_;  // [num, C]
+};
+
+// Output layer tied to an embedding table and the loss, on one rank:
+// logits [B,T,Vp] = x [B,T,C] @ table^T, then the fused cross entropy over the
+// first `vocab` columns. With ctx.targets undefined it returns the logits.
+class TiedOutputLoss : public Module {
+ public:
+  TiedOutputLoss(Param& table, int64_t vocab);
+  Tensor forward(Context& ctx, const Tensor& x) override;    // [B,T,C] -> losses [B,T] | logits [B,T,Vp]
+  Tensor backward(Context& ctx, const Tensor& dy) override;  // dy ignored; starts from ctx.dloss_scale
+  void collect_params(std::vector<Param*>& /*out*/) override {}  // the table belongs to the embedding
+
+ private:
+  Param& table_;  // [Vp, C]
+  int64_t vocab_;
 };
 
 // LayerNorm over the last dim. Params "<name>.weight" [C] (Ones), "<name>.bias" [C] (Zeros),
@@ -107,14 +122,18 @@ class SerialLayerProvider : public LayerProvider {
  public:
   std::unique_ptr<Module> column_linear(const LinearSpec& spec) override;
   std::unique_ptr<Module> row_linear(const LinearSpec& spec) override;
+  std::unique_ptr<TableEmbedding> embedding(const std::string& name, int64_t num, int64_t dim,
+                                            float init_std) override;
+  std::unique_ptr<Module> tied_output_loss(Param& table, int64_t vocab) override;
   int tp_size() const override { return 1; }
 };
 
 // Causal multi-head self-attention: qkv = column_linear(C -> 3C) "<name>.qkv",
 // the backend's fused attention, proj = row_linear(C -> C) "<name>.proj".
 // The qkv outputs are q (C) | k (C) | v (C), heads contiguous inside each.
-// The local width is read from the qkv output, so a column-sharded qkv works
-// with the heads of this rank.
+// The local width and sequence length are read from the qkv output, so a
+// column-sharded qkv (fused_blocks 3) works with the heads of this rank, and a
+// sequence-parallel input [B,T/tp,C] with the full sequence qkv gathers.
 class CausalSelfAttention : public Module {
  public:
   CausalSelfAttention(std::string name, int64_t dim, int64_t heads, LayerProvider& layers,

@@ -16,6 +16,12 @@ namespace weft {
 // Logical (full-tensor, row-major) index of local element `local` of `param`'s shard.
 int64_t logical_index(const Param& param, int64_t local);
 
+// Host copies between the logical tensor and shards (checkpoints):
+// full[numel(full_shape)] from shards[count][numel(shape)], every shard index in order;
+void gather_shards_host(const Param& param, const float* shards, float* full);
+// local[numel(shape)] = this rank's shard of full[numel(full_shape)].
+void slice_shard_host(const Param& param, const float* full, float* local);
+
 // Fills `out[0 .. numel(param.shape))` with the initial values of this rank's
 // shard: Normal -> normal01(seed, name_key(name), logical index) * init_std,
 // Zeros -> 0, Ones -> 1.
