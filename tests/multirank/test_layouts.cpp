@@ -25,6 +25,7 @@
 
 #include "loader.hpp"
 #include "runtime.hpp"
+#include "safetensors.hpp"
 #include "trainer.hpp"
 
 namespace fs = std::filesystem;
@@ -148,6 +149,220 @@ std::vector<Layout> layouts() {
 
 INSTANTIATE_TEST_SUITE_P(GptTiny, LayoutEquivalence, ::testing::ValuesIn(layouts()),
                          [](const ::testing::TestParamInfo<Layout>& info) { return info.param.label(); });
+
+// ---------------------------------------------------------------- tensor parallelism
+//
+// tensor p in {2, 4} x sequence parallelism x data in {1, 2} x {ddp, zero1}:
+// every step's loss and the final parameters equal the single-rank run's
+// (rel 1e-5; wte compared on its real vocabulary rows, since the padded
+// vocabulary grows to a multiple of 64 p), and rank 0's metrics account for
+// its shard and its traffic (docs/distributed.md):
+//   mem_param_bytes = 4 N(p), N(p) = (V(p) C + L (12 C^2 + 7 C)) / p    sharded
+//                                    + T C + L 6 C + 2 C                 replicated
+//                     with V(p) = 257 padded to a multiple of 64 p
+//   comm_bytes      = tp: accum [(4L + 2) ring_p(A) + ring_p(4 b T) + ring_p(8 b T)]
+//                         + ring_p(4)  (gradient norm)
+//                         + sp: ring_p(4 numel) of every replicated param's gradient
+//                     dp: as above with N(p)
+//     A = 4 b T C bytes of one microbatch's activations (b = micro = 2); without
+//     sp: 4 all-reduces per layer, the embedding's and the head's; with sp the
+//     same volume as all-gathers and reduce-scatters; the loss's max and sums.
+
+int64_t tp_padded_vocab(int p) { return (257 + 64 * p - 1) / (64 * p) * (64 * p); }
+
+int64_t tp_local_params(int p) {
+  const int64_t C = 128, L = 4, T = 64;
+  return (tp_padded_vocab(p) * C + L * (12 * C * C + 7 * C)) / p + T * C + L * 6 * C + 2 * C;
+}
+
+// Ring all-reduce volume over a group of n: 2 (n - 1) / n of the bytes.
+int64_t ring_n(int n, int64_t bytes) { return bytes * 2 * (n - 1) / n; }
+
+struct TpLayout {
+  int tp;
+  bool sp;
+  int dp;
+  std::string plugin;
+  std::string label() const {
+    return "tp" + std::to_string(tp) + (sp ? "_sp" : "") + "_dp" + std::to_string(dp) + "_" + plugin;
+  }
+};
+
+using Tensors = std::map<std::string, std::vector<float>>;
+
+struct TrainedRun {
+  Metrics metrics;
+  Tensors final_params;  // from the last checkpoint
+};
+
+weft::Registry& shared_registry() {
+  static weft::Registry* r = [] {
+    auto* reg = new weft::Registry;
+    weft::PluginScan scan;
+    weft::load_plugin_dirs(*reg, weft::build_tree_plugin_dirs(WEFT_BUILD_ROOT), scan);
+    return reg;
+  }();
+  return *r;
+}
+
+// Trains gpt-tiny (global batch 8, micro 2, 10 steps) with `overrides`; with a
+// resume_from, continues that checkpoint. Keeps nothing on disk.
+TrainedRun train_tiny(const std::string& label, std::vector<std::string> overrides, const std::string& resume_from = "",
+               const std::string& keep_dir = "") {
+  fs::path out = keep_dir.empty() ? fs::temp_directory_path() / ("weft-tp-" + label + "-" + std::to_string(::getpid()))
+                                  : fs::path(keep_dir);
+  fs::remove_all(out);
+  weft::PluginScan scan;
+  std::vector<std::string> base = {"run.steps=" + std::to_string(kSteps), "log.interval=1", "log.sinks=jsonl",
+                                   "batch.global=8", "batch.micro=2", "comm.plugin=local",
+                                   "run.out_dir=" + out.string()};
+  base.insert(base.end(), overrides.begin(), overrides.end());
+  weft::Recipe recipe = weft::load_recipe_for_run(std::string(WEFT_SOURCE_ROOT) + "/examples/gpt-tiny.toml", base,
+                                                  shared_registry(), scan);
+  weft::TrainArgs args;
+  args.resume = !resume_from.empty();
+  args.resume_from = resume_from;
+  weft::train(recipe, shared_registry(), args);
+  TrainedRun run;
+  run.metrics = read_metrics(out / "metrics.jsonl");
+  weft::SafetensorsReader model((out / "checkpoints" / ("step_" + std::to_string(kSteps)) / "model.safetensors").string());
+  for (const std::string& name : model.names()) run.final_params[name] = model.read(name);
+  if (keep_dir.empty()) fs::remove_all(out);
+  return run;
+}
+
+const TrainedRun& single_rank_run() {
+  static TrainedRun ref = train_tiny("reference", {});
+  return ref;
+}
+
+// Largest relative difference of the two runs' losses over `steps`.
+double worst_loss_error(const Metrics& ref, const Metrics& m, int first_step) {
+  double worst = 0;
+  for (int s = first_step; s <= kSteps; ++s) {
+    EXPECT_TRUE(m.count(s)) << "step " << s << " missing";
+    if (!m.count(s)) return 1;
+    const double a = ref.at(s)["loss"].get<double>(), b = m.at(s)["loss"].get<double>();
+    worst = std::max(worst, std::abs(b - a) / std::abs(a));
+  }
+  return worst;
+}
+
+// Relative L2 difference of the final parameters (wte on its first 257 rows):
+// of all of them as one vector, and the largest of a single tensor. The key
+// bias of attention has an exactly-zero gradient (a constant added to every
+// score of a row), so AdamW moves it by rounding noise in every layout; its
+// per-tensor difference is about 1e-4 of its small norm, hence a looser
+// per-tensor bound next to the whole-model one.
+struct ParamError {
+  double whole = 0, worst_tensor = 0;
+};
+ParamError param_error(const Tensors& ref, const Tensors& got) {
+  ParamError e;
+  double diff_all = 0, norm_all = 0;
+  EXPECT_EQ(ref.size(), got.size());
+  for (const auto& [name, a] : ref) {
+    auto it = got.find(name);
+    EXPECT_NE(it, got.end()) << name;
+    if (it == got.end()) return {1, 1};
+    const std::vector<float>& b = it->second;
+    const size_t n = name == "wte.weight" ? 257 * 128 : a.size();
+    EXPECT_GE(b.size(), n) << name;
+    if (b.size() < n) return {1, 1};
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < n; ++i) diff += (a[i] - b[i]) * double(a[i] - b[i]), norm += double(a[i]) * a[i];
+    e.worst_tensor = std::max(e.worst_tensor, std::sqrt(diff / std::max(norm, 1e-30)));
+    diff_all += diff, norm_all += norm;
+  }
+  e.whole = std::sqrt(diff_all / norm_all);
+  return e;
+}
+
+class TensorParallelLayouts : public ::testing::TestWithParam<TpLayout> {};
+
+TEST_P(TensorParallelLayouts, LossParamsMemoryAndCommMatchTheSingleRankRun) {
+  const TpLayout l = GetParam();
+  const TrainedRun& ref = single_rank_run();
+  TrainedRun run = train_tiny(l.label(), {"parallel.tensor=" + std::to_string(l.tp), "parallel.data=" + std::to_string(l.dp),
+                                   "parallel.data_parallel.plugin=" + l.plugin,
+                                   std::string("parallel.tensor_parallel.sequence_parallel=") + (l.sp ? "true" : "false")});
+  const double loss_err = worst_loss_error(ref.metrics, run.metrics, 1);
+  EXPECT_LE(loss_err, kRelTol);
+  const ParamError param_err = param_error(ref.final_params, run.final_params);
+  EXPECT_LE(param_err.whole, kRelTol);
+  EXPECT_LE(param_err.worst_tensor, 1e-3);
+
+  const int p = l.tp;
+  const int64_t n = tp_local_params(p), b = 2, T = 64, C = 128, L = 4, accum = 8 / (b * l.dp);
+  const int64_t act = 4 * b * T * C;
+  int64_t tp_comm = accum * ((4 * L + 2) * ring_n(p, act) + ring_n(p, 4 * b * T) + ring_n(p, 8 * b * T)) + ring_n(p, 4);
+  if (l.sp)  // wpe, lnf, and per block ln1, ln2 (weights and biases) and the two row-parallel biases
+    tp_comm += ring_n(p, 4 * T * C) + ring_n(p, 4 * C) * 2 + L * 6 * ring_n(p, 4 * C);
+  const int64_t shard = (n + l.dp - 1) / l.dp;
+  const int64_t dp_comm = l.dp == 1 ? 0
+                          : l.plugin == "zero1" ? ring_n(l.dp, 4 * l.dp * shard) + 2 * ring_n(l.dp, 4)
+                                                : ring_n(l.dp, 4 * n) + ring_n(l.dp, 4);
+  for (int s = 1; s <= kSteps; ++s) {
+    EXPECT_EQ(run.metrics.at(s)["mem_param_bytes"].get<double>(), 4.0 * n) << "step " << s;
+    EXPECT_EQ(run.metrics.at(s)["comm_bytes"].get<double>(), static_cast<double>(tp_comm + dp_comm)) << "step " << s;
+  }
+  std::printf("%-20s max rel loss error %.3g, final params %.3g (worst tensor %.3g); mem_param_bytes %lld; "
+              "comm_bytes/step %lld\n",
+              l.label().c_str(), loss_err, param_err.whole, param_err.worst_tensor, static_cast<long long>(4 * n),
+              static_cast<long long>(tp_comm + dp_comm));
+}
+
+std::vector<TpLayout> tp_layouts() {
+  std::vector<TpLayout> out;
+  for (int tp : {2, 4})
+    for (bool sp : {false, true})
+      for (int dp : {1, 2})
+        for (const char* plugin : {"ddp", "zero1"})
+          if (dp > 1 || std::string(plugin) == "ddp") out.push_back({tp, sp, dp, plugin});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(GptTiny, TensorParallelLayouts, ::testing::ValuesIn(tp_layouts()),
+                         [](const ::testing::TestParamInfo<TpLayout>& info) { return info.param.label(); });
+
+// The tp = 2 shard of every sharded parameter is half of it: rank 0 of tensor 2
+// holds the single rank's parameters minus half of the sharded ones (at the
+// same padded vocabulary, 384 rows).
+TEST(TensorParallelMemory, Tp2RankHoldsHalfOfTheShardedParams) {
+  const int64_t C = 128, L = 4, T = 64, V = tp_padded_vocab(2);
+  const int64_t sharded = V * C + L * (12 * C * C + 7 * C), single = sharded + T * C + L * 6 * C + 2 * C;
+  EXPECT_EQ(tp_local_params(2), single - sharded / 2);
+  EXPECT_EQ(tp_local_params(1), gpt_tiny_params());
+}
+
+// Resharding: a checkpoint saved at tensor 2 (step 5) resumes at tensor 1 and
+// at tensor 4 (with sequence parallelism and zero1 over 2), and one saved by a
+// single rank resumes at tensor 2; steps 6-10 repeat the uninterrupted run.
+TEST(TensorParallelCheckpoints, ResumeUnderAnotherTensorSize) {
+  const TrainedRun& ref = single_rank_run();
+  const std::string saved_tp2 = (fs::temp_directory_path() / ("weft-tp-saved2-" + std::to_string(::getpid()))).string();
+  const std::string saved_tp1 = (fs::temp_directory_path() / ("weft-tp-saved1-" + std::to_string(::getpid()))).string();
+  train_tiny("save2", {"parallel.tensor=2", "checkpoint.interval=5"}, "", saved_tp2);
+  train_tiny("save1", {"checkpoint.interval=5"}, "", saved_tp1);
+  const std::string from2 = saved_tp2 + "/checkpoints/step_5", from1 = saved_tp1 + "/checkpoints/step_5";
+  struct Resume {
+    std::string label, from;
+    std::vector<std::string> overrides;
+  };
+  for (const Resume& r : {Resume{"tp2_to_tp1", from2, {}},
+                          Resume{"tp2_to_tp4_sp_zero1", from2,
+                                 {"parallel.tensor=4", "parallel.tensor_parallel.sequence_parallel=true",
+                                  "parallel.data=2", "parallel.data_parallel.plugin=zero1"}},
+                          Resume{"tp1_to_tp2", from1, {"parallel.tensor=2"}}}) {
+    TrainedRun run = train_tiny(r.label, r.overrides, r.from);
+    EXPECT_EQ(run.metrics.count(5), 0u) << r.label << ": resumed at step 5";
+    const double err = worst_loss_error(ref.metrics, run.metrics, 6);
+    EXPECT_LE(err, kRelTol) << r.label;
+    std::printf("%-20s steps 6-10 max rel loss error %.3g\n", r.label.c_str(), err);
+  }
+  fs::remove_all(saved_tp2);
+  fs::remove_all(saved_tp1);
+}
 
 TEST(GptTinyShape, ParamCountMatchesTheModel) {
   // 0.84M, as examples/gpt-tiny.toml says; divisible by 4, so zero1's dp 4 shard has no padding here.
