@@ -84,11 +84,27 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
 }  // namespace weft
 
 #include <thread>
+#include <toml++/toml.h>
 
 #include "checkpoint.hpp"
 #include "weft/params.hpp"
 
 namespace weft {
+
+namespace {
+
+// Whether a saved recipe turns sequence parallelism on (unreadable files are
+// reported by load_recipe_for_run, which reads the same file next).
+bool saved_sequence_parallel(const std::string& recipe_path) {
+  try {
+    toml::table saved = toml::parse_file(recipe_path);
+    return saved["parallel"]["tensor_parallel"]["sequence_parallel"].value_or(false);
+  } catch (const toml::parse_error&) {
+    return false;
+  }
+}
+
+}  // namespace
 
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env) {
   stack.parallel.topology = &stack.topology;
@@ -110,10 +126,11 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
 void build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry, PluginScan& scan,
                                  Recipe& recipe_out) {
   std::string step_dir = resolve_checkpoint_dir(path);
-  recipe_out = load_recipe_for_run(step_dir + "/recipe.toml",
-                                   {"parallel.tensor=1", "parallel.pipeline=1", "parallel.data=1",
-                                    "parallel.expert=1", "parallel.world=1", "batch.global=auto"},
-                                   registry, scan);
+  std::vector<std::string> one_rank = {"parallel.tensor=1", "parallel.pipeline=1", "parallel.data=1",
+                                       "parallel.expert=1", "parallel.world=1", "batch.global=auto"};
+  // Sequence parallelism needs tensor > 1: off on one rank, where the plugin has the option.
+  if (saved_sequence_parallel(step_dir + "/recipe.toml")) one_rank.push_back("parallel.tensor_parallel.sequence_parallel=false");
+  recipe_out = load_recipe_for_run(step_dir + "/recipe.toml", one_rank, registry, scan);
   stack.topology = make_topology(1, 0, recipe_out.sizes);
   BackendEnv env;
   env.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -415,6 +415,65 @@ usage_error "check without recipe" check
 usage_error "--set without value" check "$R/base.toml" --set
 usage_error "unknown flag" check "$R/base.toml" --frobnicate
 
+# ---- tensor parallelism --------------------------------------------------------------------------
+
+TINY=$SRC/examples/gpt-tiny.toml
+refuse "heads not divisible by tensor" "$TINY" --set parallel.tensor=8 -- \
+  "gpt-tiny.toml:16:9: model.heads: heads 4 is not divisible by parallel.tensor 8 (each tensor-parallel rank holds whole heads)"
+refuse "hidden not divisible by tensor" "$TINY" --set parallel.tensor=4 --set model.hidden=130 --set model.heads=2 -- \
+  "--set model.hidden=130: model.hidden: hidden 130 is not divisible by parallel.tensor 4"
+refuse "sequence parallelism with seq_length not divisible by tensor" "$TINY" --set parallel.tensor=4 \
+  --set parallel.tensor_parallel.sequence_parallel=true --set model.seq_length=66 -- \
+  "model.seq_length: seq_length 66 is not divisible by parallel.tensor 4 (sequence parallelism splits the sequence)"
+refuse "sequence parallelism with tensor 1" "$TINY" --set parallel.tensor_parallel.sequence_parallel=true -- \
+  "parallel.tensor_parallel.sequence_parallel: sequence parallelism splits the sequence over the tensor-parallel ranks; it needs parallel.tensor > 1 (tensor is 1)"
+
+# The origin page's example: a 4096 -> 16384 column-parallel Linear over 4 ranks holds [4096, 4096] each.
+begin "check prints each tensor-parallel rank's shards of the first block"
+run -- check "$TINY" --set model.hidden=4096 --set model.heads=32 --set parallel.tensor=4
+expect_rc 0
+expect_no_crash
+expect_out_has "# tensor-parallel rank 0 of 4, first block:" "# tensor-parallel rank 3 of 4, first block:" \
+  "blocks.0.mlp.fc.weight [4096,4096] = dim 0 [12288:16384] of [16384,4096]" \
+  "blocks.0.attn.qkv.weight [3072,4096] = dim 0 [3072:4096, 7168:8192, 11264:12288] of [12288,4096]" \
+  "blocks.0.mlp.proj.weight [4096,4096] = dim 1 [0:4096] of [4096,16384]" "blocks.0.ln1.weight [4096] (whole)"
+finish
+
+# A tensor-2 run (sequence parallel, 2 steps) saves whole tensors: eval and
+# generate read it like a one-rank checkpoint, and it scores the text as the
+# one-rank run of the same recipe does.
+TPRUN=$TMP/tp2run
+ONERUN=$TMP/tp1run
+TPTEXT=$TMP/tp-eval.txt
+printf 'Tensor parallelism splits every layer over ranks. %.0s' $(seq 1 30) >"$TPTEXT"
+begin "a tensor-parallel checkpoint evaluates like the one-rank run's"
+run -- train "$TINY" --set run.steps=2 --set parallel.tensor=2 --set parallel.tensor_parallel.sequence_parallel=true \
+  --set "run.out_dir=$TPRUN"
+expect_rc 0
+grep -q '"tensor": 2' "$TPRUN/checkpoints/step_2/meta.json" || problem "meta.json does not record tensor 2"
+run -- train "$TINY" --set run.steps=2 --set "run.out_dir=$ONERUN"
+expect_rc 0
+run -- eval --checkpoint "$TPRUN" --text "$TPTEXT"
+expect_rc 0
+tp_loss=$(sed -E 's/^\{"loss": ([^,]+),.*/\1/' "$OUT")
+run -- eval --checkpoint "$ONERUN" --text "$TPTEXT"
+one_loss=$(sed -E 's/^\{"loss": ([^,]+),.*/\1/' "$OUT")
+python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(abs(a - b) > 1e-5 * abs(b))" \
+  "$tp_loss" "$one_loss" || problem "eval loss $tp_loss of the tensor-2 checkpoint, $one_loss of the one-rank one"
+run -- generate --checkpoint "$TPRUN" --prompt "The " --tokens 5 --seed 1
+expect_rc 0
+expect_no_crash
+finish
+
+begin "resume refuses a checkpoint whose logical shapes differ from the recipe's"
+run -- train "$TINY" --set run.steps=4 --set parallel.tensor=2 --set model.hidden=64 --set "run.out_dir=$TMP/tpshape" \
+  "--resume=$TPRUN"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "model.safetensors: 'wte.weight' has shape [384,128], the model expects [384,64]"
+finish
+
 # ---- train, eval, generate, and damaged inputs to them ------------------------------------------
 
 RUN=$TMP/run

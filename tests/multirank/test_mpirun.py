@@ -10,6 +10,9 @@
    (N parameters; ring(b) = 2 (dp-1)/dp x b):
      ddp    optim 8 N             comm ring(4 N) + ring(4)
      zero1  optim 8 ceil(N/dp)    comm ring(4 dp ceil(N/dp)) + ring(4) + ring(4)
+   Then `mpirun -np 4` with tensor 2 x data 2 and zero1, without and with
+   sequence parallelism: the single-rank loss at every step (the memory and
+   traffic formulas of tensor parallelism are held in tests/multirank/test_layouts.cpp).
 2. test_comm_mpi (every Communicator operation) under -np 2 and -np 4.
 3. Failures, each under `timeout`: a rank that throws, stalls, returns early or
    exits. The job must end with a non-zero status, and (except for the exit,
@@ -96,7 +99,8 @@ def tail(text, lines=15):
     return "\n    " + "\n    ".join(text.strip().splitlines()[-lines:])
 
 
-def check_run(name, out_dir, ref, dp, plugin, rc, out, secs):
+def check_losses(name, out_dir, ref, rc, out, secs):
+    """Reports whether every step's loss equals the single-rank loss; returns the metrics (None on failure)."""
     if rc != 0:
         report(False, name, f"exit {rc} after {secs:.1f} s" + tail(out))
         return None
@@ -107,6 +111,13 @@ def check_run(name, out_dir, ref, dp, plugin, rc, out, secs):
     worst = max(abs(m[s]["loss"] - ref[s]["loss"]) / abs(ref[s]["loss"]) for s in ref)
     report(worst <= 1e-5, f"{name}: every step's loss equals the single-rank loss",
            f"max rel error {worst:.3g} over {STEPS} steps, {secs:.1f} s")
+    return m
+
+
+def check_run(name, out_dir, ref, dp, plugin, rc, out, secs):
+    m = check_losses(name, out_dir, ref, rc, out, secs)
+    if m is None:
+        return None
     shard = -(-N // dp)
     optim = 8 * shard if plugin == "zero1" else 8 * N
     comm = (ring(dp, 4 * dp * shard) + 2 * ring(dp, 4)) if plugin == "zero1" else ring(dp, 4 * N) + ring(dp, 4)
@@ -170,6 +181,12 @@ def main():
             over = 4 * zero_optim - ddp_optim
             report(0 <= over <= 8 * 3, "zero1 over 4 ranks keeps a quarter of ddp's optimizer state",
                    f"{zero_optim} x 4 - {ddp_optim} = {over} bytes of padding")
+
+        for sp in ("false", "true"):
+            d = os.path.join(tmp, "tp2dp2" + sp)
+            rc, out, secs = run(mpirun(4, *train_args(d, "parallel.tensor=2", "parallel.data_parallel.plugin=zero1",
+                                                      f"parallel.tensor_parallel.sequence_parallel={sp}")))
+            check_losses(f"mpirun -np 4 tensor 2 x data 2 zero1, sequence_parallel {sp}", d, ref, rc, out, secs)
 
         # 2. Every operation of the communicator
         for np_ in (2, 4):
