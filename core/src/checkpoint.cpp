@@ -67,21 +67,49 @@ std::vector<float> read_shard(const SafetensorsReader& file, const std::string& 
   return local;
 }
 
+// Moves a stage's logical tensor to the writer's stage (0) over pp; returns it on the writer.
+std::vector<float> to_writer_stage(Backend& backend, const CheckpointGroups& g, int owner, int tag,
+                                   std::vector<float> values, int64_t numel) {
+  if (owner == 0 || !g.collects) return values;
+  Tensor buf = backend.alloc_uninitialized({numel}, DType::F32, MemCategory::Workspace);
+  if (g.stage == owner) {
+    backend.copy_from_host(buf, values.data());
+    g.pp->send(buf, 0, tag)->wait();
+    return {};
+  }
+  if (g.stage != 0) return {};
+  g.pp->recv(buf, owner, tag)->wait();
+  return to_host(backend, buf);
+}
+
 }  // namespace
 
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
                              FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
-                             Communicator* tp) {
-  // Optimizer state may be sharded over dp (zero1) and tensors over tp:
-  // reading them is collective, so every rank walks every parameter.
+                             const CheckpointGroups& g) {
+  // Optimizer state may be sharded over dp (zero1), tensors over tp, layers
+  // over pipeline stages: collecting them is collective, so every rank walks
+  // every parameter of the model in the same order.
+  const std::vector<Param*>& all = g.all_params.empty() ? flat.params : g.all_params;
   std::vector<NamedArray> params, state;
-  for (Param* p : flat.params) {
-    std::vector<float> values = gather_logical(backend, tp, *p, to_host(backend, p->data));
+  int tag = 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    Param* p = all[i];
+    const int owner = g.owner_stage.empty() ? 0 : g.owner_stage[i];
+    const bool mine = owner == g.stage;
+    const int64_t numel = shape_numel(p->full_shape);
+    std::vector<float> values;
+    if (mine) values = gather_logical(backend, g.tp, *p, to_host(backend, p->data));
+    values = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(values), numel);
     if (writer) params.push_back({p->name, p->full_shape, std::move(values)});
     for (int s = 0; dp && s < state_slots; ++s) {
-      std::vector<float> local(p->data.numel());
-      dp->read_state(*p, s, local.data());
-      std::vector<float> slot = gather_logical(backend, tp, *p, std::move(local));
+      std::vector<float> slot;
+      if (mine) {
+        std::vector<float> local(p->data.numel());
+        dp->read_state(*p, s, local.data());
+        slot = gather_logical(backend, g.tp, *p, std::move(local));
+      }
+      slot = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(slot), numel);
       if (writer) state.push_back({p->name + ".slot" + std::to_string(s), p->full_shape, std::move(slot)});
     }
   }

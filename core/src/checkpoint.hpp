@@ -20,13 +20,24 @@ struct CheckpointMeta {
   uint64_t seed = 0;
 };
 
-// Every rank calls it (optimizer state sharded over dp and tensors sharded
-// over tp are gathered collectively: tensors are saved whole, by logical
-// name); only the `writer` writes files. `tp` may be null for one rank. The
-// caller holds a barrier before `publish_latest`. Returns the step folder.
+// How a rank's tensors reach the writer: shards are all-gathered over tp, and
+// pipeline stages other than the writer's send theirs over pp. Default: one rank.
+struct CheckpointGroups {
+  Communicator* tp = nullptr;
+  Communicator* pp = nullptr;
+  int stage = 0;                  // this rank's pipeline stage (= its pp rank)
+  bool collects = true;           // in the writer's pp group (tp 0, dp 0): sends to / receives from it
+  std::vector<Param*> all_params; // every parameter of the model, logical order; empty = flat.params
+  std::vector<int> owner_stage;   // the stage that saves all_params[i]
+};
+
+// Every rank calls it (optimizer state sharded over dp, tensors sharded over
+// tp and the stages' tensors are collected collectively: tensors are saved
+// whole, once, by logical name); only the `writer` (global rank 0) writes
+// files. The caller holds a barrier before `publish_latest`. Returns the step folder.
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
                              FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
-                             Communicator* tp = nullptr);
+                             const CheckpointGroups& groups = {});
 // Points checkpoints/latest at step_N and removes the oldest beyond `keep` (0 = keep all).
 void publish_latest(const std::string& out_dir, int64_t step, int64_t keep);
 

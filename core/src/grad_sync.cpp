@@ -46,7 +46,7 @@ std::vector<DecayRun> decay_runs(const FlatParams& flat, int64_t begin, int64_t 
 std::vector<ElementRange> norm_ranges(const FlatParams& flat, int64_t begin, int64_t end) {
   std::vector<ElementRange> ranges;
   for (size_t i = 0; i < flat.params.size(); ++i) {
-    if (flat.params[i]->tp_replicated && !flat.count_replicated) continue;
+    if (flat.params[i]->tied_copy || (flat.params[i]->tp_replicated && !flat.count_replicated)) continue;
     const int64_t b = std::max(begin, flat.offsets[i]);
     const int64_t e = std::min(end, flat.offsets[i] + flat.params[i]->data.numel());
     if (b >= e) continue;

@@ -22,6 +22,7 @@ const char* opt_type_name(OptType type) {
     case OptType::Float: return "float";
     case OptType::String: return "string";
     case OptType::StringList: return "array of strings";
+    case OptType::IntList: return "array of integers";
   }
   return "?";
 }
@@ -59,6 +60,9 @@ OptionSpec opt_string(std::string key, std::string def, std::string doc, std::ve
 }
 OptionSpec opt_strings(std::string key, std::vector<std::string> def, std::string doc) {
   return make_spec(std::move(key), OptType::StringList, std::move(def), std::move(doc));
+}
+OptionSpec opt_ints(std::string key, std::vector<int64_t> def, std::string doc) {
+  return make_spec(std::move(key), OptType::IntList, std::move(def), std::move(doc));
 }
 OptionSpec opt_path(std::string key, std::string def, std::string doc) {
   OptionSpec s = opt_string(std::move(key), std::move(def), std::move(doc));
@@ -109,6 +113,11 @@ std::string opt_value_str(const OptValue& value) {
     return s;
   }
   if (auto s = std::get_if<std::string>(&value)) return quote(*s);
+  if (auto ints = std::get_if<std::vector<int64_t>>(&value)) {
+    std::string out = "[";
+    for (size_t i = 0; i < ints->size(); ++i) out += (i ? ", " : "") + std::to_string((*ints)[i]);
+    return out + "]";
+  }
   const auto& list = std::get<std::vector<std::string>>(value);
   std::string out = "[";
   for (size_t i = 0; i < list.size(); ++i) {
@@ -139,6 +148,9 @@ const std::string& Options::get_string(const std::string& key) const {
 }
 const std::vector<std::string>& Options::get_strings(const std::string& key) const {
   return std::get<std::vector<std::string>>(entry(key).value);
+}
+const std::vector<int64_t>& Options::get_ints(const std::string& key) const {
+  return std::get<std::vector<int64_t>>(entry(key).value);
 }
 const SourcePos& Options::where(const std::string& key) const { return entry(key).pos; }
 

@@ -278,6 +278,17 @@ OptValue value_from_node(const toml::node& node, const OptionSpec& spec, const s
       }
       return out;
     }
+    case OptType::IntList: {
+      auto arr = node.as_array();
+      if (!arr) return wrong();
+      std::vector<int64_t> out;
+      for (auto&& item : *arr) {
+        auto i = item.as_integer();
+        if (!i) fail_at(pos_of(item), qualified + ": expected an array of integers, found " + with_article(describe_node_type(item)));
+        out.push_back(i->get());
+      }
+      return out;
+    }
   }
   return wrong();
 }
@@ -346,6 +357,27 @@ OptValue value_from_text(const std::string& raw, const OptionSpec& spec, const s
       }
       if (quote) return wrong("a list (a quote is not closed)");
       finish();
+      return out;
+    }
+    case OptType::IntList: {
+      // 3,1  or  [3, 1]
+      std::string body = text;
+      if (body.size() >= 2 && body.front() == '[' && body.back() == ']') body = body.substr(1, body.size() - 2);
+      std::vector<int64_t> out;
+      size_t start = 0;
+      while (start <= body.size()) {
+        size_t comma = body.find(',', start);
+        std::string item = body.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        size_t a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
+        item = a == std::string::npos ? "" : item.substr(a, b - a + 1);
+        int64_t v = 0;
+        auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+        if (item.empty() && out.empty() && comma == std::string::npos) break;  // []
+        if (ec != std::errc() || end != item.data() + item.size()) return wrong("a list of integers");
+        out.push_back(v);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
       return out;
     }
   }

@@ -1,5 +1,6 @@
 #include "runtime.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "weft/grad_sync.hpp"
@@ -49,6 +50,25 @@ std::unique_ptr<Tokenizer> make_tokenizer(const Recipe& recipe, const Registry& 
   return registry.factory<Tokenizer>(recipe.plugin("tokenizer"))(recipe.options("tokenizer"));
 }
 
+PipelinePlan plan_pipeline(const Recipe& recipe, Model& model, const PipelineSchedule& schedule,
+                           PipelineTimeline* timeline) {
+  const int stages = recipe.sizes.pp;
+  const int microbatches = static_cast<int>(recipe.grad_accum);
+  try {
+    PipelinePlan plan = make_pipeline_plan(static_cast<int64_t>(model.layers().size()), stages,
+                                           schedule.virtual_stages(), schedule.layers_per_stage());
+    std::vector<std::vector<PipelineOp>> ops;
+    for (int s = 0; s < stages; ++s) ops.push_back(schedule.ops(s, stages, microbatches));
+    PipelineTimeline t = simulate_pipeline(plan, ops, microbatches);
+    if (timeline) *timeline = t;
+    return plan;
+  } catch (const PlanError& e) {
+    if (e.key == "pipeline") recipe.options("parallel").fail("pipeline", e.message);
+    recipe.options("parallel.pipeline_schedule").fail(e.key, e.message);
+  }
+  throw InternalError("plan_pipeline: unreachable");
+}
+
 ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int rank) {
   auto tokenizer = make_tokenizer(recipe, registry);
   Topology topo = make_topology(recipe.world, rank, recipe.sizes);
@@ -65,19 +85,31 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
   auto optimizer = registry.factory<Optimizer>(recipe.plugin("optimizer"))(recipe.options("optimizer"));
   auto dp = registry.factory<DataParallel>(recipe.plugin("parallel.data_parallel"))(
       recipe.options("parallel.data_parallel"));
+  auto schedule = registry.factory<PipelineSchedule>(recipe.plugin("parallel.pipeline_schedule"))(
+      recipe.options("parallel.pipeline_schedule"), penv);
 
   ModelEstimate est;
   est.summary = model->summary();
-  for (const Param* p : model->params()) {
+  est.plan = plan_pipeline(recipe, *model, *schedule, &est.timeline);
+  const int stage = topo.coords.pp;
+  for (const Param* p : stage_params(*model, est.plan, stage)) {
     est.local_params += shape_numel(p->shape);
     est.params.push_back({p->name, p->shape, p->full_shape, p->shard});
   }
   est.param_bytes = 4.0 * est.local_params;
   est.grad_bytes = 4.0 * est.local_params;
   est.optim_bytes = 4.0 * est.local_params * optimizer->state_slots() * dp->optimizer_state_share(recipe.sizes.dp);
-  // Under 1F1B a stage holds up to pp microbatches in flight, each with 1/pp of
-  // the layers: about one microbatch of the whole model's activations.
-  est.act_bytes = static_cast<double>(est.summary.act_bytes_per_sample) * recipe.options("batch").get_int("micro");
+  // The stage's share of the blocks' activations, times the microbatches its
+  // schedule keeps in flight.
+  int64_t blocks = 0;
+  for (int c = 0; c < est.plan.virtual_stages; ++c) {
+    const PipelineChunk& chunk = est.plan.at(stage, c);
+    blocks += chunk.end - chunk.first;
+  }
+  const double share = std::min(1.0, static_cast<double>(blocks) / static_cast<double>(model->layers().size()));
+  est.in_flight = schedule->in_flight(stage, recipe.sizes.pp, static_cast<int>(recipe.grad_accum));
+  est.act_bytes = static_cast<double>(est.summary.act_bytes_per_sample) * recipe.options("batch").get_int("micro") *
+                  share * est.in_flight;
   return est;
 }
 
@@ -93,15 +125,24 @@ namespace weft {
 
 namespace {
 
-// Whether a saved recipe turns sequence parallelism on (unreadable files are
-// reported by load_recipe_for_run, which reads the same file next).
-bool saved_sequence_parallel(const std::string& recipe_path) {
+// What a saved recipe must change besides the sizes to run on one rank, for
+// the options of the built-in plugins that only make sense on several:
+// sequence parallelism off, one stage's worth of layers_per_stage, one model
+// chunk. (Unreadable files are reported by load_recipe_for_run, which reads
+// the same file next.)
+std::vector<std::string> one_rank_options(const std::string& recipe_path) {
+  std::vector<std::string> out;
   try {
     toml::table saved = toml::parse_file(recipe_path);
-    return saved["parallel"]["tensor_parallel"]["sequence_parallel"].value_or(false);
+    if (saved["parallel"]["tensor_parallel"]["sequence_parallel"].value_or(false))
+      out.push_back("parallel.tensor_parallel.sequence_parallel=false");
+    auto schedule = saved["parallel"]["pipeline_schedule"];
+    if (auto* per_stage = schedule["layers_per_stage"].as_array(); per_stage && !per_stage->empty())
+      out.push_back("parallel.pipeline_schedule.layers_per_stage=[]");
+    if (schedule["virtual_stages"].value_or(int64_t{1}) != 1) out.push_back("parallel.pipeline_schedule.virtual_stages=1");
   } catch (const toml::parse_error&) {
-    return false;
   }
+  return out;
 }
 
 }  // namespace
@@ -119,7 +160,13 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   menv.layers = stack.layers.get();
   menv.parallel = &stack.parallel;
   stack.model = registry.factory<Model>(recipe.plugin("model"))(recipe.options("model"), menv);
-  stack.flat = materialize_params(stack.model->params(), *stack.backend, menv.seed);
+  stack.schedule = registry.factory<PipelineSchedule>(recipe.plugin("parallel.pipeline_schedule"))(
+      recipe.options("parallel.pipeline_schedule"), stack.parallel);
+  stack.plan = plan_pipeline(recipe, *stack.model, *stack.schedule);
+  stack.tied.clear();
+  std::vector<Param*> params = stage_params(*stack.model, stack.plan, stack.topology.coords.pp, &stack.tied);
+  for (Param* p : stack.tied) p->tied_copy = true;
+  stack.flat = materialize_params(params, *stack.backend, menv.seed);
   stack.flat.count_replicated = stack.topology.coords.tp == 0;
 }
 
@@ -128,8 +175,7 @@ void build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Reg
   std::string step_dir = resolve_checkpoint_dir(path);
   std::vector<std::string> one_rank = {"parallel.tensor=1", "parallel.pipeline=1", "parallel.data=1",
                                        "parallel.expert=1", "parallel.world=1", "batch.global=auto"};
-  // Sequence parallelism needs tensor > 1: off on one rank, where the plugin has the option.
-  if (saved_sequence_parallel(step_dir + "/recipe.toml")) one_rank.push_back("parallel.tensor_parallel.sequence_parallel=false");
+  for (std::string& o : one_rank_options(step_dir + "/recipe.toml")) one_rank.push_back(std::move(o));
   recipe_out = load_recipe_for_run(step_dir + "/recipe.toml", one_rank, registry, scan);
   stack.topology = make_topology(1, 0, recipe_out.sizes);
   BackendEnv env;

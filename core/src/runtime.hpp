@@ -8,7 +8,9 @@
 
 #include "loader.hpp"
 #include "weft/model.hpp"
+#include "weft/pipeline.hpp"
 #include "weft/recipe.hpp"
+#include "weft/schedule.hpp"
 #include "weft/tokenizer.hpp"
 
 namespace weft {
@@ -34,6 +36,9 @@ struct ModelEstimate {
   int64_t local_params = 0;  // elements the rank holds
   double param_bytes = 0, grad_bytes = 0, optim_bytes = 0, act_bytes = 0;
   std::vector<LocalParam> params;  // the rank's, declaration order
+  PipelinePlan plan;
+  PipelineTimeline timeline;       // the schedule simulated over the step's microbatches
+  int in_flight = 1;               // microbatches of activations the rank's stage keeps at most
 };
 // Builds the model of global rank `rank` without allocating its parameters.
 ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int rank = 0);
@@ -45,8 +50,14 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
 
 namespace weft {
 
+// The schedule's stage cut of `model` and its op lists for the recipe's
+// microbatches, checked by simulation; refusals name the recipe key.
+PipelinePlan plan_pipeline(const Recipe& recipe, Model& model, const PipelineSchedule& schedule,
+                           PipelineTimeline* timeline = nullptr);
+
 // What one rank needs to run its model: backend, tokenizer, layer provider,
-// model and its materialised parameters.
+// model, the pipeline schedule and stage cut, and this stage's materialised
+// parameters.
 struct ModelStack {
   Topology topology;
   ParallelEnv parallel;
@@ -54,6 +65,9 @@ struct ModelStack {
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<LayerProvider> layers;
   std::unique_ptr<Model> model;
+  std::unique_ptr<PipelineSchedule> schedule;
+  PipelinePlan plan;
+  std::vector<Param*> tied;  // this stage's copies of parameters another stage owns (tied embedding)
   FlatParams flat;
 };
 

@@ -16,6 +16,7 @@
 #include "weft/metrics.hpp"
 #include "weft/optimizer.hpp"
 #include "weft/params.hpp"
+#include "weft/pipeline.hpp"
 #include "weft/schedule.hpp"
 
 namespace fs = std::filesystem;
@@ -53,7 +54,9 @@ class RankTrainer {
 
  private:
   void build();
-  double sum_over_tp(double value);
+  double sum_over(Communicator& group, double value);
+  CheckpointGroups checkpoint_groups();
+  void sum_tied_grads();
   void load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets);
   MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
 
@@ -66,16 +69,18 @@ class RankTrainer {
 
   ModelStack stack_;
   std::unique_ptr<Communicator> tp_comm_, pp_comm_, dp_comm_;
+  // The first and last stage of this rank's pipeline (Megatron's embedding
+  // group): the tied embedding's two copies sum their gradients over it.
+  std::unique_ptr<Communicator> embedding_comm_;
   std::unique_ptr<Dataset> dataset_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> lr_schedule_;
   std::unique_ptr<DataParallel> dp_;
-  std::unique_ptr<PipelineSchedule> schedule_;
   std::vector<std::unique_ptr<MetricsSink>> sinks_;
 
   int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
   std::string out_dir_;
-  Tensor ids_, targets_;                 // [B,T] int32 on the backend
+  std::vector<std::string> tied_names_;  // params tied across stages (both copies sum their gradients)
   std::vector<int32_t> host_tokens_;     // [B, T+1]
   std::vector<int32_t> host_ids_, host_targets_;
 };
@@ -89,6 +94,9 @@ void RankTrainer::build() {
   tp_comm_ = world_.split(topo.tp_group.front(), rank);
   pp_comm_ = world_.split(topo.pp_group.front(), rank);
   dp_comm_ = world_.split(topo.dp_group.front(), rank);
+  const int stages = topo.sizes.pp;
+  const bool end_stage = topo.coords.pp == 0 || topo.coords.pp == stages - 1;
+  embedding_comm_ = world_.split(end_stage ? topo.pp_group.front() : recipe_.world + rank, rank);
   stack_.parallel.tp = tp_comm_.get();
   stack_.parallel.pp = pp_comm_.get();
   stack_.parallel.dp = dp_comm_.get();
@@ -100,6 +108,13 @@ void RankTrainer::build() {
   env.cores = std::max(1, cores / std::max(1, launch_.local_size));
   build_model_stack(stack_, recipe_, registry_, env);
 
+  // Parameters a later stage reads and the first stage owns (the tied
+  // embedding): every rank derives them from the last stage's layers.
+  if (topo.sizes.pp > 1) {
+    std::vector<Param*> shared;
+    stage_params(*stack_.model, stack_.plan, topo.sizes.pp - 1, &shared);
+    for (Param* p : shared) tied_names_.push_back(p->name);
+  }
   ModelSummary summary = stack_.model->summary();
   seq_ = summary.seq_length;
   micro_ = recipe_.options("batch").get_int("micro");
@@ -121,27 +136,45 @@ void RankTrainer::build() {
   dp_ = registry_.factory<DataParallel>(recipe_.plugin("parallel.data_parallel"))(
       recipe_.options("parallel.data_parallel"));
   dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
-  schedule_ = registry_.factory<PipelineSchedule>(recipe_.plugin("parallel.pipeline_schedule"))(
-      recipe_.options("parallel.pipeline_schedule"), stack_.parallel);
-
-  ids_ = stack_.backend->alloc({micro_, seq_}, DType::I32, MemCategory::Workspace);
-  targets_ = stack_.backend->alloc({micro_, seq_}, DType::I32, MemCategory::Workspace);
   host_tokens_.resize(seq_ + 1);
   host_ids_.resize(micro_ * seq_);
   host_targets_.resize(micro_ * seq_);
 }
 
-// The squared gradient norm of this rank's share (replicated params counted on
-// tp rank 0 only, FlatParams::count_replicated) -> the whole model's.
-double RankTrainer::sum_over_tp(double value) {
-  if (tp_comm_->size() == 1) return value;
+// Every stage's tensors reach the writer (global rank 0) through the pp group
+// of the ranks at tp 0, dp 0.
+CheckpointGroups RankTrainer::checkpoint_groups() {
+  CheckpointGroups g;
+  g.tp = tp_comm_.get();
+  g.pp = pp_comm_.get();
+  g.stage = stack_.topology.coords.pp;
+  g.collects = stack_.topology.coords.tp == 0 && stack_.topology.coords.dp == 0;
+  g.all_params = stack_.model->params();
+  g.owner_stage = param_owner_stages(*stack_.model, stack_.plan);
+  return g;
+}
+
+// A value summed over `group` (the gradient norm's squares over tp and pp).
+double RankTrainer::sum_over(Communicator& group, double value) {
+  if (group.size() == 1) return value;
   Tensor buf = stack_.backend->alloc({1}, DType::F32, MemCategory::Workspace);
   float partial = static_cast<float>(value);
   stack_.backend->copy_from_host(buf, &partial);
-  tp_comm_->all_reduce(buf, ReduceOp::Sum)->wait();
+  group.all_reduce(buf, ReduceOp::Sum)->wait();
   float total = 0;
   stack_.backend->copy_to_host(&total, buf);
   return total;
+}
+
+// The tied embedding lives on the first and the last stage: after the step's
+// backward both copies get the sum of their gradients, then reduce over dp
+// like any other parameter.
+void RankTrainer::sum_tied_grads() {
+  for (Param* p : stack_.flat.params) {
+    if (!p->tied_copy && std::find(tied_names_.begin(), tied_names_.end(), p->name) == tied_names_.end()) continue;
+    embedding_comm_->all_reduce(p->grad, ReduceOp::Sum)->wait();
+    dp_->grad_ready(*p);
+  }
 }
 
 // Step s (0-based) consumes samples [s*G, (s+1)*G) of the seeded order; dp rank
@@ -153,10 +186,11 @@ void RankTrainer::load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& ta
     std::copy(host_tokens_.begin(), host_tokens_.begin() + seq_, host_ids_.begin() + b * seq_);
     std::copy(host_tokens_.begin() + 1, host_tokens_.end(), host_targets_.begin() + b * seq_);
   }
-  stack_.backend->copy_from_host(ids_, host_ids_.data());
-  stack_.backend->copy_from_host(targets_, host_targets_.data());
-  ids = ids_;
-  targets = targets_;
+  // Fresh tensors: a pipeline stage keeps several microbatches' ids (the embedding's backward reads them).
+  ids = stack_.backend->alloc_uninitialized({micro_, seq_}, DType::I32, MemCategory::Workspace);
+  targets = stack_.backend->alloc_uninitialized({micro_, seq_}, DType::I32, MemCategory::Workspace);
+  stack_.backend->copy_from_host(ids, host_ids_.data());
+  stack_.backend->copy_from_host(targets, host_targets_.data());
 }
 
 MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double grad_norm, double step_s,
@@ -222,6 +256,14 @@ void RankTrainer::run() {
   const int64_t ckpt_interval = recipe_.options("checkpoint").get_int("interval");
   const int64_t keep = recipe_.options("checkpoint").get_int("keep");
   const float dloss_scale = 1.0f / static_cast<float>(global_ * seq_);
+  // Activations between stages: [micro, T, C], or this rank's T/tp slice under sequence parallelism.
+  const int64_t local_t = stack_.layers->sequence_parallel() ? seq_ / stack_.layers->tp_size() : seq_;
+  const Shape activation_shape{micro_, local_t, summary.hidden};
+  const std::vector<PipelineOp> ops =
+      stack_.schedule->ops(stack_.topology.coords.pp, stack_.topology.sizes.pp, static_cast<int>(accum_));
+  auto is_tied = [&](const Param& p) {
+    return std::find(tied_names_.begin(), tied_names_.end(), p.name) != tied_names_.end();
+  };
   Tensor loss_buf = stack_.backend->alloc({1}, DType::F32, MemCategory::Workspace);
   auto comm_total = [&] {
     return world_.bytes_sent() + tp_comm_->bytes_sent() + pp_comm_->bytes_sent() + dp_comm_->bytes_sent();
@@ -236,25 +278,30 @@ void RankTrainer::run() {
     s.model = stack_.model.get();
     s.backend = stack_.backend.get();
     s.parallel = &stack_.parallel;
+    s.plan = &stack_.plan;
     s.microbatches = static_cast<int>(accum_);
+    s.activation_shape = activation_shape;
     s.dloss_scale = dloss_scale;
     s.load = [&](int mb, Tensor& ids, Tensor& targets) { load_microbatch(step - 1, mb, ids, targets); };
     s.on_grad_ready = [&](Param& p) {
+      if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
       if (stack_.layers->grad_sums_over_tp(p)) tp_comm_->all_reduce(p.grad, ReduceOp::Sum)->wait();
       dp_->grad_ready(p);
     };
-    double loss_sum = schedule_->run(s);
+    double loss_sum = run_pipeline_ops(s, ops);
+    sum_tied_grads();
 
-    double norm = std::sqrt(sum_over_tp(dp_->finish_reduction()));
+    double norm = std::sqrt(sum_over(*pp_comm_, sum_over(*tp_comm_, dp_->finish_reduction())));
     double clip = optimizer_->clip_grad_norm();
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
     double lr = lr_schedule_->lr(step);
     dp_->step(lr, grad_scale, step);
 
-    // Mean loss over every token of the global batch (summed over dp ranks).
+    // Mean loss over every token of the global batch: the last stage's, summed over dp ranks.
     float partial = static_cast<float>(loss_sum);
     stack_.backend->copy_from_host(loss_buf, &partial);
+    if (pp_comm_->size() > 1) pp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
     dp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
     float total = 0;
     stack_.backend->copy_to_host(&total, loss_buf);
@@ -274,7 +321,7 @@ void RankTrainer::run() {
     if (save) {
       CheckpointMeta meta{step, step * global_, seed};
       std::string dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
-                                         *stack_.backend, rank0, tp_comm_.get());
+                                         *stack_.backend, rank0, checkpoint_groups());
       if (rank0) log_->info("checkpoint {}", dir);
       world_.barrier();
       if (rank0) publish_latest(out_dir_, step, keep);

@@ -119,7 +119,7 @@ void GptEmbedding::collect_params(std::vector<Param*>& out) {
 // ---------------------------------------------------------------- head
 
 GptHead::GptHead(Param& wte, int64_t vocab, int64_t hidden, LayerProvider& layers)
-    : hidden_(hidden), lnf_("lnf", hidden), output_(layers.tied_output_loss(wte, vocab)) {}
+    : wte_(wte), hidden_(hidden), lnf_("lnf", hidden), output_(layers.tied_output_loss(wte, vocab)) {}
 
 Tensor GptHead::forward(Context& ctx, const Tensor& x) {
   WEFT_ASSERT(x.defined() && x.shape().size() == 3 && x.dim(2) == hidden_, "gpt: head input must be [B,T,C]");
@@ -187,6 +187,7 @@ ModelSummary GptModel::summary() const {
   const int64_t per_token = L * (2 * ln + 2 * C + (12 * C + H) / p) + ln + C + Vp / p + 1 + 2;
   s.act_bytes_per_sample = per_token * T * 4;
   s.seq_length = T;
+  s.hidden = C;
   s.vocab = c.vocab;
   s.padded_vocab = Vp;
   return s;

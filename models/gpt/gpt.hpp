@@ -63,9 +63,11 @@ class GptHead : public Module {
   Tensor forward(Context& ctx, const Tensor& x) override;    // [B,T,C] -> losses [B,T] | logits [B,T,Vp]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy ignored; starts from ctx.dloss_scale
   void collect_params(std::vector<Param*>& out) override;
+  void collect_shared_params(std::vector<Param*>& out) override { out.push_back(&wte_); }
   nn::LayerNorm& lnf() { return lnf_; }
 
  private:
+  Param& wte_;  // [Vp,C], the embedding's (tied)
   int64_t hidden_;
   nn::LayerNorm lnf_;
   std::unique_ptr<Module> output_;  // x @ wte^T and the cross entropy

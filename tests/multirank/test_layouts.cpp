@@ -61,6 +61,17 @@ int64_t gpt_tiny_params() {
   return V * C + T * C + L * block + 2 * C;   // wte, wpe, blocks, final ln
 }
 
+// The build tree's plugins, loaded once for every test of this file.
+weft::Registry& shared_registry() {
+  static weft::Registry* r = [] {
+    auto* reg = new weft::Registry;
+    weft::PluginScan scan;
+    weft::load_plugin_dirs(*reg, weft::build_tree_plugin_dirs(WEFT_BUILD_ROOT), scan);
+    return reg;
+  }();
+  return *r;
+}
+
 int64_t ring(int dp, int64_t bytes) { return bytes * 2 * (dp - 1) / dp; }
 
 struct Layout {
@@ -72,15 +83,7 @@ struct Layout {
 
 class LayoutEquivalence : public ::testing::TestWithParam<Layout> {
  protected:
-  static weft::Registry& registry() {
-    static weft::Registry* r = [] {
-      auto* reg = new weft::Registry;
-      weft::PluginScan scan;
-      weft::load_plugin_dirs(*reg, weft::build_tree_plugin_dirs(WEFT_BUILD_ROOT), scan);
-      return reg;
-    }();
-    return *r;
-  }
+  static weft::Registry& registry() { return shared_registry(); }
 
   static Metrics train(const Layout& l) {
     fs::path out = fs::temp_directory_path() / ("weft-multirank-" + l.label() + "-" + std::to_string(::getpid()));
@@ -194,16 +197,6 @@ struct TrainedRun {
   Metrics metrics;
   Tensors final_params;  // from the last checkpoint
 };
-
-weft::Registry& shared_registry() {
-  static weft::Registry* r = [] {
-    auto* reg = new weft::Registry;
-    weft::PluginScan scan;
-    weft::load_plugin_dirs(*reg, weft::build_tree_plugin_dirs(WEFT_BUILD_ROOT), scan);
-    return reg;
-  }();
-  return *r;
-}
 
 // Trains gpt-tiny (global batch 8, micro 2, 10 steps) with `overrides`; with a
 // resume_from, continues that checkpoint. Keeps nothing on disk.

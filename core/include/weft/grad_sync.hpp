@@ -60,7 +60,8 @@ struct DecayRun {
 std::vector<DecayRun> decay_runs(const FlatParams& flat, int64_t begin, int64_t end);
 
 // The element ranges of [begin, end) that this rank counts in the gradient
-// norm (FlatParams::count_replicated), consecutive params merged.
+// norm (FlatParams::count_replicated; never a Param::tied_copy), consecutive
+// params merged.
 struct ElementRange {
   int64_t begin = 0, end = 0;
 };

@@ -40,6 +40,11 @@ struct Param {
   // > 0: dim 0 is a padded vocabulary of which the first vocab_rows rows are
   // real; a checkpoint padded differently (another tensor size) still loads.
   int64_t vocab_rows = 0;
+  // This rank holds the parameter only because one of its layers reads it
+  // while another pipeline stage owns it (the tied embedding on the last
+  // stage): its gradient is summed with the owner's, and it is neither counted
+  // in the gradient norm nor saved from here.
+  bool tied_copy = false;
   Tensor data;  // [shape], view into the flat param buffer
   Tensor grad;  // [shape], view into the flat grad buffer
 };
@@ -76,6 +81,9 @@ class Module {
   // Accumulates into its params' grads; returns dL/dx (undefined for token inputs).
   virtual Tensor backward(Context& ctx, const Tensor& dy) = 0;
   virtual void collect_params(std::vector<Param*>& out) = 0;
+  // Params this module reads but another layer owns (a tied output layer reads
+  // the embedding table), so a pipeline stage holding only this one has them.
+  virtual void collect_shared_params(std::vector<Param*>& /*out*/) {}
 };
 
 }  // namespace weft

@@ -21,10 +21,10 @@ struct SourcePos {
   std::string str() const;  // "file:line:col" / "file" / ""
 };
 
-enum class OptType { Bool, Int, Float, String, StringList };
+enum class OptType { Bool, Int, Float, String, StringList, IntList };
 const char* opt_type_name(OptType type);
 
-using OptValue = std::variant<bool, int64_t, double, std::string, std::vector<std::string>>;
+using OptValue = std::variant<bool, int64_t, double, std::string, std::vector<std::string>, std::vector<int64_t>>;
 
 struct OptionSpec {
   std::string key;
@@ -49,6 +49,7 @@ OptionSpec opt_float(std::string key, double def, std::string doc,
 OptionSpec opt_string(std::string key, std::string def, std::string doc,
                       std::vector<std::string> choices = {});
 OptionSpec opt_strings(std::string key, std::vector<std::string> def, std::string doc);
+OptionSpec opt_ints(std::string key, std::vector<int64_t> def, std::string doc);
 OptionSpec opt_path(std::string key, std::string def, std::string doc);
 OptionSpec opt_paths(std::string key, std::vector<std::string> def, std::string doc);
 OptionSpec required(OptionSpec spec);
@@ -75,6 +76,7 @@ class Options {
   double get_float(const std::string& key) const;  // Int values widen
   const std::string& get_string(const std::string& key) const;
   const std::vector<std::string>& get_strings(const std::string& key) const;
+  const std::vector<int64_t>& get_ints(const std::string& key) const;
   const SourcePos& where(const std::string& key) const;
 
   // Throws weft::Error "file:line:col: section.key: message" (or without the
