@@ -45,6 +45,36 @@ void print_first_block_shards(const Recipe& recipe, const Registry& registry) {
   if (shown < tp) std::printf("# ... %d more tensor-parallel ranks, shards of the same shapes\n", tp - shown);
 }
 
+// Which layers each stage holds, and the schedule as a timeline (simulated:
+// a forward takes one time unit, a backward two) with its bubble fraction.
+void print_pipeline(const Recipe& recipe, const ModelEstimate& est) {
+  const PipelinePlan& plan = est.plan;
+  const int64_t last = plan.chunks.back().end - 1;  // the output layer
+  auto describe = [&](const PipelineChunk& c) {
+    std::string what;
+    auto add = [&](const std::string& part) { what += (what.empty() ? "" : ", ") + part; };
+    if (c.first == 0) add("embedding");
+    const int64_t b0 = std::max<int64_t>(c.first, 1), b1 = std::min<int64_t>(c.end, last);  // blocks [b0, b1)
+    if (b1 > b0) add(b1 - b0 == 1 ? "block " + std::to_string(b0 - 1)
+                                    : "blocks " + std::to_string(b0 - 1) + "-" + std::to_string(b1 - 2));
+    if (c.end == last + 1) add("head");
+    return "layers " + std::to_string(c.first) + "-" + std::to_string(c.end - 1) + " (" + what + ")";
+  };
+  std::printf("# pipeline: %d stage%s x %d model chunk%s, schedule %s, %lld microbatches per step\n", plan.stages,
+              plan.stages == 1 ? "" : "s", plan.virtual_stages, plan.virtual_stages == 1 ? "" : "s",
+              recipe.plugin("parallel.pipeline_schedule").c_str(), static_cast<long long>(recipe.grad_accum));
+  for (int s = 0; s < plan.stages; ++s) {
+    std::string chunks;
+    for (int c = 0; c < plan.virtual_stages; ++c) chunks += (c ? "; " : "") + describe(plan.at(s, c));
+    std::printf("#   stage %d: %s\n", s, chunks.c_str());
+  }
+  std::printf("# schedule (F/B = forward/backward of microbatch n%s; a forward takes one column, a backward two):\n",
+              plan.virtual_stages > 1 ? ", .c = model chunk c" : "");
+  for (int s = 0; s < plan.stages; ++s) std::printf("#   stage %d | %s\n", s, est.timeline.rows[s].c_str());
+  std::printf("# pipeline bubble: %.1f%% of stage time idle (%lld time units per step)\n",
+              100.0 * est.timeline.bubble, static_cast<long long>(est.timeline.makespan));
+}
+
 }  // namespace
 
 int cmd_check(const RecipeArgs& args) {
@@ -65,9 +95,12 @@ int cmd_check(const RecipeArgs& args) {
 
   ModelEstimate est = estimate_model(recipe, plugins.registry);
   print_first_block_shards(recipe, plugins.registry);
+  print_pipeline(recipe, est);
   std::printf("# parameters: %lld (%.3fM); this rank holds %lld\n", static_cast<long long>(est.summary.params),
               est.summary.params / 1e6, static_cast<long long>(est.local_params));
-  std::printf("# memory per rank (estimate): params %s, grads %s, optimizer state %s, activations %s, total %s\n",
+  std::printf("# memory per rank (estimate, rank 0; activations of %d microbatch%s in flight): params %s, grads %s, "
+              "optimizer state %s, activations %s, total %s\n",
+              est.in_flight, est.in_flight == 1 ? "" : "es",
               mib(est.param_bytes).c_str(), mib(est.grad_bytes).c_str(), mib(est.optim_bytes).c_str(),
               mib(est.act_bytes).c_str(), mib(est.param_bytes + est.grad_bytes + est.optim_bytes + est.act_bytes).c_str());
   return 0;

@@ -474,6 +474,30 @@ expect_no_crash
 expect_err_has "model.safetensors: 'wte.weight' has shape [384,128], the model expects [384,64]"
 finish
 
+# ---- pipeline parallelism ------------------------------------------------------------------------
+
+refuse "more pipeline stages than blocks" "$TINY" --set parallel.pipeline=8 -- \
+  "--set parallel.pipeline=8: parallel.pipeline: pipeline 8 stages for 4 blocks (model.layers): every stage needs at least one block"
+refuse "layers_per_stage that does not sum to the blocks" "$TINY" --set parallel.pipeline=2 \
+  --set "parallel.pipeline_schedule.layers_per_stage=[3,2]" -- \
+  "parallel.pipeline_schedule.layers_per_stage: layers_per_stage sums to 5 blocks, the model has 4 (model.layers)"
+refuse "virtual_stages that does not divide a stage's blocks" "$TINY" --set parallel.pipeline=2 \
+  --set parallel.pipeline_schedule.plugin=interleaved --set "parallel.pipeline_schedule.layers_per_stage=[3,1]" -- \
+  "parallel.pipeline_schedule.virtual_stages: virtual_stages 2 does not divide the 3 blocks of stage 0"
+refuse "interleaved schedule with a microbatch count it cannot run" "$TINY" --set parallel.pipeline=4 \
+  --set parallel.pipeline_schedule.plugin=interleaved --set model.layers=8 --set batch.micro=4 -- \
+  "parallel.pipeline_schedule.virtual_stages: the interleaved schedule runs microbatches in groups of pipeline 4: 2 microbatches per step"
+
+begin "check draws the pipeline schedule of examples/gpt-3d.toml"
+run -- check "$SRC/examples/gpt-3d.toml"
+expect_rc 0
+expect_no_crash
+expect_out_has "# pipeline: 2 stages x 1 model chunk, schedule 1f1b, 4 microbatches per step" \
+  "#   stage 0: layers 0-2 (embedding, blocks 0-1)" "#   stage 1: layers 3-5 (blocks 2-3, head)" \
+  "#   stage 0 | F0 F1 .  .  B0 B0 F2 B1 B1 F3 B2 B2 .  B3 B3" \
+  "#   stage 1 | .  F0 B0 B0 F1 B1 B1 F2 B2 B2 F3 B3 B3 .  ." "# pipeline bubble: 20.0% of stage time idle"
+finish
+
 # ---- train, eval, generate, and damaged inputs to them ------------------------------------------
 
 RUN=$TMP/run

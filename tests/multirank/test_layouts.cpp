@@ -357,6 +357,123 @@ TEST(TensorParallelCheckpoints, ResumeUnderAnotherTensorSize) {
   fs::remove_all(saved_tp1);
 }
 
+// ---------------------------------------------------------------- pipeline parallelism
+//
+// pipeline p in {2, 4} x {gpipe, 1f1b, interleaved (2 model chunks per stage)}
+// x microbatches M in {p, 2p} (global 8, micro 8/M): every step's loss and the
+// final parameters equal the single-rank run's at the same micro-batch size
+// (one rank at micro 8/M accumulates the same M microbatches). Interleaved over
+// 4 stages needs 8 blocks: those runs and their reference use model.layers=8.
+
+struct PpLayout {
+  int pp;
+  std::string schedule;
+  int microbatches;
+  std::string label() const {
+    return "pp" + std::to_string(pp) + "_" + schedule + "_mb" + std::to_string(microbatches);
+  }
+  std::vector<std::string> model() const {
+    return pp == 4 && schedule == "interleaved" ? std::vector<std::string>{"model.layers=8"}
+                                                : std::vector<std::string>{};
+  }
+};
+
+// The single-rank run of a model variant, trained once.
+const TrainedRun& reference_for(const std::vector<std::string>& model) {
+  static std::map<std::vector<std::string>, TrainedRun> cache;
+  auto it = cache.find(model);
+  if (it == cache.end()) it = cache.emplace(model, train_tiny("reference-" + std::to_string(cache.size()), model)).first;
+  return it->second;
+}
+
+class PipelineLayouts : public ::testing::TestWithParam<PpLayout> {};
+
+TEST_P(PipelineLayouts, LossAndParamsMatchTheSingleRankRun) {
+  const PpLayout l = GetParam();
+  const TrainedRun& ref = reference_for(l.model());
+  std::vector<std::string> sets = {"parallel.pipeline=" + std::to_string(l.pp),
+                                   "parallel.pipeline_schedule.plugin=" + l.schedule,
+                                   "batch.micro=" + std::to_string(8 / l.microbatches)};
+  for (const std::string& m : l.model()) sets.push_back(m);
+  TrainedRun run = train_tiny(l.label(), sets);
+  const double loss_err = worst_loss_error(ref.metrics, run.metrics, 1);
+  const ParamError param_err = param_error(ref.final_params, run.final_params);
+  EXPECT_LE(loss_err, kRelTol);
+  EXPECT_LE(param_err.whole, kRelTol);
+  EXPECT_LE(param_err.worst_tensor, 1e-3);
+  std::printf("%-24s max rel loss error %.3g, final params %.3g; stage 0 mem_act_bytes %.0f\n", l.label().c_str(),
+              loss_err, param_err.whole, run.metrics.at(kSteps)["mem_act_bytes"].get<double>());
+}
+
+std::vector<PpLayout> pp_layouts() {
+  std::vector<PpLayout> out;
+  for (int pp : {2, 4})
+    for (const char* schedule : {"gpipe", "1f1b", "interleaved"})
+      for (int m : {pp, 2 * pp}) out.push_back({pp, schedule, m});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(GptTiny, PipelineLayouts, ::testing::ValuesIn(pp_layouts()),
+                         [](const ::testing::TestParamInfo<PpLayout>& info) { return info.param.label(); });
+
+// 3D layouts with ZeRO-1: tensor 2 x pipeline 2 x data 2 (8 ranks, sequence
+// parallel, 1f1b) and the origin page's tensor 4 x pipeline 2 x data 2 (16 ranks,
+// interleaved) equal one rank.
+TEST(ThreeD, TensorPipelineDataZero1MatchTheSingleRankRun) {
+  const TrainedRun& ref = single_rank_run();
+  struct Case {
+    std::string label;
+    std::vector<std::string> sets;
+  };
+  for (const Case& c :
+       {Case{"tp2_pp2_dp2_zero1_sp", {"parallel.tensor=2", "parallel.pipeline=2", "parallel.data=2",
+                                      "parallel.data_parallel.plugin=zero1",
+                                      "parallel.tensor_parallel.sequence_parallel=true"}},
+        Case{"tp4_pp2_dp2_zero1_interleaved", {"parallel.tensor=4", "parallel.pipeline=2", "parallel.data=2",
+                                               "parallel.data_parallel.plugin=zero1",
+                                               "parallel.pipeline_schedule.plugin=interleaved"}}}) {
+    TrainedRun run = train_tiny(c.label, c.sets);
+    const double loss_err = worst_loss_error(ref.metrics, run.metrics, 1);
+    const ParamError param_err = param_error(ref.final_params, run.final_params);
+    EXPECT_LE(loss_err, kRelTol) << c.label;
+    EXPECT_LE(param_err.whole, kRelTol) << c.label;
+    std::printf("%-30s max rel loss error %.3g, final params %.3g\n", c.label.c_str(), loss_err, param_err.whole);
+  }
+}
+
+// A checkpoint saved at pipeline 2 x tensor 2 (step 5) resumes at 1 x 1 and
+// at pipeline 4 x tensor 1; steps 6-10 repeat the uninterrupted run.
+TEST(PipelineCheckpoints, ResumeUnderAnotherPipelineAndTensorSize) {
+  const TrainedRun& ref = single_rank_run();
+  const std::string saved = (fs::temp_directory_path() / ("weft-pp-saved-" + std::to_string(::getpid()))).string();
+  train_tiny("save-pp2-tp2", {"parallel.pipeline=2", "parallel.tensor=2", "checkpoint.interval=5"}, "", saved);
+  for (const auto& [label, sets] :
+       std::vector<std::pair<std::string, std::vector<std::string>>>{{"pp2tp2_to_pp1tp1", {}},
+                                                                     {"pp2tp2_to_pp4tp1", {"parallel.pipeline=4"}}}) {
+    TrainedRun run = train_tiny(label, sets, saved + "/checkpoints/step_5");
+    const double err = worst_loss_error(ref.metrics, run.metrics, 6);
+    EXPECT_LE(err, kRelTol) << label;
+    std::printf("%-20s steps 6-10 max rel loss error %.3g\n", label.c_str(), err);
+  }
+  fs::remove_all(saved);
+}
+
+// With 8 microbatches on 2 stages, 1F1B keeps at most 2 microbatches of
+// activations alive on stage 0 and GPipe all 8: stage 0's peak activation
+// bytes must be lower under 1F1B (the figures are printed).
+TEST(PipelineMemory, OneFOneBKeepsFewerActivationsThanGPipe) {
+  std::map<std::string, double> peak;
+  for (const char* schedule : {"gpipe", "1f1b"}) {
+    TrainedRun run = train_tiny(std::string("mem-") + schedule,
+                                {"parallel.pipeline=2", std::string("parallel.pipeline_schedule.plugin=") + schedule,
+                                 "batch.micro=1"});
+    peak[schedule] = run.metrics.at(kSteps)["mem_act_bytes"].get<double>();
+  }
+  std::printf("stage 0 peak mem_act_bytes, 8 microbatches on 2 stages: gpipe %.0f, 1f1b %.0f (%.2fx)\n",
+              peak["gpipe"], peak["1f1b"], peak["gpipe"] / peak["1f1b"]);
+  EXPECT_LT(peak["1f1b"], peak["gpipe"]);
+}
+
 TEST(GptTinyShape, ParamCountMatchesTheModel) {
   // 0.84M, as examples/gpt-tiny.toml says; divisible by 4, so zero1's dp 4 shard has no padding here.
   EXPECT_EQ(gpt_tiny_params(), 842496);

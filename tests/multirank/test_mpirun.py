@@ -11,8 +11,9 @@
      ddp    optim 8 N             comm ring(4 N) + ring(4)
      zero1  optim 8 ceil(N/dp)    comm ring(4 dp ceil(N/dp)) + ring(4) + ring(4)
    Then `mpirun -np 4` with tensor 2 x data 2 and zero1, without and with
-   sequence parallelism: the single-rank loss at every step (the memory and
-   traffic formulas of tensor parallelism are held in tests/multirank/test_layouts.cpp).
+   sequence parallelism, and `mpirun -np 8` with examples/gpt-3d.toml (tensor 2 x
+   pipeline 2 x data 2, zero1): the single-rank loss at every step (the memory
+   and traffic formulas are held in tests/multirank/test_layouts.cpp).
 2. test_comm_mpi (every Communicator operation) under -np 2 and -np 4.
 3. Failures, each under `timeout`: a rank that throws, stalls, returns early or
    exits. The job must end with a non-zero status, and (except for the exit,
@@ -187,6 +188,11 @@ def main():
             rc, out, secs = run(mpirun(4, *train_args(d, "parallel.tensor=2", "parallel.data_parallel.plugin=zero1",
                                                       f"parallel.tensor_parallel.sequence_parallel={sp}")))
             check_losses(f"mpirun -np 4 tensor 2 x data 2 zero1, sequence_parallel {sp}", d, ref, rc, out, secs)
+
+        d = os.path.join(tmp, "3d")
+        rc, out, secs = run(mpirun(8, WEFT, "train", os.path.join(SOURCE_ROOT, "examples", "gpt-3d.toml"), "--set",
+                                   f"run.steps={STEPS}", "--set", "log.interval=1", "--set", f"run.out_dir={d}"))
+        check_losses("mpirun -np 8 examples/gpt-3d.toml (tensor 2 x pipeline 2 x data 2, zero1)", d, ref, rc, out, secs)
 
         # 2. Every operation of the communicator
         for np_ in (2, 4):
