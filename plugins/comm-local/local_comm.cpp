@@ -67,10 +67,10 @@ void reduce_block(const Tensor& out, const std::vector<LocalHub::Post>& posts, i
 }  // namespace
 
 void LocalHub::fail_wait(const char* op, const std::vector<int>& missing, double timeout_s) {
-  std::string ranks;
+  std::string ranks;  // the launcher's ranks, whatever group this is
   for (size_t i = 0; i < missing.size(); ++i) {
     if (i) ranks += ",";
-    ranks += std::to_string(missing[i]);
+    ranks += std::to_string(world_ranks_.at(missing[i]));
   }
   std::string reason = aborted_ ? abort_reason_
                                 : "timed out after " + std::to_string(static_cast<int>(timeout_s)) + " s";
@@ -151,10 +151,10 @@ std::vector<char> LocalHub::recv(int src, int dst, int tag, double timeout_s) {
   return out;
 }
 
-std::shared_ptr<LocalHub> LocalHub::split_hub(uint64_t generation, int color, int size) {
+std::shared_ptr<LocalHub> LocalHub::split_hub(uint64_t generation, int color, std::vector<int> world_ranks) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& hub = splits_[{generation, color}];
-  if (!hub) hub = std::make_shared<LocalHub>(size);
+  if (!hub) hub = std::make_shared<LocalHub>(static_cast<int>(world_ranks.size()), std::move(world_ranks));
   return hub;
 }
 
@@ -264,9 +264,12 @@ std::unique_ptr<Communicator> LocalCommunicator::split(int color, int key) {
   hub_->leave(rank_, "split", timeout_s_);
   std::sort(members.begin(), members.end());
   int my_index = 0;
-  for (size_t i = 0; i < members.size(); ++i)
+  std::vector<int> world_ranks;
+  for (size_t i = 0; i < members.size(); ++i) {
     if (members[i].second == rank_) my_index = static_cast<int>(i);
-  auto hub = hub_->split_hub(gen, color, static_cast<int>(members.size()));
+    world_ranks.push_back(hub_->world_rank(members[i].second));
+  }
+  auto hub = hub_->split_hub(gen, color, std::move(world_ranks));
   return std::make_unique<LocalCommunicator>(hub, my_index, timeout_s_);
 }
 

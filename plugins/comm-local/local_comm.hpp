@@ -20,8 +20,14 @@ namespace weft {
 
 class LocalHub {
  public:
-  explicit LocalHub(int size) : size_(size), staged_(size), posted_(size) {}
+  // world_ranks: the launcher's rank of each member (errors name those); empty = 0..size-1.
+  explicit LocalHub(int size, std::vector<int> world_ranks = {})
+      : size_(size), world_ranks_(std::move(world_ranks)), staged_(size), posted_(size) {
+    if (world_ranks_.empty())
+      for (int r = 0; r < size; ++r) world_ranks_.push_back(r);
+  }
   int size() const { return size_; }
+  int world_rank(int rank) const { return world_ranks_.at(rank); }
 
   // Everything one rank contributes to a collective.
   struct Post {
@@ -39,7 +45,7 @@ class LocalHub {
   std::vector<char> recv(int src, int dst, int tag, double timeout_s);
 
   // Sub-hubs made by a split, keyed by generation and color.
-  std::shared_ptr<LocalHub> split_hub(uint64_t generation, int color, int size);
+  std::shared_ptr<LocalHub> split_hub(uint64_t generation, int color, std::vector<int> world_ranks);
   uint64_t generation() const {
     std::lock_guard<std::mutex> lock(mu_);
     return generation_;
@@ -48,6 +54,7 @@ class LocalHub {
  private:
   [[noreturn]] void fail_wait(const char* op, const std::vector<int>& missing, double timeout_s);
   int size_;
+  std::vector<int> world_ranks_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Post> staged_;

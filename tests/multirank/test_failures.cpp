@@ -104,16 +104,18 @@ struct Trainer {
     weft::load_plugin_dirs(registry, dirs, scan);
   }
   // Returns the error weft::train ended with ("" = none).
-  std::string train(const std::string& dp_plugin, const std::string& action, double timeout_s, double* elapsed) {
+  // `layout` overrides the 4 data-parallel ranks (e.g. 2 stages x 2).
+  std::string train(const std::string& dp_plugin, const std::string& action, double timeout_s, double* elapsed,
+                    const std::vector<std::string>& layout = {"parallel.data=4"}) {
     fs::path out = fs::temp_directory_path() / ("weft-multirank-fail-" + action + "-" + std::to_string(::getpid()));
-    weft::Recipe recipe = weft::load_recipe_for_run(
-        std::string(WEFT_SOURCE_ROOT) + "/examples/gpt-tiny.toml",
-        {"run.steps=4", "log.interval=1", "batch.global=8", "parallel.data=4",
-         "parallel.data_parallel.plugin=" + dp_plugin, "comm.plugin=local",
-         "comm.timeout_s=" + std::to_string(timeout_s), "log.sinks=jsonl,fail-at", "log.fail-at.rank=2",
-         "log.fail-at.step=2", "log.fail-at.action=" + action, "log.fail-at.seconds=6",
-         "run.out_dir=" + out.string()},
-        registry, scan);
+    std::vector<std::string> sets = {"run.steps=4", "log.interval=1", "batch.global=8",
+                                     "parallel.data_parallel.plugin=" + dp_plugin, "comm.plugin=local",
+                                     "comm.timeout_s=" + std::to_string(timeout_s), "log.sinks=jsonl,fail-at",
+                                     "log.fail-at.rank=2", "log.fail-at.step=2", "log.fail-at.action=" + action,
+                                     "log.fail-at.seconds=6", "run.out_dir=" + out.string()};
+    sets.insert(sets.end(), layout.begin(), layout.end());
+    weft::Recipe recipe = weft::load_recipe_for_run(std::string(WEFT_SOURCE_ROOT) + "/examples/gpt-tiny.toml", sets,
+                                                    registry, scan);
     auto t0 = Clock::now();
     std::string error;
     try {
@@ -143,6 +145,18 @@ TEST(LocalFailure, TrainingStopsWhenARankStalls) {
   double elapsed = 0;
   std::string error = t.train("ddp", "stall", 1.5, &elapsed);
   EXPECT_TRUE(contains(error, "all_reduce")) << error;
+  EXPECT_TRUE(contains(error, "missing ranks [2]")) << error;
+  EXPECT_LT(elapsed, 30.0);
+}
+
+TEST(LocalFailure, PipelineStopsWhenAStageStalls) {
+  // 2 stages x 2 data ranks: rank 2 is stage 1 of the first pipeline. Its
+  // stage-0 peer waits for the gradient it would send back (a recv), its data
+  // peer in the gradient all-reduce; both give up after 1.5 s naming rank 2.
+  Trainer t;
+  double elapsed = 0;
+  std::string error = t.train("ddp", "stall", 1.5, &elapsed, {"parallel.pipeline=2", "parallel.data=2"});
+  EXPECT_TRUE(contains(error, "recv") || contains(error, "all_reduce")) << error;
   EXPECT_TRUE(contains(error, "missing ranks [2]")) << error;
   EXPECT_LT(elapsed, 30.0);
 }
