@@ -42,9 +42,9 @@ int run(int argc, char** argv) {
                                                  "the parameter count and a per-rank memory estimate");
   add_recipe(check);
 
-  CLI::App* plugins = app.add_subcommand("plugins", "list plugins, or one plugin's options");
+  CLI::App* plugins = app.add_subcommand("plugins", "list plugins, one family's plugins, or one plugin's options");
   std::string plugin_name;
-  plugins->add_option("name", plugin_name, "plugin name (or family/name)");
+  plugins->add_option("name", plugin_name, "plugin name (or family/name), or a family name (tokenizer, model, ...)");
 
   CLI::App* eval = app.add_subcommand("eval", "mean loss of a checkpoint over a text file");
   std::string checkpoint, text_file;

@@ -311,7 +311,23 @@ run -- plugins gtp
 expect_rc 2
 expect_one_error_line
 expect_no_crash
-expect_err_has "no plugin named 'gtp' (did you mean 'gpt'?)"
+expect_err_has "no plugin or family named 'gtp' (did you mean 'gpt'?)"
+finish
+
+begin "plugins FAMILY lists that family only"
+run -- plugins tokenizer
+expect_rc 0
+expect_no_crash
+expect_out_has "tokenizer:" "byte"
+if grep -aq '^model:' "$OUT"; then problem "lists other families"; fi
+if [ -s "$ERR" ]; then problem "stderr not empty"; fi
+finish
+
+begin "plugins misspelt family suggests it"
+run -- plugins tokeniser
+expect_rc 2
+expect_one_error_line
+expect_err_has "(did you mean 'tokenizer'?)"
 finish
 
 begin "plugins with the two-family fixture"
