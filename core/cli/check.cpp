@@ -21,7 +21,8 @@ std::string mib(double bytes) {
 int cmd_check(const RecipeArgs& args) {
   Plugins plugins;
   load_default_plugins(plugins);
-  Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan);
+  Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan, args.unsets);
+  for (const std::string& note : recipe.notes) std::printf("# note: %s\n", note.c_str());
   std::printf("%s\n", recipe.to_toml().c_str());
 
   const ParallelSizes& s = recipe.sizes;

@@ -29,9 +29,10 @@ int launcher_world_from_env() {
 }
 
 Recipe load_recipe_for_run(const std::string& path, const std::vector<std::string>& overrides, Registry& registry,
-                           PluginScan& scan) {
+                           PluginScan& scan, const std::vector<std::string>& unsets) {
   RecipeEnv env;
   env.launcher_world = launcher_world_from_env();
+  env.unsets = unsets;
   auto load_dirs = [&](const std::vector<std::string>& dirs) { load_plugin_dirs(registry, dirs, scan); };
   try {
     return load_recipe(path, overrides, registry, load_dirs, env);

@@ -15,9 +15,9 @@ namespace weft {
 
 // load_recipe with the recipe's [plugins] paths loaded into `registry`, the
 // launcher's world from the environment, and refused plugin files named when
-// a plugin the recipe needs is missing.
+// a plugin the recipe needs is missing. `unsets`: --unset section.key.
 Recipe load_recipe_for_run(const std::string& path, const std::vector<std::string>& overrides, Registry& registry,
-                           PluginScan& scan);
+                           PluginScan& scan, const std::vector<std::string>& unsets = {});
 
 // World size a launcher (mpirun, srun, torchrun) gave this process; 0 when none.
 int launcher_world_from_env();

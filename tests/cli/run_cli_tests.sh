@@ -535,5 +535,67 @@ expect_err_has "missing.txt"
 expect_no_crash
 finish
 
+# ---- --set plugin switches and --unset -----------------------------------------------------------
+
+begin "--set data.plugin=synthetic drops the text plugin's keys"
+run -- check "$SRC/examples/gpt-tiny.toml" --set data.plugin=synthetic
+expect_rc 0
+expect_no_crash
+expect_out_has '# note: data.plugin = "synthetic" (--set) drops data.documents, data.files' 'plugin = "synthetic"'
+if grep -aq '^documents = ' "$OUT"; then problem "data.documents is still in the resolved recipe"; fi
+finish
+
+begin "--unset restores the default"
+run -- check "$SRC/examples/gpt-tiny.toml" --unset lr_schedule.warmup_steps --unset run.steps
+expect_rc 0
+expect_no_crash
+expect_out_has "warmup_steps = 0" "steps = 100"
+finish
+
+refuse "--unset of a key the recipe does not set" "$R/base.toml" --unset run.seed -- \
+  "--unset run.seed: run.seed is not set by the recipe; nothing to unset"
+refuse "--unset of an unknown section" "$R/base.toml" --unset modle.layers -- \
+  "--unset modle.layers: unknown section [modle] (did you mean [model]?)"
+
+# ---- CLI forms and hints -------------------------------------------------------------------------
+
+refuse "unknown key in another tool's spelling" "$(replace numlayers 'layers = 1' 'num_layers = 1')" -- \
+  "numlayers.toml:3:1: model.num_layers: unknown key (did you mean 'layers'?)"
+refuse "--set hidden_size" "$R/base.toml" --set model.hidden_size=64 -- \
+  "--set model.hidden_size=64: model.hidden_size: unknown key (did you mean 'hidden'?)"
+
+begin "train --resume RECIPE resumes that recipe's run"
+run -- train "$R/base.toml" --set run.steps=1 --set "run.out_dir=$TMP/resume8"
+expect_rc 0
+run -- train --resume "$R/base.toml" --set run.steps=2 --set "run.out_dir=$TMP/resume8"
+expect_rc 0
+expect_no_crash
+expect_out_has "resumed from $TMP/resume8/checkpoints/step_1 at step 1"
+[ -d "$TMP/resume8/checkpoints/step_2" ] || problem "no step_2 checkpoint"
+finish
+
+begin "train without a recipe"
+run -- train --resume "$TMP/resume8"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "a recipe is required"
+finish
+
+# Colour codes only on a terminal of weft's own: under a launcher the
+# terminal is mpirun's pseudo-terminal, whatever the job's output goes to.
+if command -v script >/dev/null 2>&1; then
+  begin "log colours only on a terminal, never under a launcher"
+  script -qec "$WEFT train $R/base.toml --set run.steps=1 --set run.out_dir=$TMP/colour1" /dev/null >"$TMP/tty.out" 2>&1
+  if ! grep -aq $'\x1b\[' "$TMP/tty.out"; then problem "no colour on a terminal (the test's pty does not work?)"; fi
+  script -qec "env OMPI_COMM_WORLD_SIZE=1 $WEFT train $R/base.toml --set comm.plugin=local --set run.steps=1 --set run.out_dir=$TMP/colour2" \
+    /dev/null >"$TMP/mpi.out" 2>&1
+  grep -aq "step 1/1" "$TMP/mpi.out" || problem "the launched run did not train: $(head -c 300 "$TMP/mpi.out")"
+  if grep -aq $'\x1b\[' "$TMP/mpi.out"; then problem "colour codes under a launcher"; fi
+  run -- train "$R/base.toml" --set run.steps=1 --set "run.out_dir=$TMP/colour3"
+  if grep -aq $'\x1b\[' "$OUT"; then problem "colour codes in redirected output"; fi
+  finish
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
