@@ -1,9 +1,13 @@
-// `weft check RECIPE`: the resolved recipe, the parallel layout, the parameter
-// count and a per-rank memory estimate, without training.
+// `weft check RECIPE`: builds what `weft train` builds short of running a
+// step, then prints the resolved recipe, the parallel layout, the parameter
+// count, a per-rank memory estimate and the data's size.
+#include <algorithm>
 #include <cstdio>
 #include <spdlog/spdlog.h>
+#include <thread>
 
 #include "commands.hpp"
+#include "run_parts.hpp"
 #include "runtime.hpp"
 
 namespace weft::cli {
@@ -16,12 +20,57 @@ std::string mib(double bytes) {
   return buf;
 }
 
+// Builds rank 0's objects as `weft train` does, short of materialising the
+// parameters and running a step: what train refuses, this refuses.
+struct CheckedRun {
+  Topology topology;     // rank 0's
+  ParallelEnv parallel;  // no communicators: nothing is sent
+  ModelEstimate estimate;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Tokenizer> tokenizer;
+  RunParts parts;
+};
+
+void build_checked_run(CheckedRun& run, const Recipe& recipe, const Registry& registry) {
+  make_launcher(recipe, registry);
+  run.topology = make_topology(recipe.world, 0, recipe.sizes);
+  BackendEnv env;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int local_ranks = launcher_world_from_env() > 0 ? 1 : recipe.world;  // threads share the cores
+  env.cores = std::max(1, cores / local_ranks);
+  run.backend = make_backend(recipe, registry, env);
+  run.estimate = estimate_model(recipe, registry);
+  run.tokenizer = make_tokenizer(recipe, registry);
+  run.parallel.topology = &run.topology;
+  run.parallel.backend = run.backend.get();
+  ModelFacts facts{run.tokenizer.get(), run.estimate.summary, run.estimate.has_experts};
+  build_run_parts(run.parts, recipe, registry, facts, run.parallel);
+}
+
+std::string count_or_unknown(int64_t n) { return n < 0 ? std::string("?") : std::to_string(n); }
+
+// The data line: what one epoch holds and how much of it the run covers.
+void print_data(const Recipe& recipe, const Dataset& dataset, int64_t seq_length) {
+  DatasetStats stats = dataset.stats();
+  const int64_t steps = recipe.options("run").get_int("steps");
+  const int64_t global = recipe.options("batch").get_int("global");
+  const double epochs = static_cast<double>(steps) * static_cast<double>(global) / static_cast<double>(dataset.size());
+  std::printf("# data: %s; per epoch %s documents, %s tokens, %lld samples of %lld tokens; %lld steps x %lld "
+              "samples cover %.3g epochs\n",
+              recipe.plugin("data").c_str(), count_or_unknown(stats.documents).c_str(),
+              count_or_unknown(stats.tokens).c_str(), static_cast<long long>(dataset.size()),
+              static_cast<long long>(seq_length + 1), static_cast<long long>(steps), static_cast<long long>(global),
+              epochs);
+}
+
 }  // namespace
 
 int cmd_check(const RecipeArgs& args) {
   Plugins plugins;
   load_default_plugins(plugins);
   Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan, args.unsets);
+  CheckedRun run;
+  build_checked_run(run, recipe, plugins.registry);
   for (const std::string& note : recipe.notes) std::printf("# note: %s\n", note.c_str());
   std::printf("%s\n", recipe.to_toml().c_str());
 
@@ -35,12 +84,13 @@ int cmd_check(const RecipeArgs& args) {
   for (int r = 0; r < shown; ++r) std::printf("#   %s\n", make_topology(recipe.world, r, s).describe().c_str());
   if (shown < recipe.world) std::printf("#   ... %d more ranks\n", recipe.world - shown);
 
-  ModelEstimate est = estimate_model(recipe, plugins.registry);
+  const ModelEstimate& est = run.estimate;
   std::printf("# parameters: %lld (%.3fM); this rank holds %lld\n", static_cast<long long>(est.summary.params),
               est.summary.params / 1e6, static_cast<long long>(est.local_params));
   std::printf("# memory per rank (estimate): params %s, grads %s, optimizer state %s, activations %s, total %s\n",
               mib(est.param_bytes).c_str(), mib(est.grad_bytes).c_str(), mib(est.optim_bytes).c_str(),
               mib(est.act_bytes).c_str(), mib(est.param_bytes + est.grad_bytes + est.optim_bytes + est.act_bytes).c_str());
+  print_data(recipe, *run.parts.dataset, est.summary.seq_length);
   return 0;
 }
 

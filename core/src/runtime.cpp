@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 
+#include "run_parts.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/layers.hpp"
 #include "weft/optimizer.hpp"
@@ -70,6 +71,7 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry) {
   ModelEstimate est;
   est.summary = model->summary();
   for (const Param* p : model->params()) est.local_params += shape_numel(p->shape);
+  est.has_experts = has_expert_params(model->params());
   est.param_bytes = 4.0 * est.local_params;
   est.grad_bytes = 4.0 * est.local_params;
   est.optim_bytes = 4.0 * est.local_params * optimizer->state_slots() * dp->optimizer_state_share(recipe.sizes.dp);
@@ -90,7 +92,7 @@ namespace weft {
 
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env) {
   stack.parallel.topology = &stack.topology;
-  stack.backend = registry.factory<Backend>(recipe.plugin("backend"))(recipe.options("backend"), env);
+  stack.backend = make_backend(recipe, registry, env);
   stack.parallel.backend = stack.backend.get();
   stack.tokenizer = make_tokenizer(recipe, registry);
   stack.layers = registry.factory<LayerProvider>(recipe.plugin("parallel.tensor_parallel"))(

@@ -9,6 +9,7 @@
 
 #include "checkpoint.hpp"
 #include "logging.hpp"
+#include "run_parts.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
 #include "weft/dataset.hpp"
@@ -107,21 +108,15 @@ void RankTrainer::build() {
   steps_ = recipe_.options("run").get_int("steps");
   out_dir_ = run_out_dir(recipe_);
 
-  DatasetEnv denv;
-  denv.tokenizer = stack_.tokenizer.get();
-  denv.vocab_size = summary.vocab;
-  denv.seq_length = seq_;
-  denv.seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
-  dataset_ = registry_.factory<Dataset>(recipe_.plugin("data"))(recipe_.options("data"), denv);
-
-  optimizer_ = registry_.factory<Optimizer>(recipe_.plugin("optimizer"))(recipe_.options("optimizer"));
-  LrEnv lenv{optimizer_->base_lr(), steps_};
-  lr_schedule_ = registry_.factory<LrSchedule>(recipe_.plugin("lr_schedule"))(recipe_.options("lr_schedule"), lenv);
-  dp_ = registry_.factory<DataParallel>(recipe_.plugin("parallel.data_parallel"))(
-      recipe_.options("parallel.data_parallel"));
+  RunParts parts;  // built as `weft check` builds them
+  ModelFacts facts{stack_.tokenizer.get(), summary, has_expert_params(stack_.model->params())};
+  build_run_parts(parts, recipe_, registry_, facts, stack_.parallel);
+  dataset_ = std::move(parts.dataset);
+  optimizer_ = std::move(parts.optimizer);
+  lr_schedule_ = std::move(parts.lr_schedule);
+  dp_ = std::move(parts.dp);
+  schedule_ = std::move(parts.schedule);
   dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
-  schedule_ = registry_.factory<PipelineSchedule>(recipe_.plugin("parallel.pipeline_schedule"))(
-      recipe_.options("parallel.pipeline_schedule"), stack_.parallel);
 
   ids_ = stack_.backend->alloc({micro_, seq_}, DType::I32, MemCategory::Workspace);
   targets_ = stack_.backend->alloc({micro_, seq_}, DType::I32, MemCategory::Workspace);
@@ -269,7 +264,7 @@ void RankTrainer::run() {
 void train(const Recipe& recipe, const Registry& registry, const TrainArgs& args) {
   // Metrics sinks print through the default logger on rank 0 only.
   if (recipe.world > 1) spdlog::set_pattern("[%H:%M:%S] %^%l%$ [rank 0] %v");
-  auto launcher = registry.factory<CommLauncher>(recipe.plugin("comm"))(recipe.options("comm"));
+  auto launcher = make_launcher(recipe, registry);
   launcher->run(recipe.world, [&](Communicator& world, const LaunchInfo& launch) {
     if (world.size() != recipe.world)
       throw Error("the communicator has " + std::to_string(world.size()) + " ranks, the recipe needs " +

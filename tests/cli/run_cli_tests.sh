@@ -360,7 +360,7 @@ plugin_refusal() {
 }
 plugin_refusal not-elf not-a-library.so "not a shared library (no ELF header)"
 plugin_refusal no-entry libfixture-no-entry.so "missing entry point 'weft_plugin_info'"
-plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 3, this weft expects 2"
+plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 4, this weft expects 3"
 plugin_refusal unresolved libfixture-unresolved.so "unresolved symbol: weft_fixture_missing_symbol"
 plugin_refusal throws libfixture-throws.so "registration failed: fixture refuses to register (needs /dev/fixture)"
 plugin_refusal throws-other libfixture-throws-other.so "registration failed"
@@ -386,7 +386,7 @@ expect_rc 2
 expect_one_error_line
 expect_no_crash
 expect_err_has "--set tokenizer.plugin=fixture-bad-abi: tokenizer.plugin: no tokenizer plugin named 'fixture-bad-abi'" \
-  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 3, this weft expects 2"
+  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 4, this weft expects 3"
 finish
 
 begin "check uses a fixture plugin from WEFT_PLUGIN_PATH"
@@ -533,6 +533,54 @@ expect_rc 2
 expect_one_error_line
 expect_err_has "missing.txt"
 expect_no_crash
+finish
+
+# ---- check builds what train builds (issue 21) --------------------------------------------------
+
+# same_refusal NAME ARGS...: check and train (with the same arguments) both
+# exit 2 with the same one-line message.
+same_refusal() {
+  local name=$1
+  shift
+  begin "check refuses what train refuses: $name"
+  run -- check "$@"
+  expect_rc 2
+  expect_one_error_line
+  expect_no_crash
+  cp "$ERR" "$TMP/check.err"
+  run -- train "$@" --set "run.out_dir=$TMP/refused"
+  expect_rc 2
+  if ! diff -q "$TMP/check.err" "$ERR" >/dev/null; then
+    problem "check said '$(head -c 300 "$TMP/check.err")', train said '$(head -c 300 "$ERR")'"
+  fi
+  [ -e "$TMP/refused" ] && problem "a refused run left $TMP/refused behind"
+  finish
+}
+same_refusal "pipeline 2" "$R/base.toml" --set parallel.pipeline=2
+same_refusal "a data file that does not exist" "$SRC/examples/gpt-tiny.toml" --set "data.files=$TMP/missing.txt"
+same_refusal "expert 2 on a dense model" "$R/base.toml" --set parallel.data=2 --set parallel.expert=2
+if ! ls /dev/nvidia0 >/dev/null 2>&1; then
+  same_refusal "nccl without a GPU" "$R/base.toml" --set comm.plugin=nccl
+fi
+
+begin "check names the unused expert key"
+run -- check "$R/base.toml" --set parallel.data=2 --set parallel.expert=2
+expect_rc 2
+expect_err_has "--set parallel.expert=2: parallel.expert: expert 2 but model 'gpt' has no expert parameters"
+finish
+
+# Three percent-line documents of 12, 11 and 10 bytes: 33 + 3 end-of-text
+# tokens = 36, so (36 - 1) / 16 = 2 samples of 17 tokens.
+mkdir -p "$TMP/data1"
+printf 'hello world\n%%\nsecond doc\n%%\nthird one\n' >"$TMP/data1/docs.txt"
+cp "$R/base.toml" "$TMP/data1/r.toml"
+printf '[tokenizer]\n' >>"$TMP/data1/r.toml"
+begin "check opens the data and reports its size"
+run -- check "$TMP/data1/r.toml" --set data.plugin=text --set "data.files=$TMP/data1/docs.txt" \
+  --set data.documents=percent-line --set run.steps=4 --set batch.micro=1
+expect_rc 0
+expect_no_crash
+expect_out_has "# data: text; per epoch 3 documents, 36 tokens, 2 samples of 17 tokens; 4 steps x 1 samples cover 2 epochs"
 finish
 
 # ---- --set plugin switches and --unset -----------------------------------------------------------

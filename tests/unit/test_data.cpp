@@ -274,6 +274,19 @@ TEST(TextData, MissingFileIsAnErrorNamingThePath) {
   }
 }
 
+// What `weft check` reports: documents and tokens of an epoch.
+TEST(TextData, StatsCountDocumentsAndTokens) {
+  TempDir dir;
+  weft::ByteTokenizer tok;
+  const std::string f = dir.write("f.txt", "one\n%\ntwo two\n");
+  weft::TextDataset d(text_options({f}, "percent-line"), {&tok, 4, 1});
+  EXPECT_EQ(d.stats().documents, 2);
+  EXPECT_EQ(d.stats().tokens, 4 + 8 + 2);
+  weft::SyntheticDataset s(300, 10, 8, 1);
+  EXPECT_EQ(s.stats().documents, -1);
+  EXPECT_EQ(s.stats().tokens, 10 * 9);
+}
+
 TEST(TextData, TooSmallCorpusSaysHowManyTokens) {
   TempDir dir;
   weft::ByteTokenizer tok;
