@@ -49,9 +49,12 @@ int run(int argc, char** argv) {
   std::string plugin_name;
   plugins->add_option("name", plugin_name, "plugin name (or family/name), or a family name (tokenizer, model, ...)");
 
-  CLI::App* eval = app.add_subcommand("eval", "mean loss of a checkpoint over a text file");
+  CLI::App* eval = app.add_subcommand("eval", "mean loss and perplexity of checkpoints over a text file");
   std::string checkpoint, text_file;
-  eval->add_option("--checkpoint", checkpoint, "checkpoint directory (or a run's out_dir)")->required();
+  std::vector<std::string> eval_checkpoints;
+  eval->add_option("--checkpoint", eval_checkpoints,
+                   "checkpoint directory (or a run's out_dir); several give one JSON line each")
+      ->required();
   eval->add_option("--text", text_file, "text file")->required();
 
   CLI::App* generate = app.add_subcommand("generate", "sample text from a checkpoint");
@@ -88,7 +91,7 @@ int run(int argc, char** argv) {
   }
   if (check->parsed()) return weft::cli::cmd_check(recipe_args);
   if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);
-  if (eval->parsed()) return weft::cli::cmd_eval(checkpoint, text_file);
+  if (eval->parsed()) return weft::cli::cmd_eval(eval_checkpoints, text_file);
   if (generate->parsed()) return weft::cli::cmd_generate(checkpoint, prompt, tokens, temperature, top_k, seed);
   return 2;
 }

@@ -106,8 +106,8 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   stack.flat = materialize_params(stack.model->params(), *stack.backend, menv.seed);
 }
 
-void build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry, PluginScan& scan,
-                                 Recipe& recipe_out) {
+CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry,
+                                           PluginScan& scan, Recipe& recipe_out) {
   std::string step_dir = resolve_checkpoint_dir(path);
   recipe_out = load_recipe_for_run(step_dir + "/recipe.toml",
                                    {"parallel.tensor=1", "parallel.pipeline=1", "parallel.data=1",
@@ -117,7 +117,7 @@ void build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Reg
   BackendEnv env;
   env.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   build_model_stack(stack, recipe_out, registry, env);
-  read_checkpoint(step_dir, stack.flat, nullptr, 0, *stack.backend);
+  return read_checkpoint(step_dir, stack.flat, nullptr, 0, *stack.backend);
 }
 
 }  // namespace weft

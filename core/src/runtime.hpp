@@ -35,6 +35,7 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry);
 
 }  // namespace weft
 
+#include "checkpoint.hpp"
 #include "weft/backend.hpp"
 #include "weft/grad_sync.hpp"
 
@@ -55,8 +56,9 @@ struct ModelStack {
 // `parallel` carries this rank's topology and group communicators (null for one rank).
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env);
 
-// A single-rank stack for eval/generate from a checkpoint folder (any layout it was saved under).
-void build_stack_from_checkpoint(ModelStack& stack, const std::string& step_dir, Registry& registry,
+// A single-rank stack for eval/generate from a checkpoint folder (any layout
+// it was saved under); returns the checkpoint's step and data position.
+CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& step_dir, Registry& registry,
                                  PluginScan& scan, Recipe& recipe_out);
 
 }  // namespace weft

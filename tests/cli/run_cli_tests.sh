@@ -452,7 +452,7 @@ run -- eval --checkpoint "$RUN" --text "$TEXT"
 expect_rc 0
 expect_no_crash
 [ "$(wc -l <"$OUT")" -eq 1 ] || problem "expected one line"
-grep -qE '^\{"loss": [0-9.e+-]+, "tokens": [0-9]+, "windows": 28, "seq_length": 64\}$' "$OUT" || problem "unexpected output"
+grep -qE '^\{"checkpoint": "[^"]+", "step": 3, "loss": [0-9.e+-]+, "perplexity": [0-9.e+-]+, "tokens": [0-9]+, "windows": 28, "seq_length": 64\}$' "$OUT" || problem "unexpected output"
 finish
 
 begin "generate continues the prompt"
@@ -486,7 +486,7 @@ printf 'short' >"$TMP/short.txt"
 run -- eval --checkpoint "$RUN" --text "$TMP/short.txt"
 expect_rc 2
 expect_one_error_line
-expect_err_has "short.txt" "one window needs 65"
+expect_err_has "short.txt" "one sample needs seq_length + 1 = 65 tokens"
 expect_no_crash
 finish
 
@@ -644,6 +644,64 @@ if command -v script >/dev/null 2>&1; then
   if grep -aq $'\x1b\[' "$OUT"; then problem "colour codes in redirected output"; fi
   finish
 fi
+
+# ---- eval: names, perplexity, the data plugin's documents, several checkpoints -------------------
+
+# 40 documents of 45 bytes separated by "%" lines (gpt-tiny splits on them):
+# 40 x 45 + 40 end-of-text = 1840 tokens, 28 windows of 64; the raw file
+# (1878 bytes) would give 29.
+DOCS=$TMP/docs.txt
+for i in $(seq 1 40); do
+  printf 'The quick brown fox jumps over the lazy dog.\n'
+  [ "$i" -lt 40 ] && printf '%%\n'
+done >"$DOCS"
+begin "eval names checkpoint and step, adds perplexity, splits documents as training did"
+run -- eval --checkpoint "$RUN" --text "$DOCS"
+expect_rc 0
+expect_no_crash
+python3 - "$OUT" "$RUN/checkpoints/step_3" <<'PY' || problem "eval line: $(head -c 300 "$OUT")"
+import json, math, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert len(lines) == 1, lines
+j = json.loads(lines[0])
+assert j["checkpoint"] == sys.argv[2], j
+assert j["step"] == 3, j
+assert j["windows"] == 28 and j["tokens"] == 28 * 64 and j["seq_length"] == 64, j
+assert abs(j["perplexity"] - math.exp(j["loss"])) <= 1e-9 * j["perplexity"], j
+PY
+finish
+
+begin "eval of several checkpoints gives one line each"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=2 --set checkpoint.interval=1 --set "run.out_dir=$TMP/run7"
+expect_rc 0
+run -- eval --checkpoint "$TMP/run7/checkpoints/step_1" "$TMP/run7/checkpoints/step_2" --text "$DOCS"
+expect_rc 0
+expect_no_crash
+python3 - "$OUT" <<'PY' || problem "eval lines: $(head -c 400 "$OUT")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]).read().splitlines()]
+assert [l["step"] for l in lines] == [1, 2], lines
+assert lines[0]["loss"] != lines[1]["loss"], lines
+PY
+finish
+
+# ---- binary files as text --------------------------------------------------------------------------
+
+begin "eval refuses a binary file as text"
+run -- eval --checkpoint "$RUN" --text "$WEFT"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "--text $WEFT: data.files: '$WEFT' is not text: NUL byte at offset" "dataset plugin"
+finish
+
+begin "train refuses a binary file as text"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=1 --set "run.out_dir=$TMP/run10" --set "data.files=$WEFT"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "is not text: NUL byte at offset"
+finish
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -274,6 +274,30 @@ TEST(TextData, MissingFileIsAnErrorNamingThePath) {
   }
 }
 
+// A binary file (an executable, token ids) is refused naming the file and the offset.
+TEST(TextData, BinaryFilesAreRefused) {
+  TempDir dir;
+  weft::ByteTokenizer tok;
+  auto message = [&](const std::string& path) -> std::string {
+    try {
+      weft::TextDataset d(text_options({path}), {&tok, 4, 1});
+    } catch (const weft::Error& e) {
+      return e.what();
+    }
+    return "accepted";
+  };
+  const std::string nul = dir.write("nul.bin", std::string("plain text\0more text", 20));
+  EXPECT_NE(message(nul).find("'" + nul + "' is not text: NUL byte at offset 10;"), std::string::npos) << message(nul);
+  std::string noise;
+  for (int i = 0; i < 400; ++i) noise += static_cast<char>(0x80 + (i * 37) % 0x7f);
+  const std::string latin = dir.write("noise.bin", "ok " + noise);
+  EXPECT_NE(message(latin).find("'" + latin + "' is not text: "), std::string::npos) << message(latin);
+  EXPECT_NE(message(latin).find("(the first at offset 3)"), std::string::npos) << message(latin);
+  // Text with a few stray bytes (Latin-1 names in English text) still trains.
+  const std::string mostly = dir.write("mostly.txt", "Caf\xe9 au lait, na\xefve, plenty of plain ASCII words here.");
+  EXPECT_EQ(message(mostly), "accepted");
+}
+
 // What `weft check` reports: documents and tokens of an epoch.
 TEST(TextData, StatsCountDocumentsAndTokens) {
   TempDir dir;
