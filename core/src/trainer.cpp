@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -56,6 +57,8 @@ class RankTrainer {
   void build();
   void load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets);
   MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
+  double seconds_since_start() const;
+  void log_summary(int64_t start) const;
 
   const Recipe& recipe_;
   const Registry& registry_;
@@ -75,6 +78,8 @@ class RankTrainer {
 
   int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
   std::string out_dir_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  double last_loss_ = 0;  // of the last logged step (the last step is always logged)
   Tensor ids_, targets_;                 // [B,T] int32 on the backend
   std::vector<int32_t> host_tokens_;     // [B, T+1]
   std::vector<int32_t> host_ids_, host_targets_;
@@ -144,10 +149,12 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
                                   int64_t comm) {
   MemStats mem = stack_.backend->mem_stats();
   auto peak = [&](MemCategory c) { return static_cast<double>(mem.peak[static_cast<int>(c)]); };
+  last_loss_ = loss;
   MetricsRecord r;
   r.step = step;
   r.total_steps = steps_;
-  r.values = {{"loss", loss},
+  r.values = {{"time", seconds_since_start()},
+              {"loss", loss},
               {"lr", lr},
               {"grad_norm", grad_norm},
               {"tokens_per_s", static_cast<double>(global_ * seq_) / step_s},
@@ -161,7 +168,22 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
   return r;
 }
 
+double RankTrainer::seconds_since_start() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+}
+
+// The run's last line: time, steps, tokens, final loss and where its weights are.
+void RankTrainer::log_summary(int64_t start) const {
+  const int64_t steps = steps_ - start;
+  char line[160];
+  std::snprintf(line, sizeof line, "done: %lld steps (%lld to %lld) in %.1f s, %lld tokens, final loss %.4f",
+                static_cast<long long>(steps), static_cast<long long>(start + 1), static_cast<long long>(steps_),
+                seconds_since_start(), static_cast<long long>(steps * global_ * seq_), last_loss_);
+  log_->info("{}, last checkpoint {}", line, resolve_checkpoint_dir(out_dir_));
+}
+
 void RankTrainer::run() {
+  started_ = std::chrono::steady_clock::now();
   build();
   const bool rank0 = world_.rank() == 0;
   const uint64_t seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
@@ -257,6 +279,7 @@ void RankTrainer::run() {
       if (rank0) publish_latest(out_dir_, step, keep);
     }
   }
+  if (rank0) log_summary(start);
 }
 
 }  // namespace

@@ -703,5 +703,27 @@ expect_no_crash
 expect_err_has "is not text: NUL byte at offset"
 finish
 
+# ---- the end of a run ---------------------------------------------------------------------------
+
+begin "train ends with a summary; metrics carry time; the progress line shows memory"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=3 --set log.interval=1 --set "run.out_dir=$TMP/run11"
+expect_rc 0
+expect_no_crash
+last=$(grep -a . "$OUT" | tail -n 1)
+case "$last" in
+  *"done: 3 steps (1 to 3) in "*" s, 1536 tokens, final loss "*", last checkpoint $TMP/run11/checkpoints/step_3") ;;
+  *) problem "last line: $last" ;;
+esac
+grep -aq "| mem [0-9.]* MiB" "$OUT" || problem "no memory on the progress line"
+python3 - "$TMP/run11/metrics.jsonl" "$last" <<'PY' || problem "metrics/summary mismatch"
+import json, re, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+times = [r["time"] for r in recs]
+assert len(times) == 3 and all(t > 0 for t in times) and times == sorted(times), times
+final = float(re.search(r"final loss ([0-9.]+)", sys.argv[2]).group(1))
+assert abs(final - recs[-1]["loss"]) < 1e-4, (final, recs[-1]["loss"])
+PY
+finish
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

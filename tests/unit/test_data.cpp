@@ -498,3 +498,18 @@ TEST(MetricsConsole, ProgressLine) {
 }
 
 }  // namespace
+
+namespace {
+
+// The progress line shows the rank's peak memory over every category.
+TEST(MetricsConsole, ShowsPeakMemory) {
+  weft::ConsoleSink sink({"", 0, 1});
+  weft::MetricsRecord r;
+  r.step = 3;
+  r.total_steps = 3;
+  r.values = {{"loss", 2.0}, {"mem_param_bytes", 1 << 20}, {"mem_grad_bytes", 1 << 20},
+              {"mem_optim_bytes", 2 << 20}, {"mem_act_bytes", 512 << 10}};
+  EXPECT_EQ(sink.format(r), "step 3/3 | loss 2.0000 | mem 4.5 MiB");
+}
+
+}  // namespace
