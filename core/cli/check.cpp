@@ -3,12 +3,14 @@
 // count, a per-rank memory estimate and the data's size.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <spdlog/spdlog.h>
 #include <thread>
 
 #include "commands.hpp"
 #include "run_parts.hpp"
 #include "runtime.hpp"
+#include "trainer.hpp"
 
 namespace weft::cli {
 
@@ -90,6 +92,7 @@ int cmd_check(const RecipeArgs& args) {
   std::printf("# memory per rank (estimate): params %s, grads %s, optimizer state %s, activations %s, total %s\n",
               mib(est.param_bytes).c_str(), mib(est.grad_bytes).c_str(), mib(est.optim_bytes).c_str(),
               mib(est.act_bytes).c_str(), mib(est.param_bytes + est.grad_bytes + est.optim_bytes + est.act_bytes).c_str());
+  std::printf("# out_dir: %s\n", std::filesystem::absolute(run_out_dir(recipe)).lexically_normal().c_str());
   print_data(recipe, *run.parts.dataset, est.summary.seq_length);
   return 0;
 }

@@ -725,5 +725,23 @@ assert abs(final - recs[-1]["loss"]) < 1e-4, (final, recs[-1]["loss"])
 PY
 finish
 
+# ---- paths: data.files relative to the recipe, out_dir to the working directory ---------------------
+
+mkdir -p "$TMP/paths9/recipes" "$TMP/paths9/cwd"
+printf 'one\n%%\ntwo\n' >"$TMP/paths9/recipes/corpus.txt"
+cp "$R/base.toml" "$TMP/paths9/recipes/r.toml"
+printf 'out_dir = "out"\n' >>"$TMP/paths9/recipes/r.toml"
+sed -i 's/^plugin = "synthetic"$/plugin = "text"\nfiles = ["corpus.txt"]\ndocuments = "percent-line"/' "$TMP/paths9/recipes/r.toml"
+sed -i 's/^seq_length = 16$/seq_length = 4/' "$TMP/paths9/recipes/r.toml"
+begin "data.files is relative to the recipe, out_dir to the working directory"
+(cd "$TMP/paths9/cwd" && timeout 60 "$WEFT" check ../recipes/r.toml >"$OUT" 2>"$ERR"); rc=$?
+expect_rc 0
+expect_out_has "# out_dir: $TMP/paths9/cwd/out" "# data: text; per epoch 2 documents, 10 tokens"
+(cd "$TMP/paths9/cwd" && timeout 60 "$WEFT" train ../recipes/r.toml >"$OUT" 2>"$ERR"); rc=$?
+expect_rc 0
+[ -f "$TMP/paths9/cwd/out/metrics.jsonl" ] || problem "no metrics.jsonl under the working directory"
+[ -e "$TMP/paths9/recipes/out" ] && problem "out_dir was taken relative to the recipe"
+finish
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
