@@ -1,26 +1,23 @@
-// `weft check RECIPE`: builds what `weft train` builds short of running a
-// step, then prints the resolved recipe, the parallel layout, the parameter
-// count, a per-rank memory estimate and the data's size.
-#include <algorithm>
+// `weft check RECIPE`: the resolved recipe, the parallel layout, the parameter
+// count and a per-rank memory estimate, without training.
 #include <cstdio>
-#include <filesystem>
 #include <spdlog/spdlog.h>
-#include <thread>
 
 #include "commands.hpp"
-#include "run_parts.hpp"
 #include "runtime.hpp"
+
+// Check builds what train builds short of a step (run_parts.hpp), then
+// reports the data's size and where the run writes.
+#include <algorithm>
+#include <filesystem>
+#include <thread>
+
+#include "run_parts.hpp"
 #include "trainer.hpp"
 
 namespace weft::cli {
 
 namespace {
-
-std::string mib(double bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / (1024.0 * 1024.0));
-  return buf;
-}
 
 // Builds rank 0's objects as `weft train` does, short of materialising the
 // parameters and running a step: what train refuses, this refuses.
@@ -65,6 +62,12 @@ void print_data(const Recipe& recipe, const Dataset& dataset, int64_t seq_length
               epochs);
 }
 
+std::string mib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / (1024.0 * 1024.0));
+  return buf;
+}
+
 }  // namespace
 
 int cmd_check(const RecipeArgs& args) {
@@ -86,7 +89,7 @@ int cmd_check(const RecipeArgs& args) {
   for (int r = 0; r < shown; ++r) std::printf("#   %s\n", make_topology(recipe.world, r, s).describe().c_str());
   if (shown < recipe.world) std::printf("#   ... %d more ranks\n", recipe.world - shown);
 
-  const ModelEstimate& est = run.estimate;
+  ModelEstimate est = estimate_model(recipe, plugins.registry);
   std::printf("# parameters: %lld (%.3fM); this rank holds %lld\n", static_cast<long long>(est.summary.params),
               est.summary.params / 1e6, static_cast<long long>(est.local_params));
   std::printf("# memory per rank (estimate): params %s, grads %s, optimizer state %s, activations %s, total %s\n",

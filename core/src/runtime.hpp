@@ -25,9 +25,9 @@ int launcher_world_from_env();
 std::unique_ptr<Tokenizer> make_tokenizer(const Recipe& recipe, const Registry& registry);
 
 struct ModelEstimate {
+  bool has_experts = false;  // some parameter is sharded over ep
   ModelSummary summary;
   int64_t local_params = 0;  // elements rank 0 holds
-  bool has_experts = false;  // some parameter is sharded over ep
   double param_bytes = 0, grad_bytes = 0, optim_bytes = 0, act_bytes = 0;
 };
 // Builds rank 0's model without allocating its parameters.
