@@ -46,18 +46,18 @@ void build_checked_run(CheckedRun& run, const Recipe& recipe, const Registry& re
   build_run_parts(run.parts, recipe, registry, facts, run.parallel);
 }
 
-std::string count_or_unknown(int64_t n) { return n < 0 ? std::string("?") : std::to_string(n); }
-
-// The data line: what one epoch holds and how much of it the run covers.
+// The data line: what one epoch holds (the counts the dataset knows) and how
+// much of it the run covers.
 void print_data(const Recipe& recipe, const Dataset& dataset, int64_t seq_length) {
   DatasetStats stats = dataset.stats();
+  std::string epoch;
+  if (stats.documents >= 0) epoch += std::to_string(stats.documents) + " documents, ";
+  if (stats.tokens >= 0) epoch += std::to_string(stats.tokens) + " tokens, ";
   const int64_t steps = recipe.options("run").get_int("steps");
   const int64_t global = recipe.options("batch").get_int("global");
   const double epochs = static_cast<double>(steps) * static_cast<double>(global) / static_cast<double>(dataset.size());
-  std::printf("# data: %s; per epoch %s documents, %s tokens, %lld samples of %lld tokens; %lld steps x %lld "
-              "samples cover %.3g epochs\n",
-              recipe.plugin("data").c_str(), count_or_unknown(stats.documents).c_str(),
-              count_or_unknown(stats.tokens).c_str(), static_cast<long long>(dataset.size()),
+  std::printf("# data: %s; per epoch %s%lld samples of %lld tokens; %lld steps x %lld samples cover %.3g epochs\n",
+              recipe.plugin("data").c_str(), epoch.c_str(), static_cast<long long>(dataset.size()),
               static_cast<long long>(seq_length + 1), static_cast<long long>(steps), static_cast<long long>(global),
               epochs);
 }
