@@ -632,7 +632,7 @@ finish
 
 # Colour codes only on a terminal of weft's own: under a launcher the
 # terminal is mpirun's pseudo-terminal, whatever the job's output goes to.
-if command -v script >/dev/null 2>&1; then
+if command -v script >/dev/null 2>&1 && script -qec true /dev/null >/dev/null 2>&1; then
   begin "log colours only on a terminal, never under a launcher"
   script -qec "$WEFT train $R/base.toml --set run.steps=1 --set run.out_dir=$TMP/colour1" /dev/null >"$TMP/tty.out" 2>&1
   if ! grep -aq $'\x1b\[' "$TMP/tty.out"; then problem "no colour on a terminal (the test's pty does not work?)"; fi
