@@ -66,6 +66,8 @@ class RankTrainer {
   Communicator& world_;
   LaunchInfo launch_;
   std::shared_ptr<spdlog::logger> log_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  double last_loss_ = 0;  // of the last logged step (the last step is always logged)
 
   ModelStack stack_;
   std::unique_ptr<Communicator> tp_comm_, pp_comm_, dp_comm_;
@@ -78,8 +80,6 @@ class RankTrainer {
 
   int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
   std::string out_dir_;
-  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
-  double last_loss_ = 0;  // of the last logged step (the last step is always logged)
   Tensor ids_, targets_;                 // [B,T] int32 on the backend
   std::vector<int32_t> host_tokens_;     // [B, T+1]
   std::vector<int32_t> host_ids_, host_targets_;

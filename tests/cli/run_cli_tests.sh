@@ -556,7 +556,7 @@ same_refusal() {
   [ -e "$TMP/refused" ] && problem "a refused run left $TMP/refused behind"
   finish
 }
-same_refusal "pipeline 2" "$R/base.toml" --set parallel.pipeline=2
+same_refusal "3 pipeline stages for 1 layer" "$R/base.toml" --set parallel.pipeline=3
 same_refusal "a data file that does not exist" "$SRC/examples/gpt-tiny.toml" --set "data.files=$TMP/missing.txt"
 same_refusal "expert 2 on a dense model" "$R/base.toml" --set parallel.data=2 --set parallel.expert=2
 if ! ls /dev/nvidia0 >/dev/null 2>&1; then
