@@ -73,11 +73,11 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry) {
   for (const Param* p : model->params()) est.local_params += shape_numel(p->shape);
   est.param_bytes = 4.0 * est.local_params;
   est.grad_bytes = 4.0 * est.local_params;
+  est.has_experts = has_expert_params(model->params());
   est.optim_bytes = 4.0 * est.local_params * optimizer->state_slots() * dp->optimizer_state_share(recipe.sizes.dp);
   // Under 1F1B a stage holds up to pp microbatches in flight, each with 1/pp of
   // the layers: about one microbatch of the whole model's activations.
   est.act_bytes = static_cast<double>(est.summary.act_bytes_per_sample) * recipe.options("batch").get_int("micro");
-  est.has_experts = has_expert_params(model->params());
   return est;
 }
 
