@@ -8,9 +8,61 @@
 #include "commands.hpp"
 #include "runtime.hpp"
 
+// Check builds what train builds short of a step (run_parts.hpp), then
+// reports the data's size and where the run writes.
+#include <algorithm>
+#include <filesystem>
+#include <thread>
+
+#include "run_parts.hpp"
+#include "trainer.hpp"
+
 namespace weft::cli {
 
 namespace {
+
+// Builds rank 0's objects as `weft train` does, short of materialising the
+// parameters and running a step: what train refuses, this refuses.
+struct CheckedRun {
+  Topology topology;     // rank 0's
+  ParallelEnv parallel;  // no communicators: nothing is sent
+  ModelEstimate estimate;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Tokenizer> tokenizer;
+  RunParts parts;
+};
+
+void build_checked_run(CheckedRun& run, const Recipe& recipe, const Registry& registry) {
+  make_launcher(recipe, registry);
+  run.topology = make_topology(recipe.world, 0, recipe.sizes);
+  BackendEnv env;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int local_ranks = launcher_world_from_env() > 0 ? 1 : recipe.world;  // threads share the cores
+  env.cores = std::max(1, cores / local_ranks);
+  run.backend = make_backend(recipe, registry, env);
+  run.estimate = estimate_model(recipe, registry);
+  run.tokenizer = make_tokenizer(recipe, registry);
+  run.parallel.topology = &run.topology;
+  run.parallel.backend = run.backend.get();
+  ModelFacts facts{run.tokenizer.get(), run.estimate.summary, run.estimate.has_experts};
+  build_run_parts(run.parts, recipe, registry, facts, run.parallel);
+}
+
+// The data line: what one epoch holds (the counts the dataset knows) and how
+// much of it the run covers.
+void print_data(const Recipe& recipe, const Dataset& dataset, int64_t seq_length) {
+  DatasetStats stats = dataset.stats();
+  std::string epoch;
+  if (stats.documents >= 0) epoch += std::to_string(stats.documents) + " documents, ";
+  if (stats.tokens >= 0) epoch += std::to_string(stats.tokens) + " tokens, ";
+  const int64_t steps = recipe.options("run").get_int("steps");
+  const int64_t global = recipe.options("batch").get_int("global");
+  const double epochs = static_cast<double>(steps) * static_cast<double>(global) / static_cast<double>(dataset.size());
+  std::printf("# data: %s; per epoch %s%lld samples of %lld tokens; %lld steps x %lld samples cover %.3g epochs\n",
+              recipe.plugin("data").c_str(), epoch.c_str(), static_cast<long long>(dataset.size()),
+              static_cast<long long>(seq_length + 1), static_cast<long long>(steps), static_cast<long long>(global),
+              epochs);
+}
 
 std::string mib(double bytes) {
   char buf[32];
@@ -80,7 +132,10 @@ void print_pipeline(const Recipe& recipe, const ModelEstimate& est) {
 int cmd_check(const RecipeArgs& args) {
   Plugins plugins;
   load_default_plugins(plugins);
-  Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan);
+  Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan, args.unsets);
+  CheckedRun run;
+  build_checked_run(run, recipe, plugins.registry);
+  for (const std::string& note : recipe.notes) std::printf("# note: %s\n", note.c_str());
   std::printf("%s\n", recipe.to_toml().c_str());
 
   const ParallelSizes& s = recipe.sizes;
@@ -103,6 +158,8 @@ int cmd_check(const RecipeArgs& args) {
               est.in_flight, est.in_flight == 1 ? "" : "es",
               mib(est.param_bytes).c_str(), mib(est.grad_bytes).c_str(), mib(est.optim_bytes).c_str(),
               mib(est.act_bytes).c_str(), mib(est.param_bytes + est.grad_bytes + est.optim_bytes + est.act_bytes).c_str());
+  std::printf("# out_dir: %s\n", std::filesystem::absolute(run_out_dir(recipe)).lexically_normal().c_str());
+  print_data(recipe, *run.parts.dataset, est.summary.seq_length);
   return 0;
 }
 

@@ -19,13 +19,19 @@ void load_default_plugins(Plugins& plugins);
 struct RecipeArgs {
   std::string recipe;
   std::vector<std::string> overrides;  // --set section.key=value
+  std::vector<std::string> unsets;     // --unset section.key
   bool log_level_given = false;        // --log-level beats the recipe's log.level
 };
+
+// `train --resume R.toml` hands the recipe to --resume (its value is
+// optional); a file there is the recipe, a folder the checkpoint to resume.
+// Throws weft::Error when no recipe is left.
+void resolve_resume_form(std::string& recipe, std::string& resume_dir);
 
 int cmd_plugins(const std::string& name);
 int cmd_check(const RecipeArgs& args);
 int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir);
-int cmd_eval(const std::string& checkpoint, const std::string& text_file);
+int cmd_eval(const std::vector<std::string>& checkpoints, const std::string& text_file);
 int cmd_generate(const std::string& checkpoint, const std::string& prompt, int tokens, double temperature,
                  int top_k, long long seed);
 

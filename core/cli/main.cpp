@@ -23,32 +23,38 @@ int run(int argc, char** argv) {
   app.require_subcommand(1);
 
   weft::cli::RecipeArgs recipe_args;
-  auto add_recipe = [&](CLI::App* sub) {
-    sub->add_option("recipe", recipe_args.recipe, "recipe TOML file")->required();
+  auto add_recipe = [&](CLI::App* sub, bool required) {
+    sub->add_option("recipe", recipe_args.recipe, "recipe TOML file")->required(required);
     sub->add_option("--set", recipe_args.overrides, "override a recipe value: section.key=value (repeatable)")
+        ->take_all();
+    sub->add_option("--unset", recipe_args.unsets,
+                    "remove a key the recipe sets, so its default applies: section.key (repeatable)")
         ->take_all();
   };
 
   CLI::App* train = app.add_subcommand("train", "train a model from a recipe");
-  add_recipe(train);
+  add_recipe(train, false);  // `train --resume RECIPE` leaves it to --resume
   std::string resume_dir;
   CLI::Option* resume_opt =
       train->add_option("--resume", resume_dir,
                         "resume from the run's latest checkpoint, or from DIR (a step_N folder, a checkpoints "
-                        "folder or an out_dir; write --resume=DIR before the recipe)")
+                        "folder or an out_dir)")
           ->expected(0, 1);
 
   CLI::App* check = app.add_subcommand("check", "validate a recipe; print it resolved, the layout, "
                                                  "the parameter count and a per-rank memory estimate");
-  add_recipe(check);
+  add_recipe(check, true);
 
-  CLI::App* plugins = app.add_subcommand("plugins", "list plugins, or one plugin's options");
+  CLI::App* plugins = app.add_subcommand("plugins", "list plugins, one family's plugins, or one plugin's options");
   std::string plugin_name;
-  plugins->add_option("name", plugin_name, "plugin name (or family/name)");
+  plugins->add_option("name", plugin_name, "plugin name (or family/name), or a family name (tokenizer, model, ...)");
 
-  CLI::App* eval = app.add_subcommand("eval", "mean loss of a checkpoint over a text file");
+  CLI::App* eval = app.add_subcommand("eval", "mean loss and perplexity of checkpoints over a text file");
   std::string checkpoint, text_file;
-  eval->add_option("--checkpoint", checkpoint, "checkpoint directory (or a run's out_dir)")->required();
+  std::vector<std::string> eval_checkpoints;
+  eval->add_option("--checkpoint", eval_checkpoints,
+                   "checkpoint directory (or a run's out_dir); several give one JSON line each")
+      ->required();
   eval->add_option("--text", text_file, "text file")->required();
 
   CLI::App* generate = app.add_subcommand("generate", "sample text from a checkpoint");
@@ -79,10 +85,13 @@ int run(int argc, char** argv) {
 
   weft::setup_logging(log_level.empty() ? "info" : log_level);
   recipe_args.log_level_given = !log_level.empty();
-  if (train->parsed()) return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir);
+  if (train->parsed()) {
+    weft::cli::resolve_resume_form(recipe_args.recipe, resume_dir);
+    return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir);
+  }
   if (check->parsed()) return weft::cli::cmd_check(recipe_args);
   if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);
-  if (eval->parsed()) return weft::cli::cmd_eval(checkpoint, text_file);
+  if (eval->parsed()) return weft::cli::cmd_eval(eval_checkpoints, text_file);
   if (generate->parsed()) return weft::cli::cmd_generate(checkpoint, prompt, tokens, temperature, top_k, seed);
   return 2;
 }

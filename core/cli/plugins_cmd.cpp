@@ -1,5 +1,6 @@
 // `weft plugins [NAME]`: what was found, what was refused and why, and one
 // plugin's options.
+#include <algorithm>
 #include <cstdio>
 
 #include "commands.hpp"
@@ -31,6 +32,47 @@ std::string spec_detail(const OptionSpec& spec) {
   return s;
 }
 
+void print_family(const Registry& reg, const std::string& family) {
+  auto records = reg.list(family);
+  std::printf("%s:\n", family.c_str());
+  if (records.empty()) std::printf("  (none)\n");
+  for (const FactoryRecord* r : records)
+    std::printf("  %-14s %-8s %s\n", r->name.c_str(), r->plugin_version.c_str(), r->doc.c_str());
+}
+
+bool is_family(const std::string& name) {
+  const auto& families = plugin_families();
+  return std::find(families.begin(), families.end(), name) != families.end();
+}
+
+// One plugin's options; `name` is a plugin name or family/name.
+void print_plugin(const Registry& reg, const std::string& name) {
+  std::string family, plugin = name;
+  size_t slash = name.find('/');
+  if (slash != std::string::npos) {
+    family = name.substr(0, slash);
+    plugin = name.substr(slash + 1);
+  }
+  std::vector<const FactoryRecord*> matches;
+  std::vector<std::string> all = plugin_families();
+  for (const FactoryRecord* r : reg.list()) {
+    all.push_back(r->name);
+    if (r->name == plugin && (family.empty() || r->family == family)) matches.push_back(r);
+  }
+  if (matches.empty()) {
+    std::string hint = did_you_mean(plugin, all);
+    throw Error("no plugin or family named '" + name + "'" + (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+                "; `weft plugins` lists them");
+  }
+  for (const FactoryRecord* r : matches) {
+    std::printf("%s/%s %s — %s\n  file: %s\n", r->family.c_str(), r->name.c_str(), r->plugin_version.c_str(),
+                r->doc.c_str(), r->plugin_file.c_str());
+    if (r->schema.empty()) std::printf("  options: none\n");
+    for (const OptionSpec& spec : r->schema)
+      std::printf("  %-20s %s\n  %-20s   %s\n", spec.key.c_str(), spec_detail(spec).c_str(), "", spec.doc.c_str());
+  }
+}
+
 }  // namespace
 
 int cmd_plugins(const std::string& name) {
@@ -38,41 +80,19 @@ int cmd_plugins(const std::string& name) {
   load_default_plugins(plugins);
   const Registry& reg = plugins.registry;
 
+  // A plugin of that name wins over a family of that name.
+  bool plugin_named = false;
+  for (const FactoryRecord* r : reg.list()) plugin_named |= r->name == name;
+  if (!name.empty() && is_family(name) && !plugin_named) {
+    print_family(reg, name);
+    return 0;
+  }
   if (!name.empty()) {
-    std::string family, plugin = name;
-    size_t slash = name.find('/');
-    if (slash != std::string::npos) {
-      family = name.substr(0, slash);
-      plugin = name.substr(slash + 1);
-    }
-    std::vector<const FactoryRecord*> matches;
-    std::vector<std::string> all;
-    for (const FactoryRecord* r : reg.list()) {
-      all.push_back(r->name);
-      if (r->name == plugin && (family.empty() || r->family == family)) matches.push_back(r);
-    }
-    if (matches.empty()) {
-      std::string hint = did_you_mean(plugin, all);
-      throw Error("no plugin named '" + name + "'" + (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
-                  "; `weft plugins` lists them");
-    }
-    for (const FactoryRecord* r : matches) {
-      std::printf("%s/%s %s — %s\n  file: %s\n", r->family.c_str(), r->name.c_str(), r->plugin_version.c_str(),
-                  r->doc.c_str(), r->plugin_file.c_str());
-      if (r->schema.empty()) std::printf("  options: none\n");
-      for (const OptionSpec& spec : r->schema)
-        std::printf("  %-20s %s\n  %-20s   %s\n", spec.key.c_str(), spec_detail(spec).c_str(), "", spec.doc.c_str());
-    }
+    print_plugin(reg, name);
     return 0;
   }
 
-  for (const std::string& family : plugin_families()) {
-    auto records = reg.list(family);
-    std::printf("%s:\n", family.c_str());
-    if (records.empty()) std::printf("  (none)\n");
-    for (const FactoryRecord* r : records)
-      std::printf("  %-14s %-8s %s\n", r->name.c_str(), r->plugin_version.c_str(), r->doc.c_str());
-  }
+  for (const std::string& family : plugin_families()) print_family(reg, family);
   if (!plugins.scan.refused.empty()) {
     std::fflush(stdout);
     for (const PluginRefusal& refusal : plugins.scan.refused)

@@ -1,4 +1,6 @@
 // `weft train RECIPE [--set k=v]... [--resume [DIR]]`.
+#include <filesystem>
+
 #include "commands.hpp"
 #include "logging.hpp"
 #include "runtime.hpp"
@@ -6,11 +8,25 @@
 
 namespace weft::cli {
 
+void resolve_resume_form(std::string& recipe, std::string& resume_dir) {
+  std::error_code ec;
+  auto resume_is_file = [&] { return !resume_dir.empty() && std::filesystem::is_regular_file(resume_dir, ec); };
+  if (recipe.empty() && resume_is_file()) {
+    recipe = resume_dir;
+    resume_dir.clear();
+  }
+  if (recipe.empty()) throw Error("train: a recipe is required (weft train RECIPE [--resume [DIR]])");
+  if (resume_is_file())
+    throw Error("--resume " + resume_dir + ": a file; --resume takes a checkpoint folder (a step_N folder, a "
+                "checkpoints folder or an out_dir), the recipe is " + recipe);
+}
+
 int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir) {
   Plugins plugins;
   load_default_plugins(plugins);
-  Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan);
+  Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan, args.unsets);
   if (!args.log_level_given) setup_logging(recipe.options("log").get_string("level"));
+  for (const std::string& note : recipe.notes) spdlog::info("{}", note);
   TrainArgs targs;
   targs.resume = resume;
   targs.resume_from = resume_dir;

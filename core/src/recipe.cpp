@@ -394,6 +394,23 @@ struct Override {
   bool used = false;
 };
 
+// Splits "section.key" at its last dot; refuses an unknown section.
+std::pair<std::string, std::string> split_section_key(const std::string& path, const SourcePos& pos,
+                                                      const std::string& form) {
+  size_t dot = path.rfind('.');
+  if (dot == std::string::npos || dot == 0 || dot + 1 == path.size())
+    fail_at(pos, "expected " + form + " (the key needs its section, e.g. run.steps)");
+  std::string section = path.substr(0, dot);
+  std::vector<std::string> names;
+  for (const auto& s : kSections) names.push_back(s.name);
+  bool is_sink_section = section.rfind("log.", 0) == 0;
+  if (!find_section(section) && !is_sink_section) {
+    std::string hint = did_you_mean(section, names);
+    fail_at(pos, "unknown section [" + section + "]" + (hint.empty() ? "" : " (did you mean [" + hint + "]?)"));
+  }
+  return {section, path.substr(dot + 1)};
+}
+
 std::vector<Override> parse_overrides(const std::vector<std::string>& raw) {
   std::vector<Override> out;
   for (const auto& text : raw) {
@@ -405,17 +422,28 @@ std::vector<Override> parse_overrides(const std::vector<std::string>& raw) {
     size_t dot = path.rfind('.');
     if (dot == std::string::npos || dot == 0 || dot + 1 == path.size())
       fail_at(pos, "expected section.key=value (the key needs its section, e.g. run.steps=10)");
-    Override o{path.substr(0, dot), path.substr(dot + 1), text.substr(eq + 1), pos};
-    std::vector<std::string> names;
-    for (const auto& s : kSections) names.push_back(s.name);
-    bool is_sink_section = o.section.rfind("log.", 0) == 0;
-    if (!find_section(o.section) && !is_sink_section) {
-      std::string hint = did_you_mean(o.section, names);
-      fail_at(pos, "unknown section [" + o.section + "]" + (hint.empty() ? "" : " (did you mean [" + hint + "]?)"));
-    }
-    out.push_back(o);
+    auto [section, key] = split_section_key(path, pos, "section.key=value");
+    out.push_back(Override{section, key, text.substr(eq + 1), pos});
   }
   return out;
+}
+
+// --unset section.key: removes the key from the merged recipe, so its default
+// (or the new plugin's) applies. A key the recipe does not set is refused.
+void apply_unsets(toml::table& root, const std::vector<std::string>& unsets) {
+  for (const auto& text : unsets) {
+    SourcePos pos{"--unset " + text, 0, 0};
+    auto [section, key] = split_section_key(text, pos, "section.key");
+    toml::table* t = &root;
+    std::stringstream ss(section);
+    std::string part;
+    while (t && std::getline(ss, part, '.')) {
+      toml::node* node = t->get(part);
+      t = node ? node->as_table() : nullptr;
+    }
+    if (!t || !t->contains(key)) fail_at(pos, section + "." + key + " is not set by the recipe; nothing to unset");
+    t->erase(key);
+  }
 }
 
 // ---- section resolution -------------------------------------------------------------------
@@ -487,6 +515,18 @@ const toml::table* subtable(const toml::table& root, const std::string& dotted, 
   }
   pos_out = pos_of(*node);
   return t;
+}
+
+// Keys of a plugin section's table that `schema` does not have.
+std::vector<std::string> keys_not_in(const toml::table& table, const OptionSchema& schema) {
+  std::vector<std::string> out;
+  for (auto&& [k, node] : table) {
+    std::string key(k.str());
+    bool known = key == "plugin";
+    for (const auto& spec : schema) known |= spec.key == key;
+    if (!known) out.push_back(key);
+  }
+  return out;
 }
 
 // The launcher sets these; comm "auto" picks a process-per-rank communicator then.
@@ -566,6 +606,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_
   std::vector<Override> overrides = parse_overrides(raw_overrides);
   std::vector<std::string> stack;
   toml::table root = load_with_includes(path, SourcePos{}, stack);
+  apply_unsets(root, env.unsets);
 
   // Top-level names must be known sections, each a table.
   std::vector<std::string> top = top_level_names();
@@ -629,6 +670,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_
         explicit_choice = true;
       }
     }
+    const std::string file_plugin = plugin;
     for (auto& o : overrides) {
       if (o.section == name && o.key == "plugin") {
         plugin = o.value;
@@ -653,7 +695,17 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_
       fail_at(plugin_pos, msg);
     }
     section.plugin = plugin;
-    section.options = build_options(name, t, record->schema, overrides, {"plugin"}, spos, true);
+    std::vector<std::string> skip = {"plugin"};
+    if (t && plugin != file_plugin) {
+      std::vector<std::string> dropped = keys_not_in(*t, record->schema);
+      std::vector<std::string> qualified;
+      for (const auto& key : dropped) qualified.push_back(name + "." + key);
+      if (!dropped.empty())
+        recipe.notes.push_back(name + ".plugin = \"" + plugin + "\" (--set) drops " + join(qualified, ", ") +
+                               ": options of '" + file_plugin + "' that '" + plugin + "' does not have");
+      skip.insert(skip.end(), dropped.begin(), dropped.end());
+    }
+    section.options = build_options(name, t, record->schema, overrides, skip, spos, true);
     recipe.sections.push_back(std::move(section));
   }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "run_parts.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/layers.hpp"
 #include "weft/optimizer.hpp"
@@ -30,9 +31,10 @@ int launcher_world_from_env() {
 }
 
 Recipe load_recipe_for_run(const std::string& path, const std::vector<std::string>& overrides, Registry& registry,
-                           PluginScan& scan) {
+                           PluginScan& scan, const std::vector<std::string>& unsets) {
   RecipeEnv env;
   env.launcher_world = launcher_world_from_env();
+  env.unsets = unsets;
   auto load_dirs = [&](const std::vector<std::string>& dirs) { load_plugin_dirs(registry, dirs, scan); };
   try {
     return load_recipe(path, overrides, registry, load_dirs, env);
@@ -98,6 +100,7 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
   }
   est.param_bytes = 4.0 * est.local_params;
   est.grad_bytes = 4.0 * est.local_params;
+  est.has_experts = has_expert_params(model->params());
   est.optim_bytes = 4.0 * est.local_params * optimizer->state_slots() * dp->optimizer_state_share(recipe.sizes.dp);
   // The stage's share of the blocks' activations, times the microbatches its
   // schedule keeps in flight.
@@ -149,7 +152,7 @@ std::vector<std::string> one_rank_options(const std::string& recipe_path) {
 
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env) {
   stack.parallel.topology = &stack.topology;
-  stack.backend = registry.factory<Backend>(recipe.plugin("backend"))(recipe.options("backend"), env);
+  stack.backend = make_backend(recipe, registry, env);
   stack.parallel.backend = stack.backend.get();
   stack.tokenizer = make_tokenizer(recipe, registry);
   stack.layers = registry.factory<LayerProvider>(recipe.plugin("parallel.tensor_parallel"))(
@@ -170,8 +173,8 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   stack.flat.count_replicated = stack.topology.coords.tp == 0;
 }
 
-void build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry, PluginScan& scan,
-                                 Recipe& recipe_out) {
+CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry,
+                                           PluginScan& scan, Recipe& recipe_out) {
   std::string step_dir = resolve_checkpoint_dir(path);
   std::vector<std::string> one_rank = {"parallel.tensor=1", "parallel.pipeline=1", "parallel.data=1",
                                        "parallel.expert=1", "parallel.world=1", "batch.global=auto"};
@@ -181,7 +184,7 @@ void build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Reg
   BackendEnv env;
   env.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   build_model_stack(stack, recipe_out, registry, env);
-  read_checkpoint(step_dir, stack.flat, nullptr, 0, *stack.backend);
+  return read_checkpoint(step_dir, stack.flat, nullptr, 0, *stack.backend);
 }
 
 }  // namespace weft

@@ -17,9 +17,9 @@ namespace weft {
 
 // load_recipe with the recipe's [plugins] paths loaded into `registry`, the
 // launcher's world from the environment, and refused plugin files named when
-// a plugin the recipe needs is missing.
+// a plugin the recipe needs is missing. `unsets`: --unset section.key.
 Recipe load_recipe_for_run(const std::string& path, const std::vector<std::string>& overrides, Registry& registry,
-                           PluginScan& scan);
+                           PluginScan& scan, const std::vector<std::string>& unsets = {});
 
 // World size a launcher (mpirun, srun, torchrun) gave this process; 0 when none.
 int launcher_world_from_env();
@@ -32,6 +32,7 @@ struct LocalParam {
   ShardSpec shard;
 };
 struct ModelEstimate {
+  bool has_experts = false;  // some parameter is sharded over ep
   ModelSummary summary;
   int64_t local_params = 0;  // elements the rank holds
   double param_bytes = 0, grad_bytes = 0, optim_bytes = 0, act_bytes = 0;
@@ -45,6 +46,7 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
 
 }  // namespace weft
 
+#include "checkpoint.hpp"
 #include "weft/backend.hpp"
 #include "weft/grad_sync.hpp"
 
@@ -74,8 +76,9 @@ struct ModelStack {
 // `parallel` carries this rank's topology and group communicators (null for one rank).
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env);
 
-// A single-rank stack for eval/generate from a checkpoint folder (any layout it was saved under).
-void build_stack_from_checkpoint(ModelStack& stack, const std::string& step_dir, Registry& registry,
+// A single-rank stack for eval/generate from a checkpoint folder (any layout
+// it was saved under); returns the checkpoint's step and data position.
+CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& step_dir, Registry& registry,
                                  PluginScan& scan, Recipe& recipe_out);
 
 }  // namespace weft

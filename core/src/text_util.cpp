@@ -25,7 +25,10 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return d[a.size()][b.size()];
 }
 
-std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates) {
+namespace {
+
+// The closest candidate to `word` within a small edit distance, or "".
+std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
   std::string best;
   size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
   for (const auto& c : candidates) {
@@ -36,6 +39,27 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
     }
   }
   return best;
+}
+
+}  // namespace
+
+// Whole-word matches first; then the parts of a snake_case word, so the
+// names other tools use ("num_layers", "hidden_size", "n_head") find ours.
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best = closest(word, candidates);
+  if (!best.empty()) return best;
+  size_t begin = 0;
+  while (begin <= word.size()) {
+    size_t end = word.find('_', begin);
+    if (end == std::string::npos) end = word.size();
+    std::string part = word.substr(begin, end - begin);
+    if (part.size() >= 3 && part.size() < word.size()) {
+      best = closest(part, candidates);
+      if (!best.empty()) return best;
+    }
+    begin = end + 1;
+  }
+  return "";
 }
 
 }  // namespace weft

@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "checkpoint.hpp"
 #include "logging.hpp"
+#include "run_parts.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
 #include "weft/dataset.hpp"
@@ -59,6 +61,8 @@ class RankTrainer {
   void sum_tied_grads();
   void load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets);
   MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
+  double seconds_since_start() const;
+  void log_summary(int64_t start) const;
 
   const Recipe& recipe_;
   const Registry& registry_;
@@ -66,6 +70,8 @@ class RankTrainer {
   Communicator& world_;
   LaunchInfo launch_;
   std::shared_ptr<spdlog::logger> log_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  double last_loss_ = 0;  // of the last logged step (the last step is always logged)
 
   ModelStack stack_;
   std::unique_ptr<Communicator> tp_comm_, pp_comm_, dp_comm_;
@@ -123,18 +129,13 @@ void RankTrainer::build() {
   steps_ = recipe_.options("run").get_int("steps");
   out_dir_ = run_out_dir(recipe_);
 
-  DatasetEnv denv;
-  denv.tokenizer = stack_.tokenizer.get();
-  denv.vocab_size = summary.vocab;
-  denv.seq_length = seq_;
-  denv.seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
-  dataset_ = registry_.factory<Dataset>(recipe_.plugin("data"))(recipe_.options("data"), denv);
-
-  optimizer_ = registry_.factory<Optimizer>(recipe_.plugin("optimizer"))(recipe_.options("optimizer"));
-  LrEnv lenv{optimizer_->base_lr(), steps_};
-  lr_schedule_ = registry_.factory<LrSchedule>(recipe_.plugin("lr_schedule"))(recipe_.options("lr_schedule"), lenv);
-  dp_ = registry_.factory<DataParallel>(recipe_.plugin("parallel.data_parallel"))(
-      recipe_.options("parallel.data_parallel"));
+  RunParts parts;  // built as `weft check` builds them
+  ModelFacts facts{stack_.tokenizer.get(), summary, has_expert_params(stack_.model->params())};
+  build_run_parts(parts, recipe_, registry_, facts, stack_.parallel);
+  dataset_ = std::move(parts.dataset);
+  optimizer_ = std::move(parts.optimizer);
+  lr_schedule_ = std::move(parts.lr_schedule);
+  dp_ = std::move(parts.dp);
   dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
   host_tokens_.resize(seq_ + 1);
   host_ids_.resize(micro_ * seq_);
@@ -197,10 +198,12 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
                                   int64_t comm) {
   MemStats mem = stack_.backend->mem_stats();
   auto peak = [&](MemCategory c) { return static_cast<double>(mem.peak[static_cast<int>(c)]); };
+  last_loss_ = loss;
   MetricsRecord r;
   r.step = step;
   r.total_steps = steps_;
-  r.values = {{"loss", loss},
+  r.values = {{"time", seconds_since_start()},
+              {"loss", loss},
               {"lr", lr},
               {"grad_norm", grad_norm},
               {"tokens_per_s", static_cast<double>(global_ * seq_) / step_s},
@@ -214,7 +217,22 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
   return r;
 }
 
+double RankTrainer::seconds_since_start() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+}
+
+// The run's last line: time, steps, tokens, final loss and where its weights are.
+void RankTrainer::log_summary(int64_t start) const {
+  const int64_t steps = steps_ - start;
+  char line[160];
+  std::snprintf(line, sizeof line, "done: %lld steps (%lld to %lld) in %.1f s, %lld tokens, final loss %.4f",
+                static_cast<long long>(steps), static_cast<long long>(start + 1), static_cast<long long>(steps_),
+                seconds_since_start(), static_cast<long long>(steps * global_ * seq_), last_loss_);
+  log_->info("{}, last checkpoint {}", line, resolve_checkpoint_dir(out_dir_));
+}
+
 void RankTrainer::run() {
+  started_ = std::chrono::steady_clock::now();
   build();
   const bool rank0 = world_.rank() == 0;
   const uint64_t seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
@@ -327,6 +345,7 @@ void RankTrainer::run() {
       if (rank0) publish_latest(out_dir_, step, keep);
     }
   }
+  if (rank0) log_summary(start);
 }
 
 }  // namespace
@@ -334,7 +353,7 @@ void RankTrainer::run() {
 void train(const Recipe& recipe, const Registry& registry, const TrainArgs& args) {
   // Metrics sinks print through the default logger on rank 0 only.
   if (recipe.world > 1) spdlog::set_pattern("[%H:%M:%S] %^%l%$ [rank 0] %v");
-  auto launcher = registry.factory<CommLauncher>(recipe.plugin("comm"))(recipe.options("comm"));
+  auto launcher = make_launcher(recipe, registry);
   launcher->run(recipe.world, [&](Communicator& world, const LaunchInfo& launch) {
     if (world.size() != recipe.world)
       throw Error("the communicator has " + std::to_string(world.size()) + " ranks, the recipe needs " +

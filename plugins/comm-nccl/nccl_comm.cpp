@@ -358,13 +358,25 @@ std::unique_ptr<weft::Communicator> NcclCommunicator::split(int color, int key) 
       new NcclCommunicator(mpi_sub, std::move(host_sub), make_state(sub, state_->device), timeout_s_));
 }
 
+namespace {
+
+// The CUDA devices of this node; throws when there is none.
+int cuda_devices_or_refuse() {
+  int devices = 0;
+  cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess || devices == 0)
+    throw Error(std::string("comm-nccl: no CUDA device (") + (e == cudaSuccess ? "none found" : cudaGetErrorString(e)) +
+                "); use comm-mpi on CPU");
+  return devices;
+}
+
+}  // namespace
+
+void NcclLauncher::validate(int /*world*/) const { cuda_devices_or_refuse(); }
+
 void NcclLauncher::run(int world, const std::function<void(weft::Communicator&, const LaunchInfo&)>& per_rank) {
   mpi::run_world(timeout_s_, world, [&](mpi::MpiCommunicator& host, const LaunchInfo& info) {
-    int devices = 0;
-    cudaError_t e = cudaGetDeviceCount(&devices);
-    if (e != cudaSuccess || devices == 0)
-      throw Error(std::string("comm-nccl: no CUDA device (") + (e == cudaSuccess ? "none found" : cudaGetErrorString(e)) +
-                  "); use comm-mpi on CPU");
+    int devices = cuda_devices_or_refuse();
     auto comm = NcclCommunicator::create(host, info.local_rank % devices, timeout_s_);
     per_rank(*comm, info);
   });

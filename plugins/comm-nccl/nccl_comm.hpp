@@ -82,6 +82,7 @@ class NcclLauncher : public CommLauncher {
   explicit NcclLauncher(double timeout_s) : timeout_s_(timeout_s) {}
   LaunchInfo detect() const override { return mpi::detect_launch_env(); }
   void run(int world, const std::function<void(weft::Communicator&, const LaunchInfo&)>& per_rank) override;
+  void validate(int world) const override;
 
  private:
   double timeout_s_;

@@ -18,6 +18,8 @@ class SyntheticDataset final : public Dataset {
 
   int64_t size() const override { return size_; }
   void sample(int64_t i, int32_t* tokens) const override;
+  // Independent samples: no documents, T+1 tokens each.
+  DatasetStats stats() const override { return {-1, size_ * (seq_length_ + 1)}; }
   int64_t vocab() const { return vocab_; }
 
  private:

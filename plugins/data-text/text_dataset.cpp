@@ -46,6 +46,42 @@ std::string read_file(const Options& options, const std::string& path, int64_t l
   return text;
 }
 
+// Bytes of `text` outside valid UTF-8 sequences; `first` gets the offset of the first.
+int64_t invalid_utf8_bytes(const std::string& text, int64_t& first) {
+  int64_t invalid = 0;
+  first = -1;
+  for (size_t i = 0; i < text.size();) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    size_t len = c < 0x80 ? 1 : (c >= 0xC2 && c < 0xE0) ? 2 : (c >= 0xE0 && c < 0xF0) ? 3 : (c >= 0xF0 && c < 0xF5) ? 4 : 0;
+    bool ok = len > 0 && i + len <= text.size();
+    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(text[i + k]) & 0xC0) == 0x80;
+    if (ok) {
+      i += len;
+      continue;
+    }
+    if (first < 0) first = static_cast<int64_t>(i);
+    ++invalid;
+    ++i;
+  }
+  return invalid;
+}
+
+// A NUL byte, or more than a tenth of the bytes outside UTF-8, is a binary
+// file (an executable, token ids): tokenizing its bytes as text trains on noise.
+void refuse_binary(const Options& options, const std::string& path, const std::string& text) {
+  const char* hint = "; the text plugin reads UTF-8 text, binary token files need a dataset plugin that reads "
+                     "them (`weft plugins dataset` lists those installed)";
+  size_t nul = text.find('\0');
+  if (nul != std::string::npos)
+    options.fail("files", "'" + path + "' is not text: NUL byte at offset " + std::to_string(nul) + hint);
+  int64_t first = -1;
+  int64_t invalid = invalid_utf8_bytes(text, first);
+  if (invalid * 10 > static_cast<int64_t>(text.size()))
+    options.fail("files", "'" + path + "' is not text: " + std::to_string(invalid) + " of " +
+                              std::to_string(text.size()) + " bytes are not UTF-8 (the first at offset " +
+                              std::to_string(first) + ")" + hint);
+}
+
 DocumentSplit parse_split(const std::string& name) {
   if (name == "blank-line") return DocumentSplit::BlankLine;
   if (name == "percent-line") return DocumentSplit::PercentLine;
@@ -121,6 +157,7 @@ TextDataset::TextDataset(const Options& options, const DatasetEnv& env)
   for (const std::string& path : files) {
     if (bytes_left == 0) break;
     std::string text = read_file(options, path, bytes_left);
+    refuse_binary(options, path, text);
     if (bytes_left > 0) bytes_left -= static_cast<int64_t>(text.size());
     for (std::string_view doc : split_documents(text, mode)) {
       std::vector<int32_t> ids = env.tokenizer->encode(std::string(doc));

@@ -35,6 +35,7 @@ class TextDataset final : public Dataset {
 
   int64_t size() const override { return size_; }
   void sample(int64_t i, int32_t* tokens) const override;
+  DatasetStats stats() const override { return {documents_, static_cast<int64_t>(tokens_.size())}; }
 
   const std::vector<int32_t>& tokens() const { return tokens_; }  // the whole stream
   int64_t documents() const { return documents_; }

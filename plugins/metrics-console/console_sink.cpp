@@ -22,6 +22,14 @@ void append(std::string& line, const char* fmt, double value) {
   line += buf;
 }
 
+// The rank's peak bytes over every category (mem_*_bytes).
+double memory_bytes(const MetricsRecord& record) {
+  double total = 0;
+  for (const auto& [key, value] : record.values)
+    if (key.rfind("mem_", 0) == 0 && std::isfinite(value)) total += value;
+  return total;
+}
+
 }  // namespace
 
 std::string format_duration(double seconds) {
@@ -46,6 +54,7 @@ std::string ConsoleSink::format(const MetricsRecord& record) {
   if (const double* v = find_value(record, "lr")) append(line, "lr %.1e", *v);
   if (const double* v = find_value(record, "grad_norm")) append(line, "grad_norm %.3f", *v);
   if (const double* v = find_value(record, "tokens_per_s")) append(line, "%.0f tok/s", *v);
+  if (const double mem = memory_bytes(record); mem > 0) append(line, "mem %.1f MiB", mem / (1024.0 * 1024.0));
   if (const double* v = find_value(record, "step_ms")) {
     append(line, "%.1f ms", *v);
     if (std::isfinite(*v)) {

@@ -311,7 +311,23 @@ run -- plugins gtp
 expect_rc 2
 expect_one_error_line
 expect_no_crash
-expect_err_has "no plugin named 'gtp' (did you mean 'gpt'?)"
+expect_err_has "no plugin or family named 'gtp' (did you mean 'gpt'?)"
+finish
+
+begin "plugins FAMILY lists that family only"
+run -- plugins tokenizer
+expect_rc 0
+expect_no_crash
+expect_out_has "tokenizer:" "byte"
+if grep -aq '^model:' "$OUT"; then problem "lists other families"; fi
+if [ -s "$ERR" ]; then problem "stderr not empty"; fi
+finish
+
+begin "plugins misspelt family suggests it"
+run -- plugins tokeniser
+expect_rc 2
+expect_one_error_line
+expect_err_has "(did you mean 'tokenizer'?)"
 finish
 
 begin "plugins with the two-family fixture"
@@ -455,9 +471,9 @@ run -- train "$TINY" --set run.steps=2 --set "run.out_dir=$ONERUN"
 expect_rc 0
 run -- eval --checkpoint "$TPRUN" --text "$TPTEXT"
 expect_rc 0
-tp_loss=$(sed -E 's/^\{"loss": ([^,]+),.*/\1/' "$OUT")
+tp_loss=$(sed -E 's/.*"loss": ([^,]+),.*/\1/' "$OUT")
 run -- eval --checkpoint "$ONERUN" --text "$TPTEXT"
-one_loss=$(sed -E 's/^\{"loss": ([^,]+),.*/\1/' "$OUT")
+one_loss=$(sed -E 's/.*"loss": ([^,]+),.*/\1/' "$OUT")
 python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(abs(a - b) > 1e-5 * abs(b))" \
   "$tp_loss" "$one_loss" || problem "eval loss $tp_loss of the tensor-2 checkpoint, $one_loss of the one-rank one"
 run -- generate --checkpoint "$TPRUN" --prompt "The " --tokens 5 --seed 1
@@ -519,7 +535,7 @@ run -- eval --checkpoint "$RUN" --text "$TEXT"
 expect_rc 0
 expect_no_crash
 [ "$(wc -l <"$OUT")" -eq 1 ] || problem "expected one line"
-grep -qE '^\{"loss": [0-9.e+-]+, "tokens": [0-9]+, "windows": 28, "seq_length": 64\}$' "$OUT" || problem "unexpected output"
+grep -qE '^\{"checkpoint": "[^"]+", "step": 3, "loss": [0-9.e+-]+, "perplexity": [0-9.e+-]+, "tokens": [0-9]+, "windows": 28, "seq_length": 64\}$' "$OUT" || problem "unexpected output"
 finish
 
 begin "generate continues the prompt"
@@ -553,7 +569,7 @@ printf 'short' >"$TMP/short.txt"
 run -- eval --checkpoint "$RUN" --text "$TMP/short.txt"
 expect_rc 2
 expect_one_error_line
-expect_err_has "short.txt" "one window needs 65"
+expect_err_has "short.txt" "one sample needs seq_length + 1 = 65 tokens"
 expect_no_crash
 finish
 
@@ -600,6 +616,214 @@ expect_rc 2
 expect_one_error_line
 expect_err_has "missing.txt"
 expect_no_crash
+finish
+
+# ---- check builds what train builds (issue 21) --------------------------------------------------
+
+# same_refusal NAME ARGS...: check and train (with the same arguments) both
+# exit 2 with the same one-line message.
+same_refusal() {
+  local name=$1
+  shift
+  begin "check refuses what train refuses: $name"
+  run -- check "$@"
+  expect_rc 2
+  expect_one_error_line
+  expect_no_crash
+  cp "$ERR" "$TMP/check.err"
+  run -- train "$@" --set "run.out_dir=$TMP/refused"
+  expect_rc 2
+  if ! diff -q "$TMP/check.err" "$ERR" >/dev/null; then
+    problem "check said '$(head -c 300 "$TMP/check.err")', train said '$(head -c 300 "$ERR")'"
+  fi
+  [ -e "$TMP/refused" ] && problem "a refused run left $TMP/refused behind"
+  finish
+}
+same_refusal "3 pipeline stages for 1 layer" "$R/base.toml" --set parallel.pipeline=3
+same_refusal "a data file that does not exist" "$SRC/examples/gpt-tiny.toml" --set "data.files=$TMP/missing.txt"
+same_refusal "expert 2 on a dense model" "$R/base.toml" --set parallel.data=2 --set parallel.expert=2
+if ! ls /dev/nvidia0 >/dev/null 2>&1; then
+  same_refusal "nccl without a GPU" "$R/base.toml" --set comm.plugin=nccl
+fi
+
+begin "check names the unused expert key"
+run -- check "$R/base.toml" --set parallel.data=2 --set parallel.expert=2
+expect_rc 2
+expect_err_has "--set parallel.expert=2: parallel.expert: expert 2 but model 'gpt' has no expert parameters"
+finish
+
+# Three percent-line documents of 12, 11 and 10 bytes: 33 + 3 end-of-text
+# tokens = 36, so (36 - 1) / 16 = 2 samples of 17 tokens.
+mkdir -p "$TMP/data1"
+printf 'hello world\n%%\nsecond doc\n%%\nthird one\n' >"$TMP/data1/docs.txt"
+cp "$R/base.toml" "$TMP/data1/r.toml"
+printf '[tokenizer]\n' >>"$TMP/data1/r.toml"
+begin "check opens the data and reports its size"
+run -- check "$TMP/data1/r.toml" --set data.plugin=text --set "data.files=$TMP/data1/docs.txt" \
+  --set data.documents=percent-line --set run.steps=4 --set batch.micro=1
+expect_rc 0
+expect_no_crash
+expect_out_has "# data: text; per epoch 3 documents, 36 tokens, 2 samples of 17 tokens; 4 steps x 1 samples cover 2 epochs"
+finish
+
+# ---- --set plugin switches and --unset -----------------------------------------------------------
+
+begin "--set data.plugin=synthetic drops the text plugin's keys"
+run -- check "$SRC/examples/gpt-tiny.toml" --set data.plugin=synthetic
+expect_rc 0
+expect_no_crash
+expect_out_has '# note: data.plugin = "synthetic" (--set) drops data.documents, data.files' 'plugin = "synthetic"'
+if grep -aq '^documents = ' "$OUT"; then problem "data.documents is still in the resolved recipe"; fi
+finish
+
+begin "--unset restores the default"
+run -- check "$SRC/examples/gpt-tiny.toml" --unset lr_schedule.warmup_steps --unset run.steps
+expect_rc 0
+expect_no_crash
+expect_out_has "warmup_steps = 0" "steps = 100"
+finish
+
+refuse "--unset of a key the recipe does not set" "$R/base.toml" --unset run.seed -- \
+  "--unset run.seed: run.seed is not set by the recipe; nothing to unset"
+refuse "--unset of an unknown section" "$R/base.toml" --unset modle.layers -- \
+  "--unset modle.layers: unknown section [modle] (did you mean [model]?)"
+
+# ---- CLI forms and hints -------------------------------------------------------------------------
+
+refuse "unknown key in another tool's spelling" "$(replace numlayers 'layers = 1' 'num_layers = 1')" -- \
+  "numlayers.toml:3:1: model.num_layers: unknown key (did you mean 'layers'?)"
+refuse "--set hidden_size" "$R/base.toml" --set model.hidden_size=64 -- \
+  "--set model.hidden_size=64: model.hidden_size: unknown key (did you mean 'hidden'?)"
+
+begin "train --resume RECIPE resumes that recipe's run"
+run -- train "$R/base.toml" --set run.steps=1 --set "run.out_dir=$TMP/resume8"
+expect_rc 0
+run -- train --resume "$R/base.toml" --set run.steps=2 --set "run.out_dir=$TMP/resume8"
+expect_rc 0
+expect_no_crash
+expect_out_has "resumed from $TMP/resume8/checkpoints/step_1 at step 1"
+[ -d "$TMP/resume8/checkpoints/step_2" ] || problem "no step_2 checkpoint"
+finish
+
+begin "train without a recipe"
+run -- train --resume "$TMP/resume8"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "a recipe is required"
+finish
+
+# Colour codes only on a terminal of weft's own: under a launcher the
+# terminal is mpirun's pseudo-terminal, whatever the job's output goes to.
+if command -v script >/dev/null 2>&1 && script -qec true /dev/null >/dev/null 2>&1; then
+  begin "log colours only on a terminal, never under a launcher"
+  script -qec "$WEFT train $R/base.toml --set run.steps=1 --set run.out_dir=$TMP/colour1" /dev/null >"$TMP/tty.out" 2>&1
+  if ! grep -aq $'\x1b\[' "$TMP/tty.out"; then problem "no colour on a terminal (the test's pty does not work?)"; fi
+  script -qec "env OMPI_COMM_WORLD_SIZE=1 $WEFT train $R/base.toml --set comm.plugin=local --set run.steps=1 --set run.out_dir=$TMP/colour2" \
+    /dev/null >"$TMP/mpi.out" 2>&1
+  grep -aq "step 1/1" "$TMP/mpi.out" || problem "the launched run did not train: $(head -c 300 "$TMP/mpi.out")"
+  if grep -aq $'\x1b\[' "$TMP/mpi.out"; then problem "colour codes under a launcher"; fi
+  run -- train "$R/base.toml" --set run.steps=1 --set "run.out_dir=$TMP/colour3"
+  if grep -aq $'\x1b\[' "$OUT"; then problem "colour codes in redirected output"; fi
+  finish
+fi
+
+# ---- eval: names, perplexity, the data plugin's documents, several checkpoints -------------------
+
+# 40 documents of 45 bytes separated by "%" lines (gpt-tiny splits on them):
+# 40 x 45 + 40 end-of-text = 1840 tokens, 28 windows of 64; the raw file
+# (1878 bytes) would give 29.
+DOCS=$TMP/docs.txt
+for i in $(seq 1 40); do
+  printf 'The quick brown fox jumps over the lazy dog.\n'
+  [ "$i" -lt 40 ] && printf '%%\n'
+done >"$DOCS"
+begin "eval names checkpoint and step, adds perplexity, splits documents as training did"
+run -- eval --checkpoint "$RUN" --text "$DOCS"
+expect_rc 0
+expect_no_crash
+python3 - "$OUT" "$RUN/checkpoints/step_3" <<'PY' || problem "eval line: $(head -c 300 "$OUT")"
+import json, math, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert len(lines) == 1, lines
+j = json.loads(lines[0])
+assert j["checkpoint"] == sys.argv[2], j
+assert j["step"] == 3, j
+assert j["windows"] == 28 and j["tokens"] == 28 * 64 and j["seq_length"] == 64, j
+assert abs(j["perplexity"] - math.exp(j["loss"])) <= 1e-9 * j["perplexity"], j
+PY
+finish
+
+begin "eval of several checkpoints gives one line each"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=2 --set checkpoint.interval=1 --set "run.out_dir=$TMP/run7"
+expect_rc 0
+run -- eval --checkpoint "$TMP/run7/checkpoints/step_1" "$TMP/run7/checkpoints/step_2" --text "$DOCS"
+expect_rc 0
+expect_no_crash
+python3 - "$OUT" <<'PY' || problem "eval lines: $(head -c 400 "$OUT")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]).read().splitlines()]
+assert [l["step"] for l in lines] == [1, 2], lines
+assert lines[0]["loss"] != lines[1]["loss"], lines
+PY
+finish
+
+# ---- binary files as text --------------------------------------------------------------------------
+
+begin "eval refuses a binary file as text"
+run -- eval --checkpoint "$RUN" --text "$WEFT"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "--text $WEFT: data.files: '$WEFT' is not text: NUL byte at offset" "dataset plugin"
+finish
+
+begin "train refuses a binary file as text"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=1 --set "run.out_dir=$TMP/run10" --set "data.files=$WEFT"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "is not text: NUL byte at offset"
+finish
+
+# ---- the end of a run ---------------------------------------------------------------------------
+
+begin "train ends with a summary; metrics carry time; the progress line shows memory"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=3 --set log.interval=1 --set "run.out_dir=$TMP/run11"
+expect_rc 0
+expect_no_crash
+last=$(grep -a . "$OUT" | tail -n 1)
+case "$last" in
+  *"done: 3 steps (1 to 3) in "*" s, 1536 tokens, final loss "*", last checkpoint $TMP/run11/checkpoints/step_3") ;;
+  *) problem "last line: $last" ;;
+esac
+grep -aq "| mem [0-9.]* MiB" "$OUT" || problem "no memory on the progress line"
+python3 - "$TMP/run11/metrics.jsonl" "$last" <<'PY' || problem "metrics/summary mismatch"
+import json, re, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+times = [r["time"] for r in recs]
+assert len(times) == 3 and all(t > 0 for t in times) and times == sorted(times), times
+final = float(re.search(r"final loss ([0-9.]+)", sys.argv[2]).group(1))
+assert abs(final - recs[-1]["loss"]) < 1e-4, (final, recs[-1]["loss"])
+PY
+finish
+
+# ---- paths: data.files relative to the recipe, out_dir to the working directory ---------------------
+
+mkdir -p "$TMP/paths9/recipes" "$TMP/paths9/cwd"
+printf 'one\n%%\ntwo\n' >"$TMP/paths9/recipes/corpus.txt"
+cp "$R/base.toml" "$TMP/paths9/recipes/r.toml"
+printf 'out_dir = "out"\n' >>"$TMP/paths9/recipes/r.toml"
+sed -i 's/^plugin = "synthetic"$/plugin = "text"\nfiles = ["corpus.txt"]\ndocuments = "percent-line"/' "$TMP/paths9/recipes/r.toml"
+sed -i 's/^seq_length = 16$/seq_length = 4/' "$TMP/paths9/recipes/r.toml"
+begin "data.files is relative to the recipe, out_dir to the working directory"
+(cd "$TMP/paths9/cwd" && timeout 60 "$WEFT" check ../recipes/r.toml >"$OUT" 2>"$ERR"); rc=$?
+expect_rc 0
+expect_out_has "# out_dir: $TMP/paths9/cwd/out" "# data: text; per epoch 2 documents, 10 tokens"
+(cd "$TMP/paths9/cwd" && timeout 60 "$WEFT" train ../recipes/r.toml >"$OUT" 2>"$ERR"); rc=$?
+expect_rc 0
+[ -f "$TMP/paths9/cwd/out/metrics.jsonl" ] || problem "no metrics.jsonl under the working directory"
+[ -e "$TMP/paths9/recipes/out" ] && problem "out_dir was taken relative to the recipe"
 finish
 
 echo "$passed passed, $failed failed"

@@ -274,6 +274,43 @@ TEST(TextData, MissingFileIsAnErrorNamingThePath) {
   }
 }
 
+// A binary file (an executable, token ids) is refused naming the file and the offset.
+TEST(TextData, BinaryFilesAreRefused) {
+  TempDir dir;
+  weft::ByteTokenizer tok;
+  auto message = [&](const std::string& path) -> std::string {
+    try {
+      weft::TextDataset d(text_options({path}), {&tok, 4, 1});
+    } catch (const weft::Error& e) {
+      return e.what();
+    }
+    return "accepted";
+  };
+  const std::string nul = dir.write("nul.bin", std::string("plain text\0more text", 20));
+  EXPECT_NE(message(nul).find("'" + nul + "' is not text: NUL byte at offset 10;"), std::string::npos) << message(nul);
+  std::string noise;
+  for (int i = 0; i < 400; ++i) noise += static_cast<char>(0x80 + (i * 37) % 0x7f);
+  const std::string latin = dir.write("noise.bin", "ok " + noise);
+  EXPECT_NE(message(latin).find("'" + latin + "' is not text: "), std::string::npos) << message(latin);
+  EXPECT_NE(message(latin).find("(the first at offset 3)"), std::string::npos) << message(latin);
+  // Text with a few stray bytes (Latin-1 names in English text) still trains.
+  const std::string mostly = dir.write("mostly.txt", "Caf\xe9 au lait, na\xefve, plenty of plain ASCII words here.");
+  EXPECT_EQ(message(mostly), "accepted");
+}
+
+// What `weft check` reports: documents and tokens of an epoch.
+TEST(TextData, StatsCountDocumentsAndTokens) {
+  TempDir dir;
+  weft::ByteTokenizer tok;
+  const std::string f = dir.write("f.txt", "one\n%\ntwo two\n");
+  weft::TextDataset d(text_options({f}, "percent-line"), {&tok, 4, 1});
+  EXPECT_EQ(d.stats().documents, 2);
+  EXPECT_EQ(d.stats().tokens, 4 + 8 + 2);
+  weft::SyntheticDataset s(300, 10, 8, 1);
+  EXPECT_EQ(s.stats().documents, -1);
+  EXPECT_EQ(s.stats().tokens, 10 * 9);
+}
+
 TEST(TextData, TooSmallCorpusSaysHowManyTokens) {
   TempDir dir;
   weft::ByteTokenizer tok;
@@ -458,6 +495,21 @@ TEST(MetricsConsole, ProgressLine) {
   EXPECT_EQ(sink.format(r), "step 13/50 | 3000.0 ms | ETA 1:14");
   EXPECT_EQ(weft::format_duration(3725), "1:02:05");
   EXPECT_EQ(weft::format_duration(42), "0:42");
+}
+
+}  // namespace
+
+namespace {
+
+// The progress line shows the rank's peak memory over every category.
+TEST(MetricsConsole, ShowsPeakMemory) {
+  weft::ConsoleSink sink({"", 0, 1});
+  weft::MetricsRecord r;
+  r.step = 3;
+  r.total_steps = 3;
+  r.values = {{"loss", 2.0}, {"mem_param_bytes", 1 << 20}, {"mem_grad_bytes", 1 << 20},
+              {"mem_optim_bytes", 2 << 20}, {"mem_act_bytes", 512 << 10}};
+  EXPECT_EQ(sink.format(r), "step 3/3 | loss 2.0000 | mem 4.5 MiB");
 }
 
 }  // namespace

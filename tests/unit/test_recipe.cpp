@@ -376,15 +376,55 @@ TEST(RecipeOverride, PluginChoiceSwitchesTheSchema) {
   // Without the switch, nesterov is not an adamw option.
   EXPECT_EQ(error_of(p, {"optimizer.nesterov=true"}),
             "--set optimizer.nesterov=true: optimizer.nesterov: unknown key");
-  // The recipe's adamw keys are unknown to sgd: the message points at the file.
-  std::string q = d.write("q.toml", kMinimal + "[optimizer]\nbeta1 = 0.8\n");
-  EXPECT_EQ(error_of(q, {"optimizer.plugin=sgd"}),
-            q + ":14:1: optimizer.beta1: unknown key; keys: lr, momentum, weight_decay, nesterov, clip_grad_norm");
+  // The recipe's adamw keys that sgd lacks are dropped, with a note; shared keys keep their values.
+  std::string q = d.write("q.toml", kMinimal + "[optimizer]\nbeta1 = 0.8\nlr = 0.5\n");
+  weft::Recipe s = load(q, {"optimizer.plugin=sgd"});
+  EXPECT_FALSE(s.options("optimizer").has("beta1"));
+  EXPECT_EQ(s.options("optimizer").get_float("lr"), 0.5);
+  EXPECT_EQ(s.notes, (std::vector<std::string>{"optimizer.plugin = \"sgd\" (--set) drops optimizer.beta1: options of "
+                                               "'adamw' that 'sgd' does not have"}));
+  // Without a switch the same key is refused, pointing at the file.
+  std::string f = d.write("f.toml", kMinimal + "[optimizer]\nplugin = \"sgd\"\nbeta1 = 0.8\n");
+  EXPECT_EQ(error_of(f),
+            f + ":15:1: optimizer.beta1: unknown key; keys: lr, momentum, weight_decay, nesterov, clip_grad_norm");
+  EXPECT_TRUE(load(q).notes.empty());
   // And a switch to a plugin that does not exist.
   EXPECT_TRUE(starts_with(error_of(p, {"optimizer.plugin=sdg"}),
                           "--set optimizer.plugin=sdg: optimizer.plugin: no optimizer plugin named 'sdg' "
                           "(did you mean 'sgd'?); available: "))
       << error_of(p, {"optimizer.plugin=sdg"});
+}
+
+// --unset removes a key of the merged recipe (includes too), so the default applies.
+TEST(RecipeOverride, UnsetRestoresTheDefault) {
+  TempDir d;
+  d.write("base.toml", kMinimal + "seed = 7\n[optimizer]\nlr = 0.5\n");
+  std::string p = d.write("r.toml", "include = \"base.toml\"\n[batch]\nmicro = 2\n");
+  weft::RecipeEnv env;
+  env.unsets = {"run.seed", "optimizer.lr", "batch.micro"};
+  weft::Recipe r = load(p, {}, env);
+  EXPECT_EQ(r.options("run").get_int("seed"), 1234);
+  EXPECT_EQ(r.options("optimizer").get_float("lr"), 6e-4);
+  EXPECT_EQ(r.options("batch").get_int("micro"), 1);
+  // --set still applies after --unset.
+  r = load(p, {"run.seed=9"}, env);
+  EXPECT_EQ(r.options("run").get_int("seed"), 9);
+  // Unsetting data.plugin leaves [data] without its required plugin.
+  env.unsets = {"data.plugin"};
+  EXPECT_EQ(error_of(p, {}, env), d.path + "/base.toml:8:1: missing required key data.plugin (which dataset plugin to use)");
+  env.unsets = {"run.name"};
+  EXPECT_EQ(error_of(p, {}, env), "--unset run.name: run.name is not set by the recipe; nothing to unset");
+  env.unsets = {"steps"};
+  EXPECT_EQ(error_of(p, {}, env), "--unset steps: expected section.key (the key needs its section, e.g. run.steps)");
+}
+
+// Keys spelt as other tools spell them find ours.
+TEST(RecipeOverride, DidYouMeanOtherToolsNames) {
+  TempDir d;
+  std::string p = d.write("r.toml", kMinimal);
+  EXPECT_EQ(error_of(p, {"model.num_layers=3"}),
+            "--set model.num_layers=3: model.num_layers: unknown key (did you mean 'layers'?)");
+  EXPECT_EQ(error_of(p, {"model.n_head=3"}), "--set model.n_head=3: model.n_head: unknown key (did you mean 'heads'?)");
 }
 
 // A quoted list item keeps its commas and escapes, as the same list would in a recipe.

@@ -73,6 +73,9 @@ class CommLauncher {
   // Runs `per_rank` once for every rank this process hosts; returns when all ended.
   // An exception in any rank is rethrown after every rank stopped.
   virtual void run(int world, const std::function<void(Communicator& world_comm, const LaunchInfo&)>& per_rank) = 0;
+  // Refuses, before any rank starts, what run() could not do on this machine
+  // (comm-nccl without a GPU); `weft check` calls it too.
+  virtual void validate(int world) const { (void)world; }
 };
 
 template <>

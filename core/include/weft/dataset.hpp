@@ -12,6 +12,12 @@
 
 namespace weft {
 
+// What one epoch holds; -1 where a dataset does not know.
+struct DatasetStats {
+  int64_t documents = -1;
+  int64_t tokens = -1;
+};
+
 class Dataset {
  public:
   virtual ~Dataset() = default;
@@ -20,6 +26,8 @@ class Dataset {
   // tokens[T+1] of the i-th sample of the seeded order (i may exceed size():
   // later epochs reshuffle with the epoch number).
   virtual void sample(int64_t i, int32_t* tokens) const = 0;
+  // Documents and tokens read, for `weft check`.
+  virtual DatasetStats stats() const { return {}; }
 };
 
 struct DatasetEnv {

@@ -26,6 +26,7 @@ struct Recipe {
   ParallelSizes sizes;                // tp, pp, dp (resolved from "auto"), ep
   int world = 1;
   int64_t grad_accum = 1;             // global / (micro * dp)
+  std::vector<std::string> notes;     // what loading changed on its own (keys a plugin switch dropped)
 
   bool has(const std::string& section) const;
   const RecipeSection& section(const std::string& name) const;  // asserts presence
@@ -40,6 +41,7 @@ using PluginDirLoader = std::function<void(const std::vector<std::string>& dirs)
 
 struct RecipeEnv {
   int launcher_world = 0;  // world size given by mpirun/srun (0: not launched externally)
+  std::vector<std::string> unsets;  // --unset section.key: removed before validation
 };
 
 // Throws weft::Error with "file:line:col: what" on any refusal.
