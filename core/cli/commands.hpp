@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "loader.hpp"
+#include "weft/loader.hpp"
 
 namespace weft::cli {
 

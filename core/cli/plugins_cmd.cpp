@@ -37,7 +37,8 @@ void print_family(const Registry& reg, const std::string& family) {
   std::printf("%s:\n", family.c_str());
   if (records.empty()) std::printf("  (none)\n");
   for (const FactoryRecord* r : records)
-    std::printf("  %-14s %-8s %s\n", r->name.c_str(), r->plugin_version.c_str(), r->doc.c_str());
+    std::printf("  %-14s %-8s %s\n  %-14s from %s\n", r->name.c_str(), r->plugin_version.c_str(), r->doc.c_str(), "",
+                r->plugin_file.c_str());
 }
 
 bool is_family(const std::string& name) {

@@ -1,4 +1,4 @@
-#include "loader.hpp"
+#include "weft/loader.hpp"
 
 #include <dlfcn.h>
 

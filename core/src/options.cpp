@@ -161,4 +161,15 @@ void Options::fail(const std::string& key, const std::string& message) const {
   throw Error(place + name + ": " + message);
 }
 
+Options options_with_defaults(const OptionSchema& schema, const std::string& section,
+                              const std::map<std::string, OptValue>& values) {
+  std::map<std::string, Options::Entry> entries;
+  for (const OptionSpec& spec : schema) entries[spec.key] = Options::Entry{spec.default_value, {}};
+  for (const auto& [key, value] : values) {
+    WEFT_ASSERT(entries.count(key), "option " + section + "." + key + " is not in the schema");
+    entries[key] = Options::Entry{value, {}};
+  }
+  return Options(section, std::move(entries));
+}
+
 }  // namespace weft

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "loader.hpp"
+#include "weft/loader.hpp"
 #include "weft/model.hpp"
 #include "weft/pipeline.hpp"
 #include "weft/recipe.hpp"

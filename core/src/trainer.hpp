@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "loader.hpp"
+#include "weft/loader.hpp"
 #include "weft/recipe.hpp"
 
 namespace weft {

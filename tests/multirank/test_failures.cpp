@@ -10,7 +10,7 @@
 #include <thread>
 #include <unistd.h>
 
-#include "loader.hpp"
+#include "weft/loader.hpp"
 #include "local_comm.hpp"
 #include "runtime.hpp"
 #include "trainer.hpp"

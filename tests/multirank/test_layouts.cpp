@@ -23,7 +23,7 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-#include "loader.hpp"
+#include "weft/loader.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
 #include "trainer.hpp"

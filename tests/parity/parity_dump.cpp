@@ -32,7 +32,7 @@
 #include <thread>
 #include <vector>
 
-#include "loader.hpp"
+#include "weft/loader.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
 #include "weft/dataset.hpp"

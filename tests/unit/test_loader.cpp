@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "loader.hpp"
+#include "weft/loader.hpp"
 #include "weft/backend.hpp"
 #include "weft/error.hpp"
 #include "weft/metrics.hpp"

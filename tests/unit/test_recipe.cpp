@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "loader.hpp"
+#include "weft/loader.hpp"
 #include "weft/backend.hpp"
 #include "weft/comm.hpp"
 #include "weft/dataset.hpp"

@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint.hpp"
-#include "loader.hpp"
+#include "weft/loader.hpp"
 #include "runtime.hpp"
 #include "trainer.hpp"
 #include "weft/metrics.hpp"

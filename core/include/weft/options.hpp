@@ -92,4 +92,9 @@ class Options {
   std::map<std::string, Entry> entries_;
 };
 
+// Options of `section` as a recipe would give them when it sets `values` and
+// leaves every other key of `schema` at its default (tests, plugin authors).
+Options options_with_defaults(const OptionSchema& schema, const std::string& section,
+                              const std::map<std::string, OptValue>& values = {});
+
 }  // namespace weft

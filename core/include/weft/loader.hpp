@@ -1,4 +1,5 @@
-// Finds plugin files and loads them into a Registry (docs/plugins.md). Every file
+// Finds plugin files and loads them into a Registry (docs/plugins.md); part
+// of the SDK, so a plugin's own tests load its .so as weft does. Every file
 // that cannot be used is kept as a refusal with its path and cause; callers
 // decide whether that is fatal (`weft plugins`: always; train/check: only
 // when the recipe needs a plugin that is missing).
