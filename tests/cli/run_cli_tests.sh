@@ -519,5 +519,84 @@ expect_err_has "missing.txt"
 expect_no_crash
 finish
 
+# ---- restarts, hostile inputs and plugins (docs/reliability.md) --------------------------------
+
+# tree_sum DIR: one checksum over every file's path and bytes under DIR.
+tree_sum() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs -d '\n' md5sum | md5sum); }
+# out_or_err_has TEXT...: the log lines go to stdout, errors to stderr.
+out_or_err_has() {
+  local s
+  for s in "$@"; do
+    if ! grep -aqF -- "$s" "$OUT" "$ERR"; then problem "output lacks: $s"; fi
+  done
+}
+TINY=$SRC/examples/gpt-tiny.toml
+
+# refuse_run NAME EXPECTED... -- ARGS...: weft ARGS must exit 2 with one error line holding EXPECTED.
+refuse_run() {
+  local name=$1
+  shift
+  local expected=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    expected+=("$1")
+    shift
+  done
+  shift
+  begin "$name"
+  run -- "$@"
+  expect_rc 2
+  expect_one_error_line
+  expect_no_crash
+  expect_err_has "${expected[@]}"
+  finish
+}
+
+FIFO=$TMP/fifo
+mkfifo "$FIFO"
+ln -s /dev/zero "$TMP/zero.txt"
+
+# Damaged copies of the 3-step run, each resumed.
+damaged() {
+  rm -rf "$TMP/dmg"
+  cp -r "$RUN" "$TMP/dmg"
+}
+
+# ---- what plugins hand the core, threads that cannot start ------------------------------------
+
+refuse_run "a tokenizer factory that returns null" "tokenizer/fixture-null" "libfixture-hostile.so" "returned no object" -- \
+  check "$R/base.toml" --set "plugins.paths=$FIX/hostile" --set tokenizer.plugin=fixture-null
+refuse_run "a tokenizer whose eot is outside its vocabulary" "tokenizer/fixture-bad-eot" "end-of-text id 256" -- \
+  check "$R/base.toml" --set "plugins.paths=$FIX/hostile" --set tokenizer.plugin=fixture-bad-eot
+
+begin "a plugin adding a record without a factory is refused"
+run WEFT_PLUGIN_PATH="$FIX/null-record" -- plugins
+expect_rc 2
+expect_no_crash
+expect_err_has "libfixture-null-record.so: registration failed" "tokenizer/fixture-null-record" "without a factory"
+finish
+
+begin "failed thread creation in the CPU backend is reported, exit 1, no hang"
+# 1 GiB default thread stacks under a 6 GiB address-space limit: the pool cannot start 64 threads.
+( ulimit -s 1048576 && ulimit -v 6291456 &&
+  timeout 60 "$WEFT" train "$R/base.toml" --set backend.threads=64 --set "run.out_dir=$TMP/threads" \
+    >"$OUT" 2>"$ERR" </dev/null )
+rc=$?
+[ $rc -eq 124 ] && problem "timed out"
+expect_rc 1
+expect_no_crash
+expect_err_has "cannot start thread"
+finish
+
+begin "failed thread creation in the local launcher is reported, exit 1, no hang"
+( ulimit -s 1048576 && ulimit -v 6291456 &&
+  timeout 60 "$WEFT" train "$R/base.toml" --set backend.threads=1 --set parallel.data=16 \
+    --set "run.out_dir=$TMP/ranks" >"$OUT" 2>"$ERR" </dev/null )
+rc=$?
+[ $rc -eq 124 ] && problem "timed out"
+expect_rc 1
+expect_no_crash
+expect_err_has "comm local: cannot start the thread of rank"
+finish
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
