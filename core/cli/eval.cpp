@@ -1,13 +1,16 @@
 // `weft eval --checkpoint DIR --text FILE`: one JSON line with the mean loss
 // over the file's consecutive seq_length windows.
 #include <cstdio>
-#include <fstream>
-#include <iterator>
 
 #include "commands.hpp"
 #include "runtime.hpp"
+#include "weft/file.hpp"
 
 namespace weft::cli {
+
+namespace {
+constexpr uint64_t kMaxTextBytes = uint64_t(1) << 30;  // 4 bytes of token ids per byte of text
+}  // namespace
 
 int cmd_eval(const std::string& checkpoint, const std::string& text_file) {
   Plugins plugins;
@@ -16,9 +19,7 @@ int cmd_eval(const std::string& checkpoint, const std::string& text_file) {
   Recipe recipe;
   build_stack_from_checkpoint(stack, checkpoint, plugins.registry, plugins.scan, recipe);
 
-  std::ifstream in(text_file, std::ios::binary);
-  if (!in) throw Error(text_file + ": cannot open text file");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string text = read_input_file(text_file, kMaxTextBytes);
   std::vector<int32_t> tokens = stack.tokenizer->encode(text);
   const int64_t T = stack.model->summary().seq_length;
   const int64_t windows = tokens.empty() ? 0 : (static_cast<int64_t>(tokens.size()) - 1) / T;

@@ -598,5 +598,24 @@ expect_no_crash
 expect_err_has "comm local: cannot start the thread of rank"
 finish
 
+# ---- only regular files are read ----------------------------------------------------------------
+
+refuse_run "a FIFO as data file" "$FIFO" "FIFO" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/f1" --set "data.files=$FIFO"
+refuse_run "a symlink to /dev/zero as data file" "zero.txt" "character device" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/f2" --set "data.files=$TMP/zero.txt"
+refuse_run "a FIFO as recipe" "$FIFO" "FIFO" -- check "$FIFO"
+refuse_run "/dev/zero as recipe" "/dev/zero" "character device" -- check /dev/zero
+printf 'include = ["fifo"]\n' >"$TMP/incfifo.toml"
+refuse_run "a FIFO as include" "incfifo.toml:1:" "FIFO" -- check "$TMP/incfifo.toml"
+refuse_run "a FIFO as eval text" "$FIFO" "FIFO" -- eval --checkpoint "$RUN" --text "$FIFO"
+refuse_run "/dev/zero as eval text" "zero.txt" "character device" -- eval --checkpoint "$RUN" --text "$TMP/zero.txt"
+mkdir -p "$TMP/evaldir"
+refuse_run "a directory as eval text" "evaldir" "directory" -- eval --checkpoint "$RUN" --text "$TMP/evaldir"
+damaged
+rm "$TMP/dmg/checkpoints/step_3/recipe.toml" && ln -s /dev/zero "$TMP/dmg/checkpoints/step_3/recipe.toml"
+refuse_run "/dev/zero as a checkpoint's recipe.toml" "recipe.toml" "character device" -- \
+  eval --checkpoint "$TMP/dmg" --text "$TEXT"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
