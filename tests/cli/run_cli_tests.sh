@@ -617,5 +617,12 @@ rm "$TMP/dmg/checkpoints/step_3/recipe.toml" && ln -s /dev/zero "$TMP/dmg/checkp
 refuse_run "/dev/zero as a checkpoint's recipe.toml" "recipe.toml" "character device" -- \
   eval --checkpoint "$TMP/dmg" --text "$TEXT"
 
+# ---- safetensors ---------------------------------------------------------------------------------
+
+damaged
+rm "$TMP/dmg/checkpoints/step_3/model.safetensors" && mkfifo "$TMP/dmg/checkpoints/step_3/model.safetensors"
+refuse_run "a FIFO as model.safetensors" "model.safetensors" "FIFO" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
