@@ -624,5 +624,38 @@ rm "$TMP/dmg/checkpoints/step_3/model.safetensors" && mkfifo "$TMP/dmg/checkpoin
 refuse_run "a FIFO as model.safetensors" "model.safetensors" "FIFO" -- \
   train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
 
+# ---- checkpoint folders, latest and meta.json ----------------------------------------------------
+
+begin "checkpoint.keep leaves folders that are not exactly step_N alone"
+KP=$TMP/keep
+mkdir -p "$KP/checkpoints/step_1_old" "$KP/checkpoints/step_abc"
+echo mine >"$KP/checkpoints/step_1_old/notes.txt"
+echo mine >"$KP/checkpoints/step_abc/notes.txt"
+run -- train "$TINY" --set run.steps=3 --set checkpoint.interval=1 --set checkpoint.keep=1 --set "run.out_dir=$KP"
+expect_rc 0
+expect_no_crash
+[ "$(cat "$KP/checkpoints/step_1_old/notes.txt" 2>/dev/null)" = "mine" ] || problem "step_1_old was touched"
+[ "$(cat "$KP/checkpoints/step_abc/notes.txt" 2>/dev/null)" = "mine" ] || problem "step_abc was touched"
+[ -f "$KP/checkpoints/step_3/meta.json" ] || problem "step_3 is missing"
+[ -e "$KP/checkpoints/step_2" ] && problem "keep = 1 left step_2"
+finish
+
+damaged
+rm "$TMP/dmg/checkpoints/latest" && mkfifo "$TMP/dmg/checkpoints/latest"
+refuse_run "a FIFO as checkpoints/latest" "latest" "FIFO" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+damaged
+rm "$TMP/dmg/checkpoints/latest" && ln -s /dev/zero "$TMP/dmg/checkpoints/latest"
+refuse_run "/dev/zero as checkpoints/latest" "latest" "character device" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+damaged
+rm "$TMP/dmg/checkpoints/step_3/meta.json" && mkdir "$TMP/dmg/checkpoints/step_3/meta.json"
+refuse_run "a directory as meta.json" "meta.json" "directory" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+damaged
+sed -i 's/"step": 3/"step": -9223372036854775807/' "$TMP/dmg/checkpoints/step_3/meta.json"
+refuse_run "a negative step in meta.json" "meta.json" "key 'step'" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

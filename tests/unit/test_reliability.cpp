@@ -9,7 +9,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 
+#include "checkpoint.hpp"
 #include "safetensors.hpp"
 #include "weft/error.hpp"
 #include "weft/file.hpp"
@@ -32,6 +34,11 @@ void write_text(const fs::path& p, const std::string& text) {
   std::ofstream(p, std::ios::binary) << text;
 }
 
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
@@ -39,6 +46,12 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+// A checkpoint folder with a meta.json at `step` (enough for resolve and meta reads).
+void fake_checkpoint(const fs::path& root, int64_t step) {
+  write_text(root / ("step_" + std::to_string(step)) / "meta.json",
+             nlohmann::json{{"step", step}, {"samples_consumed", step * 8}, {"seed", 1}}.dump());
 }
 
 std::string with_header(const std::string& json, const std::string& data) {
@@ -124,5 +137,71 @@ TEST(SafetensorsHostile, RefusesAFifoWithoutBlocking) {
   fs::path fifo = dir / "model.safetensors";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   EXPECT_NE(error_of([&] { weft::SafetensorsReader r(fifo.string()); }).find("FIFO"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// ---- checkpoint.keep counts exact step_N folders only ------------------------------------------
+
+TEST(StepNames, OnlyExactStepFolderNamesParse) {
+  EXPECT_EQ(weft::parse_step_name("step_4"), 4);
+  EXPECT_EQ(weft::parse_step_name("step_0"), 0);
+  for (const char* bad : {"step_4_old", "step_abc", "step_", "step_04", "step_+4", "step_-4", "step_4.tmp.12",
+                          "step_99999999999999999999", "Step_4", "xstep_4"})
+    EXPECT_FALSE(weft::parse_step_name(bad)) << bad;
+}
+
+TEST(Keep, LeavesForeignFoldersAloneAndKeepsTheNewest) {
+  fs::path out = fresh_dir("keep");
+  fs::path root = out / "checkpoints";
+  for (int s : {2, 4, 6}) fake_checkpoint(root, s);
+  write_text(root / "step_4_old" / "notes.txt", "mine");
+  write_text(root / "step_abc" / "notes.txt", "mine too");
+  write_text(root / "step_1000.tmp.1" / "x", "partial");
+  weft::publish_latest(out.string(), 6, 2);
+  EXPECT_FALSE(fs::exists(root / "step_2"));
+  EXPECT_TRUE(fs::exists(root / "step_4/meta.json"));  // before: step_4_old counted and step_4 went
+  EXPECT_TRUE(fs::exists(root / "step_6/meta.json"));
+  EXPECT_EQ(read_text(root / "step_4_old/notes.txt"), "mine");
+  EXPECT_EQ(read_text(root / "step_abc/notes.txt"), "mine too");
+  EXPECT_TRUE(fs::exists(root / "step_1000.tmp.1"));
+  EXPECT_EQ(read_text(root / "latest"), "step_6\n");
+  fs::remove_all(out);
+}
+
+TEST(Latest, MustNameAStepFolder) {
+  fs::path out = fresh_dir("latest");
+  fake_checkpoint(out / "checkpoints", 3);
+  write_text(out / "checkpoints/latest", "../../etc\n");
+  EXPECT_NE(error_of([&] { weft::resolve_checkpoint_dir(out.string()); }).find("which is not a checkpoint"),
+            std::string::npos);
+  fs::remove_all(out);
+}
+
+// ---- meta.json ---------------------------------------------------------------------------------
+
+TEST(MetaJson, RefusesNegativeHugeAndMistypedPositions) {
+  fs::path dir = fresh_dir("meta");
+  struct Case {
+    nlohmann::json meta;
+    const char* key;
+  };
+  const std::vector<Case> cases = {
+      {{{"step", -1}, {"samples_consumed", 0}, {"seed", 1}}, "'step'"},
+      {{{"step", 9223372036854775807LL}, {"samples_consumed", 0}, {"seed", 1}}, "'step'"},
+      {{{"step", 1}, {"samples_consumed", -8}, {"seed", 1}}, "'samples_consumed'"},
+      {{{"step", 1}, {"samples_consumed", 18446744073709551615ULL}, {"seed", 1}}, "'samples_consumed'"},
+      {{{"step", 1.5}, {"samples_consumed", 8}, {"seed", 1}}, "'step'"},
+      {{{"step", "3"}, {"samples_consumed", 8}, {"seed", 1}}, "'step'"},
+      {{{"samples_consumed", 8}, {"seed", 1}}, "'step'"},
+      {{{"step", 1}, {"samples_consumed", 8}, {"seed", -1}}, "'seed'"},
+  };
+  for (const Case& c : cases) {
+    write_text(dir / "meta.json", c.meta.dump());
+    std::string err = error_of([&] { weft::read_checkpoint_meta(dir.string()); });
+    EXPECT_NE(err.find((dir / "meta.json").string() + ": key " + c.key), std::string::npos) << c.meta << ": " << err;
+  }
+  fs::remove(dir / "meta.json");
+  fs::create_directories(dir / "meta.json");
+  EXPECT_NE(error_of([&] { weft::read_checkpoint_meta(dir.string()); }).find("is a directory"), std::string::npos);
   fs::remove_all(dir);
 }
