@@ -35,8 +35,14 @@ int run(int argc, char** argv) {
   CLI::Option* resume_opt =
       train->add_option("--resume", resume_dir,
                         "resume from the run's latest checkpoint, or from DIR (a step_N folder, a checkpoints "
-                        "folder or an out_dir; write --resume=DIR before the recipe)")
+                        "folder or an out_dir; write --resume=DIR before the recipe); starts from scratch when "
+                        "the run has no checkpoint yet, unless written --resume=require")
           ->expected(0, 1);
+  bool overwrite = false;
+  CLI::Option* overwrite_opt =
+      train->add_flag("--overwrite", overwrite, "start from scratch in an out_dir that holds an earlier run, "
+                                                "removing its checkpoints and metrics");
+  overwrite_opt->excludes(resume_opt);
 
   CLI::App* check = app.add_subcommand("check", "validate a recipe; print it resolved, the layout, "
                                                  "the parameter count and a per-rank memory estimate");
@@ -79,7 +85,7 @@ int run(int argc, char** argv) {
 
   weft::setup_logging(log_level.empty() ? "info" : log_level);
   recipe_args.log_level_given = !log_level.empty();
-  if (train->parsed()) return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir);
+  if (train->parsed()) return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir, overwrite);
   if (check->parsed()) return weft::cli::cmd_check(recipe_args);
   if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);
   if (eval->parsed()) return weft::cli::cmd_eval(checkpoint, text_file);

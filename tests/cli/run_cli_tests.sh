@@ -657,5 +657,98 @@ sed -i 's/"step": 3/"step": -9223372036854775807/' "$TMP/dmg/checkpoints/step_3/
 refuse_run "a negative step in meta.json" "meta.json" "key 'step'" -- \
   train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
 
+# ---- restarts and the run folder -----------------------------------------------------------------
+
+begin "a fresh run into a folder holding another run is refused and changes nothing"
+before=$(tree_sum "$RUN")
+run -- train "$TINY" --set run.steps=2 --set "run.out_dir=$RUN"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "$RUN" "holds an earlier run" "--resume" "--overwrite"
+[ "$(tree_sum "$RUN")" = "$before" ] || problem "the earlier run's files changed"
+finish
+
+begin "--overwrite starts over in a used folder"
+cp -r "$RUN" "$TMP/ow"
+run -- train "$TINY" --set run.steps=2 --set log.interval=1 --set "run.out_dir=$TMP/ow" --overwrite
+expect_rc 0
+expect_no_crash
+[ "$(cat "$TMP/ow/checkpoints/latest")" = "step_2" ] || problem "latest: $(cat "$TMP/ow/checkpoints/latest")"
+[ -e "$TMP/ow/checkpoints/step_3" ] && problem "the earlier run's step_3 is still there"
+[ "$(wc -l <"$TMP/ow/metrics.jsonl")" -eq 2 ] || problem "metrics.jsonl should hold 2 records"
+finish
+
+begin "--overwrite with --resume is a usage error"
+run -- train "$TINY" --overwrite --resume
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "excludes"
+finish
+
+for how in "--resume" "checkpoint.resume=true"; do
+  begin "$how on a run without a checkpoint starts from scratch"
+  rm -rf "$TMP/first"
+  if [ "$how" = "--resume" ]; then extra=(--resume); else extra=(--set "$how"); fi
+  run -- train "$TINY" --set run.steps=2 --set "run.out_dir=$TMP/first" "${extra[@]}"
+  expect_rc 0
+  expect_no_crash
+  out_or_err_has "no checkpoint yet; starting from step 0"
+  [ -f "$TMP/first/checkpoints/step_2/meta.json" ] || problem "no step_2 checkpoint"
+  finish
+done
+
+begin "--resume=require on a run without a checkpoint is refused"
+run -- train "--resume=require" "$TINY" --set run.steps=2 --set "run.out_dir=$TMP/nothing"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "$TMP/nothing" "checkpoint not found"
+finish
+
+begin "resuming a finished run exits 0, says how to extend it and changes nothing"
+before=$(tree_sum "$RUN")
+run -- train "$TINY" --set run.steps=3 --set "run.out_dir=$RUN" --resume
+expect_rc 0
+expect_no_crash
+out_or_err_has "finished" "raise run.steps" "lr schedule" "decay_steps"
+[ "$(tree_sum "$RUN")" = "$before" ] || problem "the finished run's files changed"
+finish
+
+begin "resuming from an older checkpoint moves the later ones aside and keep counts the new branch"
+BR=$TMP/branch
+branch_args=(--set log.interval=1 --set checkpoint.interval=1 --set checkpoint.keep=3 --set "run.out_dir=$BR")
+run -- train "$TINY" --set run.steps=4 "${branch_args[@]}"
+expect_rc 0
+run -- train "--resume=$BR/checkpoints/step_2" "$TINY" --set run.steps=3 "${branch_args[@]}"
+expect_rc 0
+expect_no_crash
+out_or_err_has "step_3, step_4" "abandoned_after_step_2" "after step 2"
+for s in 3 4; do
+  [ -f "$BR/checkpoints/abandoned_after_step_2/step_$s/meta.json" ] || problem "step_$s was not moved aside"
+done
+[ -f "$BR/checkpoints/step_2/meta.json" ] || problem "step_2 was deleted"
+[ -f "$BR/checkpoints/step_3/meta.json" ] || problem "no new step_3"
+[ -e "$BR/checkpoints/step_4" ] && problem "the abandoned step_4 still looks like a checkpoint"
+[ "$(cat "$BR/checkpoints/latest")" = "step_3" ] || problem "latest: $(cat "$BR/checkpoints/latest")"
+[ "$(grep -c '"step": 3,' "$BR/metrics.jsonl")" -eq 1 ] || problem "metrics.jsonl should hold step 3 once"
+grep -q '"step": 4,' "$BR/metrics.jsonl" && problem "metrics.jsonl still holds the abandoned step 4"
+finish
+
+damaged
+rm "$TMP/dmg/metrics.jsonl" && mkfifo "$TMP/dmg/metrics.jsonl"
+refuse_run "a FIFO as metrics.jsonl on resume" "metrics.jsonl" "FIFO" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+damaged
+printf '{"step": 1, "loss": 2}\nnot json\n' >"$TMP/dmg/metrics.jsonl"
+refuse_run "a malformed metrics.jsonl line on resume" "metrics.jsonl:2:" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+echo "not a folder" >"$TMP/outfile"
+refuse_run "an out_dir that is a file" "$TMP/outfile" "not a folder" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/outfile"
+refuse_run "an out_dir below a file" "$TMP/outfile/sub" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/outfile/sub"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

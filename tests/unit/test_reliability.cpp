@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint.hpp"
+#include "run_dir.hpp"
 #include "safetensors.hpp"
 #include "weft/error.hpp"
 #include "weft/file.hpp"
@@ -204,4 +205,86 @@ TEST(MetaJson, RefusesNegativeHugeAndMistypedPositions) {
   fs::create_directories(dir / "meta.json");
   EXPECT_NE(error_of([&] { weft::read_checkpoint_meta(dir.string()); }).find("is a directory"), std::string::npos);
   fs::remove_all(dir);
+}
+
+// ---- a run's folder ------------------------------------------------------------------------------
+
+TEST(RunDir, FreshRunRefusesAFolderHoldingAnotherRun) {
+  fs::path out = fresh_dir("used");
+  EXPECT_EQ(error_of([&] { weft::refuse_used_out_dir(out.string()); }), "");  // empty: fine
+  write_text(out / "recipe.toml", "x");
+  write_text(out / "metrics.jsonl", "");
+  EXPECT_EQ(error_of([&] { weft::refuse_used_out_dir(out.string()); }), "");  // a run that never logged
+  write_text(out / "metrics.jsonl", "{\"step\": 1, \"loss\": 2}\n");
+  EXPECT_NE(error_of([&] { weft::refuse_used_out_dir(out.string()); }).find("metrics.jsonl"), std::string::npos);
+  fs::remove(out / "metrics.jsonl");
+  fake_checkpoint(out / "checkpoints", 5);
+  std::string err = error_of([&] { weft::refuse_used_out_dir(out.string()); });
+  EXPECT_NE(err.find(out.string()), std::string::npos) << err;
+  EXPECT_NE(err.find("--resume"), std::string::npos) << err;
+  EXPECT_NE(err.find("--overwrite"), std::string::npos) << err;
+  write_text(out / "file", "x");
+  EXPECT_NE(error_of([&] { weft::refuse_used_out_dir((out / "file").string()); }).find("not a folder"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { weft::prepare_out_dir((out / "file/sub").string(), false); }).find("file/sub"),
+            std::string::npos);
+  fs::remove_all(out);
+}
+
+TEST(RunDir, ResumeStartsFromScratchOnlyWhenNoCheckpointAndNotRequired) {
+  fs::path out = fresh_dir("resume");
+  using weft::ResumeMode;
+  EXPECT_EQ(weft::find_resume_checkpoint((out / "new").string(), "", ResumeMode::IfAny), "");
+  EXPECT_NE(error_of([&] { weft::find_resume_checkpoint((out / "new").string(), "", ResumeMode::Require); })
+                .find("checkpoint not found"),
+            std::string::npos);
+  // A step folder renamed into place before `latest` moved is still found.
+  fake_checkpoint(out / "checkpoints", 4);
+  EXPECT_EQ(weft::find_resume_checkpoint(out.string(), "", ResumeMode::IfAny), (out / "checkpoints/step_4").string());
+  // An explicit folder elsewhere must hold a checkpoint.
+  EXPECT_NE(error_of([&] { weft::find_resume_checkpoint(out.string(), (out / "nope").string(), ResumeMode::IfAny); }),
+            "");
+  fs::remove_all(out);
+}
+
+TEST(RunDir, ResumingFromAnOlderCheckpointMovesTheLaterBranchAside) {
+  fs::path out = fresh_dir("branch");
+  fs::path root = out / "checkpoints";
+  for (int s : {600, 650, 700}) fake_checkpoint(root, s);
+  write_text(root / "latest", "step_700\n");
+  std::string metrics;
+  for (int s = 598; s <= 700; ++s) metrics += "{\"step\": " + std::to_string(s) + ", \"loss\": 1.5}\n";
+  write_text(out / "metrics.jsonl", metrics);
+
+  std::string line = weft::start_branch(out.string(), 600);
+  EXPECT_EQ(weft::list_step_dirs(root.string()), std::vector<int64_t>{600});
+  EXPECT_TRUE(fs::exists(root / "abandoned_after_step_600/step_650/meta.json"));
+  EXPECT_TRUE(fs::exists(root / "abandoned_after_step_600/step_700/meta.json"));
+  EXPECT_EQ(read_text(root / "latest"), "step_600\n");
+  EXPECT_EQ(read_text(out / "metrics.jsonl"), "{\"step\": 598, \"loss\": 1.5}\n{\"step\": 599, \"loss\": 1.5}\n"
+                                              "{\"step\": 600, \"loss\": 1.5}\n");
+  std::string moved = read_text(root / "abandoned_after_step_600/metrics.jsonl");
+  EXPECT_EQ(std::count(moved.begin(), moved.end(), '\n'), 100);
+  EXPECT_NE(line.find("step_650, step_700"), std::string::npos) << line;
+  EXPECT_NE(line.find("after step 600"), std::string::npos) << line;
+
+  // A second branch from the same step does not overwrite the first one's folder.
+  fake_checkpoint(root, 610);
+  weft::start_branch(out.string(), 600);
+  EXPECT_TRUE(fs::exists(root / "abandoned_after_step_600_2/step_610"));
+  EXPECT_TRUE(fs::exists(root / "abandoned_after_step_600/step_700"));
+  // keep counts the current branch only.
+  fake_checkpoint(root, 620);
+  weft::publish_latest(out.string(), 620, 2);
+  EXPECT_EQ(weft::list_step_dirs(root.string()), (std::vector<int64_t>{600, 620}));
+  fs::remove_all(out);
+}
+
+TEST(RunDir, MalformedMetricsLineIsRefusedWithItsLineNumber) {
+  fs::path out = fresh_dir("metrics");
+  write_text(out / "metrics.jsonl", "{\"step\": 1, \"loss\": 2}\ngarbage\n");
+  std::string err = error_of([&] { weft::start_branch(out.string(), 0); });
+  EXPECT_NE(err.find((out / "metrics.jsonl").string() + ":2:"), std::string::npos) << err;
+  EXPECT_EQ(read_text(out / "metrics.jsonl"), "{\"step\": 1, \"loss\": 2}\ngarbage\n");  // untouched
+  fs::remove_all(out);
 }
