@@ -1,5 +1,6 @@
 // `weft eval --checkpoint DIR --text FILE`: one JSON line with the mean loss
 // over the file's consecutive seq_length windows.
+#include <cmath>
 #include <cstdio>
 
 #include "commands.hpp"
@@ -49,7 +50,10 @@ int cmd_eval(const std::string& checkpoint, const std::string& text_file) {
     loss_sum += backend.sum(x.data<float>(), x.numel());
   }
   double loss = loss_sum / static_cast<double>(windows * T);
-  std::printf("{\"loss\": %.17g, \"tokens\": %lld, \"windows\": %lld, \"seq_length\": %lld}\n", loss,
+  // JSON has no nan or inf: a diverged model's loss is null, as in metrics.jsonl.
+  char loss_text[32] = "null";
+  if (std::isfinite(loss)) std::snprintf(loss_text, sizeof loss_text, "%.17g", loss);
+  std::printf("{\"loss\": %s, \"tokens\": %lld, \"windows\": %lld, \"seq_length\": %lld}\n", loss_text,
               static_cast<long long>(windows * T), static_cast<long long>(windows), static_cast<long long>(T));
   return 0;
 }

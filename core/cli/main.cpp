@@ -3,7 +3,9 @@
 #include <CLI/CLI.hpp>
 #include <malloc.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <spdlog/spdlog.h>
 
@@ -57,6 +59,14 @@ int run(int argc, char** argv) {
   eval->add_option("--checkpoint", checkpoint, "checkpoint directory (or a run's out_dir)")->required();
   eval->add_option("--text", text_file, "text file")->required();
 
+  // CLI::Range lets nan through (every comparison with nan is false).
+  CLI::Validator finite(
+      [](std::string& s) {
+        char* end = nullptr;
+        double v = std::strtod(s.c_str(), &end);
+        return std::isfinite(v) ? std::string() : "'" + s + "' is not a finite number";
+      },
+      "FINITE");
   CLI::App* generate = app.add_subcommand("generate", "sample text from a checkpoint");
   std::string prompt;
   int tokens = 200, top_k = 40;
@@ -67,6 +77,7 @@ int run(int argc, char** argv) {
   generate->add_option("--tokens", tokens, "tokens to generate")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   generate->add_option("--temperature", temperature, "sampling temperature (0 = greedy)")
       ->capture_default_str()
+      ->check(finite)
       ->check(CLI::Range(0.0, 100.0));
   generate->add_option("--top-k", top_k, "sample from the k most likely tokens (0 = all)")
       ->capture_default_str()

@@ -750,5 +750,47 @@ refuse_run "an out_dir that is a file" "$TMP/outfile" "not a folder" -- \
 refuse_run "an out_dir below a file" "$TMP/outfile/sub" -- \
   train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/outfile/sub"
 
+# ---- sizes, eval output, CLI ranges, plugin search ------------------------------------------------
+
+refuse_run "model sizes whose products would overflow" "model.seq_length" "out of range" -- \
+  check "$R/base.toml" --set model.seq_length=9223372036854775807
+refuse_run "a huge layer count" "model.layers" "out of range" -- check "$R/base.toml" --set model.layers=1000000000
+refuse_run "--temperature nan" "not a finite number" -- \
+  generate --checkpoint "$RUN" --prompt "a" --temperature nan
+
+begin "eval of a diverged model prints valid JSON (null, not nan)"
+damaged
+python3 - "$TMP/dmg/checkpoints/step_3/model.safetensors" <<'PY'
+import struct, sys
+path = sys.argv[1]
+data = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+data[8 + n:] = b"\xff" * (len(data) - 8 - n)  # every float a NaN
+open(path, "wb").write(data)
+PY
+run -- eval --checkpoint "$TMP/dmg" --text "$TEXT"
+expect_rc 0
+expect_no_crash
+python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).read()); assert d["loss"] is None, d' "$OUT" 2>/dev/null ||
+  problem "not valid JSON with a null loss: $(head -c 200 "$OUT")"
+finish
+
+begin "a library that is not a plugin is never loaded (its constructor would abort)"
+run WEFT_PLUGIN_PATH="$FIX/ctor-abort" -- plugins
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "libfixture-ctor-abort.so: missing entry point 'weft_plugin_info'"
+expect_out_has "model:" "gpt"
+finish
+
+begin "a WEFT_PLUGIN_PATH folder that does not exist is reported"
+run WEFT_PLUGIN_PATH="$TMP/no-such-plugins" -- plugins
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "$TMP/no-such-plugins: plugin folder not found"
+finish
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
