@@ -165,10 +165,12 @@ std::string start_branch(const std::string& out_dir, int64_t step) {
 
   std::string line;
   if (!later.empty())
-    line = "moved the later checkpoints " + join(later, ", ") + " of the abandoned run to " + kept_at;
+    line = std::string("moved the later ") + (later.size() == 1 ? "checkpoint " : "checkpoints ") +
+           join(later, ", ") + " of the abandoned run to " + kept_at;
   if (split.dropped_records > 0) {
     line += (line.empty() ? "" : "; ") + std::string("dropped ") + std::to_string(split.dropped_records) +
-            " metrics.jsonl records after step " + std::to_string(step);
+            (split.dropped_records == 1 ? " metrics.jsonl record" : " metrics.jsonl records") + " after step " +
+            std::to_string(step);
     if (!later.empty()) line += " (copied to " + kept_at + "metrics.jsonl)";
   }
   return line;
@@ -179,9 +181,9 @@ std::string finished_message(const std::string& checkpoint, int64_t step, int64_
          std::to_string(steps) + "); nothing to do. To train further, raise run.steps (e.g. --set run.steps=" +
          std::to_string(2 * std::max<int64_t>(step, 1)) +
          " --resume): the lr schedule is then computed for the new total, so a linear or cosine decay with "
-         "lr_schedule.decay_steps = 0 stretches to the new run.steps and the lr rises again from where the "
-         "longer schedule puts step " +
-         std::to_string(step) + "; set lr_schedule.decay_steps = " + std::to_string(steps) +
+         "lr_schedule.decay_steps = 0 is stretched over the new run.steps (the lr goes back up to the longer "
+         "schedule's value at step " +
+         std::to_string(step) + "); set lr_schedule.decay_steps = " + std::to_string(steps) +
          " to keep the finished decay and go on at min_lr";
 }
 
