@@ -145,14 +145,13 @@ LoadedPlugin load_plugin_file(Registry& registry, const std::string& path) {
   std::error_code fs_ec;
   if (!fs::is_regular_file(path, fs_ec)) throw refuse("not a regular file");
   if (!has_elf_magic(path)) throw refuse("not a shared library (no ELF header)");
+  bool has_entry = false;
   try {
-    if (!elf_defines(path, "weft_plugin_info"))
-      throw refuse("missing entry point 'weft_plugin_info' (not a weft plugin; use WEFT_PLUGIN)");
+    has_entry = elf_defines(path, "weft_plugin_info");
   } catch (const Error& e) {
-    std::string msg = e.what();
-    if (msg.rfind(path + ": ", 0) == 0 && msg.find("missing entry point") != std::string::npos) throw;
-    throw refuse("unreadable ELF file: " + msg);
+    throw refuse(std::string("unreadable ELF file: ") + e.what());
   }
+  if (!has_entry) throw refuse("missing entry point 'weft_plugin_info' (not a weft plugin; use WEFT_PLUGIN)");
 
   auto library = std::make_shared<boost::dll::shared_library>();
   boost::dll::fs::error_code ec;

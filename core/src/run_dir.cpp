@@ -119,10 +119,11 @@ void refuse_used_out_dir(const std::string& out_dir) {
   require_folder_or_absent(out_dir);
   std::vector<std::string> holds;
   if (has_checkpoints(fs::path(out_dir) / "checkpoints")) holds.push_back("checkpoints/");
+  // An empty metrics.jsonl is what a run that never finished a step leaves.
   std::error_code ec;
   fs::path metrics = fs::path(out_dir) / "metrics.jsonl";
-  if (fs::exists(fs::symlink_status(metrics, ec)) && !(fs::is_regular_file(metrics, ec) && fs::file_size(metrics, ec) == 0))
-    holds.push_back("metrics.jsonl");
+  bool empty = fs::is_regular_file(metrics, ec) && fs::file_size(metrics, ec) == 0;
+  if (fs::exists(fs::symlink_status(metrics, ec)) && !empty) holds.push_back("metrics.jsonl");
   if (holds.empty()) return;
   throw Error("run.out_dir '" + out_dir + "': holds an earlier run (" + join(holds, ", ") +
               "); continue it with --resume, start over with --overwrite, or choose another run.out_dir");

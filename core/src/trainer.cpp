@@ -31,6 +31,13 @@ std::string run_out_dir(const Recipe& recipe) {
 
 namespace {
 
+// --overwrite wins over the recipe's checkpoint.resume, not over --resume (the CLI refuses both).
+ResumeMode resume_mode(const TrainArgs& args, bool recipe_resume) {
+  if (args.require_checkpoint) return ResumeMode::Require;
+  if (args.resume || (recipe_resume && !args.overwrite)) return ResumeMode::IfAny;
+  return ResumeMode::Off;
+}
+
 class RankTrainer {
  public:
   RankTrainer(const Recipe& recipe, const Registry& registry, const TrainArgs& args, Communicator& world,
@@ -160,10 +167,7 @@ void RankTrainer::run() {
   const uint64_t seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
   int64_t start = 0;
 
-  ResumeMode mode = args_.require_checkpoint ? ResumeMode::Require
-                    : args_.resume || (recipe_.options("checkpoint").get_bool("resume") && !args_.overwrite)
-                        ? ResumeMode::IfAny
-                        : ResumeMode::Off;
+  const ResumeMode mode = resume_mode(args_, recipe_.options("checkpoint").get_bool("resume"));
   std::string dir = find_resume_checkpoint(out_dir_, args_.resume_from, mode);
   if (!dir.empty()) {
     CheckpointMeta meta = read_checkpoint_meta(dir);
