@@ -179,7 +179,7 @@ void RankTrainer::run() {
                   std::to_string(meta.step) + ", which a global batch of " + std::to_string(global_) +
                   " cannot continue");
     if (meta.step >= steps_) {
-      if (rank0) log_->info(finished_message(dir, meta.step, steps_));
+      if (rank0) log_->info("{}", finished_message(dir, meta.step, steps_));
       return;
     }
     read_checkpoint(dir, stack_.flat, dp_.get(), optimizer_->state_slots(), *stack_.backend);
