@@ -30,7 +30,7 @@ void resolve_resume_form(std::string& recipe, std::string& resume_dir);
 
 int cmd_plugins(const std::string& name);
 int cmd_check(const RecipeArgs& args);
-int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir);
+int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite);
 int cmd_eval(const std::vector<std::string>& checkpoints, const std::string& text_file);
 int cmd_generate(const std::string& checkpoint, const std::string& prompt, int tokens, double temperature,
                  int top_k, long long seed);

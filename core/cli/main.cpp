@@ -3,7 +3,9 @@
 #include <CLI/CLI.hpp>
 #include <malloc.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <spdlog/spdlog.h>
 
@@ -38,8 +40,14 @@ int run(int argc, char** argv) {
   CLI::Option* resume_opt =
       train->add_option("--resume", resume_dir,
                         "resume from the run's latest checkpoint, or from DIR (a step_N folder, a checkpoints "
-                        "folder or an out_dir)")
+                        "folder or an out_dir; write --resume=DIR before the recipe); starts from scratch when "
+                        "the run has no checkpoint yet, unless written --resume=require")
           ->expected(0, 1);
+  bool overwrite = false;
+  CLI::Option* overwrite_opt =
+      train->add_flag("--overwrite", overwrite, "start from scratch in an out_dir that holds an earlier run, "
+                                                "removing its checkpoints and metrics");
+  overwrite_opt->excludes(resume_opt);
 
   CLI::App* check = app.add_subcommand("check", "validate a recipe; print it resolved, the layout, "
                                                  "the parameter count and a per-rank memory estimate");
@@ -57,6 +65,14 @@ int run(int argc, char** argv) {
       ->required();
   eval->add_option("--text", text_file, "text file")->required();
 
+  // CLI::Range lets nan through (every comparison with nan is false).
+  CLI::Validator finite(
+      [](std::string& s) {
+        char* end = nullptr;
+        double v = std::strtod(s.c_str(), &end);
+        return std::isfinite(v) ? std::string() : "'" + s + "' is not a finite number";
+      },
+      "FINITE");
   CLI::App* generate = app.add_subcommand("generate", "sample text from a checkpoint");
   std::string prompt;
   int tokens = 200, top_k = 40;
@@ -67,6 +83,7 @@ int run(int argc, char** argv) {
   generate->add_option("--tokens", tokens, "tokens to generate")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   generate->add_option("--temperature", temperature, "sampling temperature (0 = greedy)")
       ->capture_default_str()
+      ->check(finite)
       ->check(CLI::Range(0.0, 100.0));
   generate->add_option("--top-k", top_k, "sample from the k most likely tokens (0 = all)")
       ->capture_default_str()
@@ -87,7 +104,7 @@ int run(int argc, char** argv) {
   recipe_args.log_level_given = !log_level.empty();
   if (train->parsed()) {
     weft::cli::resolve_resume_form(recipe_args.recipe, resume_dir);
-    return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir);
+    return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir, overwrite);
   }
   if (check->parsed()) return weft::cli::cmd_check(recipe_args);
   if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);

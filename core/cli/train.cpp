@@ -1,4 +1,4 @@
-// `weft train RECIPE [--set k=v]... [--resume [DIR]]`.
+// `weft train RECIPE [--set k=v]... [--resume[=DIR|=require]] [--overwrite]`.
 #include <filesystem>
 
 #include "commands.hpp"
@@ -21,7 +21,7 @@ void resolve_resume_form(std::string& recipe, std::string& resume_dir) {
                 "checkpoints folder or an out_dir), the recipe is " + recipe);
 }
 
-int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir) {
+int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite) {
   Plugins plugins;
   load_default_plugins(plugins);
   Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan, args.unsets);
@@ -29,7 +29,10 @@ int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir
   for (const std::string& note : recipe.notes) spdlog::info("{}", note);
   TrainArgs targs;
   targs.resume = resume;
-  targs.resume_from = resume_dir;
+  // "require" is a mode, not a folder (a folder of that name: --resume=./require).
+  targs.require_checkpoint = resume && resume_dir == "require";
+  targs.resume_from = targs.require_checkpoint ? "" : resume_dir;
+  targs.overwrite = overwrite;
   train(recipe, plugins.registry, targs);
   return 0;
 }

@@ -3,12 +3,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "safetensors.hpp"
 #include "weft/params.hpp"
+#include "weft/file.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -18,6 +19,25 @@ namespace weft {
 namespace {
 
 std::string step_name(int64_t step) { return "step_" + std::to_string(step); }
+
+// Bounds on what meta.json may say: a step at most 10^12 (run.steps' maximum), a
+// data position below 2^62, so the arithmetic on them cannot overflow.
+constexpr int64_t kMaxStep = 1000000000000;
+constexpr int64_t kMaxSamples = int64_t(1) << 62;
+constexpr uint64_t kMaxMetaBytes = 64u << 20;
+constexpr uint64_t kMaxLatestBytes = 4096;
+
+int64_t meta_int(const json& m, const std::string& key, int64_t max, const std::string& path) {
+  auto it = m.find(key);
+  if (it == m.end()) throw Error(path + ": key '" + key + "' is missing");
+  if (!it->is_number_integer())
+    throw Error(path + ": key '" + key + "': expected an integer, got " + std::string(it->type_name()) + " " +
+                it->dump());
+  if (it->is_number_unsigned() ? it->get<uint64_t>() > static_cast<uint64_t>(max)
+                               : it->get<int64_t>() < 0 || it->get<int64_t>() > max)
+    throw Error(path + ": key '" + key + "': " + it->dump() + " is out of range (0 to " + std::to_string(max) + ")");
+  return it->get<int64_t>();
+}
 
 std::vector<float> to_host(Backend& backend, const Tensor& t) {
   std::vector<float> out(t.numel());
@@ -151,16 +171,34 @@ void publish_latest(const std::string& out_dir, int64_t step, int64_t keep) {
   fs::path root = fs::path(out_dir) / "checkpoints";
   write_file_atomic((root / "latest").string(), step_name(step) + "\n");
   if (keep <= 0) return;
+  std::vector<int64_t> steps = list_step_dirs(root.string());
+  std::error_code ec;
+  for (size_t i = 0; i + keep < steps.size(); ++i)
+    if (steps[i] != step) fs::remove_all(root / step_name(steps[i]), ec);
+}
+
+std::optional<int64_t> parse_step_name(const std::string& name) {
+  const std::string prefix = "step_";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  const char* begin = name.data() + prefix.size();
+  const char* end = name.data() + name.size();
+  if (*begin == '0' && end - begin > 1) return std::nullopt;
+  int64_t n = 0;
+  auto [stop, err] = std::from_chars(begin, end, n);
+  if (err != std::errc() || stop != end || *begin < '0' || *begin > '9') return std::nullopt;
+  return n;
+}
+
+std::vector<int64_t> list_step_dirs(const std::string& root) {
   std::vector<int64_t> steps;
   std::error_code ec;
   for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string name = it->path().filename().string();
-    if (name.rfind("step_", 0) == 0 && name.find('.') == std::string::npos && it->is_directory())
-      steps.push_back(std::stoll(name.substr(5)));
+    std::error_code type_ec;
+    std::optional<int64_t> n = parse_step_name(it->path().filename().string());
+    if (n && it->is_directory(type_ec) && !it->is_symlink(type_ec)) steps.push_back(*n);
   }
   std::sort(steps.begin(), steps.end());
-  for (size_t i = 0; i + keep < steps.size(); ++i)
-    if (steps[i] != step) fs::remove_all(root / step_name(steps[i]), ec);
+  return steps;
 }
 
 std::string resolve_checkpoint_dir(const std::string& path) {
@@ -170,38 +208,41 @@ std::string resolve_checkpoint_dir(const std::string& path) {
   if (fs::exists(p / "meta.json", ec)) return p.string();
   for (fs::path root : {p, p / "checkpoints"}) {
     fs::path latest = root / "latest";
-    if (fs::exists(latest, ec)) {
-      std::ifstream in(latest);
-      std::string name;
-      std::getline(in, name);
+    if (fs::exists(fs::symlink_status(latest, ec))) {
+      std::string name = read_input_file(latest.string(), kMaxLatestBytes);
+      while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
       fs::path dir = root / name;
-      if (name.empty() || !fs::exists(dir / "meta.json", ec))
-        throw Error(latest.string() + ": points at '" + name + "', which is not a checkpoint");
+      if (!parse_step_name(name) || !fs::exists(dir / "meta.json", ec))
+        throw Error(latest.string() + ": points at '" + name.substr(0, 80) + "', which is not a checkpoint");
       return dir.string();
     }
   }
   throw Error(path + ": not a checkpoint (no meta.json, no checkpoints/latest)");
 }
 
+CheckpointMeta read_checkpoint_meta(const std::string& step_dir) {
+  const std::string path = (fs::path(step_dir) / "meta.json").string();
+  json m;
+  try {
+    m = json::parse(read_input_file(path, kMaxMetaBytes));
+  } catch (const json::exception& e) {
+    throw Error(path + ": malformed: " + e.what());
+  }
+  if (!m.is_object()) throw Error(path + ": not a JSON object");
+  CheckpointMeta meta;
+  meta.step = meta_int(m, "step", kMaxStep, path);
+  meta.samples_consumed = meta_int(m, "samples_consumed", kMaxSamples, path);
+  auto seed = m.find("seed");
+  if (seed == m.end() || !seed->is_number_unsigned())
+    throw Error(path + ": key 'seed': expected an integer >= 0");
+  meta.seed = seed->get<uint64_t>();
+  return meta;
+}
+
 CheckpointMeta read_checkpoint(const std::string& step_dir, FlatParams& flat, DataParallel* dp, int state_slots,
                                Backend& backend) {
   fs::path dir = step_dir;
-  std::ifstream in(dir / "meta.json");
-  if (!in) throw Error((dir / "meta.json").string() + ": cannot open");
-  json m;
-  try {
-    m = json::parse(in);
-  } catch (const json::exception& e) {
-    throw Error((dir / "meta.json").string() + ": malformed: " + e.what());
-  }
-  CheckpointMeta meta;
-  try {
-    meta.step = m.at("step").get<int64_t>();
-    meta.samples_consumed = m.at("samples_consumed").get<int64_t>();
-    meta.seed = m.at("seed").get<uint64_t>();
-  } catch (const json::exception& e) {
-    throw Error((dir / "meta.json").string() + ": " + e.what());
-  }
+  CheckpointMeta meta = read_checkpoint_meta(step_dir);
   const std::string model_path = (dir / "model.safetensors").string();
   SafetensorsReader model(model_path);
   for (Param* p : flat.params) {

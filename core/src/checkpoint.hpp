@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "weft/comm.hpp"
 #include "weft/grad_sync.hpp"
@@ -39,11 +41,20 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
                              FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
                              const CheckpointGroups& groups = {});
 // Points checkpoints/latest at step_N and removes the oldest beyond `keep` (0 = keep all).
+// Only folders named exactly step_N count; anything else is left alone.
 void publish_latest(const std::string& out_dir, int64_t step, int64_t keep);
+
+// N for a folder name that is exactly "step_N" (decimal, no sign, no leading zero); nullopt otherwise.
+std::optional<int64_t> parse_step_name(const std::string& name);
+// The steps of the step_N folders in `root` (a checkpoints folder), ascending.
+std::vector<int64_t> list_step_dirs(const std::string& root);
 
 // A step folder, a checkpoints/ folder or a run's out_dir -> the step folder
 // (the latest one for the last two). Throws weft::Error naming the path.
 std::string resolve_checkpoint_dir(const std::string& path);
+
+// Reads and validates step_dir/meta.json; throws weft::Error naming the file and the key.
+CheckpointMeta read_checkpoint_meta(const std::string& step_dir);
 
 // Loads params (and optimizer state when dp is given) by logical name, each
 // rank taking its shard of the logical tensor, so any layout loads any other.

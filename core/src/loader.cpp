@@ -1,16 +1,19 @@
 #include "weft/loader.hpp"
 
 #include <dlfcn.h>
+#include <elf.h>
 
 #include <algorithm>
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
 #include "text_util.hpp"
+#include "weft/file.hpp"
 
 namespace fs = std::filesystem;
 
@@ -44,6 +47,38 @@ bool has_elf_magic(const std::string& path) {
   char magic[4] = {};
   in.read(magic, 4);
   return in.gcount() == 4 && magic[0] == 0x7f && magic[1] == 'E' && magic[2] == 'L' && magic[3] == 'F';
+}
+
+// Whether the ELF file's dynamic symbol table defines `symbol`. Read with
+// bounds checks and without loading the file: dlopen would run its
+// constructors (an ASan runtime on the path would end the process).
+bool elf_defines(const std::string& path, const std::string& symbol) {
+  InputFile file(path);
+  Elf64_Ehdr eh{};
+  if (file.size() < sizeof eh) return false;
+  file.read_exact(0, &eh, sizeof eh);
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_shentsize != sizeof(Elf64_Shdr))
+    return false;
+  auto inside = [&](uint64_t offset, uint64_t bytes) { return offset <= file.size() && bytes <= file.size() - offset; };
+  if (!inside(eh.e_shoff, uint64_t(eh.e_shnum) * sizeof(Elf64_Shdr))) return false;
+  std::vector<Elf64_Shdr> sections(eh.e_shnum);
+  file.read_exact(eh.e_shoff, sections.data(), sections.size() * sizeof(Elf64_Shdr));
+  for (const Elf64_Shdr& sh : sections) {
+    if (sh.sh_type != SHT_DYNSYM || sh.sh_link >= sections.size()) continue;
+    const Elf64_Shdr& strtab = sections[sh.sh_link];
+    if (!inside(sh.sh_offset, sh.sh_size) || !inside(strtab.sh_offset, strtab.sh_size)) return false;
+    std::vector<Elf64_Sym> syms(sh.sh_size / sizeof(Elf64_Sym));
+    std::string names(strtab.sh_size, '\0');
+    file.read_exact(sh.sh_offset, syms.data(), syms.size() * sizeof(Elf64_Sym));
+    file.read_exact(strtab.sh_offset, names.data(), names.size());
+    for (const Elf64_Sym& sym : syms) {
+      if (sym.st_shndx == SHN_UNDEF || sym.st_name >= names.size()) continue;
+      const char* name = names.data() + sym.st_name;
+      size_t len = strnlen(name, names.size() - sym.st_name);
+      if (len == symbol.size() && std::memcmp(name, symbol.data(), len) == 0) return true;
+    }
+  }
+  return false;
 }
 
 void add_so_files(const fs::path& dir, std::vector<std::string>& out) {
@@ -110,6 +145,13 @@ LoadedPlugin load_plugin_file(Registry& registry, const std::string& path) {
   std::error_code fs_ec;
   if (!fs::is_regular_file(path, fs_ec)) throw refuse("not a regular file");
   if (!has_elf_magic(path)) throw refuse("not a shared library (no ELF header)");
+  bool has_entry = false;
+  try {
+    has_entry = elf_defines(path, "weft_plugin_info");
+  } catch (const Error& e) {
+    throw refuse(std::string("unreadable ELF file: ") + e.what());
+  }
+  if (!has_entry) throw refuse("missing entry point 'weft_plugin_info' (not a weft plugin; use WEFT_PLUGIN)");
 
   auto library = std::make_shared<boost::dll::shared_library>();
   boost::dll::fs::error_code ec;
@@ -161,7 +203,15 @@ void load_plugin_dirs(Registry& registry, const std::vector<std::string>& dirs, 
   for (const auto& p : scan.loaded) seen.insert(fs::weakly_canonical(p.path).string());
   for (const auto& r : scan.refused) seen.insert(fs::weakly_canonical(r.path).string());
   std::vector<std::string> files;
-  for (const auto& dir : dirs) add_so_files(dir, files);
+  for (const auto& dir : dirs) {
+    std::error_code ec;
+    // A mistyped WEFT_PLUGIN_PATH entry is reported like a refused file, not ignored.
+    if (!fs::is_directory(dir, ec)) {
+      if (seen.insert(dir).second) scan.refused.push_back({dir, "plugin folder not found"});
+      continue;
+    }
+    add_so_files(dir, files);
+  }
   for (const auto& file : files) {
     std::string canonical = fs::weakly_canonical(file).string();
     if (!seen.insert(canonical).second) continue;

@@ -9,11 +9,13 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <toml++/toml.h>
 
 #include "text_util.hpp"
+#include "weft/file.hpp"
 
 namespace fs = std::filesystem;
 
@@ -86,11 +88,18 @@ std::string read_recipe_file(const std::string& path, const SourcePos& from) {
   std::error_code ec;
   if (!fs::exists(path, ec)) fail_at(from, "recipe file '" + path + "' not found");
   if (fs::is_directory(path, ec)) fail_at(from, "recipe '" + path + "' is a directory");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail_at(from, "cannot read recipe file '" + path + "'");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (text.size() > kMaxRecipeBytes) fail_at(from, "recipe file '" + path + "' is larger than 16 MiB");
-  return text;
+  std::unique_ptr<InputFile> file;
+  try {
+    file = std::make_unique<InputFile>(path);  // refuses FIFOs and devices without blocking
+  } catch (const Error& e) {
+    fail_at(from, std::string("recipe file ") + e.what());
+  }
+  if (file->size() > kMaxRecipeBytes) fail_at(from, "recipe file '" + path + "' is larger than 16 MiB");
+  try {
+    return file->read_all(kMaxRecipeBytes);  // the limit holds while reading too (/proc files report size 0)
+  } catch (const Error& e) {
+    fail_at(from, std::string("recipe file ") + e.what());
+  }
 }
 
 void check_depth(const toml::node& node, int depth) {

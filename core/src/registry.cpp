@@ -13,10 +13,16 @@ const std::vector<std::string>& plugin_families() {
   return families;
 }
 
+std::string Registry::describe(const FactoryRecord& record) {
+  return "plugin " + record.family + "/" + record.name + " (" +
+         (record.plugin_file.empty() ? std::string("built into the core") : record.plugin_file) + ")";
+}
+
 void Registry::add_record(FactoryRecord record) {
   const auto& fams = plugin_families();
   if (std::find(fams.begin(), fams.end(), record.family) == fams.end())
     throw Error("unknown plugin family '" + record.family + "' for '" + record.name + "'");
+  if (!record.factory) throw Error(record.family + "/" + record.name + " is registered without a factory");
   if (const FactoryRecord* old = find(record.family, record.name)) {
     std::string where = old->plugin_file.empty() ? "the core" : old->plugin_file;
     throw Error("duplicate plugin name " + record.family + "/" + record.name + " (already provided by " +

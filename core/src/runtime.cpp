@@ -49,7 +49,14 @@ Recipe load_recipe_for_run(const std::string& path, const std::vector<std::strin
 }
 
 std::unique_ptr<Tokenizer> make_tokenizer(const Recipe& recipe, const Registry& registry) {
-  return registry.factory<Tokenizer>(recipe.plugin("tokenizer"))(recipe.options("tokenizer"));
+  auto tokenizer = registry.factory<Tokenizer>(recipe.plugin("tokenizer"))(recipe.options("tokenizer"));
+  // Documents are joined with eot(): an id outside the vocabulary would index past the embedding.
+  const int64_t vocab = tokenizer->vocab_size();
+  const int32_t eot = tokenizer->eot();
+  if (vocab <= 0 || eot < 0 || eot >= vocab)
+    throw Error(Registry::describe(registry.get("tokenizer", recipe.plugin("tokenizer"))) + ": end-of-text id " +
+                std::to_string(eot) + " is outside its vocabulary of " + std::to_string(vocab));
+  return tokenizer;
 }
 
 PipelinePlan plan_pipeline(const Recipe& recipe, Model& model, const PipelineSchedule& schedule,

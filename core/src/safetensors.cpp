@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -10,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "weft/error.hpp"
+#include "weft/file.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -74,21 +77,46 @@ void write_safetensors(const std::string& path, const std::vector<NamedArray>& t
   if (ec) throw Error(path + ": cannot rename into place: " + ec.message());
 }
 
+namespace {
+
+size_t dtype_bytes(const std::string& dtype) {
+  if (dtype == "F64" || dtype == "I64" || dtype == "U64") return 8;
+  if (dtype == "F32" || dtype == "I32" || dtype == "U32") return 4;
+  if (dtype == "F16" || dtype == "BF16" || dtype == "I16" || dtype == "U16") return 2;
+  if (dtype == "I8" || dtype == "U8" || dtype == "BOOL") return 1;
+  throw Error("unknown dtype '" + dtype + "'");
+}
+
+// Each dimension a non-negative JSON integer; the byte size computed without overflow.
+uint64_t checked_shape_bytes(const json& shape_json, size_t elem, Shape& shape) {
+  if (!shape_json.is_array()) throw Error("shape is not an array");
+  uint64_t bytes = elem;
+  for (const json& d : shape_json) {
+    if (!d.is_number_unsigned()) throw Error("shape " + shape_json.dump() + ": dimensions must be integers >= 0");
+    uint64_t n = d.get<uint64_t>();
+    if (n > static_cast<uint64_t>(INT64_MAX) || (n != 0 && bytes > UINT64_MAX / n))
+      throw Error("shape " + shape_json.dump() + " overflows");
+    bytes *= n;
+    shape.push_back(static_cast<int64_t>(n));
+  }
+  return bytes;
+}
+
+}  // namespace
+
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open checkpoint file");
-  std::error_code ec;
-  uint64_t file_size = fs::file_size(path, ec);
+  InputFile file(path);  // a FIFO or device is refused here, without blocking
+  const uint64_t file_size = file.size();
   unsigned char len[8];
-  if (ec || file_size < 8 || !in.read(reinterpret_cast<char*>(len), 8))
-    throw Error(path + ": offset 0: file too short for a safetensors header");
+  if (file_size < 8) throw Error(path + ": offset 0: file too short for a safetensors header");
+  file.read_exact(0, len, 8);
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
-  if (n > kMaxHeaderBytes || 8 + n > file_size)
+  if (n > kMaxHeaderBytes || n > file_size - 8)
     throw Error(path + ": offset 0: header length " + std::to_string(n) + " exceeds the file (" +
                 std::to_string(file_size) + " bytes)");
   std::string text(n, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(n));
+  file.read_exact(8, text.data(), n);
   json header;
   try {
     header = json::parse(text);
@@ -96,7 +124,9 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     throw Error(path + ": offset 8: malformed JSON header: " + e.what());
   }
   if (!header.is_object()) throw Error(path + ": offset 8: header is not a JSON object");
-  uint64_t data_start = 8 + n;
+  const uint64_t data_start = 8 + n;
+  const uint64_t data_size = file_size - data_start;
+  std::vector<std::pair<uint64_t, std::string>> extents;  // (begin, name) of the non-empty tensors
   for (auto& [name, value] : header.items()) {
     if (name == "__metadata__") {
       if (value.is_object())
@@ -105,23 +135,39 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
       continue;
     }
     try {
+      if (!value.is_object()) throw Error("not a JSON object");
       Entry e;
-      e.dtype = value.at("dtype").get<std::string>();
-      e.shape = value.at("shape").get<Shape>();
-      auto offsets = value.at("data_offsets").get<std::vector<uint64_t>>();
-      if (offsets.size() != 2 || offsets[0] > offsets[1]) throw Error("bad data_offsets");
-      e.begin = data_start + offsets[0];
-      e.end = data_start + offsets[1];
-      size_t elem = e.dtype == "F32" ? 4 : e.dtype == "F16" || e.dtype == "BF16" ? 2 : e.dtype == "I32" ? 4 : 8;
-      for (int64_t d : e.shape)
-        if (d < 0) throw Error("negative dimension");
-      if (e.end > file_size) throw Error("data ends past the end of the file");
-      if (e.end - e.begin != static_cast<uint64_t>(shape_numel(e.shape)) * elem)
-        throw Error("data size does not match shape " + shape_str(e.shape));
+      const json& dtype = value.at("dtype");
+      if (!dtype.is_string()) throw Error("dtype is not a string");
+      e.dtype = dtype.get<std::string>();
+      uint64_t bytes = checked_shape_bytes(value.at("shape"), dtype_bytes(e.dtype), e.shape);
+      const json& offsets = value.at("data_offsets");
+      if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+          !offsets[1].is_number_unsigned())
+        throw Error("data_offsets " + offsets.dump() + " is not two integers >= 0");
+      uint64_t begin = offsets[0].get<uint64_t>(), end = offsets[1].get<uint64_t>();
+      if (begin > end) throw Error("data_offsets " + offsets.dump() + " end before they begin");
+      if (end > data_size)
+        throw Error("data ends past the end of the file (data_offsets " + offsets.dump() + ", " +
+                    std::to_string(data_size) + " data bytes)");
+      if (end - begin != bytes)
+        throw Error("data size " + std::to_string(end - begin) + " does not match shape " + shape_str(e.shape) +
+                    " (" + std::to_string(bytes) + " bytes)");
+      e.begin = data_start + begin;
+      e.end = data_start + end;
+      if (bytes > 0) extents.push_back({begin, name});
       entries_[name] = e;
     } catch (const std::exception& ex) {
       throw Error(path + ": offset 8: tensor '" + name + "': " + ex.what());
     }
+  }
+  // No two tensors may share bytes.
+  std::sort(extents.begin(), extents.end());
+  for (size_t i = 1; i < extents.size(); ++i) {
+    const Entry& prev = entries_[extents[i - 1].second];
+    if (prev.end > data_start + extents[i].first)
+      throw Error(path + ": offset 8: tensor '" + extents[i].second + "': data overlaps tensor '" +
+                  extents[i - 1].second + "'");
   }
 }
 
@@ -143,10 +189,11 @@ std::vector<float> SafetensorsReader::read(const std::string& name) const {
   const Entry& e = entry(name);
   if (e.dtype != "F32") throw Error(path_ + ": tensor '" + name + "' is " + e.dtype + ", expected F32");
   std::vector<float> out(shape_numel(e.shape));
-  std::ifstream in(path_, std::ios::binary);
-  in.seekg(static_cast<std::streamoff>(e.begin));
-  if (!in.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(e.end - e.begin)))
+  try {
+    InputFile(path_).read_exact(e.begin, out.data(), e.end - e.begin);
+  } catch (const Error&) {
     throw Error(path_ + ": offset " + std::to_string(e.begin) + ": tensor '" + name + "' is truncated");
+  }
   return out;
 }
 

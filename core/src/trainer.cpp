@@ -11,6 +11,7 @@
 #include "checkpoint.hpp"
 #include "logging.hpp"
 #include "run_parts.hpp"
+#include "run_dir.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
 #include "weft/dataset.hpp"
@@ -33,17 +34,11 @@ std::string run_out_dir(const Recipe& recipe) {
 
 namespace {
 
-// Keeps metrics.jsonl records up to `step` (a resumed run rewrites the rest).
-void truncate_metrics(const std::string& path, int64_t step) {
-  std::ifstream in(path);
-  if (!in) return;
-  std::string line, kept;
-  const std::string key = "{\"step\": ";
-  while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0 && std::stoll(line.substr(key.size())) > step) continue;
-    kept += line + "\n";
-  }
-  write_file_atomic(path, kept);
+// --overwrite wins over the recipe's checkpoint.resume, not over --resume (the CLI refuses both).
+ResumeMode resume_mode(const TrainArgs& args, bool recipe_resume) {
+  if (args.require_checkpoint) return ResumeMode::Require;
+  if (args.resume || (recipe_resume && !args.overwrite)) return ResumeMode::IfAny;
+  return ResumeMode::Off;
 }
 
 class RankTrainer {
@@ -238,25 +233,36 @@ void RankTrainer::run() {
   const uint64_t seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
   int64_t start = 0;
 
-  if (args_.resume || recipe_.options("checkpoint").get_bool("resume")) {
-    std::string from = args_.resume_from.empty() ? out_dir_ : args_.resume_from;
-    std::string dir = resolve_checkpoint_dir(from);
-    CheckpointMeta meta = read_checkpoint(dir, stack_.flat, dp_.get(), optimizer_->state_slots(), *stack_.backend);
+  const ResumeMode mode = resume_mode(args_, recipe_.options("checkpoint").get_bool("resume"));
+  std::string dir = find_resume_checkpoint(out_dir_, args_.resume_from, mode);
+  if (!dir.empty()) {
+    CheckpointMeta meta = read_checkpoint_meta(dir);
     if (meta.seed != seed)
       throw Error(dir + ": saved with run.seed " + std::to_string(meta.seed) + ", the recipe says " +
                   std::to_string(seed));
-    if (meta.samples_consumed != meta.step * global_)
+    if (meta.samples_consumed % global_ != 0 || meta.samples_consumed / global_ != meta.step)
       throw Error(dir + ": saved after " + std::to_string(meta.samples_consumed) + " samples at step " +
                   std::to_string(meta.step) + ", which a global batch of " + std::to_string(global_) +
                   " cannot continue");
+    if (meta.step >= steps_) {
+      if (rank0) log_->info("{}", finished_message(dir, meta.step, steps_));
+      return;
+    }
+    read_checkpoint(dir, stack_.flat, dp_.get(), optimizer_->state_slots(), *stack_.backend);
     start = meta.step;
-    if (start >= steps_) throw Error(dir + ": already at step " + std::to_string(start) + " of " + std::to_string(steps_));
     log_->info("resumed from {} at step {}", dir, start);
+  } else if (mode != ResumeMode::Off) {
+    if (rank0) log_->info("{}: no checkpoint yet; starting from step 0", out_dir_);
+  } else if (!args_.overwrite) {
+    refuse_used_out_dir(out_dir_);
   }
+  // Every rank has decided how to start before rank 0 changes out_dir.
+  world_.barrier();
   if (rank0) {
-    fs::create_directories(out_dir_);
+    prepare_out_dir(out_dir_, args_.overwrite && mode == ResumeMode::Off);
     write_file_atomic(out_dir_ + "/recipe.toml", recipe_.to_toml());
-    if (start > 0) truncate_metrics(out_dir_ + "/metrics.jsonl", start);
+    std::string moved = start_branch(out_dir_, start);
+    if (!moved.empty()) log_->info("{}", moved);
   }
   world_.barrier();
   // Sinks open their files only now, after a resume trimmed metrics.jsonl.

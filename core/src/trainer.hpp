@@ -12,6 +12,8 @@ namespace weft {
 
 struct TrainArgs {
   bool resume = false;
+  bool require_checkpoint = false;  // --resume=require: no checkpoint is an error, not a fresh start
+  bool overwrite = false;           // --overwrite: a fresh run may replace an earlier one in out_dir
   std::string resume_from;  // step folder, checkpoints folder or out_dir; "" = this run's latest
 };
 

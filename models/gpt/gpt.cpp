@@ -17,15 +17,16 @@ float* f32(const Tensor& t) { return t.data<float>(); }
 
 OptionSchema gpt_schema() {
   return {
-      opt_int("layers", 2, "number of transformer blocks (L)", 1),
-      opt_int("hidden", 128, "model width (C)", 1),
-      opt_int("heads", 4, "attention heads (H); must divide hidden", 1),
-      opt_int("seq_length", 64, "maximum sequence length (T), size of the position embedding", 1),
+      // Upper bounds keep every size product (parameters, flops, activation bytes) below 2^63.
+      opt_int("layers", 2, "number of transformer blocks (L)", 1, 1 << 14),
+      opt_int("hidden", 128, "model width (C)", 1, 1 << 20),
+      opt_int("heads", 4, "attention heads (H); must divide hidden", 1, 1 << 20),
+      opt_int("seq_length", 64, "maximum sequence length (T), size of the position embedding", 1, 1 << 20),
       opt_int("vocab_size", 0,
               "vocabulary V (0 = the tokenizer's); larger only for token ids the tokenizer never makes "
               "(synthetic data)",
-              0),
-      opt_int("vocab_pad_multiple", 64, "pad the vocabulary to a multiple of this (Vp)", 1),
+              0, 2147483647.0),
+      opt_int("vocab_pad_multiple", 64, "pad the vocabulary to a multiple of this (Vp)", 1, 1 << 20),
       opt_float("init_std", 0.02, "std of the normal init; residual projections use init_std/sqrt(2L)", 0.0),
   };
 }

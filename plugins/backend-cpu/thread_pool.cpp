@@ -1,6 +1,9 @@
 #include "thread_pool.hpp"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 
 namespace weft {
 
@@ -11,16 +14,27 @@ thread_local int tls_job_depth = 0;
 
 ThreadPool::ThreadPool(int threads) : threads_(std::max(1, threads)) {
   workers_.reserve(threads_ - 1);
-  for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  try {
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  } catch (const std::system_error& e) {
+    // The workers already running must be joined: destroying them unjoined aborts the process.
+    const size_t started = workers_.size();
+    stop_workers();
+    throw std::runtime_error("backend cpu: cannot start thread " + std::to_string(started + 2) + " of " +
+                             std::to_string(threads_) + " (backend.threads): " + e.what());
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
   }
   wake_.notify_all();
   for (std::thread& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::run_chunks() {

@@ -35,6 +35,7 @@ class ThreadPool {
  private:
   void worker_loop();
   void run_chunks();
+  void stop_workers();
 
   int threads_ = 1;
   std::vector<std::thread> workers_;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
+#include <system_error>
 #include <thread>
 
 #include "weft/error.hpp"
@@ -296,7 +298,16 @@ void LocalLauncher::run(int world, const std::function<void(Communicator&, const
     body(0);
   } else {
     std::vector<std::thread> threads;
-    for (int r = 0; r < world; ++r) threads.emplace_back(body, r);
+    try {
+      for (int r = 0; r < world; ++r) threads.emplace_back(body, r);
+    } catch (const std::system_error& e) {
+      // Stop the ranks already running (they wait in collectives) and join them before reporting.
+      const size_t started = threads.size();
+      hub->abort("rank " + std::to_string(started) + " could not be started");
+      for (auto& t : threads) t.join();
+      throw std::runtime_error("comm local: cannot start the thread of rank " + std::to_string(started) + " of " +
+                               std::to_string(world) + ": " + e.what());
+    }
     for (auto& t : threads) t.join();
   }
   if (first_failed >= 0) std::rethrow_exception(errors[first_failed]);

@@ -6,11 +6,15 @@
 #include <filesystem>
 
 #include "weft/error.hpp"
+#include "weft/file.hpp"
 #include "weft/rng.hpp"
 
 namespace weft {
 
 namespace {
+
+// Samples are int32 token ids held in memory: a single file beyond 16 GiB is a mistake.
+constexpr uint64_t kMaxFileBytes = uint64_t(16) << 30;
 
 bool is_blank_line(std::string_view line) {
   for (char c : line)
@@ -24,26 +28,22 @@ bool is_percent_line(std::string_view line) {
 }
 
 // Reads at most `limit` bytes (limit < 0: all) of `path`; throws via Options::fail.
+// Only regular files: a FIFO would block and a device (/dev/zero) never ends.
 std::string read_file(const Options& options, const std::string& path, int64_t limit) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     options.fail("files", "'" + path + "' is a directory, not a text file");
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) options.fail("files", "cannot open '" + path + "': " + std::strerror(errno));
-  std::string text;
-  char buf[1 << 16];
-  while (limit < 0 || static_cast<int64_t>(text.size()) < limit) {
-    size_t want = sizeof buf;
-    if (limit >= 0) want = std::min<size_t>(want, static_cast<size_t>(limit - static_cast<int64_t>(text.size())));
-    size_t got = std::fread(buf, 1, want, f);
-    text.append(buf, got);
-    if (got < want) break;
+  try {
+    InputFile file(path);
+    if (limit >= 0 && file.size() > static_cast<uint64_t>(limit)) {
+      std::string text(static_cast<size_t>(limit), '\0');
+      file.read_exact(0, text.data(), text.size());
+      return text;
+    }
+    return file.read_all(kMaxFileBytes);
+  } catch (const Error& e) {
+    options.fail("files", e.what());
   }
-  bool failed = std::ferror(f) != 0;
-  int err = errno;
-  std::fclose(f);
-  if (failed) options.fail("files", "cannot read '" + path + "': " + std::strerror(err));
-  return text;
 }
 
 // Bytes of `text` outside valid UTF-8 sequences; `first` gets the offset of the first.

@@ -824,6 +824,278 @@ expect_out_has "# out_dir: $TMP/paths9/cwd/out" "# data: text; per epoch 2 docum
 expect_rc 0
 [ -f "$TMP/paths9/cwd/out/metrics.jsonl" ] || problem "no metrics.jsonl under the working directory"
 [ -e "$TMP/paths9/recipes/out" ] && problem "out_dir was taken relative to the recipe"
+
+# ---- restarts, hostile inputs and plugins (docs/reliability.md) --------------------------------
+
+# tree_sum DIR: one checksum over every file's path and bytes under DIR.
+tree_sum() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs -d '\n' md5sum | md5sum); }
+# out_or_err_has TEXT...: the log lines go to stdout, errors to stderr.
+out_or_err_has() {
+  local s
+  for s in "$@"; do
+    if ! grep -aqF -- "$s" "$OUT" "$ERR"; then problem "output lacks: $s"; fi
+  done
+}
+TINY=$SRC/examples/gpt-tiny.toml
+
+# refuse_run NAME EXPECTED... -- ARGS...: weft ARGS must exit 2 with one error line holding EXPECTED.
+refuse_run() {
+  local name=$1
+  shift
+  local expected=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    expected+=("$1")
+    shift
+  done
+  shift
+  begin "$name"
+  run -- "$@"
+  expect_rc 2
+  expect_one_error_line
+  expect_no_crash
+  expect_err_has "${expected[@]}"
+  finish
+}
+
+FIFO=$TMP/fifo
+mkfifo "$FIFO"
+ln -s /dev/zero "$TMP/zero.txt"
+
+# Damaged copies of the 3-step run, each resumed.
+damaged() {
+  rm -rf "$TMP/dmg"
+  cp -r "$RUN" "$TMP/dmg"
+}
+
+# ---- what plugins hand the core, threads that cannot start ------------------------------------
+
+refuse_run "a tokenizer factory that returns null" "tokenizer/fixture-null" "libfixture-hostile.so" "returned no object" -- \
+  check "$R/base.toml" --set "plugins.paths=$FIX/hostile" --set tokenizer.plugin=fixture-null
+refuse_run "a tokenizer whose eot is outside its vocabulary" "tokenizer/fixture-bad-eot" "end-of-text id 256" -- \
+  check "$R/base.toml" --set "plugins.paths=$FIX/hostile" --set tokenizer.plugin=fixture-bad-eot
+
+begin "a plugin adding a record without a factory is refused"
+run WEFT_PLUGIN_PATH="$FIX/null-record" -- plugins
+expect_rc 2
+expect_no_crash
+expect_err_has "libfixture-null-record.so: registration failed" "tokenizer/fixture-null-record" "without a factory"
+finish
+
+begin "failed thread creation in the CPU backend is reported, exit 1, no hang"
+# 1 GiB default thread stacks under a 6 GiB address-space limit: the pool cannot start 64 threads.
+( ulimit -s 1048576 && ulimit -v 6291456 &&
+  timeout 60 "$WEFT" train "$R/base.toml" --set backend.threads=64 --set "run.out_dir=$TMP/threads" \
+    >"$OUT" 2>"$ERR" </dev/null )
+rc=$?
+[ $rc -eq 124 ] && problem "timed out"
+expect_rc 1
+expect_no_crash
+expect_err_has "cannot start thread"
+finish
+
+begin "failed thread creation in the local launcher is reported, exit 1, no hang"
+( ulimit -s 1048576 && ulimit -v 6291456 &&
+  timeout 60 "$WEFT" train "$R/base.toml" --set backend.threads=1 --set parallel.data=16 \
+    --set "run.out_dir=$TMP/ranks" >"$OUT" 2>"$ERR" </dev/null )
+rc=$?
+[ $rc -eq 124 ] && problem "timed out"
+expect_rc 1
+expect_no_crash
+expect_err_has "comm local: cannot start the thread of rank"
+finish
+
+# ---- only regular files are read ----------------------------------------------------------------
+
+refuse_run "a FIFO as data file" "$FIFO" "FIFO" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/f1" --set "data.files=$FIFO"
+refuse_run "a symlink to /dev/zero as data file" "zero.txt" "character device" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/f2" --set "data.files=$TMP/zero.txt"
+refuse_run "a FIFO as recipe" "$FIFO" "FIFO" -- check "$FIFO"
+refuse_run "/dev/zero as recipe" "/dev/zero" "character device" -- check /dev/zero
+printf 'include = ["fifo"]\n' >"$TMP/incfifo.toml"
+refuse_run "a FIFO as include" "incfifo.toml:1:" "FIFO" -- check "$TMP/incfifo.toml"
+refuse_run "a FIFO as eval text" "$FIFO" "FIFO" -- eval --checkpoint "$RUN" --text "$FIFO"
+refuse_run "/dev/zero as eval text" "zero.txt" "character device" -- eval --checkpoint "$RUN" --text "$TMP/zero.txt"
+mkdir -p "$TMP/evaldir"
+refuse_run "a directory as eval text" "evaldir" "directory" -- eval --checkpoint "$RUN" --text "$TMP/evaldir"
+damaged
+rm "$TMP/dmg/checkpoints/step_3/recipe.toml" && ln -s /dev/zero "$TMP/dmg/checkpoints/step_3/recipe.toml"
+refuse_run "/dev/zero as a checkpoint's recipe.toml" "recipe.toml" "character device" -- \
+  eval --checkpoint "$TMP/dmg" --text "$TEXT"
+
+# ---- safetensors ---------------------------------------------------------------------------------
+
+damaged
+rm "$TMP/dmg/checkpoints/step_3/model.safetensors" && mkfifo "$TMP/dmg/checkpoints/step_3/model.safetensors"
+refuse_run "a FIFO as model.safetensors" "model.safetensors" "FIFO" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+
+# ---- checkpoint folders, latest and meta.json ----------------------------------------------------
+
+begin "checkpoint.keep leaves folders that are not exactly step_N alone"
+KP=$TMP/keep
+mkdir -p "$KP/checkpoints/step_1_old" "$KP/checkpoints/step_abc"
+echo mine >"$KP/checkpoints/step_1_old/notes.txt"
+echo mine >"$KP/checkpoints/step_abc/notes.txt"
+run -- train "$TINY" --set run.steps=3 --set checkpoint.interval=1 --set checkpoint.keep=1 --set "run.out_dir=$KP"
+expect_rc 0
+expect_no_crash
+[ "$(cat "$KP/checkpoints/step_1_old/notes.txt" 2>/dev/null)" = "mine" ] || problem "step_1_old was touched"
+[ "$(cat "$KP/checkpoints/step_abc/notes.txt" 2>/dev/null)" = "mine" ] || problem "step_abc was touched"
+[ -f "$KP/checkpoints/step_3/meta.json" ] || problem "step_3 is missing"
+[ -e "$KP/checkpoints/step_2" ] && problem "keep = 1 left step_2"
+finish
+
+damaged
+rm "$TMP/dmg/checkpoints/latest" && mkfifo "$TMP/dmg/checkpoints/latest"
+refuse_run "a FIFO as checkpoints/latest" "latest" "FIFO" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+damaged
+rm "$TMP/dmg/checkpoints/latest" && ln -s /dev/zero "$TMP/dmg/checkpoints/latest"
+refuse_run "/dev/zero as checkpoints/latest" "latest" "character device" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+damaged
+rm "$TMP/dmg/checkpoints/step_3/meta.json" && mkdir "$TMP/dmg/checkpoints/step_3/meta.json"
+refuse_run "a directory as meta.json" "meta.json" "directory" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+damaged
+sed -i 's/"step": 3/"step": -9223372036854775807/' "$TMP/dmg/checkpoints/step_3/meta.json"
+refuse_run "a negative step in meta.json" "meta.json" "key 'step'" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+
+# ---- restarts and the run folder -----------------------------------------------------------------
+
+begin "a fresh run into a folder holding another run is refused and changes nothing"
+before=$(tree_sum "$RUN")
+run -- train "$TINY" --set run.steps=2 --set "run.out_dir=$RUN"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "$RUN" "holds an earlier run" "--resume" "--overwrite"
+[ "$(tree_sum "$RUN")" = "$before" ] || problem "the earlier run's files changed"
+finish
+
+begin "--overwrite starts over in a used folder"
+cp -r "$RUN" "$TMP/ow"
+run -- train "$TINY" --set run.steps=2 --set log.interval=1 --set "run.out_dir=$TMP/ow" --overwrite
+expect_rc 0
+expect_no_crash
+[ "$(cat "$TMP/ow/checkpoints/latest")" = "step_2" ] || problem "latest: $(cat "$TMP/ow/checkpoints/latest")"
+[ -e "$TMP/ow/checkpoints/step_3" ] && problem "the earlier run's step_3 is still there"
+[ "$(wc -l <"$TMP/ow/metrics.jsonl")" -eq 2 ] || problem "metrics.jsonl should hold 2 records"
+finish
+
+begin "--overwrite with --resume is a usage error"
+run -- train "$TINY" --overwrite --resume
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "excludes"
+finish
+
+for how in "--resume" "checkpoint.resume=true"; do
+  begin "$how on a run without a checkpoint starts from scratch"
+  rm -rf "$TMP/first"
+  if [ "$how" = "--resume" ]; then extra=(--resume); else extra=(--set "$how"); fi
+  run -- train "$TINY" --set run.steps=2 --set "run.out_dir=$TMP/first" "${extra[@]}"
+  expect_rc 0
+  expect_no_crash
+  out_or_err_has "no checkpoint yet; starting from step 0"
+  [ -f "$TMP/first/checkpoints/step_2/meta.json" ] || problem "no step_2 checkpoint"
+  finish
+done
+
+begin "--resume=require on a run without a checkpoint is refused"
+run -- train "--resume=require" "$TINY" --set run.steps=2 --set "run.out_dir=$TMP/nothing"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "$TMP/nothing" "checkpoint not found"
+finish
+
+begin "resuming a finished run exits 0, says how to extend it and changes nothing"
+before=$(tree_sum "$RUN")
+run -- train "$TINY" --set run.steps=3 --set "run.out_dir=$RUN" --resume
+expect_rc 0
+expect_no_crash
+out_or_err_has "finished" "raise run.steps" "lr schedule" "decay_steps"
+[ "$(tree_sum "$RUN")" = "$before" ] || problem "the finished run's files changed"
+finish
+
+begin "resuming from an older checkpoint moves the later ones aside and keep counts the new branch"
+BR=$TMP/branch
+branch_args=(--set log.interval=1 --set checkpoint.interval=1 --set checkpoint.keep=3 --set "run.out_dir=$BR")
+run -- train "$TINY" --set run.steps=4 "${branch_args[@]}"
+expect_rc 0
+run -- train "--resume=$BR/checkpoints/step_2" "$TINY" --set run.steps=3 "${branch_args[@]}"
+expect_rc 0
+expect_no_crash
+out_or_err_has "step_3, step_4" "abandoned_after_step_2" "after step 2"
+for s in 3 4; do
+  [ -f "$BR/checkpoints/abandoned_after_step_2/step_$s/meta.json" ] || problem "step_$s was not moved aside"
+done
+[ -f "$BR/checkpoints/step_2/meta.json" ] || problem "step_2 was deleted"
+[ -f "$BR/checkpoints/step_3/meta.json" ] || problem "no new step_3"
+[ -e "$BR/checkpoints/step_4" ] && problem "the abandoned step_4 still looks like a checkpoint"
+[ "$(cat "$BR/checkpoints/latest")" = "step_3" ] || problem "latest: $(cat "$BR/checkpoints/latest")"
+[ "$(grep -c '"step": 3,' "$BR/metrics.jsonl")" -eq 1 ] || problem "metrics.jsonl should hold step 3 once"
+grep -q '"step": 4,' "$BR/metrics.jsonl" && problem "metrics.jsonl still holds the abandoned step 4"
+finish
+
+damaged
+rm "$TMP/dmg/metrics.jsonl" && mkfifo "$TMP/dmg/metrics.jsonl"
+refuse_run "a FIFO as metrics.jsonl on resume" "metrics.jsonl" "FIFO" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+damaged
+printf '{"step": 1, "loss": 2}\nnot json\n' >"$TMP/dmg/metrics.jsonl"
+refuse_run "a malformed metrics.jsonl line on resume" "metrics.jsonl:2:" -- \
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+echo "not a folder" >"$TMP/outfile"
+refuse_run "an out_dir that is a file" "$TMP/outfile" "not a folder" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/outfile"
+refuse_run "an out_dir below a file" "$TMP/outfile/sub" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/outfile/sub"
+
+# ---- sizes, eval output, CLI ranges, plugin search ------------------------------------------------
+
+refuse_run "model sizes whose products would overflow" "model.seq_length" "out of range" -- \
+  check "$R/base.toml" --set model.seq_length=9223372036854775807
+refuse_run "a huge layer count" "model.layers" "out of range" -- check "$R/base.toml" --set model.layers=1000000000
+refuse_run "--temperature nan" "not a finite number" -- \
+  generate --checkpoint "$RUN" --prompt "a" --temperature nan
+
+begin "eval of a diverged model prints valid JSON (null, not nan)"
+damaged
+python3 - "$TMP/dmg/checkpoints/step_3/model.safetensors" <<'PY'
+import struct, sys
+path = sys.argv[1]
+data = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+data[8 + n:] = b"\xff" * (len(data) - 8 - n)  # every float a NaN
+open(path, "wb").write(data)
+PY
+run -- eval --checkpoint "$TMP/dmg" --text "$TEXT"
+expect_rc 0
+expect_no_crash
+python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).read()); assert d["loss"] is None, d' "$OUT" 2>/dev/null ||
+  problem "not valid JSON with a null loss: $(head -c 200 "$OUT")"
+finish
+
+begin "a library that is not a plugin is never loaded (its constructor would abort)"
+run WEFT_PLUGIN_PATH="$FIX/ctor-abort" -- plugins
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "libfixture-ctor-abort.so: missing entry point 'weft_plugin_info'"
+expect_out_has "model:" "gpt"
+finish
+
+begin "a WEFT_PLUGIN_PATH folder that does not exist is reported"
+run WEFT_PLUGIN_PATH="$TMP/no-such-plugins" -- plugins
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "$TMP/no-such-plugins: plugin folder not found"
 finish
 
 echo "$passed passed, $failed failed"

@@ -9,7 +9,8 @@ weft commands and are skipped, as are srun (no Slurm here), nccl (needs a
 GPU) and mpirun where it is not installed; but a page that shows an nccl
 command while the build has no backend besides `cpu` fails, since no
 machine can run it. Every `train` gets
---set run.steps=2 so the whole page set runs in about a minute on 2 cores.
+--set run.steps=2 so the whole page set runs in about a minute on 2 cores, and
+--overwrite unless it resumes (several examples train into the same runs/ folder).
 Each command runs in one scratch folder with examples/ and bench/ linked in,
 in document order, so `generate --checkpoint runs/X` finds the run before it.
 
@@ -86,6 +87,10 @@ def to_argv(command, inline):
         words = words[:1] + extra + words[1:]
     if sub == "train":
         words += FAST
+        # The pages' examples reuse runs/<name>; a user running them one after
+        # another starts each over (a fresh run into a used out_dir is refused).
+        if not any(w.startswith("--resume") for w in words):
+            words.append("--overwrite")
     return words, ""
 
 

@@ -353,7 +353,9 @@ TEST(LoadPluginDirs, CollectsRefusalsWithoutThrowing) {
 
   std::map<std::string, std::string> causes;
   for (const auto& r : scan.refused) causes[r.path] = r.cause;
-  EXPECT_EQ(scan.refused.size(), 5u);
+  // A folder that does not exist is reported, not ignored (a mistyped WEFT_PLUGIN_PATH entry).
+  EXPECT_EQ(scan.refused.size(), 6u);
+  EXPECT_EQ(causes[fixture_dir("no-such-folder")], "plugin folder not found");
   EXPECT_EQ(causes[fixture("bad-abi")], "ABI version " + std::to_string(weft::kAbiVersion + 1) + ", this weft expects " +
                                            std::to_string(weft::kAbiVersion) + " (rebuild the plugin against this SDK)");
   EXPECT_EQ(causes[fixture("no-entry")], "missing entry point 'weft_plugin_info' (not a weft plugin; use WEFT_PLUGIN)");

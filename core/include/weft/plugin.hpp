@@ -85,11 +85,19 @@ class Registry {
   }
 
   // Throws weft::Error when family/name is not registered (with a did-you-mean).
+  // The factory returned throws weft::Error naming the plugin when the
+  // plugin's factory hands back no object.
   template <class Interface>
-  const typename FamilyTraits<Interface>::Factory& factory(const std::string& name) const {
+  typename FamilyTraits<Interface>::Factory factory(const std::string& name) const {
     const FactoryRecord& record = get(FamilyTraits<Interface>::kName, name);
-    return *static_cast<const typename FamilyTraits<Interface>::Factory*>(record.factory.get());
+    using F = typename FamilyTraits<Interface>::Factory;
+    const F* f = static_cast<const F*>(record.factory.get());
+    if (!f || !*f) throw Error(describe(record) + ": registered an empty factory");
+    return non_null(*f, describe(record));
   }
+
+  // "plugin family/name (FILE)" for messages about what a plugin handed the core.
+  static std::string describe(const FactoryRecord& record);
 
   void add_record(FactoryRecord record);
   const FactoryRecord* find(const std::string& family, const std::string& name) const;
@@ -98,6 +106,15 @@ class Registry {
   std::vector<FactoryRecord>& records() { return records_; }
 
  private:
+  template <class R, class... Args>
+  static std::function<R(Args...)> non_null(const std::function<R(Args...)>& f, const std::string& who) {
+    return [f, who](Args... args) -> R {
+      R made = f(std::forward<Args>(args)...);
+      if (!made) throw Error(who + ": the factory returned no object");
+      return made;
+    };
+  }
+
   std::vector<FactoryRecord> records_;
 };
 
