@@ -481,6 +481,20 @@ expect_rc 0
 expect_no_crash
 finish
 
+begin "a pipeline checkpoint (interleaved, uneven stages) evaluates like the one-rank run's"
+run -- train "$TINY" --set run.steps=2 --set parallel.pipeline=2 --set parallel.pipeline_schedule.plugin=interleaved \
+  --set "parallel.pipeline_schedule.layers_per_stage=[2,2]" --set "run.out_dir=$TMP/pprun"
+expect_rc 0
+run -- eval --checkpoint "$TMP/pprun" --text "$TPTEXT"
+expect_rc 0
+pp_loss=$(sed -E 's/.*"loss": ([^,]+),.*/\1/' "$OUT")
+python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(abs(a - b) > 1e-5 * abs(b))" \
+  "$pp_loss" "$one_loss" || problem "eval loss $pp_loss of the pipeline checkpoint, $one_loss of the one-rank one"
+run -- generate --checkpoint "$TMP/pprun" --prompt "The " --tokens 5 --seed 1
+expect_rc 0
+expect_no_crash
+finish
+
 begin "resume refuses a checkpoint whose logical shapes differ from the recipe's"
 run -- train "$TINY" --set run.steps=4 --set parallel.tensor=2 --set model.hidden=64 --set "run.out_dir=$TMP/tpshape" \
   "--resume=$TPRUN"
