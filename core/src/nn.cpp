@@ -361,11 +361,11 @@ void MLP::collect_params(std::vector<Param*>& out) {
 // ---------------------------------------------------------------- Block
 
 Block::Block(std::string name, int64_t dim, int64_t heads, LayerProvider& layers, float init_std,
-             float proj_init_std)
+             float proj_init_std, std::unique_ptr<Module> mlp)
     : ln1_(name + ".ln1", dim),
       attn_(name + ".attn", dim, heads, layers, init_std, proj_init_std),
       ln2_(name + ".ln2", dim),
-      mlp_(name + ".mlp", dim, layers, init_std, proj_init_std) {}
+      mlp_(mlp ? std::move(mlp) : std::make_unique<MLP>(name + ".mlp", dim, layers, init_std, proj_init_std)) {}
 
 Tensor Block::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
@@ -376,7 +376,7 @@ Tensor Block::forward(Context& ctx, const Tensor& x) {
   }
   Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x2 + mlp(ln2(x2))
   {
-    Tensor m = mlp_.forward(ctx, ln2_.forward(ctx, x2));
+    Tensor m = mlp_->forward(ctx, ln2_.forward(ctx, x2));
     be.add(f32(y), f32(x2), f32(m), x.numel());
   }
   return y;
@@ -385,7 +385,7 @@ Tensor Block::forward(Context& ctx, const Tensor& x) {
 Tensor Block::backward(Context& ctx, const Tensor& dy) {
   Backend& be = ctx.backend();
   // dx2 = dy + ln2'(mlp'(dy)); ln2's dx is a fresh tensor, so the residual adds in place.
-  Tensor dx2 = ln2_.backward(ctx, mlp_.backward(ctx, dy));
+  Tensor dx2 = ln2_.backward(ctx, mlp_->backward(ctx, dy));
   be.accumulate(f32(dx2), f32(dy), dy.numel());
   Tensor dx = ln1_.backward(ctx, attn_.backward(ctx, dx2));
   be.accumulate(f32(dx), f32(dx2), dx2.numel());
@@ -396,7 +396,7 @@ void Block::collect_params(std::vector<Param*>& out) {
   ln1_.collect_params(out);
   attn_.collect_params(out);
   ln2_.collect_params(out);
-  mlp_.collect_params(out);
+  mlp_->collect_params(out);
 }
 
 }  // namespace weft::nn

@@ -259,7 +259,11 @@ double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops) 
       Tensor dy = j == J - 1 ? Tensor() : receive(next_rank, message_tag(op.microbatch, j, J, true));
       for (int64_t l = chunk.end - 1; l >= chunk.first; --l) dy = layers[l]->backward(ctx, dy);
       if (j > 0) sends.emplace_back(pp->send(dy, prev_rank, message_tag(op.microbatch, j - 1, J, true)), dy);
-      if (++f.backwards == plan.virtual_stages) live.erase(op.microbatch);  // its activations are freed
+      if (++f.backwards == plan.virtual_stages) {  // its activations are freed
+        if (step.stats)
+          for (const auto& [key, value] : f.ctx->stats) (*step.stats)[key] += value;
+        live.erase(op.microbatch);
+      }
     }
   }
   for (auto& [work, buf] : sends) work->wait();

@@ -52,6 +52,7 @@ class RankTrainer {
  private:
   void build();
   double sum_over(Communicator& group, double value);
+  void reduce_moe_stats(const std::map<std::string, double>& stats);
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
   void load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets);
@@ -81,6 +82,7 @@ class RankTrainer {
 
   int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
   std::string out_dir_;
+  std::vector<std::pair<std::string, double>> moe_metrics_;  // appended to each logged record
   std::vector<std::string> tied_names_;  // params tied across stages (both copies sum their gradients)
   std::vector<int32_t> host_tokens_;     // [B, T+1]
   std::vector<int32_t> host_ids_, host_targets_;
@@ -209,7 +211,31 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
               {"mem_act_bytes", peak(MemCategory::Activation)},
               {"mem_workspace_bytes", peak(MemCategory::Workspace)},
               {"comm_bytes", static_cast<double>(comm)}};
+  for (const auto& kv : moe_metrics_) r.values.push_back(kv);
   return r;
+}
+
+// The step's mixture-of-experts figures, summed over every microbatch, stage
+// and data rank: the auxiliary losses as added to the objective, the share of
+// dropped token assignments and the busiest expert's load over the mean
+// (averaged over MoE layers and microbatches).
+void RankTrainer::reduce_moe_stats(const std::map<std::string, double>& stats) {
+  const char* keys[] = {"aux_loss", "z_loss", "moe_assignments", "moe_dropped", "moe_load_ratio_sum",
+                        "moe_layer_microbatches"};
+  std::vector<float> v;
+  for (const char* k : keys) {
+    auto it = stats.find(k);
+    v.push_back(it == stats.end() ? 0.f : static_cast<float>(it->second));
+  }
+  Tensor buf = stack_.backend->alloc({static_cast<int64_t>(v.size())}, DType::F32, MemCategory::Workspace);
+  stack_.backend->copy_from_host(buf, v.data());
+  if (pp_comm_->size() > 1) pp_comm_->all_reduce(buf, ReduceOp::Sum)->wait();
+  if (dp_comm_->size() > 1) dp_comm_->all_reduce(buf, ReduceOp::Sum)->wait();
+  stack_.backend->copy_to_host(v.data(), buf);
+  moe_metrics_ = {{"aux_loss", v[0]},
+                  {"z_loss", v[1]},
+                  {"moe_dropped_frac", v[2] > 0 ? v[3] / v[2] : 0.0},
+                  {"moe_max_load", v[5] > 0 ? v[4] / v[5] : 0.0}};
 }
 
 double RankTrainer::seconds_since_start() const {
@@ -313,8 +339,11 @@ void RankTrainer::run() {
       if (stack_.layers->grad_sums_over_tp(p)) tp_comm_->all_reduce(p.grad, ReduceOp::Sum)->wait();
       dp_->grad_ready(p);
     };
+    std::map<std::string, double> stats;
+    s.stats = &stats;
     double loss_sum = run_pipeline_ops(s, ops);
     sum_tied_grads();
+    if (summary.moe_layers > 0) reduce_moe_stats(stats);
 
     double norm = std::sqrt(sum_over(*pp_comm_, sum_over(*tp_comm_, dp_->finish_reduction())));
     double clip = optimizer_->clip_grad_norm();

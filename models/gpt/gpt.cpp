@@ -4,6 +4,7 @@
 #include <string>
 
 #include "weft/error.hpp"
+#include "weft/moe.hpp"
 
 namespace weft::gpt {
 
@@ -28,6 +29,16 @@ OptionSchema gpt_schema() {
               0, 2147483647.0),
       opt_int("vocab_pad_multiple", 64, "pad the vocabulary to a multiple of this (Vp)", 1, 1 << 20),
       opt_float("init_std", 0.02, "std of the normal init; residual projections use init_std/sqrt(2L)", 0.0),
+      opt_int("moe_experts", 0, "experts E of the mixture-of-experts MLPs (0 = dense MLPs only)", 0, 1024),
+      opt_int("moe_top_k", 2, "experts per token (k), weighted by the router probabilities renormalised over them",
+              1, 1024),
+      opt_int("moe_every", 1, "blocks i with i % moe_every == 0 get an MoE MLP", 1, 1 << 20),
+      opt_float("moe_capacity_factor", 0.0,
+                "capacity per expert = ceil(factor x k x tokens / E) per microbatch, slot 0 first; 0 = dropless",
+                0.0, 1e6),
+      opt_float("moe_aux_loss_coef", 0.01, "load-balancing loss coefficient (Switch/GShard: coef E sum f_i P_i)",
+                0.0, 1e6),
+      opt_float("moe_z_loss_coef", 0.0, "router z-loss coefficient (coef mean logsumexp(z)^2)", 0.0, 1e6),
   };
 }
 
@@ -59,6 +70,18 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size, const LayerProvider* 
   if (vocab_size < 1)
     throw Error(o.section() + ": the tokenizer reports a vocabulary of " + std::to_string(vocab_size) +
                 " tokens; the model needs at least 1");
+  c.moe_experts = o.get_int("moe_experts");
+  c.moe_top_k = o.get_int("moe_top_k");
+  c.moe_every = o.get_int("moe_every");
+  c.moe_capacity_factor = o.get_float("moe_capacity_factor");
+  c.moe_aux_loss_coef = o.get_float("moe_aux_loss_coef");
+  c.moe_z_loss_coef = o.get_float("moe_z_loss_coef");
+  if (c.moe_experts > 0 && c.moe_top_k > c.moe_experts)
+    o.fail("moe_top_k", "moe_top_k " + std::to_string(c.moe_top_k) + " exceeds moe_experts " +
+                            std::to_string(c.moe_experts));
+  if (c.moe_experts > 0 && tp > 1)
+    o.fail("moe_experts", "mixture-of-experts blocks with parallel.tensor " + std::to_string(tp) +
+                              " are not available in this version (tensor = 1 only)");
   const int64_t own_vocab = o.get_int("vocab_size");
   if (own_vocab != 0 && own_vocab < vocab_size)
     o.fail("vocab_size", "vocab_size " + std::to_string(own_vocab) + " is smaller than the tokenizer's vocabulary of " +
@@ -137,6 +160,23 @@ void GptHead::collect_params(std::vector<Param*>& out) { lnf_.collect_params(out
 
 // ---------------------------------------------------------------- model
 
+// Block i's MLP when it is a mixture of experts; null: the dense MLP.
+std::unique_ptr<Module> GptModel::moe_mlp(int64_t i, LayerProvider& layers, float proj_std) const {
+  const GptConfig& c = config_;
+  if (!c.is_moe_block(i)) return nullptr;
+  nn::MoeSpec spec;
+  spec.name = "blocks." + std::to_string(i) + ".mlp";
+  spec.dim = c.hidden;
+  spec.experts = c.moe_experts;
+  spec.top_k = c.moe_top_k;
+  spec.capacity_factor = c.moe_capacity_factor;
+  spec.aux_loss_coef = c.moe_aux_loss_coef;
+  spec.z_loss_coef = c.moe_z_loss_coef;
+  spec.init_std = c.init_std;
+  spec.proj_init_std = proj_std;
+  return std::make_unique<nn::MoeMLP>(spec, layers);
+}
+
 GptModel::GptModel(const GptConfig& config, LayerProvider* layers) : config_(config) {
   const GptConfig& c = config_;
   WEFT_ASSERT(c.layers >= 1 && c.hidden >= 1 && c.heads >= 1 && c.hidden % c.heads == 0 && c.seq_length >= 1,
@@ -150,7 +190,7 @@ GptModel::GptModel(const GptConfig& config, LayerProvider* layers) : config_(con
   embedding_ = std::make_unique<GptEmbedding>(c, provider);
   for (int64_t i = 0; i < c.layers; ++i)
     blocks_.push_back(std::make_unique<nn::Block>("blocks." + std::to_string(i), c.hidden, c.heads, provider,
-                                                  c.init_std, proj_std));
+                                                  c.init_std, proj_std, moe_mlp(i, provider, proj_std)));
   head_ = std::make_unique<GptHead>(embedding_->wte(), c.vocab, c.hidden, provider);
 }
 
@@ -179,6 +219,15 @@ ModelSummary GptModel::summary() const {
   // layer for full attention, halved for the causal mask, times 3 for fwd+bwd =
   // 6*L*T*C (the "12*L*T*C / 2" causal convention).
   s.flops_per_token = 6 * (s.params - wpe) + 6 * L * T * C;
+  // An MoE block holds E expert MLPs (8C^2 + 5C each) and a router [E, C] instead
+  // of one MLP; a token runs through k of them.
+  const int64_t mlp = 8 * C * C + 5 * C;
+  for (int64_t i = 0; i < L; ++i) {
+    if (!c.is_moe_block(i)) continue;
+    ++s.moe_layers;
+    s.params += (c.moe_experts - 1) * mlp + c.moe_experts * C;
+    s.flops_per_token += 6 * ((c.moe_top_k - 1) * mlp + c.moe_experts * C);
+  }
   // Saved fp32 activations per token on one rank of tp (p), as the modules keep them:
   //   per block: ln1 in + mean/rstd (C+2), qkv in (C), qkv (3C/p), attn out (C/p), lse (H/p),
   //              ln2 in + mean/rstd (C+2), fc in (C), fc out (4C/p), gelu out (4C/p)

@@ -29,6 +29,10 @@ struct GptConfig {
   int64_t vocab = 0;        // V, from the tokenizer
   int64_t padded_vocab = 0; // Vp, V rounded up to vocab_pad_multiple x tensor
   float init_std = 0.02f;
+  // Mixture of experts (weft/moe.hpp): blocks i with i % moe_every == 0 when moe_experts > 0.
+  int64_t moe_experts = 0, moe_top_k = 2, moe_every = 1;
+  double moe_capacity_factor = 0, moe_aux_loss_coef = 0.01, moe_z_loss_coef = 0;
+  bool is_moe_block(int64_t i) const { return moe_experts > 0 && i % moe_every == 0; }
 };
 
 OptionSchema gpt_schema();
@@ -88,6 +92,7 @@ class GptModel : public Model {
   GptHead& head() { return *head_; }
 
  private:
+  std::unique_ptr<Module> moe_mlp(int64_t i, LayerProvider& layers, float proj_std) const;
   GptConfig config_;
   int tp_ = 1;
   bool sequence_parallel_ = false;

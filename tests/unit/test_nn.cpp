@@ -17,6 +17,7 @@
 #include "gpt.hpp"
 #include "megatron.hpp"
 #include "weft/error.hpp"
+#include "weft/moe.hpp"
 #include "weft/nn.hpp"
 #include "weft/params.hpp"
 #include "weft/rng.hpp"
@@ -120,6 +121,9 @@ struct Net {
     }
     double f = 0;
     for (size_t i = 0; i < y.size(); ++i) f += static_cast<double>(y[i]) * r[i];
+    // Losses a module adds to the objective itself (mixture of experts), already weighted.
+    for (const char* key : {"aux_loss", "z_loss"})
+      if (ctx.stats.count(key)) f += ctx.stats.at(key);
     return f;
   }
   // Forward + backward (accumulating into the grads); returns dL/dx on the host (empty for ids).
@@ -354,6 +358,140 @@ TEST_F(NnTest, MlpMatchesFiniteDifferences) {
   Tensor x = to_device(be, {2, 3, 8}, randn(48, 7, 1.f));
   Net net{be, {&mlp}};
   check_gradients(net, x, params, flat, kEps, 16);
+}
+
+// ---------------------------------------------------------------- mixture of experts
+
+// The MoE MLP computed naively on the host from its parameters: softmax of
+// x Wr^T, top k (ties to the lower index), weights renormalised over the k,
+// capacity ceil(f k N / E) filled slot 0 first, expert e = proj(gelu_tanh(fc x)).
+std::vector<double> moe_reference(const std::vector<float>& x, int64_t N, int64_t C, int64_t E, int64_t k,
+                                  double capacity_factor, const std::vector<std::vector<float>>& p,
+                                  int64_t* dropped) {
+  // p: router [E,C], then per expert fc.w [4C,C], fc.b [4C], proj.w [C,4C], proj.b [C]
+  const int64_t H = 4 * C;
+  std::vector<double> out(N * C, 0.0);
+  std::vector<std::vector<int>> pick(N);
+  std::vector<std::vector<double>> wts(N);
+  for (int64_t t = 0; t < N; ++t) {
+    std::vector<double> z(E), pr(E);
+    double mx = -1e300, sum = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      for (int64_t c = 0; c < C; ++c) z[e] += double(p[0][e * C + c]) * x[t * C + c];
+      mx = std::max(mx, z[e]);
+    }
+    for (int64_t e = 0; e < E; ++e) sum += std::exp(z[e] - mx);
+    for (int64_t e = 0; e < E; ++e) pr[e] = std::exp(z[e] - mx) / sum;
+    std::vector<int> idx(E);
+    for (int e = 0; e < E; ++e) idx[e] = e;
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return pr[a] > pr[b]; });
+    double top = 0;
+    for (int64_t j = 0; j < k; ++j) top += pr[idx[j]];
+    for (int64_t j = 0; j < k; ++j) pick[t].push_back(idx[j]), wts[t].push_back(pr[idx[j]] / top);
+  }
+  const int64_t cap = capacity_factor > 0 ? int64_t(std::ceil(capacity_factor * N * k / E)) : N * k;
+  std::vector<int64_t> used(E, 0);
+  *dropped = 0;
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t t = 0; t < N; ++t) {
+      const int e = pick[t][j];
+      if (used[e] >= cap) {
+        ++*dropped;
+        continue;
+      }
+      ++used[e];
+      const auto &fw = p[1 + 4 * e], &fb = p[2 + 4 * e], &pw = p[3 + 4 * e], &pb = p[4 + 4 * e];
+      std::vector<double> h(H);
+      for (int64_t i = 0; i < H; ++i) {
+        double a = fb[i];
+        for (int64_t c = 0; c < C; ++c) a += double(fw[i * C + c]) * x[t * C + c];
+        h[i] = 0.5 * a * (1 + std::tanh(0.7978845608028654 * (a + 0.044715 * a * a * a)));
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        double y = pb[c];
+        for (int64_t i = 0; i < H; ++i) y += double(pw[c * H + i]) * h[i];
+        out[t * C + c] += wts[t][j] * y;
+      }
+    }
+  return out;
+}
+
+struct MoeCase {
+  int64_t experts, top_k;
+  double capacity_factor;
+};
+
+void check_moe(Backend& be, LayerProvider& serial, const MoeCase& mc) {
+  const int64_t C = 6, N = 10;
+  nn::MoeSpec spec;
+  spec.name = "moe";
+  spec.dim = C;
+  spec.experts = mc.experts;
+  spec.top_k = mc.top_k;
+  spec.capacity_factor = mc.capacity_factor;
+  spec.aux_loss_coef = 0.1;
+  spec.z_loss_coef = 0.05;
+  nn::MoeMLP moe(spec, serial);
+  auto params = params_of(moe);
+  ASSERT_EQ(params.size(), static_cast<size_t>(1 + 4 * mc.experts));
+  EXPECT_EQ(params[0]->name, "moe.router.weight");
+  EXPECT_EQ(params[0]->full_shape, (Shape{mc.experts, C}));
+  EXPECT_EQ(params[1]->name, "moe.experts.0.fc.weight");
+  FlatParams flat = materialize_params(params, be, 1);
+  randomize(params, be, 0.5f);
+  const auto xh = randn(N * C, 9, 1.f);
+  Tensor x = to_device(be, {2, 5, C}, xh);
+
+  // Forward against the naive reference, and the dropped assignments it counts.
+  std::vector<std::vector<float>> p;
+  for (Param* q : params) p.push_back(to_host(be, q->data));
+  int64_t dropped = 0;
+  const auto want = moe_reference(xh, N, C, mc.experts, mc.top_k, mc.capacity_factor, p, &dropped);
+  Context ctx(be, 0);
+  const auto got = to_host(be, moe.forward(ctx, x));
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5 + 1e-5 * std::abs(want[i])) << i;
+  EXPECT_EQ(ctx.stats.at("moe_dropped"), static_cast<double>(dropped));
+  EXPECT_EQ(ctx.stats.at("moe_assignments"), static_cast<double>(N * mc.top_k));
+  if (mc.capacity_factor > 0) EXPECT_GT(dropped, 0) << "the case should drop some assignments";
+
+  // Gradients of sum(y r) + aux + z against finite differences. The routing is
+  // piecewise constant in which experts a token picks: the step is small enough
+  // that no token's top k changes within +-2h for these seeds (kEps flips some
+  // routes when a router weight moves).
+  Net net{be, {&moe}};
+  check_gradients(net, x, params, flat, kEps / 10, 12);
+}
+
+TEST_F(NnTest, MoeTop1MatchesReferenceAndFiniteDifferences) { check_moe(be, serial, {4, 1, 0.0}); }
+TEST_F(NnTest, MoeTop2MatchesReferenceAndFiniteDifferences) { check_moe(be, serial, {4, 2, 0.0}); }
+TEST_F(NnTest, MoeTop2WithCapacityDropsMatchesReference) { check_moe(be, serial, {4, 2, 0.5}); }
+
+// The load-balancing loss of perfectly balanced routing is coef (E sum_i 1/E 1/E = 1),
+// times the microbatch's share N dloss_scale.
+TEST_F(NnTest, MoeAuxLossOfBalancedRoutingIsTheCoefficient) {
+  nn::MoeSpec spec;
+  spec.name = "moe";
+  spec.dim = 4;
+  spec.experts = 4;
+  spec.top_k = 1;
+  spec.aux_loss_coef = 0.3;
+  nn::MoeMLP moe(spec, serial);
+  auto params = params_of(moe);
+  FlatParams flat = materialize_params(params, be, 1);
+  // Router = identity: token t (one-hot on channel t % 4) goes to expert t % 4 with probability p.
+  std::vector<float> eye(16, 0.f);
+  for (int i = 0; i < 4; ++i) eye[i * 4 + i] = 5.f;
+  be.copy_from_host(params[0]->data, eye.data());
+  std::vector<float> xh(8 * 4, 0.f);
+  for (int t = 0; t < 8; ++t) xh[t * 4 + t % 4] = 1.f;
+  Context ctx(be, 0);
+  ctx.dloss_scale = 1.f / 64;  // N = 8 of 64 tokens in the step
+  moe.forward(ctx, to_device(be, {8, 4}, xh));
+  // f_i = 1/4; P_i = mean probability = 1/4 by symmetry: aux = 0.3 * 4 * 4 * (1/4 * 1/4) = 0.3.
+  EXPECT_NEAR(ctx.stats.at("aux_loss"), 0.3 * 8.0 / 64.0, 1e-6);
+  EXPECT_NEAR(ctx.stats.at("moe_load_ratio_sum"), 1.0, 1e-12);
+  ctx.release(&moe);
 }
 
 TEST_F(NnTest, BlockMatchesFiniteDifferences) {

@@ -58,7 +58,14 @@ class Context {
 
   void save(const void* owner, std::vector<Tensor> tensors) { saved_[owner] = std::move(tensors); }
   std::vector<Tensor>& saved(const void* owner) { return saved_.at(owner); }
-  void release(const void* owner) { saved_.erase(owner); }
+  // Host-side state a module keeps for its backward (routing decisions, say).
+  void save_state(const void* owner, std::shared_ptr<void> state) { states_[owner] = std::move(state); }
+  template <class T>
+  T& state(const void* owner) { return *static_cast<T*>(states_.at(owner).get()); }
+  void release(const void* owner) {
+    saved_.erase(owner);
+    states_.erase(owner);
+  }
 
   Tensor targets;  // [B,T] int32, read by the loss; undefined: the head returns logits [B,T,Vp]
   float dloss_scale = 1.f;  // dL/d(per-token loss): 1 / tokens of the global batch; set before forward
@@ -67,11 +74,15 @@ class Context {
   // so data-parallel reduction can start while backward goes on.
   std::function<void(Param&)> on_grad_ready;
   bool last_microbatch = true;
+  // Figures modules report for this microbatch (MoE: "aux_loss", "z_loss",
+  // token counts), summed over the step's microbatches into the metrics.
+  std::map<std::string, double> stats;
 
  private:
   Backend& backend_;
   int microbatch_;
   std::map<const void*, std::vector<Tensor>> saved_;
+  std::map<const void*, std::shared_ptr<void>> states_;
 };
 
 class Module {

@@ -172,11 +172,11 @@ class MLP : public Module {
 
 // Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)).
 // Params in order: <name>.ln1.*, <name>.attn.qkv.*, <name>.attn.proj.*, <name>.ln2.*,
-// <name>.mlp.fc.*, <name>.mlp.proj.*.
+// <name>.mlp.fc.*, <name>.mlp.proj.* (or the given mlp's, e.g. a mixture of experts).
 class Block : public Module {
  public:
   Block(std::string name, int64_t dim, int64_t heads, LayerProvider& layers, float init_std = 0.02f,
-        float proj_init_std = 0.02f);
+        float proj_init_std = 0.02f, std::unique_ptr<Module> mlp = nullptr);
 
   Tensor forward(Context& ctx, const Tensor& x) override;    // x [B,T,C] -> [B,T,C]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [B,T,C] -> dx [B,T,C]
@@ -185,13 +185,13 @@ class Block : public Module {
   LayerNorm& ln1() { return ln1_; }
   CausalSelfAttention& attn() { return attn_; }
   LayerNorm& ln2() { return ln2_; }
-  MLP& mlp() { return mlp_; }
+  Module& mlp() { return *mlp_; }
 
  private:
   LayerNorm ln1_;
   CausalSelfAttention attn_;
   LayerNorm ln2_;
-  MLP mlp_;
+  std::unique_ptr<Module> mlp_;  // [..., C] -> [..., C]
 };
 
 }  // namespace weft::nn

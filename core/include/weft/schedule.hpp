@@ -5,6 +5,8 @@
 #pragma once
 
 #include <functional>
+#include <map>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -28,6 +30,7 @@ struct ScheduleStep {
   std::function<void(int mb, Tensor& ids, Tensor& targets)> load;
   float dloss_scale = 1.f;  // 1 / tokens in the global batch: the loss is a mean
   std::function<void(Param&)> on_grad_ready;
+  std::map<std::string, double>* stats = nullptr;  // when set: every microbatch's Context::stats, summed
 };
 
 class PipelineSchedule {

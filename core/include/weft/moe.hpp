@@ -1,0 +1,59 @@
+// Mixture-of-experts MLP (a drop-in for nn::MLP inside a Block):
+//   router   z = x Wr^T, Wr [E, C] ("<name>.router.weight", no bias)
+//   gate     p = softmax(z); each token picks its top-k experts and weighs
+//            them by p renormalised over those k (Mixtral's convention)
+//   experts  E MLPs of the dense MLP's shape ("<name>.experts.<e>.fc.*",
+//            ".proj.*"), each run as one GEMM per Linear over its tokens
+//   capacity with capacity_factor f > 0 an expert takes at most
+//            ceil(f k N / E) assignments of a microbatch's N tokens, slot 0 of
+//            every token first; the rest are dropped (their share of the
+//            output is 0: the residual carries the token). f = 0: dropless.
+//   losses   load balancing aux = a E sum_i f_i P_i (f_i: share of the N k
+//            assignments routed to i before drops, P_i: mean router
+//            probability of i) and router z-loss b mean_t logsumexp(z_t)^2,
+//            each added to the objective once per microbatch with weight
+//            micro / global (the microbatch's share of the step)
+// Routing and the weighted combine run on the host (N x E and N x k values);
+// the expert GEMMs on the backend. Letters: N tokens, C width, E experts.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "weft/layers.hpp"
+#include "weft/module.hpp"
+#include "weft/nn.hpp"
+
+namespace weft::nn {
+
+struct MoeSpec {
+  std::string name;  // e.g. "blocks.1.mlp"
+  int64_t dim = 0;           // C
+  int64_t experts = 8;       // E
+  int64_t top_k = 2;         // k
+  double capacity_factor = 0;  // 0 = dropless
+  double aux_loss_coef = 0.01;
+  double z_loss_coef = 0;
+  float init_std = 0.02f, proj_init_std = 0.02f;
+};
+
+class MoeMLP : public Module {
+ public:
+  MoeMLP(const MoeSpec& spec, LayerProvider& layers);
+
+  Tensor forward(Context& ctx, const Tensor& x) override;    // x [..., C] -> [..., C]
+  Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [..., C] -> dx [..., C]
+  void collect_params(std::vector<Param*>& out) override;
+
+  Linear& router() { return router_; }
+  Module& expert(int64_t e) { return *experts_.at(static_cast<size_t>(e)); }
+
+ private:
+  struct Routing;  // one microbatch's decisions, kept for backward
+  MoeSpec spec_;
+  Linear router_;                                 // C -> E
+  std::vector<std::unique_ptr<MLP>> experts_;     // E of C -> 4C -> C
+};
+
+}  // namespace weft::nn
