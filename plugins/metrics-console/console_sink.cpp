@@ -53,6 +53,9 @@ std::string ConsoleSink::format(const MetricsRecord& record) {
   if (const double* v = find_value(record, "loss")) append(line, "loss %.4f", *v);
   if (const double* v = find_value(record, "lr")) append(line, "lr %.1e", *v);
   if (const double* v = find_value(record, "grad_norm")) append(line, "grad_norm %.3f", *v);
+  // Mixture of experts: the load-balancing loss and the busiest expert's load over the mean.
+  if (const double* v = find_value(record, "aux_loss")) append(line, "aux %.4f", *v);
+  if (const double* v = find_value(record, "moe_max_load")) append(line, "max load %.2fx", *v);
   if (const double* v = find_value(record, "tokens_per_s")) append(line, "%.0f tok/s", *v);
   if (const double mem = memory_bytes(record); mem > 0) append(line, "mem %.1f MiB", mem / (1024.0 * 1024.0));
   if (const double* v = find_value(record, "step_ms")) {

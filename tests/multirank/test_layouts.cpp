@@ -474,6 +474,35 @@ TEST(PipelineMemory, OneFOneBKeepsFewerActivationsThanGPipe) {
   EXPECT_LT(peak["1f1b"], peak["gpipe"]);
 }
 
+// Mixture of experts (one expert-parallel rank): routing and capacity act per
+// microbatch, so at the same micro-batch size data 2 (ddp, zero1) and
+// pipeline 2 give the single-rank losses, aux_loss and final parameters.
+TEST(MoeLayouts, DataAndPipelineMatchTheSingleRankRun) {
+  const std::vector<std::string> moe = {"model.moe_experts=4", "model.moe_top_k=2", "model.moe_every=2",
+                                        "model.moe_capacity_factor=1.0", "model.moe_z_loss_coef=0.001"};
+  const TrainedRun& ref = reference_for(moe);
+  for (const auto& [label, layout] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"moe_dp2_ddp", {"parallel.data=2"}},
+           {"moe_dp2_zero1", {"parallel.data=2", "parallel.data_parallel.plugin=zero1"}},
+           {"moe_pp2", {"parallel.pipeline=2"}}}) {
+    std::vector<std::string> sets = moe;
+    sets.insert(sets.end(), layout.begin(), layout.end());
+    TrainedRun run = train_tiny(label, sets);
+    const double loss_err = worst_loss_error(ref.metrics, run.metrics, 1);
+    const ParamError param_err = param_error(ref.final_params, run.final_params);
+    double aux_err = 0;
+    for (int s = 1; s <= kSteps; ++s) {
+      const double a = ref.metrics.at(s)["aux_loss"].get<double>(), b = run.metrics.at(s)["aux_loss"].get<double>();
+      aux_err = std::max(aux_err, std::abs(a - b) / std::abs(a));
+    }
+    EXPECT_LE(loss_err, kRelTol) << label;
+    EXPECT_LE(aux_err, kRelTol) << label;
+    EXPECT_LE(param_err.whole, kRelTol) << label;
+    std::printf("%-16s max rel loss error %.3g, aux_loss %.3g, final params %.3g\n", label.c_str(), loss_err,
+                aux_err, param_err.whole);
+  }
+}
+
 TEST(GptTinyShape, ParamCountMatchesTheModel) {
   // 0.84M, as examples/gpt-tiny.toml says; divisible by 4, so zero1's dp 4 shard has no padding here.
   EXPECT_EQ(gpt_tiny_params(), 842496);
