@@ -555,7 +555,11 @@ const OptionSchema& core_schema(const std::string& section) {
     m["run"] = {opt_string("name", "weft", "run name"),
                 opt_int("seed", 1234, "seed of parameter init, data order and sampling", 0, 9.0e18),
                 opt_int("steps", 100, "optimizer steps to run", 1, 1e12),
-                opt_string("out_dir", "", "output folder (relative to the working directory); \"\" = runs/<name>")};
+                opt_string("out_dir", "", "output folder (relative to the working directory); \"\" = runs/<name>"),
+                opt_string("on_nan", "stop",
+                           "a step whose loss or gradient norm is NaN or infinite: stop (naming the step and the "
+                           "last good checkpoint) or skip (no update; counted as skipped_steps)",
+                           {"stop", "skip"})};
     m["batch"] = {opt_int("micro", 1, "samples per microbatch on one rank", 1, 1 << 20), global};
     m["parallel"] = {opt_int("tensor", 1, "tensor-parallel size", 1, 4096),
                      opt_int("pipeline", 1, "pipeline-parallel size (stages)", 1, 4096),

@@ -52,6 +52,7 @@ class RankTrainer {
  private:
   void build();
   double sum_over(Communicator& group, double value);
+  void skip_or_stop(int64_t step, double loss, double norm);
   void reduce_moe_stats(const std::map<std::string, double>& stats);
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
@@ -83,6 +84,7 @@ class RankTrainer {
   int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
   std::string out_dir_;
   std::vector<std::pair<std::string, double>> moe_metrics_;  // appended to each logged record
+  int64_t skipped_steps_ = 0;  // steps without an update (run.on_nan = "skip")
   std::vector<std::string> tied_names_;  // params tied across stages (both copies sum their gradients)
   std::vector<int32_t> host_tokens_;     // [B, T+1]
   std::vector<int32_t> host_ids_, host_targets_;
@@ -212,7 +214,30 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
               {"mem_workspace_bytes", peak(MemCategory::Workspace)},
               {"comm_bytes", static_cast<double>(comm)}};
   for (const auto& kv : moe_metrics_) r.values.push_back(kv);
+  if (recipe_.options("run").get_string("on_nan") == "skip")
+    r.values.push_back({"skipped_steps", static_cast<double>(skipped_steps_)});
   return r;
+}
+
+// A NaN or infinite loss or gradient norm: never train on it. "stop" ends the
+// run naming the step and the last good checkpoint; "skip" leaves the
+// parameters and optimizer state as they were and counts the step.
+void RankTrainer::skip_or_stop(int64_t step, double loss, double norm) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "step %lld: loss %.6g, gradient norm %.6g", static_cast<long long>(step), loss, norm);
+  const std::string what = buf;
+  if (recipe_.options("run").get_string("on_nan") == "skip") {
+    ++skipped_steps_;
+    log_->warn("{}: skipped, no update ({} step{} skipped so far; run.on_nan = \"skip\")", what, skipped_steps_,
+               skipped_steps_ == 1 ? "" : "s");
+    return;
+  }
+  std::string last = "none was written yet";
+  try {
+    last = resolve_checkpoint_dir(out_dir_);
+  } catch (const Error&) {
+  }
+  throw Error(what + ": the run stops before updating on it (run.on_nan = \"stop\"); last good checkpoint: " + last);
 }
 
 // The step's mixture-of-experts figures, summed over every microbatch, stage
@@ -349,7 +374,6 @@ void RankTrainer::run() {
     double clip = optimizer_->clip_grad_norm();
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
     double lr = lr_schedule_->lr(step);
-    dp_->step(lr, grad_scale, step);
 
     // Mean loss over every token of the global batch: the last stage's, summed over dp ranks.
     float partial = static_cast<float>(loss_sum);
@@ -359,9 +383,13 @@ void RankTrainer::run() {
     float total = 0;
     stack_.backend->copy_to_host(&total, loss_buf);
     double loss = static_cast<double>(total) / static_cast<double>(global_ * seq_);
+    // Loss and norm are the same on every rank, so every rank takes the same branch.
+    if (std::isfinite(loss) && std::isfinite(norm))
+      dp_->step(lr, grad_scale, step);
+    else
+      skip_or_stop(step, loss, norm);
     stack_.backend->synchronize();
     double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (!std::isfinite(loss)) log_->warn("step {}: loss is {}", step, loss);
 
     if (step % log_interval == 0 || step == steps_) {
       MetricsRecord r = record(step, loss, lr, norm, step_s, comm_total() - comm0);

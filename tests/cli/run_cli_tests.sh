@@ -504,6 +504,30 @@ expect_no_crash
 expect_err_has "model.safetensors: 'wte.weight' has shape [384,128], the model expects [384,64]"
 finish
 
+# ---- numerical guards (run.on_nan) ---------------------------------------------------------------
+
+# lr 1e6 without clipping: step 1 is finite, step 2's gradient norm is NaN.
+DIVERGE=(--set optimizer.lr=1e6 --set optimizer.clip_grad_norm=0 --set lr_schedule.warmup_steps=0 --set log.interval=1
+         --set checkpoint.interval=1)
+begin "a NaN gradient norm stops the run naming the step and the last good checkpoint"
+run -- train "$TINY" "${DIVERGE[@]}" --set run.steps=4 --set "run.out_dir=$TMP/nan-stop"
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "step 2: loss " "the run stops before updating on it (run.on_nan = \"stop\"); last good checkpoint: $TMP/nan-stop/checkpoints/step_1"
+[ -e "$TMP/nan-stop/checkpoints/step_2" ] && problem "a checkpoint of the NaN step was written"
+finish
+
+begin "run.on_nan = skip leaves the parameters as they were and counts the skipped steps"
+run -- train "$TINY" "${DIVERGE[@]}" --set run.steps=4 --set run.on_nan=skip --set "run.out_dir=$TMP/nan-skip"
+expect_rc 0
+expect_no_crash
+grep -aqF "skipped, no update (1 step skipped so far" "$OUT" "$ERR" || problem "no warning names the skipped step"
+grep -q '"skipped_steps": 3' "$TMP/nan-skip/metrics.jsonl" || problem "step 4's record does not count 3 skipped steps"
+cmp -s "$TMP/nan-skip/checkpoints/step_1/model.safetensors" "$TMP/nan-skip/checkpoints/step_4/model.safetensors" ||
+  problem "the skipped steps changed the parameters"
+finish
+
 # ---- pipeline parallelism ------------------------------------------------------------------------
 
 refuse "more pipeline stages than blocks" "$TINY" --set parallel.pipeline=8 -- \
