@@ -1,6 +1,8 @@
 // `weft train RECIPE [--set k=v]... [--resume[=DIR|=require]] [--overwrite]`.
 #include <filesystem>
 
+#include "stop_signals.hpp"
+
 #include "commands.hpp"
 #include "logging.hpp"
 #include "runtime.hpp"
@@ -33,6 +35,8 @@ int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir
   targs.require_checkpoint = resume && resume_dir == "require";
   targs.resume_from = targs.require_checkpoint ? "" : resume_dir;
   targs.overwrite = overwrite;
+  StopSignals stop(recipe.options("run").get_strings("stop_signals"));
+  targs.stop = &stop;
   train(recipe, plugins.registry, targs);
   return 0;
 }

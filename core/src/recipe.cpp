@@ -559,7 +559,10 @@ const OptionSchema& core_schema(const std::string& section) {
                 opt_string("on_nan", "stop",
                            "a step whose loss or gradient norm is NaN or infinite: stop (naming the step and the "
                            "last good checkpoint) or skip (no update; counted as skipped_steps)",
-                           {"stop", "skip"})};
+                           {"stop", "skip"}),
+                opt_strings("stop_signals", {"SIGTERM", "SIGUSR1"},
+                            "signals on which every rank finishes the step, writes a checkpoint and exits 0 "
+                            "(a second one exits at once)")};
     m["batch"] = {opt_int("micro", 1, "samples per microbatch on one rank", 1, 1 << 20), global};
     m["parallel"] = {opt_int("tensor", 1, "tensor-parallel size", 1, 4096),
                      opt_int("pipeline", 1, "pipeline-parallel size (stages)", 1, 4096),

@@ -11,6 +11,7 @@
 #include "checkpoint.hpp"
 #include "logging.hpp"
 #include "run_parts.hpp"
+#include "stop_signals.hpp"
 #include "run_dir.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
@@ -53,6 +54,7 @@ class RankTrainer {
   void build();
   double sum_over(Communicator& group, double value);
   void skip_or_stop(int64_t step, double loss, double norm);
+  bool stop_requested();
   void reduce_moe_stats(const std::map<std::string, double>& stats);
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
@@ -398,7 +400,8 @@ void RankTrainer::run() {
         sink->flush();
       }
     }
-    bool save = step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
+    const bool stop = step < steps_ && stop_requested();
+    bool save = stop || step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
     if (save) {
       CheckpointMeta meta{step, step * global_, seed};
       std::string dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
@@ -407,8 +410,28 @@ void RankTrainer::run() {
       world_.barrier();
       if (rank0) publish_latest(out_dir_, step, keep);
     }
+    if (stop) {
+      const int signo = args_.stop->received();
+      if (rank0)
+        log_->info("stopped by {} after step {} of {}: checkpoint written; `weft train ... --resume` continues",
+                   signo ? StopSignals::name(signo) : "a stop signal", step, steps_);
+      return;
+    }
   }
   if (rank0) log_summary(start);
+}
+
+// Whether any rank received a stop signal (all agree: a max over the world,
+// after the step's metrics so it is not counted in the step's comm_bytes).
+bool RankTrainer::stop_requested() {
+  if (!args_.stop) return false;
+  Tensor flag = stack_.backend->alloc({1}, DType::F32, MemCategory::Workspace);
+  const float mine = args_.stop->received() ? 1.f : 0.f;
+  stack_.backend->copy_from_host(flag, &mine);
+  if (world_.size() > 1) world_.all_reduce(flag, ReduceOp::Max)->wait();
+  float any = 0;
+  stack_.backend->copy_to_host(&any, flag);
+  return any > 0;
 }
 
 }  // namespace
