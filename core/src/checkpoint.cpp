@@ -111,7 +111,38 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
   // over pipeline stages: collecting them is collective, so every rank walks
   // every parameter of the model in the same order.
   const std::vector<Param*>& all = g.all_params.empty() ? flat.params : g.all_params;
-  std::vector<NamedArray> params, state;
+  fs::path root = fs::path(out_dir) / "checkpoints";
+  fs::path final_dir = root / step_name(meta.step);
+  fs::path tmp_dir = root / (step_name(meta.step) + ".tmp." + std::to_string(::getpid()));
+
+  // The writer streams each tensor to its file as soon as it is collected:
+  // besides the model, the host holds one tensor (and its shards) at a time.
+  // A save that fails (a full disk) leaves no half-written folder behind;
+  // `latest` still names the previous checkpoint.
+  struct RemoveUnlessDone {
+    fs::path dir;
+    ~RemoveUnlessDone() {
+      std::error_code ec;
+      if (!dir.empty()) fs::remove_all(dir, ec);
+    }
+  } unfinished{writer ? tmp_dir : fs::path()};
+  std::unique_ptr<SafetensorsWriter> model_file, state_file;
+  if (writer) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir, ec);
+    fs::create_directories(tmp_dir, ec);
+    if (ec) throw Error(tmp_dir.string() + ": cannot create checkpoint folder: " + ec.message());
+    std::vector<std::pair<std::string, Shape>> params_layout, state_layout;
+    for (Param* p : all) {
+      params_layout.push_back({p->name, p->full_shape});
+      for (int s = 0; dp && s < state_slots; ++s) state_layout.push_back({p->name + ".slot" + std::to_string(s), p->full_shape});
+    }
+    model_file = std::make_unique<SafetensorsWriter>((tmp_dir / "model.safetensors").string(), params_layout,
+                                                     std::map<std::string, std::string>{{"format", "weft"}});
+    if (dp)
+      state_file = std::make_unique<SafetensorsWriter>((tmp_dir / "optimizer.safetensors").string(), state_layout,
+                                                       std::map<std::string, std::string>{{"format", "weft"}});
+  }
   int tag = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     Param* p = all[i];
@@ -121,7 +152,7 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
     std::vector<float> values;
     if (mine) values = gather_logical(backend, g.tp, *p, to_host(backend, p->data));
     values = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(values), numel);
-    if (writer) params.push_back({p->name, p->full_shape, std::move(values)});
+    if (writer) model_file->write(p->name, values);
     for (int s = 0; dp && s < state_slots; ++s) {
       std::vector<float> slot;
       if (mine) {
@@ -130,22 +161,14 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
         slot = gather_logical(backend, g.tp, *p, std::move(local));
       }
       slot = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(slot), numel);
-      if (writer) state.push_back({p->name + ".slot" + std::to_string(s), p->full_shape, std::move(slot)});
+      if (writer) state_file->write(p->name + ".slot" + std::to_string(s), slot);
     }
   }
-  fs::path root = fs::path(out_dir) / "checkpoints";
-  if (!writer) return (root / step_name(meta.step)).string();
-  fs::path final_dir = root / step_name(meta.step);
-  fs::path tmp_dir = root / (step_name(meta.step) + ".tmp." + std::to_string(::getpid()));
-  std::error_code ec;
-  fs::remove_all(tmp_dir, ec);
-  fs::create_directories(tmp_dir, ec);
-  if (ec) throw Error(tmp_dir.string() + ": cannot create checkpoint folder: " + ec.message());
-
+  if (!writer) return final_dir.string();
+  model_file->finish();
+  if (state_file) state_file->finish();
   json shapes = json::object();
-  for (Param* p : flat.params) shapes[p->name] = p->full_shape;
-  write_safetensors((tmp_dir / "model.safetensors").string(), params, {{"format", "weft"}});
-  if (dp) write_safetensors((tmp_dir / "optimizer.safetensors").string(), state, {{"format", "weft"}});
+  for (Param* p : all) shapes[p->name] = p->full_shape;
 
   const ParallelSizes& s = recipe.sizes;
   json m = {{"format", "weft-checkpoint"},
@@ -161,9 +184,11 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
   write_file_atomic((tmp_dir / "meta.json").string(), m.dump(2) + "\n");
   write_file_atomic((tmp_dir / "recipe.toml").string(), recipe.to_toml());
 
+  std::error_code ec;
   fs::remove_all(final_dir, ec);
   fs::rename(tmp_dir, final_dir, ec);
   if (ec) throw Error(final_dir.string() + ": cannot move checkpoint into place: " + ec.message());
+  unfinished.dir.clear();
   return final_dir.string();
 }
 

@@ -77,6 +77,65 @@ void write_safetensors(const std::string& path, const std::vector<NamedArray>& t
   if (ec) throw Error(path + ": cannot rename into place: " + ec.message());
 }
 
+SafetensorsWriter::SafetensorsWriter(std::string path, const std::vector<std::pair<std::string, Shape>>& layout,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())), layout_(layout) {
+  json header = json::object();
+  uint64_t offset = 0;
+  for (const auto& [name, shape] : layout_) {
+    const uint64_t bytes = static_cast<uint64_t>(shape_numel(shape)) * sizeof(float);
+    header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::string text = header.dump();
+  while ((8 + text.size()) % 8 != 0) text += ' ';  // align the data to 8 bytes
+  file_ = std::fopen(tmp_.c_str(), "wb");
+  if (!file_) throw Error(tmp_ + ": cannot create file: " + std::strerror(errno));
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  put(len, 8);
+  put(text.data(), text.size());
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (!file_) return;
+  std::fclose(file_);
+  std::remove(tmp_.c_str());
+}
+
+void SafetensorsWriter::put(const void* data, size_t size) {
+  if (size && std::fwrite(data, 1, size, file_) != size)
+    throw Error(tmp_ + ": write failed after " + std::to_string(written_) + " bytes: " + std::strerror(errno));
+  written_ += size;
+}
+
+void SafetensorsWriter::write(const std::string& name, const std::vector<float>& values) {
+  WEFT_ASSERT(next_ < layout_.size() && layout_[next_].first == name &&
+                  static_cast<int64_t>(values.size()) == shape_numel(layout_[next_].second),
+              "safetensors writer: " + name + " is not the next tensor of the layout");
+  ++next_;
+  put(values.data(), values.size() * sizeof(float));
+}
+
+void SafetensorsWriter::finish() {
+  WEFT_ASSERT(next_ == layout_.size(), "safetensors writer: " + path_ + " finished before its last tensor");
+  bool ok = std::fflush(file_) == 0;
+  ok = ::fsync(fileno(file_)) == 0 && ok;
+  ok = std::fclose(file_) == 0 && ok;
+  file_ = nullptr;
+  if (!ok) {
+    std::remove(tmp_.c_str());
+    throw Error(tmp_ + ": write failed: " + std::strerror(errno));
+  }
+  std::error_code ec;
+  fs::rename(tmp_, path_, ec);
+  if (ec) {
+    fs::remove(tmp_, ec);
+    throw Error(path_ + ": cannot rename into place: " + ec.message());
+  }
+}
+
 namespace {
 
 size_t dtype_bytes(const std::string& dtype) {

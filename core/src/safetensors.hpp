@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -21,6 +22,31 @@ struct NamedArray {
 // Writes `path` (via a temporary file and rename). Throws weft::Error naming the path.
 void write_safetensors(const std::string& path, const std::vector<NamedArray>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// Writes a safetensors file tensor by tensor: the header goes first (every
+// name and shape is known up front), then each tensor's bytes as they come, so
+// the caller holds one tensor at a time. finish() flushes, fsyncs and renames
+// the temporary file into place; a writer destroyed unfinished removes it.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(std::string path, const std::vector<std::pair<std::string, Shape>>& layout,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+  // The next tensor of the layout (name checked), F32 row-major.
+  void write(const std::string& name, const std::vector<float>& values);
+  void finish();
+  uint64_t bytes() const { return written_; }
+
+ private:
+  void put(const void* data, size_t size);
+  std::string path_, tmp_;
+  std::vector<std::pair<std::string, Shape>> layout_;
+  size_t next_ = 0;
+  std::FILE* file_ = nullptr;
+  uint64_t written_ = 0;
+};
 
 class SafetensorsReader {
  public:

@@ -55,6 +55,8 @@ class RankTrainer {
   double sum_over(Communicator& group, double value);
   void skip_or_stop(int64_t step, double loss, double norm);
   bool stop_requested();
+  std::string last_checkpoint_or_none() const;
+  void log_checkpoint(const std::string& dir, double seconds) const;
   void reduce_moe_stats(const std::map<std::string, double>& stats);
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
@@ -234,12 +236,28 @@ void RankTrainer::skip_or_stop(int64_t step, double loss, double norm) {
                skipped_steps_ == 1 ? "" : "s");
     return;
   }
-  std::string last = "none was written yet";
+  throw Error(what + ": the run stops before updating on it (run.on_nan = \"stop\"); last good checkpoint: " +
+              last_checkpoint_or_none());
+}
+
+std::string RankTrainer::last_checkpoint_or_none() const {
   try {
-    last = resolve_checkpoint_dir(out_dir_);
+    return resolve_checkpoint_dir(out_dir_);
   } catch (const Error&) {
+    return "none was written yet";
   }
-  throw Error(what + ": the run stops before updating on it (run.on_nan = \"stop\"); last good checkpoint: " + last);
+}
+
+// The folder, its size and the rate it was written at (collecting included).
+void RankTrainer::log_checkpoint(const std::string& dir, double seconds) const {
+  std::error_code ec;
+  double bytes = 0;
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    const auto n = fs::file_size(fs::path(dir) / f, ec);
+    if (!ec) bytes += static_cast<double>(n);
+  }
+  log_->info("checkpoint {} ({:.1f} MB in {:.2f} s, {:.0f} MB/s)", dir, bytes / 1e6, seconds,
+             seconds > 0 ? bytes / 1e6 / seconds : 0.0);
 }
 
 // The step's mixture-of-experts figures, summed over every microbatch, stage
@@ -404,9 +422,16 @@ void RankTrainer::run() {
     bool save = stop || step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
     if (save) {
       CheckpointMeta meta{step, step * global_, seed};
-      std::string dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
-                                         *stack_.backend, rank0, checkpoint_groups());
-      if (rank0) log_->info("checkpoint {}", dir);
+      const auto saving = std::chrono::steady_clock::now();
+      std::string dir;
+      try {
+        dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
+                               *stack_.backend, rank0, checkpoint_groups());
+      } catch (const Error& e) {
+        throw Error(std::string(e.what()) + "; the checkpoint of step " + std::to_string(step) +
+                    " was not written, the last complete one is " + last_checkpoint_or_none());
+      }
+      if (rank0) log_checkpoint(dir, std::chrono::duration<double>(std::chrono::steady_clock::now() - saving).count());
       world_.barrier();
       if (rank0) publish_latest(out_dir_, step, keep);
     }

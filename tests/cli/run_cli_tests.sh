@@ -528,6 +528,29 @@ cmp -s "$TMP/nan-skip/checkpoints/step_1/model.safetensors" "$TMP/nan-skip/check
   problem "the skipped steps changed the parameters"
 finish
 
+# ---- checkpoints that scale, and a full disk -------------------------------------------------------
+
+begin "a checkpoint line gives its size and rate"
+run -- train "$TINY" --set run.steps=2 --set "run.out_dir=$TMP/full-disk"
+expect_rc 0
+grep -aqE "checkpoint .*/step_2 \([0-9.]+ MB in [0-9.]+ s, [0-9]+ MB/s\)" "$OUT" "$ERR" || problem "no size and rate on the checkpoint line"
+finish
+
+# A file-size limit of 4 MiB makes the optimizer file's writes fail, as a full disk would (SIGXFSZ ignored).
+begin "a failed checkpoint write leaves the previous checkpoint intact and says so"
+(trap '' XFSZ; ulimit -f 4096; exec "$WEFT" train "$TINY" --set run.steps=4 --set "run.out_dir=$TMP/full-disk" --resume) \
+  >"$OUT" 2>"$ERR" </dev/null
+rc=$?
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "write failed" "the checkpoint of step 4 was not written, the last complete one is $TMP/full-disk/checkpoints/step_2"
+[ "$(cat "$TMP/full-disk/checkpoints/latest")" = "step_2" ] || problem "latest moved"
+[ "$(ls "$TMP/full-disk/checkpoints")" = "$(printf 'latest\nstep_2')" ] || problem "left behind: $(ls "$TMP/full-disk/checkpoints" | tr '\n' ' ')"
+run -- train "$TINY" --set run.steps=4 --set "run.out_dir=$TMP/full-disk" --resume
+expect_rc 0
+finish
+
 # ---- pipeline parallelism ------------------------------------------------------------------------
 
 refuse "more pipeline stages than blocks" "$TINY" --set parallel.pipeline=8 -- \
