@@ -358,6 +358,38 @@ void MLP::collect_params(std::vector<Param*>& out) {
   proj_->collect_params(out);
 }
 
+// ---------------------------------------------------------------- Recompute
+
+namespace {
+
+// A context for one extra pass of the same microbatch: its activations live only as long as it does.
+Context scratch_of(Context& ctx) {
+  Context scratch(ctx.backend(), ctx.microbatch());
+  scratch.targets = ctx.targets;
+  scratch.dloss_scale = ctx.dloss_scale;
+  scratch.on_grad_ready = ctx.on_grad_ready;
+  scratch.last_microbatch = ctx.last_microbatch;
+  return scratch;
+}
+
+}  // namespace
+
+Tensor Recompute::forward(Context& ctx, const Tensor& x) {
+  Context scratch = scratch_of(ctx);
+  Tensor y = inner_.forward(scratch, x);
+  for (const auto& [key, value] : scratch.stats) ctx.stats[key] += value;
+  ctx.save(this, {x});
+  return y;
+}
+
+Tensor Recompute::backward(Context& ctx, const Tensor& dy) {
+  Tensor x = ctx.saved(this)[0];
+  ctx.release(this);
+  Context scratch = scratch_of(ctx);
+  inner_.forward(scratch, x);  // the activations again, then the backward that needs them
+  return inner_.backward(scratch, dy);
+}
+
 // ---------------------------------------------------------------- Block
 
 Block::Block(std::string name, int64_t dim, int64_t heads, LayerProvider& layers, float init_std,

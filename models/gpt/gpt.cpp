@@ -39,6 +39,11 @@ OptionSchema gpt_schema() {
       opt_float("moe_aux_loss_coef", 0.01, "load-balancing loss coefficient (Switch/GShard: coef E sum f_i P_i)",
                 0.0, 1e6),
       opt_float("moe_z_loss_coef", 0.0, "router z-loss coefficient (coef mean logsumexp(z)^2)", 0.0, 1e6),
+      opt_string("recompute", "none",
+                 "activation recomputation: full = a block keeps only its input and reruns its forward in "
+                 "backward; selective = none here (the fused attention never keeps the score matrix)",
+                 {"none", "selective", "full"}),
+      opt_int("recompute_layers", 0, "with recompute = full: the first this many blocks (0 = all)", 0, 1 << 20),
   };
 }
 
@@ -70,6 +75,11 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size, const LayerProvider* 
   if (vocab_size < 1)
     throw Error(o.section() + ": the tokenizer reports a vocabulary of " + std::to_string(vocab_size) +
                 " tokens; the model needs at least 1");
+  c.recompute = o.get_string("recompute");
+  c.recompute_layers = o.get_int("recompute_layers");
+  if (c.recompute_layers > c.layers)
+    o.fail("recompute_layers", "recompute_layers " + std::to_string(c.recompute_layers) + " exceeds layers " +
+                                   std::to_string(c.layers));
   c.moe_experts = o.get_int("moe_experts");
   c.moe_top_k = o.get_int("moe_top_k");
   c.moe_every = o.get_int("moe_every");
@@ -192,11 +202,14 @@ GptModel::GptModel(const GptConfig& config, LayerProvider* layers) : config_(con
     blocks_.push_back(std::make_unique<nn::Block>("blocks." + std::to_string(i), c.hidden, c.heads, provider,
                                                   c.init_std, proj_std, moe_mlp(i, provider, proj_std)));
   head_ = std::make_unique<GptHead>(embedding_->wte(), c.vocab, c.hidden, provider);
+  for (int64_t i = 0; i < c.layers; ++i)
+    recomputed_.push_back(c.recomputes(i) ? std::make_unique<nn::Recompute>(*blocks_[i]) : nullptr);
 }
 
 std::vector<Module*> GptModel::layers() {
   std::vector<Module*> out{embedding_.get()};
-  for (auto& b : blocks_) out.push_back(b.get());
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    out.push_back(recomputed_[i] ? static_cast<Module*>(recomputed_[i].get()) : blocks_[i].get());
   out.push_back(head_.get());
   return out;
 }
@@ -234,7 +247,14 @@ ModelSummary GptModel::summary() const {
   //   head: lnf in + mean/rstd (C+2), lnf out (C), logits (Vp/p), loss (1); ids, targets (2 i32)
   // Sequence parallelism keeps the LayerNorm inputs and statistics on T/p tokens.
   const int64_t p = tp_, ln = sequence_parallel_ ? (C + 2) / p : C + 2;
-  const int64_t per_token = L * (2 * ln + 2 * C + (12 * C + H) / p) + ln + C + Vp / p + 1 + 2;
+  // A recomputed block keeps only its input (C, or C/p under sequence parallelism),
+  // plus one block's activations while it is recomputed.
+  const int64_t block = 2 * ln + 2 * C + (12 * C + H) / p;
+  int64_t blocks = 0, recomputed = 0;
+  for (int64_t i = 0; i < L; ++i) c.recomputes(i) ? ++recomputed : ++blocks;
+  const int64_t kept_input = sequence_parallel_ ? C / p : C;
+  const int64_t per_token = blocks * block + recomputed * kept_input + (recomputed > 0 ? block : 0) + ln + C +
+                            Vp / p + 1 + 2;
   s.act_bytes_per_sample = per_token * T * 4;
   s.seq_length = T;
   s.hidden = C;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -33,6 +34,11 @@ struct GptConfig {
   int64_t moe_experts = 0, moe_top_k = 2, moe_every = 1;
   double moe_capacity_factor = 0, moe_aux_loss_coef = 0.01, moe_z_loss_coef = 0;
   bool is_moe_block(int64_t i) const { return moe_experts > 0 && i % moe_every == 0; }
+  // Activation recomputation: "full" recomputes the first recompute_layers blocks
+  // (0 = all) in backward; "selective" and "none" keep every activation.
+  std::string recompute = "none";
+  int64_t recompute_layers = 0;
+  bool recomputes(int64_t i) const { return recompute == "full" && (recompute_layers == 0 || i < recompute_layers); }
 };
 
 OptionSchema gpt_schema();
@@ -99,6 +105,7 @@ class GptModel : public Model {
   nn::SerialLayerProvider serial_;  // used when no provider is given
   std::unique_ptr<GptEmbedding> embedding_;
   std::vector<std::unique_ptr<nn::Block>> blocks_;  // L
+  std::vector<std::unique_ptr<nn::Recompute>> recomputed_;  // wrappers of the blocks that recompute (by block)
   std::unique_ptr<GptHead> head_;
 };
 

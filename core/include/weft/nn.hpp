@@ -170,6 +170,23 @@ class MLP : public Module {
   std::unique_ptr<Module> proj_;  // 4C -> C
 };
 
+// Activation recomputation: keeps only its input in forward (the wrapped
+// module's activations are freed as soon as its forward ends) and runs that
+// forward again in backward, right before the module's backward. The same
+// kernels in the same order: results are bit-identical to not recomputing.
+// Figures the module reports (Context::stats) count from the first forward only.
+class Recompute : public Module {
+ public:
+  explicit Recompute(Module& inner) : inner_(inner) {}
+  Tensor forward(Context& ctx, const Tensor& x) override;
+  Tensor backward(Context& ctx, const Tensor& dy) override;
+  void collect_params(std::vector<Param*>& out) override { inner_.collect_params(out); }
+  void collect_shared_params(std::vector<Param*>& out) override { inner_.collect_shared_params(out); }
+
+ private:
+  Module& inner_;
+};
+
 // Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)).
 // Params in order: <name>.ln1.*, <name>.attn.qkv.*, <name>.attn.proj.*, <name>.ln2.*,
 // <name>.mlp.fc.*, <name>.mlp.proj.* (or the given mlp's, e.g. a mixture of experts).
