@@ -107,6 +107,14 @@ std::vector<float> to_writer_stage(Backend& backend, const CheckpointGroups& g, 
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
                              FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
                              const CheckpointGroups& g) {
+  auto commit = collect_checkpoint(out_dir, meta, recipe, flat, dp, state_slots, backend, writer, g, false);
+  return writer ? commit() : (fs::path(out_dir) / "checkpoints" / step_name(meta.step)).string();
+}
+
+std::function<std::string()> collect_checkpoint(const std::string& out_dir, const CheckpointMeta& meta,
+                                                const Recipe& recipe, FlatParams& flat, DataParallel* dp,
+                                                int state_slots, Backend& backend, bool writer,
+                                                const CheckpointGroups& g, bool buffered) {
   // Optimizer state may be sharded over dp (zero1), tensors over tp, layers
   // over pipeline stages: collecting them is collective, so every rank walks
   // every parameter of the model in the same order.
@@ -125,8 +133,9 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
       std::error_code ec;
       if (!dir.empty()) fs::remove_all(dir, ec);
     }
-  } unfinished{writer ? tmp_dir : fs::path()};
-  std::unique_ptr<SafetensorsWriter> model_file, state_file;
+  };
+  auto unfinished = std::make_shared<RemoveUnlessDone>(RemoveUnlessDone{writer ? tmp_dir : fs::path()});
+  std::shared_ptr<SafetensorsWriter> model_file, state_file;
   if (writer) {
     std::error_code ec;
     fs::remove_all(tmp_dir, ec);
@@ -137,11 +146,12 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
       params_layout.push_back({p->name, p->full_shape});
       for (int s = 0; dp && s < state_slots; ++s) state_layout.push_back({p->name + ".slot" + std::to_string(s), p->full_shape});
     }
-    model_file = std::make_unique<SafetensorsWriter>((tmp_dir / "model.safetensors").string(), params_layout,
-                                                     std::map<std::string, std::string>{{"format", "weft"}});
+    const std::map<std::string, std::string> format{{"format", "weft"}};
+    model_file = std::make_shared<SafetensorsWriter>((tmp_dir / "model.safetensors").string(), params_layout, format,
+                                                     buffered);
     if (dp)
-      state_file = std::make_unique<SafetensorsWriter>((tmp_dir / "optimizer.safetensors").string(), state_layout,
-                                                       std::map<std::string, std::string>{{"format", "weft"}});
+      state_file = std::make_shared<SafetensorsWriter>((tmp_dir / "optimizer.safetensors").string(), state_layout,
+                                                       format, buffered);
   }
   int tag = 0;
   for (size_t i = 0; i < all.size(); ++i) {
@@ -164,12 +174,9 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
       if (writer) state_file->write(p->name + ".slot" + std::to_string(s), slot);
     }
   }
-  if (!writer) return final_dir.string();
-  model_file->finish();
-  if (state_file) state_file->finish();
+  if (!writer) return {};
   json shapes = json::object();
   for (Param* p : all) shapes[p->name] = p->full_shape;
-
   const ParallelSizes& s = recipe.sizes;
   json m = {{"format", "weft-checkpoint"},
             {"version", 1},
@@ -181,15 +188,19 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
             {"optimizer", recipe.plugin("optimizer")},
             {"optimizer_state_slots", dp ? state_slots : 0},
             {"params", shapes}};
-  write_file_atomic((tmp_dir / "meta.json").string(), m.dump(2) + "\n");
-  write_file_atomic((tmp_dir / "recipe.toml").string(), recipe.to_toml());
-
-  std::error_code ec;
-  fs::remove_all(final_dir, ec);
-  fs::rename(tmp_dir, final_dir, ec);
-  if (ec) throw Error(final_dir.string() + ": cannot move checkpoint into place: " + ec.message());
-  unfinished.dir.clear();
-  return final_dir.string();
+  return [model_file, state_file, unfinished, tmp_dir, final_dir, meta_text = m.dump(2) + "\n",
+          recipe_text = recipe.to_toml()] {
+    model_file->finish();
+    if (state_file) state_file->finish();
+    write_file_atomic((tmp_dir / "meta.json").string(), meta_text);
+    write_file_atomic((tmp_dir / "recipe.toml").string(), recipe_text);
+    std::error_code ec;
+    fs::remove_all(final_dir, ec);
+    fs::rename(tmp_dir, final_dir, ec);
+    if (ec) throw Error(final_dir.string() + ": cannot move checkpoint into place: " + ec.message());
+    unfinished->dir.clear();
+    return final_dir.string();
+  };
 }
 
 void publish_latest(const std::string& out_dir, int64_t step, int64_t keep) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -40,6 +41,17 @@ struct CheckpointGroups {
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
                              FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
                              const CheckpointGroups& groups = {});
+
+// The same in two halves, for saves written while training goes on
+// (checkpoint.async): every rank calls collect_checkpoint (collective); the
+// writer gets a commit function that writes the files from memory, renames
+// the folder into place and returns it — safe to run on another thread. Other
+// ranks get an empty function. Memory: the writer holds the whole checkpoint
+// until commit ends.
+std::function<std::string()> collect_checkpoint(const std::string& out_dir, const CheckpointMeta& meta,
+                                                const Recipe& recipe, FlatParams& flat, DataParallel* dp,
+                                                int state_slots, Backend& backend, bool writer,
+                                                const CheckpointGroups& groups, bool buffered);
 // Points checkpoints/latest at step_N and removes the oldest beyond `keep` (0 = keep all).
 // Only folders named exactly step_N count; anything else is left alone.
 void publish_latest(const std::string& out_dir, int64_t step, int64_t keep);

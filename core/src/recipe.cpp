@@ -569,7 +569,10 @@ const OptionSchema& core_schema(const std::string& section) {
                      opt_int("expert", 1, "expert-parallel size (divides data)", 1, 4096), data, world};
     m["checkpoint"] = {opt_int("interval", 0, "steps between checkpoints; 0 = only the last step", 0, 1e12),
                        opt_int("keep", 0, "checkpoints kept; 0 = all", 0, 1e9),
-                       opt_bool("resume", false, "continue from the latest checkpoint in out_dir")};
+                       opt_bool("resume", false, "continue from the latest checkpoint in out_dir"),
+                       opt_bool("async", false,
+                                "write checkpoints while training goes on (rank 0 holds the checkpoint in memory "
+                                "until it is written; a second save waits for the first)")};
     m["log"] = {opt_int("interval", 1, "steps between metrics records", 1, 1e12),
                 opt_strings("sinks", {"console", "jsonl"}, "metrics sinks (plugins of family metrics_sink)"),
                 opt_string("level", "info", "log level", {"trace", "debug", "info", "warn", "error"})};

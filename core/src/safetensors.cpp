@@ -78,8 +78,8 @@ void write_safetensors(const std::string& path, const std::vector<NamedArray>& t
 }
 
 SafetensorsWriter::SafetensorsWriter(std::string path, const std::vector<std::pair<std::string, Shape>>& layout,
-                                     const std::map<std::string, std::string>& metadata)
-    : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())), layout_(layout) {
+                                     const std::map<std::string, std::string>& metadata, bool buffered)
+    : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())), layout_(layout), buffered_(buffered) {
   json header = json::object();
   uint64_t offset = 0;
   for (const auto& [name, shape] : layout_) {
@@ -90,8 +90,10 @@ SafetensorsWriter::SafetensorsWriter(std::string path, const std::vector<std::pa
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text += ' ';  // align the data to 8 bytes
-  file_ = std::fopen(tmp_.c_str(), "wb");
-  if (!file_) throw Error(tmp_ + ": cannot create file: " + std::strerror(errno));
+  if (!buffered_) {
+    file_ = std::fopen(tmp_.c_str(), "wb");
+    if (!file_) throw Error(tmp_ + ": cannot create file: " + std::strerror(errno));
+  }
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
   put(len, 8);
@@ -105,6 +107,11 @@ SafetensorsWriter::~SafetensorsWriter() {
 }
 
 void SafetensorsWriter::put(const void* data, size_t size) {
+  if (buffered_) {
+    buffer_.append(static_cast<const char*>(data), size);
+    written_ += size;
+    return;
+  }
   if (size && std::fwrite(data, 1, size, file_) != size)
     throw Error(tmp_ + ": write failed after " + std::to_string(written_) + " bytes: " + std::strerror(errno));
   written_ += size;
@@ -120,6 +127,13 @@ void SafetensorsWriter::write(const std::string& name, const std::vector<float>&
 
 void SafetensorsWriter::finish() {
   WEFT_ASSERT(next_ == layout_.size(), "safetensors writer: " + path_ + " finished before its last tensor");
+  if (buffered_) {
+    file_ = std::fopen(tmp_.c_str(), "wb");
+    if (!file_) throw Error(tmp_ + ": cannot create file: " + std::strerror(errno));
+    if (!buffer_.empty() && std::fwrite(buffer_.data(), 1, buffer_.size(), file_) != buffer_.size())
+      throw Error(tmp_ + ": write failed: " + std::strerror(errno));  // the destructor removes it
+    std::string().swap(buffer_);
+  }
   bool ok = std::fflush(file_) == 0;
   ok = ::fsync(fileno(file_)) == 0 && ok;
   ok = std::fclose(file_) == 0 && ok;

@@ -29,8 +29,9 @@ void write_safetensors(const std::string& path, const std::vector<NamedArray>& t
 // the temporary file into place; a writer destroyed unfinished removes it.
 class SafetensorsWriter {
  public:
+  // buffered: the bytes stay in memory until finish() (a save written on another thread).
   SafetensorsWriter(std::string path, const std::vector<std::pair<std::string, Shape>>& layout,
-                    const std::map<std::string, std::string>& metadata = {});
+                    const std::map<std::string, std::string>& metadata = {}, bool buffered = false);
   ~SafetensorsWriter();
   SafetensorsWriter(const SafetensorsWriter&) = delete;
   SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
@@ -45,6 +46,8 @@ class SafetensorsWriter {
   std::vector<std::pair<std::string, Shape>> layout_;
   size_t next_ = 0;
   std::FILE* file_ = nullptr;
+  bool buffered_ = false;
+  std::string buffer_;  // buffered: everything, written by finish()
   uint64_t written_ = 0;
 };
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <thread>
 
 #include "checkpoint.hpp"
@@ -55,6 +56,7 @@ class RankTrainer {
   double sum_over(Communicator& group, double value);
   void skip_or_stop(int64_t step, double loss, double norm);
   bool stop_requested();
+  void wait_for_save();
   std::string last_checkpoint_or_none() const;
   void log_checkpoint(const std::string& dir, double seconds) const;
   void reduce_moe_stats(const std::map<std::string, double>& stats);
@@ -89,6 +91,8 @@ class RankTrainer {
   std::string out_dir_;
   std::vector<std::pair<std::string, double>> moe_metrics_;  // appended to each logged record
   int64_t skipped_steps_ = 0;  // steps without an update (run.on_nan = "skip")
+  std::future<void> pending_save_;  // rank 0: the checkpoint being written (checkpoint.async)
+  int64_t pending_step_ = 0;        // its step (every rank; 0 = none)
   std::vector<std::string> tied_names_;  // params tied across stages (both copies sum their gradients)
   std::vector<int32_t> host_tokens_;     // [B, T+1]
   std::vector<int32_t> host_ids_, host_targets_;
@@ -423,19 +427,34 @@ void RankTrainer::run() {
     if (save) {
       CheckpointMeta meta{step, step * global_, seed};
       const auto saving = std::chrono::steady_clock::now();
-      std::string dir;
-      try {
-        dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
-                               *stack_.backend, rank0, checkpoint_groups());
-      } catch (const Error& e) {
-        throw Error(std::string(e.what()) + "; the checkpoint of step " + std::to_string(step) +
-                    " was not written, the last complete one is " + last_checkpoint_or_none());
+      if (recipe_.options("checkpoint").get_bool("async")) {
+        wait_for_save();  // a second save waits for the first
+        auto commit = collect_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
+                                         *stack_.backend, rank0, checkpoint_groups(), /*buffered=*/true);
+        if (rank0)
+          pending_save_ = std::async(std::launch::async, [this, commit, step, keep, saving] {
+            const std::string dir = commit();
+            publish_latest(out_dir_, step, keep);
+            log_checkpoint(dir, std::chrono::duration<double>(std::chrono::steady_clock::now() - saving).count());
+          });
+        pending_step_ = step;
+      } else {
+        std::string dir;
+        try {
+          dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
+                                 *stack_.backend, rank0, checkpoint_groups());
+        } catch (const Error& e) {
+          throw Error(std::string(e.what()) + "; the checkpoint of step " + std::to_string(step) +
+                      " was not written, the last complete one is " + last_checkpoint_or_none());
+        }
+        if (rank0)
+          log_checkpoint(dir, std::chrono::duration<double>(std::chrono::steady_clock::now() - saving).count());
+        world_.barrier();
+        if (rank0) publish_latest(out_dir_, step, keep);
       }
-      if (rank0) log_checkpoint(dir, std::chrono::duration<double>(std::chrono::steady_clock::now() - saving).count());
-      world_.barrier();
-      if (rank0) publish_latest(out_dir_, step, keep);
     }
     if (stop) {
+      wait_for_save();
       const int signo = args_.stop->received();
       if (rank0)
         log_->info("stopped by {} after step {} of {}: checkpoint written; `weft train ... --resume` continues",
@@ -443,7 +462,26 @@ void RankTrainer::run() {
       return;
     }
   }
+  wait_for_save();
   if (rank0) log_summary(start);
+}
+
+// Waits for the checkpoint being written in the background (checkpoint.async;
+// rank 0), then every rank goes on together; its failure stops the run.
+void RankTrainer::wait_for_save() {
+  std::string failure;
+  if (pending_save_.valid()) {
+    try {
+      pending_save_.get();
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+  }
+  if (!failure.empty())
+    throw Error(failure + "; the checkpoint of step " + std::to_string(pending_step_) +
+                " was not written, the last complete one is " + last_checkpoint_or_none());
+  if (pending_step_ > 0) world_.barrier();
+  pending_step_ = 0;
 }
 
 // Whether any rank received a stop signal (all agree: a max over the world,

@@ -551,6 +551,32 @@ run -- train "$TINY" --set run.steps=4 --set "run.out_dir=$TMP/full-disk" --resu
 expect_rc 0
 finish
 
+begin "checkpoint.async writes the same checkpoints while training goes on"
+run -- train "$TINY" --set run.steps=6 --set checkpoint.interval=2 --set checkpoint.async=true --set parallel.data=2 \
+  --set "run.out_dir=$TMP/async"
+expect_rc 0
+expect_no_crash
+run -- train "$TINY" --set run.steps=6 --set checkpoint.interval=2 --set parallel.data=2 --set "run.out_dir=$TMP/sync"
+expect_rc 0
+for s in 2 4 6; do
+  for f in model.safetensors optimizer.safetensors meta.json; do
+    cmp -s "$TMP/async/checkpoints/step_$s/$f" "$TMP/sync/checkpoints/step_$s/$f" || problem "step_$s/$f differs"
+  done
+done
+[ "$(cat "$TMP/async/checkpoints/latest")" = "step_6" ] || problem "latest is not step_6"
+finish
+
+begin "a failed async save leaves the previous checkpoint intact and says so"
+(trap '' XFSZ; ulimit -f 4096; exec "$WEFT" train "$TINY" --set run.steps=8 --set checkpoint.interval=2 \
+  --set checkpoint.async=true --set "run.out_dir=$TMP/async" --resume) >"$OUT" 2>"$ERR" </dev/null
+rc=$?
+expect_rc 2
+expect_one_error_line
+expect_err_has "write failed" "the checkpoint of step 8 was not written, the last complete one is $TMP/async/checkpoints/step_6"
+[ "$(cat "$TMP/async/checkpoints/latest")" = "step_6" ] || problem "latest moved"
+ls -d "$TMP"/async/checkpoints/*tmp* >/dev/null 2>&1 && problem "a temporary folder was left behind"
+finish
+
 # ---- pipeline parallelism ------------------------------------------------------------------------
 
 refuse "more pipeline stages than blocks" "$TINY" --set parallel.pipeline=8 -- \
