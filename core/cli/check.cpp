@@ -144,6 +144,14 @@ int cmd_check(const RecipeArgs& args) {
               recipe.world, s.tp, s.pp, s.dp, s.ep, static_cast<long long>(recipe.options("batch").get_int("micro")),
               static_cast<long long>(recipe.options("batch").get_int("global")),
               static_cast<long long>(recipe.grad_accum));
+  // The origin page's form: WorldSize = TP x PP x DP x EP holds with DP read as
+  // the expert-data-parallel size dp / ep (experts split over ep ranks inside dp).
+  std::printf("# WorldSize = TP x PP x DP x EP: %d = %d x %d x %d x %d, DP = data / expert = %d / %d "
+              "(expert-data-parallel size); GradAccum = GlobalBatch / (MicroBatch x data) = %lld / (%lld x %d) = %lld\n",
+              recipe.world, s.tp, s.pp, s.dp / s.ep, s.ep, s.dp, s.ep,
+              static_cast<long long>(recipe.options("batch").get_int("global")),
+              static_cast<long long>(recipe.options("batch").get_int("micro")), s.dp,
+              static_cast<long long>(recipe.grad_accum));
   const int shown = std::min(recipe.world, 64);
   for (int r = 0; r < shown; ++r) std::printf("#   %s\n", make_topology(recipe.world, r, s).describe().c_str());
   if (shown < recipe.world) std::printf("#   ... %d more ranks\n", recipe.world - shown);

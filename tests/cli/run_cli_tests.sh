@@ -598,7 +598,9 @@ expect_no_crash
 expect_out_has "# pipeline: 2 stages x 1 model chunk, schedule 1f1b, 4 microbatches per step" \
   "#   stage 0: layers 0-2 (embedding, blocks 0-1)" "#   stage 1: layers 3-5 (blocks 2-3, head)" \
   "#   stage 0 | F0 F1 .  .  B0 B0 F2 B1 B1 F3 B2 B2 .  B3 B3" \
-  "#   stage 1 | .  F0 B0 B0 F1 B1 B1 F2 B2 B2 F3 B3 B3 .  ." "# pipeline bubble: 20.0% of stage time idle"
+  "#   stage 1 | .  F0 B0 B0 F1 B1 B1 F2 B2 B2 F3 B3 B3 .  ." "# pipeline bubble: 20.0% of stage time idle" \
+  "# WorldSize = TP x PP x DP x EP: 8 = 2 x 2 x 2 x 1, DP = data / expert = 2 / 1" \
+  "GradAccum = GlobalBatch / (MicroBatch x data) = 8 / (1 x 2) = 4"
 finish
 
 # ---- train, eval, generate, and damaged inputs to them ------------------------------------------
