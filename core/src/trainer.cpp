@@ -14,6 +14,7 @@
 #include "run_dir.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
+#include "step_timers.hpp"
 #include "weft/dataset.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/metrics.hpp"
@@ -67,6 +68,8 @@ class RankTrainer {
   std::shared_ptr<spdlog::logger> log_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   double last_loss_ = 0;  // of the last logged step (the last step is always logged)
+  StepTimers timers_;
+  double peak_tflops_ = 0;  // per rank: backend.peak_tflops, else the measured GEMM rate
 
   ModelStack stack_;
   std::unique_ptr<Communicator> tp_comm_, pp_comm_, dp_comm_;
@@ -132,6 +135,9 @@ void RankTrainer::build() {
   lr_schedule_ = std::move(parts.lr_schedule);
   dp_ = std::move(parts.dp);
   dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
+  const Options& be = recipe_.options("backend");
+  peak_tflops_ = be.has("peak_tflops") ? be.get_float("peak_tflops") : 0;
+  if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(*stack_.backend);
   host_tokens_.resize(seq_ + 1);
   host_ids_.resize(micro_ * seq_);
   host_targets_.resize(micro_ * seq_);
@@ -202,6 +208,9 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
               {"lr", lr},
               {"grad_norm", grad_norm},
               {"tokens_per_s", static_cast<double>(global_ * seq_) / step_s},
+              {"mfu", model_flops_utilization(static_cast<double>(global_ * seq_) / step_s,
+                                              static_cast<double>(stack_.model->summary().flops_per_token),
+                                              peak_tflops_, world_.size())},
               {"step_ms", step_s * 1e3},
               {"mem_param_bytes", peak(MemCategory::Param)},
               {"mem_grad_bytes", peak(MemCategory::Grad)},
@@ -209,6 +218,7 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
               {"mem_act_bytes", peak(MemCategory::Activation)},
               {"mem_workspace_bytes", peak(MemCategory::Workspace)},
               {"comm_bytes", static_cast<double>(comm)}};
+  for (auto& field : timers_.fields()) r.values.push_back(field);
   return r;
 }
 
@@ -296,6 +306,7 @@ void RankTrainer::run() {
   for (int64_t step = start + 1; step <= steps_; ++step) {
     auto t0 = std::chrono::steady_clock::now();
     int64_t comm0 = comm_total();
+    timers_.begin_step(StepPhase::Backward);  // clearing the gradients belongs to the backward
     zero_grads(stack_.flat, *stack_.backend);
 
     ScheduleStep s;
@@ -310,17 +321,23 @@ void RankTrainer::run() {
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
-      if (stack_.layers->grad_sums_over_tp(p)) tp_comm_->all_reduce(p.grad, ReduceOp::Sum)->wait();
+      if (stack_.layers->grad_sums_over_tp(p)) {
+        PhaseScope wait(&timers_, StepPhase::Comm);
+        tp_comm_->all_reduce(p.grad, ReduceOp::Sum)->wait();
+      }
       dp_->grad_ready(p);
     };
-    double loss_sum = run_pipeline_ops(s, ops);
+    double loss_sum = run_pipeline_ops(s, ops, &timers_);
+    timers_.enter(StepPhase::Comm);  // gradient reductions still in flight, the norm
     sum_tied_grads();
 
     double norm = std::sqrt(sum_over(*pp_comm_, sum_over(*tp_comm_, dp_->finish_reduction())));
     double clip = optimizer_->clip_grad_norm();
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
     double lr = lr_schedule_->lr(step);
+    timers_.enter(StepPhase::Optimizer);
     dp_->step(lr, grad_scale, step);
+    timers_.enter(StepPhase::Comm);
 
     // Mean loss over every token of the global batch: the last stage's, summed over dp ranks.
     float partial = static_cast<float>(loss_sum);
@@ -331,6 +348,7 @@ void RankTrainer::run() {
     stack_.backend->copy_to_host(&total, loss_buf);
     double loss = static_cast<double>(total) / static_cast<double>(global_ * seq_);
     stack_.backend->synchronize();
+    timers_.end_step();
     double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!std::isfinite(loss)) log_->warn("step {}: loss is {}", step, loss);
 
@@ -351,6 +369,8 @@ void RankTrainer::run() {
       if (rank0) publish_latest(out_dir_, step, keep);
     }
   }
+  if (recipe_.options("log").get_bool("timers"))
+    log_timer_summary(timers_, steps_ - start, world_, *stack_.backend, *log_);
   if (rank0) log_summary(start);
 }
 
