@@ -1,4 +1,5 @@
-// Observability pieces on their own: the console line and its warnings, MFU.
+// Observability pieces on their own: the console line and its warnings, the
+// TensorBoard record framing against CRC-32C's published check value, MFU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -6,6 +7,7 @@
 
 #include "console_sink.hpp"
 #include "step_timers.hpp"
+#include "tb_events.hpp"
 
 namespace {
 
@@ -47,6 +49,34 @@ TEST(ConsoleLine, WarnsOnNanLossAndOnSpikes) {
     r.values = {{"loss", s == 4 ? 1e6 : 1.0}};
     EXPECT_EQ(quiet.warning(r), "");
   }
+}
+
+TEST(TensorboardRecords, Crc32cMatchesTheCheckValue) {
+  // CRC-32C/ISCSI check value from the CRC catalogue: CRC of "123456789".
+  EXPECT_EQ(weft::tb::crc32c("123456789", 9), 0xE3069283u);
+  // RFC 3720 B.4: 32 bytes of zeros.
+  const char zeros[32] = {};
+  EXPECT_EQ(weft::tb::crc32c(zeros, 32), 0x8A9136AAu);
+}
+
+TEST(TensorboardRecords, FramingRoundTripsAndATornTailIsDropped) {
+  const std::string a = weft::tb::scalars_event(1.5, 7, {{"loss", 2.5}});
+  const std::string b = weft::tb::scalars_event(2.5, 8, {{"loss", 2.25}, {"lr", 1e-3}});
+  std::string file = weft::tb::record(weft::tb::file_version_event(1.0)) + weft::tb::record(a) + weft::tb::record(b);
+  // Length 8 bytes little-endian, then its masked CRC.
+  uint64_t len = 0;
+  std::memcpy(&len, file.data(), 8);
+  EXPECT_EQ(len, weft::tb::file_version_event(1.0).size());
+  auto recs = weft::tb::read_records(file);
+  ASSERT_EQ(recs.size(), 3u);
+  EXPECT_EQ(recs[1], a);
+  EXPECT_EQ(weft::tb::parse_event(recs[2]).step, 8);
+  EXPECT_TRUE(weft::tb::parse_event(recs[2]).has_summary);
+  EXPECT_FALSE(weft::tb::parse_event(recs[0]).has_summary);
+  file.resize(file.size() - 3);  // a crash mid-write
+  EXPECT_EQ(weft::tb::read_records(file).size(), 2u);
+  file[20] ^= 1;  // a flipped bit in the first record's data
+  EXPECT_EQ(weft::tb::read_records(file).size(), 0u);
 }
 
 TEST(Mfu, HandComputedForTheTinyGpt) {
