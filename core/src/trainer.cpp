@@ -276,7 +276,7 @@ void RankTrainer::run() {
   }
   world_.barrier();
   // Sinks open their files only now, after a resume trimmed metrics.jsonl.
-  MetricsEnv menv{out_dir_, world_.rank(), world_.size()};
+  MetricsEnv menv{out_dir_, world_.rank(), world_.size(), start + 1};
   for (const RecipeSection& sec : recipe_.sections)
     if (sec.family == "metrics_sink") sinks_.push_back(registry_.factory<MetricsSink>(sec.plugin)(sec.options, menv));
 

@@ -52,6 +52,7 @@ TensorboardSink::TensorboardSink(const MetricsEnv& env) {
   file_ = std::fopen(path_.c_str(), "ab");
   if (!file_) throw Error("metrics tensorboard: cannot open '" + path_ + "' for writing: " + std::strerror(errno));
   append(tb::file_version_event(wall_time()));
+  carry_over_earlier_files(env.first_step);
 }
 
 TensorboardSink::~TensorboardSink() {
@@ -88,10 +89,6 @@ void TensorboardSink::carry_over_earlier_files(int64_t first_step) {
 
 void TensorboardSink::write(const MetricsRecord& record) {
   if (!file_) return;
-  if (!carried_) {
-    carried_ = true;
-    carry_over_earlier_files(record.step);
-  }
   append(tb::scalars_event(wall_time(), record.step, record.values));
 }
 

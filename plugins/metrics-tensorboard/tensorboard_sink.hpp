@@ -1,8 +1,8 @@
 // Metrics sink "tensorboard": every scalar of a metrics record (the fields of
 // metrics.jsonl) as a TensorBoard scalar at the record's step, in
 // <out_dir>/tensorboard/events.out.tfevents.<seconds>.<host>.<pid> (rank 0).
-// A resumed run appends without duplicated steps: before its first record at
-// step S it rewrites the folder's earlier event files into its own file,
+// A resumed run appends without duplicated steps: a run that starts at step
+// S first rewrites the folder's earlier event files into its own file,
 // keeping only the events before S (those after are the abandoned branch
 // that metrics.jsonl also drops).
 #pragma once
@@ -27,7 +27,6 @@ class TensorboardSink final : public MetricsSink {
 
   std::string dir_, path_;
   std::FILE* file_ = nullptr;
-  bool carried_ = false;
 };
 
 }  // namespace weft

@@ -167,6 +167,14 @@ try:
     events_equal_metrics(run, "resumed run")
     check(sorted(read_metrics(run)) == list(range(1, 9)), "metrics.jsonl holds steps 1..8 once")
 
+    # Resumed with a coarser log interval: the abandoned step 4 must go although the first new record is step 5.
+    runb = os.path.join(tmp, "b")
+    r = weft("train", RECIPE, "--set", "run.steps=6", "--set", "run.out_dir=" + runb, *common)
+    r = weft("train", RECIPE, "--resume=" + os.path.join(runb, "checkpoints", "step_3"), "--set", "run.steps=8",
+             "--set", "run.out_dir=" + runb, *common, "--set", "log.interval=5")
+    check(r.returncode == 0 and sorted(read_metrics(runb)) == [1, 2, 3, 5, 8], "resume at log.interval 5")
+    events_equal_metrics(runb, "resumed at log.interval 5")
+
     # MFU by hand: gpt-tiny is L=4, C=128, T=64, byte vocabulary 257 padded to 320.
     L, C, T, Vp = 4, 128, 64, 320
     params = Vp * C + T * C + L * (12 * C * C + 13 * C) + 2 * C
