@@ -95,7 +95,7 @@ int run(int argc, char** argv) {
   std::vector<std::string> plot_dirs;
   std::string plot_out = "plot.svg";
   plot->add_option("run_dir", plot_dirs, "run folders (each with metrics.jsonl)")->required();
-  plot->add_option("-o,--output", plot_out, "the SVG file to write")->capture_default_str();
+  plot->add_option("-o,--output", plot_out, "the SVG file to write (a .png name: a PNG, through rsvg-convert)")->capture_default_str();
 
   try {
     app.parse(argc, argv);

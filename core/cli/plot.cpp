@@ -1,10 +1,12 @@
-// `weft plot RUN_DIR... [-o FILE.svg]`: one SVG with a panel per metric
-// (loss, val_loss, lr, grad_norm, tokens/s) against step, every run a
+// `weft plot RUN_DIR... [-o FILE.svg|FILE.png]`: one SVG with a panel per
+// metric (loss, val_loss, lr, grad_norm, tokens/s) against step, every run a
 // coloured line in each panel, named in the legend by its folder.
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -194,16 +196,46 @@ std::string render_svg(const std::vector<Run>& runs) {
   return s + "</svg>\n";
 }
 
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// A .png output is the SVG rasterised by rsvg-convert (Debian's librsvg2-bin)
+// where it is installed; weft itself links no image library.
+void write_png(const std::string& svg, const std::string& out) {
+  if (std::system("command -v rsvg-convert >/dev/null 2>&1") != 0)
+    throw Error(out + ": a PNG needs rsvg-convert (Debian package librsvg2-bin); write an .svg instead");
+  const std::string cmd = "rsvg-convert -f png -o " + shell_quote(out) + " 2>/dev/null";
+  // A converter that dies early must end in an error message, not SIGPIPE (the command exits right after).
+  std::signal(SIGPIPE, SIG_IGN);
+  std::FILE* pipe = popen(cmd.c_str(), "w");
+  if (!pipe) throw Error(out + ": cannot start rsvg-convert: " + std::strerror(errno));
+  const bool sent = std::fwrite(svg.data(), 1, svg.size(), pipe) == svg.size();
+  if (pclose(pipe) != 0 || !sent) {
+    std::error_code ec;
+    fs::remove(out, ec);  // not an SVG under a .png name
+    throw Error(out + ": rsvg-convert could not write the PNG");
+  }
+}
+
 }  // namespace
 
 int cmd_plot(const std::vector<std::string>& run_dirs, const std::string& out) {
   std::vector<Run> runs;
   for (const std::string& dir : run_dirs) runs.push_back(read_run(dir));
   const std::string svg = render_svg(runs);
+  // Opened here first in both cases, so an unwritable path gets the same message.
   std::FILE* f = std::fopen(out.c_str(), "wb");
   if (!f) throw Error(out + ": cannot write the plot: " + std::strerror(errno));
   const bool ok = std::fwrite(svg.data(), 1, svg.size(), f) == svg.size();
   if (std::fclose(f) != 0 || !ok) throw Error(out + ": cannot write the plot: " + std::strerror(errno));
+  if (ends_with(out, ".png")) write_png(svg, out);
   std::printf("%s: %zu runs, %zu panels\n", out.c_str(), runs.size(), std::size(kPanels));
   return 0;
 }

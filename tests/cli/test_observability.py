@@ -235,6 +235,11 @@ try:
                 for p in root.iter(ns + "polyline") if p.get("data-metric") == "loss"}
     check(n_points == {"a": 8, "dp2": 4}, "loss lines have one point per logged step %s" % n_points)
 
+    if shutil.which("rsvg-convert"):
+        png = os.path.join(tmp, "cmp.png")
+        r = weft("plot", run, run2, "-o", png)
+        check(r.returncode == 0 and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n", "weft plot -o x.png writes a PNG")
+
     # Bad input: exit 2 and the path (and line).
     empty = os.path.join(tmp, "empty")
     os.makedirs(empty)
