@@ -10,4 +10,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libtomlplusplus-dev libspdlog-dev libboost-dev libboost-filesystem-dev libcli11-dev nlohmann-json3-dev \
   libopenblas-dev libgtest-dev libopenmpi-dev openmpi-bin \
   python3 python3-torch python3-numpy libjemalloc2 \
-  fortunes >/dev/null
+  fortunes librsvg2-bin >/dev/null

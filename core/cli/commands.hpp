@@ -32,6 +32,8 @@ int cmd_plugins(const std::string& name);
 int cmd_check(const RecipeArgs& args);
 int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite);
 int cmd_eval(const std::vector<std::string>& checkpoints, const std::string& text_file);
+// Writes an SVG of the runs' metrics.jsonl curves to `out`.
+int cmd_plot(const std::vector<std::string>& run_dirs, const std::string& out);
 int cmd_generate(const std::string& checkpoint, const std::string& prompt, int tokens, double temperature,
                  int top_k, long long seed);
 

@@ -1,4 +1,4 @@
-// weft: train, check, plugins, eval, generate. Refused input (weft::Error,
+// weft: train, check, plugins, eval, generate, plot. Refused input (weft::Error,
 // usage errors) prints one line and exits 2; anything else exits 1.
 #include <CLI/CLI.hpp>
 #include <malloc.h>
@@ -90,6 +90,13 @@ int run(int argc, char** argv) {
       ->check(CLI::Range(0, 1 << 30));
   generate->add_option("--seed", seed, "sampling seed")->capture_default_str();
 
+  CLI::App* plot = app.add_subcommand("plot", "SVG of loss, val_loss, lr, grad norm and tokens/s against step, "
+                                               "several runs overlaid");
+  std::vector<std::string> plot_dirs;
+  std::string plot_out = "plot.svg";
+  plot->add_option("run_dir", plot_dirs, "run folders (each with metrics.jsonl)")->required();
+  plot->add_option("-o,--output", plot_out, "the SVG file to write (a .png name: a PNG, through rsvg-convert)")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -109,6 +116,7 @@ int run(int argc, char** argv) {
   if (check->parsed()) return weft::cli::cmd_check(recipe_args);
   if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);
   if (eval->parsed()) return weft::cli::cmd_eval(eval_checkpoints, text_file);
+  if (plot->parsed()) return weft::cli::cmd_plot(plot_dirs, plot_out);
   if (generate->parsed()) return weft::cli::cmd_generate(checkpoint, prompt, tokens, temperature, top_k, seed);
   return 2;
 }

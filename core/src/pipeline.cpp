@@ -6,6 +6,7 @@
 #include <set>
 #include <tuple>
 
+#include "step_timers.hpp"
 #include "weft/error.hpp"
 #include "weft/schedule.hpp"
 
@@ -205,6 +206,10 @@ int message_tag(int mb, int j, int J, bool backward) {
 }  // namespace
 
 double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops) {
+  return run_pipeline_ops(step, ops, nullptr);
+}
+
+double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops, StepTimers* timers) {
   Backend& be = *step.backend;
   std::vector<Module*> layers = step.model->layers();
   PipelinePlan single;
@@ -238,6 +243,7 @@ double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops) 
   };
   auto receive = [&](int peer, int tag) {
     Tensor buf = be.alloc_uninitialized(step.activation_shape, DType::F32, MemCategory::Activation);
+    PhaseScope wait(timers, StepPhase::Bubble);  // the neighbour has not sent it yet
     pp->recv(buf, peer, tag)->wait();
     return buf;
   };
@@ -245,6 +251,7 @@ double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops) 
   for (const PipelineOp& op : ops) {
     const PipelineChunk& chunk = plan.at(stage, op.chunk);
     const int j = op.chunk * S + stage;
+    PhaseScope phase(timers, op.kind == OpKind::Forward ? StepPhase::Forward : StepPhase::Backward);
     InFlight& f = microbatch(op.microbatch);
     Context& ctx = *f.ctx;
     if (op.kind == OpKind::Forward) {
@@ -266,7 +273,10 @@ double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops) 
       }
     }
   }
-  for (auto& [work, buf] : sends) work->wait();
+  {
+    PhaseScope wait(timers, StepPhase::Comm);
+    for (auto& [work, buf] : sends) work->wait();
+  }
   WEFT_ASSERT(live.empty(), "pipeline: microbatches left without a backward");
   return loss_sum;
 }

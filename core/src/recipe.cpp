@@ -575,6 +575,7 @@ const OptionSchema& core_schema(const std::string& section) {
                                 "until it is written; a second save waits for the first)")};
     m["log"] = {opt_int("interval", 1, "steps between metrics records", 1, 1e12),
                 opt_strings("sinks", {"console", "jsonl"}, "metrics sinks (plugins of family metrics_sink)"),
+                opt_bool("timers", false, "log each rank's time per step phase (min/max over ranks) at the end"),
                 opt_string("level", "info", "log level", {"trace", "debug", "info", "warn", "error"})};
     m["plugins"] = {opt_paths("paths", {}, "extra folders whose *.so files are plugin candidates")};
     return m;

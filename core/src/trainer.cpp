@@ -16,6 +16,7 @@
 #include "run_dir.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
+#include "step_timers.hpp"
 #include "weft/dataset.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/metrics.hpp"
@@ -75,6 +76,8 @@ class RankTrainer {
   std::shared_ptr<spdlog::logger> log_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   double last_loss_ = 0;  // of the last logged step (the last step is always logged)
+  StepTimers timers_;
+  double peak_tflops_ = 0;  // per rank: backend.peak_tflops, else the measured GEMM rate
 
   ModelStack stack_;
   std::unique_ptr<Communicator> tp_comm_, pp_comm_, dp_comm_;
@@ -144,6 +147,9 @@ void RankTrainer::build() {
   lr_schedule_ = std::move(parts.lr_schedule);
   dp_ = std::move(parts.dp);
   dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
+  const Options& be = recipe_.options("backend");
+  peak_tflops_ = be.has("peak_tflops") ? be.get_float("peak_tflops") : 0;
+  if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(*stack_.backend);
   host_tokens_.resize(seq_ + 1);
   host_ids_.resize(micro_ * seq_);
   host_targets_.resize(micro_ * seq_);
@@ -214,6 +220,9 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
               {"lr", lr},
               {"grad_norm", grad_norm},
               {"tokens_per_s", static_cast<double>(global_ * seq_) / step_s},
+              {"mfu", model_flops_utilization(static_cast<double>(global_ * seq_) / step_s,
+                                              static_cast<double>(stack_.model->summary().flops_per_token),
+                                              peak_tflops_, world_.size())},
               {"step_ms", step_s * 1e3},
               {"mem_param_bytes", peak(MemCategory::Param)},
               {"mem_grad_bytes", peak(MemCategory::Grad)},
@@ -224,6 +233,7 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
   for (const auto& kv : moe_metrics_) r.values.push_back(kv);
   if (recipe_.options("run").get_string("on_nan") == "skip")
     r.values.push_back({"skipped_steps", static_cast<double>(skipped_steps_)});
+  for (auto& field : timers_.fields()) r.values.push_back(field);
   return r;
 }
 
@@ -341,7 +351,7 @@ void RankTrainer::run() {
   }
   world_.barrier();
   // Sinks open their files only now, after a resume trimmed metrics.jsonl.
-  MetricsEnv menv{out_dir_, world_.rank(), world_.size()};
+  MetricsEnv menv{out_dir_, world_.rank(), world_.size(), start + 1};
   for (const RecipeSection& sec : recipe_.sections)
     if (sec.family == "metrics_sink") sinks_.push_back(registry_.factory<MetricsSink>(sec.plugin)(sec.options, menv));
 
@@ -371,6 +381,7 @@ void RankTrainer::run() {
   for (int64_t step = start + 1; step <= steps_; ++step) {
     auto t0 = std::chrono::steady_clock::now();
     int64_t comm0 = comm_total();
+    timers_.begin_step(StepPhase::Backward);  // clearing the gradients belongs to the backward
     zero_grads(stack_.flat, *stack_.backend);
 
     ScheduleStep s;
@@ -385,12 +396,16 @@ void RankTrainer::run() {
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
-      if (stack_.layers->grad_sums_over_tp(p)) tp_comm_->all_reduce(p.grad, ReduceOp::Sum)->wait();
+      if (stack_.layers->grad_sums_over_tp(p)) {
+        PhaseScope wait(&timers_, StepPhase::Comm);
+        tp_comm_->all_reduce(p.grad, ReduceOp::Sum)->wait();
+      }
       dp_->grad_ready(p);
     };
     std::map<std::string, double> stats;
     s.stats = &stats;
-    double loss_sum = run_pipeline_ops(s, ops);
+    double loss_sum = run_pipeline_ops(s, ops, &timers_);
+    timers_.enter(StepPhase::Comm);  // gradient reductions still in flight, the norm
     sum_tied_grads();
     if (summary.moe_layers > 0) reduce_moe_stats(stats);
 
@@ -408,11 +423,15 @@ void RankTrainer::run() {
     stack_.backend->copy_to_host(&total, loss_buf);
     double loss = static_cast<double>(total) / static_cast<double>(global_ * seq_);
     // Loss and norm are the same on every rank, so every rank takes the same branch.
-    if (std::isfinite(loss) && std::isfinite(norm))
+    if (std::isfinite(loss) && std::isfinite(norm)) {
+      timers_.enter(StepPhase::Optimizer);
       dp_->step(lr, grad_scale, step);
-    else
+      timers_.enter(StepPhase::Comm);
+    } else {
       skip_or_stop(step, loss, norm);
+    }
     stack_.backend->synchronize();
+    timers_.end_step();
     double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     if (step % log_interval == 0 || step == steps_) {
@@ -463,6 +482,8 @@ void RankTrainer::run() {
     }
   }
   wait_for_save();
+  if (recipe_.options("log").get_bool("timers"))
+    log_timer_summary(timers_, steps_ - start, world_, *stack_.backend, *log_);
   if (rank0) log_summary(start);
 }
 

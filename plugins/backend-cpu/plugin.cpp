@@ -15,7 +15,9 @@ void register_cpu(weft::Registry& r) {
        weft::opt_string("kernels", "auto",
                         "auto: AVX2 + FMA kernels where the CPU has them; generic: baseline x86-64 loops only "
                         "(slower, for checking)",
-                        {"auto", "generic"})},
+                        {"auto", "generic"}),
+       weft::opt_float("peak_tflops", 0.0,
+                       "peak TFLOP/s of one rank that mfu is measured against; 0 = the measured fp32 GEMM rate", 0.0)},
       "CPU backend: OpenBLAS GEMM and multithreaded kernels",
       [](const weft::Options& o, const weft::BackendEnv& env) -> std::unique_ptr<weft::Backend> {
         int threads = static_cast<int>(o.get_int("threads"));

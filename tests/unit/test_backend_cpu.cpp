@@ -934,7 +934,9 @@ TEST(CpuBackendPlugin, RegistersBackendCpu) {
     weft::Registry registry;
     info->register_factories(registry);
     const weft::FactoryRecord& rec = registry.get("backend", "cpu");
-    ASSERT_EQ(rec.schema.size(), 2u);
+    ASSERT_EQ(rec.schema.size(), 3u);
+    EXPECT_EQ(rec.schema[2].key, "peak_tflops");
+    EXPECT_EQ(std::get<double>(rec.schema[2].default_value), 0.0);
     EXPECT_EQ(rec.schema[1].key, "kernels");
     EXPECT_EQ(std::get<std::string>(rec.schema[1].default_value), "auto");
     EXPECT_EQ(rec.schema[1].choices, (std::vector<std::string>{"auto", "generic"}));

@@ -488,7 +488,7 @@ TEST(MetricsConsole, ProgressLine) {
   r.step = 12;
   r.total_steps = 50;
   r.values = {{"loss", 4.12341}, {"lr", 6e-4}, {"grad_norm", 1.2341}, {"tokens_per_s", 12345.2}, {"step_ms", 1000.0}};
-  EXPECT_EQ(sink.format(r), "step 12/50 | loss 4.1234 | lr 6.0e-04 | grad_norm 1.234 | 12345 tok/s | 1000.0 ms | ETA 0:38");
+  EXPECT_EQ(sink.format(r), "step 12/50 | loss 4.1234 | lr 6.0e-04 | gnorm 1.234 | 12345 tok/s | 1000.0 ms | ETA 0:38");
   // The ETA uses the mean step time so far: (1000 + 3000) / 2 ms for 37 steps = 74 s.
   r.step = 13;
   r.values = {{"step_ms", 3000.0}};

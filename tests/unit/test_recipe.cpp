@@ -446,7 +446,7 @@ TEST(RecipeOverride, PluginKeyOfACoreSection) {
   EXPECT_TRUE(starts_with(msg, "--set run.plugin=x: run.plugin: unknown key")) << msg;
   // The same key in the file is refused that way already.
   std::string q = d.write("q.toml", kMinimal + "plugin = \"x\"\n");
-  EXPECT_EQ(error_of(q), q + ":13:1: run.plugin: unknown key; keys: name, seed, steps, out_dir");
+  EXPECT_EQ(error_of(q), q + ":13:1: run.plugin: unknown key; keys: name, seed, steps, out_dir, on_nan, stop_signals");
 }
 
 struct OverrideCase {
@@ -536,7 +536,7 @@ TEST(RecipeRefusal, Table) {
       {"unknown top-level key", "stpes = 3\n" + kMinimal, "@:1:1: unknown section [stpes]"},
       {"unknown key with hint", kMinimal + "[batch]\nmicor = 2\n", "@:14:1: batch.micor: unknown key (did you mean 'micro'?)"},
       {"unknown key listing keys", kMinimal + "[checkpoint]\nfrequency = 2\n",
-       "@:14:1: checkpoint.frequency: unknown key; keys: interval, keep, resume"},
+       "@:14:1: checkpoint.frequency: unknown key; keys: interval, keep, resume, async"},
       {"unknown key of a plugin", kModel + "dropout = 0.1\n" + kData, "@:7:1: model.dropout: unknown key..."},
       {"key of an option-less plugin", kMinimal + "[precision]\nplugin = \"fp32\"\nloss_scale = 2\n",
        "@:15:1: precision.loss_scale: unknown key; this section takes no options"},

@@ -34,6 +34,7 @@ struct MetricsEnv {
   std::string out_dir;  // run.out_dir
   int rank = 0;
   int world = 1;
+  int64_t first_step = 1;  // the first step this run trains: a resumed run's checkpoint step + 1
 };
 
 template <>

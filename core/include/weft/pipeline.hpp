@@ -19,6 +19,7 @@ namespace weft {
 
 struct ScheduleStep;
 class Model;
+class StepTimers;
 struct Param;
 
 struct PipelineChunk {
@@ -76,5 +77,8 @@ PipelineTimeline simulate_pipeline(const PipelinePlan& plan, const std::vector<s
 // Runs this rank's ops for one step; returns the sum of per-token losses it
 // computed (on the rank of the last virtual stage; 0 elsewhere).
 double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops);
+// The same, charging forward, backward and waits on a neighbouring stage
+// (the bubble) to `timers` (the trainer's; core only).
+double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops, StepTimers* timers);
 
 }  // namespace weft
