@@ -131,10 +131,10 @@ def preprocess_matches(name, tmp, toml, texts, ref, eot, code):
 
 
 def speed(name, args, english):
-    # The best of three runs: the machine may be shared, and the floor is about the code.
+    # CPU seconds, the best of three runs: the machine may be shared, and the floor is about the code.
     result = max((tool(args + [english]) for _ in range(3)), key=lambda r: r["mb_per_s"])
     mbs = result["mb_per_s"]
-    check(f"{name}: {mbs:.1f} MB/s encoding {result['bytes'] / 1e6:.1f} MB of English on one thread "
+    check(f"{name}: {mbs:.1f} MB/s encoding {result['bytes'] / 1e6:.1f} MB of English on one core "
           f"(floor {MIN_MB_PER_S})", mbs >= MIN_MB_PER_S or os.environ.get("WEFT_SKIP_SPEED"), result)
 
 
