@@ -138,28 +138,28 @@ def speed(name, args, english):
           f"(floor {MIN_MB_PER_S})", mbs >= MIN_MB_PER_S or os.environ.get("WEFT_SKIP_SPEED"), result)
 
 
-def train_gpt2(tmp, enc, bpe):
-    """examples/gpt-megatron.toml with the gpt2 tokenizer: preprocess, train, the loss falls, val_loss logged."""
+def train_on(name, tmp, tok, steps, drop):
+    """examples/gpt-megatron.toml with another tokenizer (`tok`: --set flags): preprocess its corpus,
+    train, the loss falls by `drop` and val_loss is logged at the middle and the last step."""
     recipe_path = os.path.join(SRC, "examples", "gpt-megatron.toml")
-    tok = ["--set", "tokenizer.plugin=gpt2", "--set", f"tokenizer.vocab_file={enc}", "--set",
-           f"tokenizer.merge_file={bpe}"]
-    prefix = os.path.join(tmp, "docs-gpt2")
+    prefix = os.path.join(tmp, "docs-" + name)
     r = run([WEFT, "preprocess", recipe_path, *tok, "--input", os.path.join(SRC, "examples", "data", "weft-docs.jsonl"),
              "--output-prefix", prefix, "--append-eod"])
     if r.returncode != 0:
-        check("gpt2: preprocess the example corpus", False, r.stderr)
+        check(f"{name}: preprocess the example corpus", False, r.stderr)
         return
-    out = os.path.join(tmp, "run-gpt2")
+    out = os.path.join(tmp, "run-" + name)
     r = run([WEFT, "train", recipe_path, *tok, "--set", f"data.paths={prefix}", "--set", f"run.out_dir={out}",
-             "--set", "run.steps=40", "--set", "eval.interval=20", "--set", "log.interval=5"])
+             "--set", f"run.steps={steps}", "--set", f"eval.interval={steps // 2}", "--set", "eval.iters=1",
+             "--set", "log.interval=1"])
     if r.returncode != 0:
-        check("gpt2: train on the preprocessed corpus", False, r.stderr[-400:])
+        check(f"{name}: train on the preprocessed corpus", False, r.stderr[-400:])
         return
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     val = [x["val_loss"] for x in records if "val_loss" in x]
-    check(f"gpt2: gpt-megatron trains on its gpt2-preprocessed corpus, loss {records[0]['loss']:.2f} -> "
-          f"{records[-1]['loss']:.2f}, val_loss {', '.join(f'{v:.2f}' for v in val)}",
-          len(val) == 2 and records[-1]["loss"] < records[0]["loss"] - 1.0 and val[1] < val[0])
+    check(f"{name}: gpt-megatron trains {steps} steps on its {name}-preprocessed corpus, loss "
+          f"{records[0]['loss']:.2f} -> {records[-1]['loss']:.2f}, val_loss {', '.join(f'{v:.2f}' for v in val)}",
+          len(val) == 2 and records[-1]["loss"] < records[0]["loss"] - drop and val[1] < val[0])
 
 
 def malformed_hf(tmp):
@@ -263,7 +263,9 @@ def main():
         speed("gpt2 speed", ["speed-gpt2", enc, bpe], english)
         speed("hf (Qwen3) speed", ["speed-hf", qwen_json], english)
 
-        train_gpt2(tmp, enc, bpe)
+        train_on("gpt2", tmp, ["--set", "tokenizer.plugin=gpt2", "--set", f"tokenizer.vocab_file={enc}",
+                               "--set", f"tokenizer.merge_file={bpe}"], 40, 1.0)
+        train_on("qwen3", tmp, ["--set", "tokenizer.plugin=hf", "--set", f"tokenizer.file={qwen_json}"], 6, 0.2)
         r = run([WEFT, "check", recipe(tmp, f'plugin = "gpt2"\nvocab_file = "{bpe}"\nmerge_file = "{bpe}"')])
         check("gpt2 refuses a vocab_file that is not JSON, naming it", r.returncode == 2 and "vocab.bpe" in r.stderr
               and len(r.stderr.strip().splitlines()) == 1, r.stderr)
