@@ -57,13 +57,20 @@ Splitter::~Splitter() { pcre2_code_free(code_); }
 
 void Splitter::split(std::string_view text, std::vector<std::string_view>& pieces) const {
   pieces.clear();
-  pcre2_match_data* match = pcre2_match_data_create_from_pattern(code_, nullptr);
+  std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> match(
+      pcre2_match_data_create_from_pattern(code_, nullptr), pcre2_match_data_free);
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t at = 0, kept = 0;  // next search start; end of the text handed out so far
   while (at < text.size()) {
-    const int rc = pcre2_match(code_, subject, text.size(), at, 0, match, nullptr);
-    if (rc < 0) break;  // no further match (or a matching limit): the rest is kept below
-    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(match);
+    const int rc = pcre2_match(code_, subject, text.size(), at, 0, match.get(), nullptr);
+    if (rc == PCRE2_ERROR_NOMATCH) break;  // the rest is kept below
+    if (rc < 0) {  // a matching or JIT stack limit: refuse rather than tokenize differently
+      PCRE2_UCHAR message[256];
+      pcre2_get_error_message(rc, message, sizeof message);
+      throw Error("pre-tokenizer regex: " + std::string(reinterpret_cast<const char*>(message)) + " at byte " +
+                  std::to_string(at) + " of a " + std::to_string(text.size()) + "-byte text");
+    }
+    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(match.get());
     if (ov[0] > kept) pieces.push_back(text.substr(kept, ov[0] - kept));  // bytes no match took (invalid UTF-8)
     if (ov[1] > ov[0]) pieces.push_back(text.substr(ov[0], ov[1] - ov[0]));
     kept = std::max<size_t>(kept, ov[1]);
@@ -71,7 +78,6 @@ void Splitter::split(std::string_view text, std::vector<std::string_view>& piece
     at = ov[1] > ov[0] ? ov[1] : ov[0] + utf8_length(static_cast<unsigned char>(text[ov[0]]));
   }
   if (kept < text.size()) pieces.push_back(text.substr(kept));
-  pcre2_match_data_free(match);
 }
 
 Model::Model(std::unordered_map<std::string, int32_t> vocab,

@@ -253,6 +253,13 @@ def main():
         compare("hf (Qwen3 tokenizer.json)", qtexts, mine, ref, lambda t: unicodedata.normalize("NFC", t))
         preprocess_matches("qwen3", tmp, f'plugin = "hf"\nfile = "{qwen_json}"', qtexts, ref, 151643, 4)
 
+        raw = os.path.join(tmp, "raw.bin")
+        with open(raw, "wb") as f:  # invalid UTF-8 between text: kept byte by byte
+            f.write(b"ok \xff\xfe bytes \xc3( caf\xc3\xa9 \xed\xa0\x80 " + bytes(random.Random(3).randrange(256) for _ in range(5000)))
+        for kind, args in (("gpt2", ["raw-gpt2", enc, bpe]), ("hf", ["raw-hf", qwen_json])):
+            got = tool(args + [raw])
+            check(f"{kind}: {got['tokens']} tokens of 5 kB with invalid UTF-8 decode to the same bytes", got["same"], got)
+
         english = os.path.join(tmp, "english.txt")
         with open(english, "w", encoding="utf-8") as out:
             sources = sorted(glob.glob("/usr/share/games/fortunes/*.u8")) or \

@@ -5,6 +5,7 @@
 //   tokenize_tool hf TOKENIZER_JSON TEXTS_JSON
 //   tokenize_tool speed-gpt2 ENCODER_JSON VOCAB_BPE TEXT_FILE   (MB/s of one file, one thread, CPU time)
 //   tokenize_tool speed-hf TOKENIZER_JSON TEXT_FILE
+//   tokenize_tool raw-gpt2 ... FILE, raw-hf ... FILE: decode(encode(bytes)) == bytes for a file of any bytes
 #include <ctime>
 #include <cstdio>
 #include <fstream>
@@ -30,12 +31,12 @@ std::string slurp(const std::string& path) {
 
 std::unique_ptr<weft::Tokenizer> make(int argc, char** argv, int& next) {
   const std::string kind = argv[1];
-  if ((kind == "gpt2" || kind == "speed-gpt2") && argc == 5) {
+  if ((kind == "gpt2" || kind == "speed-gpt2" || kind == "raw-gpt2") && argc == 5) {
     next = 4;
     return std::make_unique<weft::Gpt2Tokenizer>(argv[2], argv[3]);
   }
 #if WEFT_HAVE_HF
-  if ((kind == "hf" || kind == "speed-hf") && argc == 4) {
+  if ((kind == "hf" || kind == "speed-hf" || kind == "raw-hf") && argc == 4) {
     next = 3;
     return std::make_unique<weft::HfTokenizer>(argv[2]);
   }
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
     int next = 0;
     auto tok = make(argc, argv, next);
     if (!tok) {
-      std::fprintf(stderr, "usage: tokenize_tool gpt2|hf|speed-gpt2|speed-hf FILES... INPUT\n");
+      std::fprintf(stderr, "usage: tokenize_tool gpt2|hf|speed-*|raw-* FILES... INPUT\n");
       return 1;
     }
     const std::string input = slurp(argv[next]);
@@ -62,6 +63,11 @@ int main(int argc, char** argv) {
       const double s = static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
       std::printf("{\"bytes\": %zu, \"tokens\": %zu, \"seconds\": %.4f, \"mb_per_s\": %.2f}\n", input.size(),
                   ids.size(), s, static_cast<double>(input.size()) / 1e6 / s);
+      return 0;
+    }
+    if (std::string(argv[1]).rfind("raw", 0) == 0) {  // any bytes, UTF-8 or not: does decode give them back?
+      const auto ids = tok->encode(input);
+      std::printf("{\"tokens\": %zu, \"same\": %s}\n", ids.size(), tok->decode(ids) == input ? "true" : "false");
       return 0;
     }
     const auto texts = nlohmann::json::parse(input);
