@@ -34,6 +34,15 @@ int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir
 int cmd_eval(const std::vector<std::string>& checkpoints, const std::string& text_file);
 // Writes an SVG of the runs' metrics.jsonl curves to `out`.
 int cmd_plot(const std::vector<std::string>& run_dirs, const std::string& out);
+// weft preprocess: JSON lines to a Megatron indexed dataset (preprocess.cpp).
+struct PreprocessArgs {
+  std::string input, output_prefix, json_key = "text";
+  bool append_eod = false;
+  int workers = 0;  // 0: every core
+};
+int cmd_preprocess(const RecipeArgs& args, const PreprocessArgs& pre);
+// weft data: the recipe's data counts and samples (data_cmd.cpp).
+int cmd_data(const RecipeArgs& args, const std::vector<long long>& samples, bool json);
 int cmd_generate(const std::string& checkpoint, const std::string& prompt, int tokens, double temperature,
                  int top_k, long long seed);
 

@@ -1,4 +1,4 @@
-// weft: train, check, plugins, eval, generate, plot. Refused input (weft::Error,
+// weft: train, check, plugins, eval, generate, plot, preprocess, data. Refused input (weft::Error,
 // usage errors) prints one line and exits 2; anything else exits 1.
 #include <CLI/CLI.hpp>
 #include <malloc.h>
@@ -96,6 +96,23 @@ int run(int argc, char** argv) {
   std::string plot_out = "plot.svg";
   plot->add_option("run_dir", plot_dirs, "run folders (each with metrics.jsonl)")->required();
   plot->add_option("-o,--output", plot_out, "the SVG file to write (a .png name: a PNG, through rsvg-convert)")->capture_default_str();
+  CLI::App* preprocess = app.add_subcommand("preprocess", "tokenize JSON lines into a Megatron indexed dataset "
+                                                           "(PREFIX.bin + PREFIX.idx) with the recipe's tokenizer");
+  add_recipe(preprocess, true);
+  weft::cli::PreprocessArgs pre;
+  preprocess->add_option("--input", pre.input, "JSON-lines file, one document per line")->required();
+  preprocess->add_option("--output-prefix", pre.output_prefix, "writes PREFIX.bin and PREFIX.idx")->required();
+  preprocess->add_option("--json-key", pre.json_key, "the key holding each document's text")->capture_default_str();
+  preprocess->add_flag("--append-eod", pre.append_eod, "end each document with the tokenizer's end-of-text token");
+  preprocess->add_option("--workers", pre.workers, "tokenizing threads (0 = every core)")->check(CLI::Range(0, 1024));
+
+  CLI::App* data = app.add_subcommand("data", "the recipe's data: documents, tokens, samples per epoch, and "
+                                               "samples as ids and text");
+  add_recipe(data, true);
+  std::vector<long long> data_samples;
+  bool data_json = false;
+  data->add_option("--sample", data_samples, "print sample I of the training order (repeatable)")->take_all();
+  data->add_flag("--json", data_json, "print JSON lines");
 
   try {
     app.parse(argc, argv);
@@ -118,6 +135,8 @@ int run(int argc, char** argv) {
   if (eval->parsed()) return weft::cli::cmd_eval(eval_checkpoints, text_file);
   if (plot->parsed()) return weft::cli::cmd_plot(plot_dirs, plot_out);
   if (generate->parsed()) return weft::cli::cmd_generate(checkpoint, prompt, tokens, temperature, top_k, seed);
+  if (preprocess->parsed()) return weft::cli::cmd_preprocess(recipe_args, pre);
+  if (data->parsed()) return weft::cli::cmd_data(recipe_args, data_samples, data_json);
   return 2;
 }
 

@@ -52,6 +52,7 @@ const SectionDef kSections[] = {
     {"parallel.expert_parallel", "expert_parallel", "alltoall", false},
     {"checkpoint", "", "", true},
     {"log", "", "", true},
+    {"eval", "", "", true},
     {"plugins", "", "", true},
 };
 
@@ -577,6 +578,8 @@ const OptionSchema& core_schema(const std::string& section) {
                 opt_strings("sinks", {"console", "jsonl"}, "metrics sinks (plugins of family metrics_sink)"),
                 opt_bool("timers", false, "log each rank's time per step phase (min/max over ranks) at the end"),
                 opt_string("level", "info", "log level", {"trace", "debug", "info", "warn", "error"})};
+    m["eval"] = {opt_int("interval", 0, "steps between validation losses (val_loss); 0 = none", 0, 1e12),
+                 opt_int("iters", 10, "global batches of the validation part per evaluation", 1, 1e9)};
     m["plugins"] = {opt_paths("paths", {}, "extra folders whose *.so files are plugin candidates")};
     return m;
   }();

@@ -41,6 +41,7 @@ void build_run_parts(RunParts& parts, const Recipe& recipe, const Registry& regi
   denv.seq_length = model.summary.seq_length;
   denv.seed = static_cast<uint64_t>(recipe.options("run").get_int("seed"));
   parts.dataset = registry.factory<Dataset>(recipe.plugin("data"))(recipe.options("data"), denv);
+  parts.eval = make_eval_plan(recipe, registry, denv);
 
   parts.optimizer = registry.factory<Optimizer>(recipe.plugin("optimizer"))(recipe.options("optimizer"));
   LrEnv lenv{parts.optimizer->base_lr(), recipe.options("run").get_int("steps")};

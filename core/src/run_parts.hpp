@@ -13,6 +13,7 @@
 #include "weft/model.hpp"
 #include "weft/optimizer.hpp"
 #include "weft/recipe.hpp"
+#include "validation.hpp"
 
 namespace weft {
 
@@ -27,6 +28,7 @@ struct RunParts {
   std::unique_ptr<Optimizer> optimizer;
   std::unique_ptr<LrSchedule> lr_schedule;
   std::unique_ptr<DataParallel> dp;
+  EvalPlan eval;  // [eval]: the validation part, when eval.interval > 0
 };
 
 // What of the model the run's parts depend on.

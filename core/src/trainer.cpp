@@ -17,6 +17,7 @@
 #include "runtime.hpp"
 #include "safetensors.hpp"
 #include "step_timers.hpp"
+#include "validation.hpp"
 #include "weft/dataset.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/metrics.hpp"
@@ -63,7 +64,8 @@ class RankTrainer {
   void reduce_moe_stats(const std::map<std::string, double>& stats);
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
-  void load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets);
+  void load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets);
+  double validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape, Tensor& loss_buf);
   MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
   double seconds_since_start() const;
   void log_summary(int64_t start) const;
@@ -85,6 +87,7 @@ class RankTrainer {
   // group): the tied embedding's two copies sum their gradients over it.
   std::unique_ptr<Communicator> embedding_comm_;
   std::unique_ptr<Dataset> dataset_;
+  EvalPlan eval_;  // [eval]: the validation part and how often to score it
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> lr_schedule_;
   std::unique_ptr<DataParallel> dp_;
@@ -146,6 +149,7 @@ void RankTrainer::build() {
   optimizer_ = std::move(parts.optimizer);
   lr_schedule_ = std::move(parts.lr_schedule);
   dp_ = std::move(parts.dp);
+  eval_ = std::move(parts.eval);
   dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
   const Options& be = recipe_.options("backend");
   peak_tflops_ = be.has("peak_tflops") ? be.get_float("peak_tflops") : 0;
@@ -193,10 +197,10 @@ void RankTrainer::sum_tied_grads() {
 
 // Step s (0-based) consumes samples [s*G, (s+1)*G) of the seeded order; dp rank
 // r takes the contiguous slice [r*micro*accum, (r+1)*micro*accum) of it.
-void RankTrainer::load_microbatch(int64_t step0, int mb, Tensor& ids, Tensor& targets) {
+void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets) {
   int64_t base = step0 * global_ + stack_.topology.coords.dp * micro_ * accum_ + mb * micro_;
   for (int64_t b = 0; b < micro_; ++b) {
-    dataset_->sample(base + b, host_tokens_.data());
+    data.sample(base + b, host_tokens_.data());
     std::copy(host_tokens_.begin(), host_tokens_.begin() + seq_, host_ids_.begin() + b * seq_);
     std::copy(host_tokens_.begin() + 1, host_tokens_.end(), host_targets_.begin() + b * seq_);
   }
@@ -392,7 +396,7 @@ void RankTrainer::run() {
     s.microbatches = static_cast<int>(accum_);
     s.activation_shape = activation_shape;
     s.dloss_scale = dloss_scale;
-    s.load = [&](int mb, Tensor& ids, Tensor& targets) { load_microbatch(step - 1, mb, ids, targets); };
+    s.load = [&](int mb, Tensor& ids, Tensor& targets) { load_microbatch(*dataset_, step - 1, mb, ids, targets); };
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
@@ -434,8 +438,12 @@ void RankTrainer::run() {
     timers_.end_step();
     double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-    if (step % log_interval == 0 || step == steps_) {
+    const bool evaluate = eval_.due(step, steps_);
+    const double val_loss = evaluate ? validation_loss(ops, activation_shape, loss_buf) : 0.0;
+    if (evaluate && rank0) log_->info("step {}: val_loss {:.4f}", step, val_loss);
+    if (step % log_interval == 0 || step == steps_ || evaluate) {
       MetricsRecord r = record(step, loss, lr, norm, step_s, comm_total() - comm0);
+      if (evaluate) r.values.emplace_back("val_loss", val_loss);
       for (auto& sink : sinks_) {
         sink->write(r);
         sink->flush();
@@ -516,6 +524,35 @@ bool RankTrainer::stop_requested() {
   float any = 0;
   stack_.backend->copy_to_host(&any, flag);
   return any > 0;
+}
+
+// The mean loss over eval.iters global batches of the validation part (the
+// same batches every time, so evaluations compare). The schedule runs as in
+// training, backward included; the gradients are discarded.
+double RankTrainer::validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape,
+                                    Tensor& loss_buf) {
+  double loss_sum = 0;
+  for (int64_t k = 0; k < eval_.iters; ++k) {
+    ScheduleStep s;
+    s.model = stack_.model.get();
+    s.backend = stack_.backend.get();
+    s.parallel = &stack_.parallel;
+    s.plan = &stack_.plan;
+    s.microbatches = static_cast<int>(accum_);
+    s.activation_shape = activation_shape;
+    s.dloss_scale = 1.0f / static_cast<float>(global_ * seq_);
+    s.load = [&](int mb, Tensor& ids, Tensor& targets) { load_microbatch(*eval_.dataset, k, mb, ids, targets); };
+    s.on_grad_ready = [](Param&) {};
+    loss_sum += run_pipeline_ops(s, ops);
+  }
+  zero_grads(stack_.flat, *stack_.backend);
+  float partial = static_cast<float>(loss_sum);
+  stack_.backend->copy_from_host(loss_buf, &partial);
+  if (pp_comm_->size() > 1) pp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
+  dp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
+  float total = 0;
+  stack_.backend->copy_to_host(&total, loss_buf);
+  return static_cast<double>(total) / static_cast<double>(eval_.iters * global_ * seq_);
 }
 
 }  // namespace

