@@ -264,7 +264,17 @@ ModelSummary GptModel::summary() const {
 }
 
 std::unique_ptr<Model> make_gpt(const Options& options, const ModelEnv& env) {
-  return std::make_unique<GptModel>(gpt_config(options, env.vocab_size, env.layers), env.layers);
+  GptConfig config = gpt_config(options, env.vocab_size, env.layers);
+  const int ep = env.parallel && env.parallel->topology ? env.parallel->topology->sizes.ep : 1;
+  if (config.moe_experts > 0 && ep > 1) {
+    if (config.moe_experts % ep != 0)
+      options.fail("moe_experts", "moe_experts " + std::to_string(config.moe_experts) +
+                                      " is not divisible by parallel.expert " + std::to_string(ep));
+    options.fail("moe_experts", "expert parallelism (parallel.expert " + std::to_string(ep) +
+                                    ") is not available in this version: every rank holds all " +
+                                    std::to_string(config.moe_experts) + " experts (set parallel.expert = 1)");
+  }
+  return std::make_unique<GptModel>(config, env.layers);
 }
 
 }  // namespace weft::gpt

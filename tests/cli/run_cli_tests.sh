@@ -580,6 +580,11 @@ expect_err_has "write failed" "the checkpoint of step 8 was not written, the las
 ls -d "$TMP"/async/checkpoints/*tmp* >/dev/null 2>&1 && problem "a temporary folder was left behind"
 finish
 
+refuse "moe_experts not divisible by parallel.expert" "$SRC/examples/gpt-moe.toml" --set parallel.data=3 \
+  --set parallel.expert=3 --set batch.global=6 -- "model.moe_experts: moe_experts 8 is not divisible by parallel.expert 3"
+refuse "expert parallelism of an MoE model" "$SRC/examples/gpt-moe.toml" --set parallel.data=2 --set parallel.expert=2 -- \
+  "model.moe_experts: expert parallelism (parallel.expert 2) is not available in this version"
+
 # ---- pipeline parallelism ------------------------------------------------------------------------
 
 refuse "more pipeline stages than blocks" "$TINY" --set parallel.pipeline=8 -- \
