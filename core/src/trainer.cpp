@@ -65,7 +65,9 @@ class RankTrainer {
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
   void load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets);
-  double validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape, Tensor& loss_buf);
+  double validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape);
+  ScheduleStep schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape);
+  double mean_loss(double loss_sum, int64_t batches);
   MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
   double seconds_since_start() const;
   void log_summary(int64_t start) const;
@@ -368,7 +370,6 @@ void RankTrainer::run() {
   const int64_t log_interval = recipe_.options("log").get_int("interval");
   const int64_t ckpt_interval = recipe_.options("checkpoint").get_int("interval");
   const int64_t keep = recipe_.options("checkpoint").get_int("keep");
-  const float dloss_scale = 1.0f / static_cast<float>(global_ * seq_);
   // Activations between stages: [micro, T, C], or this rank's T/tp slice under sequence parallelism.
   const int64_t local_t = stack_.layers->sequence_parallel() ? seq_ / stack_.layers->tp_size() : seq_;
   const Shape activation_shape{micro_, local_t, summary.hidden};
@@ -377,7 +378,6 @@ void RankTrainer::run() {
   auto is_tied = [&](const Param& p) {
     return std::find(tied_names_.begin(), tied_names_.end(), p.name) != tied_names_.end();
   };
-  Tensor loss_buf = stack_.backend->alloc({1}, DType::F32, MemCategory::Workspace);
   auto comm_total = [&] {
     return world_.bytes_sent() + tp_comm_->bytes_sent() + pp_comm_->bytes_sent() + dp_comm_->bytes_sent();
   };
@@ -388,15 +388,7 @@ void RankTrainer::run() {
     timers_.begin_step(StepPhase::Backward);  // clearing the gradients belongs to the backward
     zero_grads(stack_.flat, *stack_.backend);
 
-    ScheduleStep s;
-    s.model = stack_.model.get();
-    s.backend = stack_.backend.get();
-    s.parallel = &stack_.parallel;
-    s.plan = &stack_.plan;
-    s.microbatches = static_cast<int>(accum_);
-    s.activation_shape = activation_shape;
-    s.dloss_scale = dloss_scale;
-    s.load = [&](int mb, Tensor& ids, Tensor& targets) { load_microbatch(*dataset_, step - 1, mb, ids, targets); };
+    ScheduleStep s = schedule_step(*dataset_, step - 1, activation_shape);
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
@@ -418,14 +410,7 @@ void RankTrainer::run() {
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
     double lr = lr_schedule_->lr(step);
 
-    // Mean loss over every token of the global batch: the last stage's, summed over dp ranks.
-    float partial = static_cast<float>(loss_sum);
-    stack_.backend->copy_from_host(loss_buf, &partial);
-    if (pp_comm_->size() > 1) pp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
-    dp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
-    float total = 0;
-    stack_.backend->copy_to_host(&total, loss_buf);
-    double loss = static_cast<double>(total) / static_cast<double>(global_ * seq_);
+    const double loss = mean_loss(loss_sum, 1);
     // Loss and norm are the same on every rank, so every rank takes the same branch.
     if (std::isfinite(loss) && std::isfinite(norm)) {
       timers_.enter(StepPhase::Optimizer);
@@ -439,7 +424,7 @@ void RankTrainer::run() {
     double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     const bool evaluate = eval_.due(step, steps_);
-    const double val_loss = evaluate ? validation_loss(ops, activation_shape, loss_buf) : 0.0;
+    const double val_loss = evaluate ? validation_loss(ops, activation_shape) : 0.0;
     if (evaluate && rank0) log_->info("step {}: val_loss {:.4f}", step, val_loss);
     if (step % log_interval == 0 || step == steps_ || evaluate) {
       MetricsRecord r = record(step, loss, lr, norm, step_s, comm_total() - comm0);
@@ -529,30 +514,35 @@ bool RankTrainer::stop_requested() {
 // The mean loss over eval.iters global batches of the validation part (the
 // same batches every time, so evaluations compare). The schedule runs as in
 // training, backward included; the gradients are discarded.
-double RankTrainer::validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape,
-                                    Tensor& loss_buf) {
+double RankTrainer::validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape) {
   double loss_sum = 0;
   for (int64_t k = 0; k < eval_.iters; ++k) {
-    ScheduleStep s;
-    s.model = stack_.model.get();
-    s.backend = stack_.backend.get();
-    s.parallel = &stack_.parallel;
-    s.plan = &stack_.plan;
-    s.microbatches = static_cast<int>(accum_);
-    s.activation_shape = activation_shape;
-    s.dloss_scale = 1.0f / static_cast<float>(global_ * seq_);
-    s.load = [&](int mb, Tensor& ids, Tensor& targets) { load_microbatch(*eval_.dataset, k, mb, ids, targets); };
+    ScheduleStep s = schedule_step(*eval_.dataset, k, activation_shape);
     s.on_grad_ready = [](Param&) {};
     loss_sum += run_pipeline_ops(s, ops);
   }
   zero_grads(stack_.flat, *stack_.backend);
-  float partial = static_cast<float>(loss_sum);
-  stack_.backend->copy_from_host(loss_buf, &partial);
-  if (pp_comm_->size() > 1) pp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
-  dp_comm_->all_reduce(loss_buf, ReduceOp::Sum)->wait();
-  float total = 0;
-  stack_.backend->copy_to_host(&total, loss_buf);
-  return static_cast<double>(total) / static_cast<double>(eval_.iters * global_ * seq_);
+  return mean_loss(loss_sum, eval_.iters);
+}
+
+// The schedule's inputs for global batch `batch` of `data` (the training or the validation part).
+ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape) {
+  ScheduleStep s;
+  s.model = stack_.model.get();
+  s.backend = stack_.backend.get();
+  s.parallel = &stack_.parallel;
+  s.plan = &stack_.plan;
+  s.microbatches = static_cast<int>(accum_);
+  s.activation_shape = activation_shape;
+  s.dloss_scale = 1.0f / static_cast<float>(global_ * seq_);
+  s.load = [this, &data, batch](int mb, Tensor& ids, Tensor& targets) { load_microbatch(data, batch, mb, ids, targets); };
+  return s;
+}
+
+// This rank's sum of per-token losses (non-zero on the last stage) -> the mean
+// over every token of `batches` global batches: summed over stages, then data ranks.
+double RankTrainer::mean_loss(double loss_sum, int64_t batches) {
+  return sum_over(*dp_comm_, sum_over(*pp_comm_, loss_sum)) / static_cast<double>(batches * global_ * seq_);
 }
 
 }  // namespace
