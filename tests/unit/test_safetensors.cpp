@@ -3,6 +3,8 @@
 // path and the offset.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -39,6 +41,47 @@ std::string with_header(const std::string& json, const std::string& data) {
   uint64_t n = json.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(n >> (8 * i));
   return out + json + data;
+}
+
+// ---- safetensors offsets, sizes and shapes -------------------------------------------------
+
+TEST(SafetensorsHostile, RefusesWrappingOverlappingAndFractionalEntries) {
+  const std::string data(16, '\x01');
+  struct Case {
+    const char* name;
+    std::string header;
+    const char* expect;
+  };
+  const std::vector<Case> cases = {
+      // The header is padded to 200 bytes, so the data starts at 208: offsets 2^64 - 208 and
+      // 2^64 - 200 wrap around to 0 and 8, the first 8 bytes of the file.
+      {"wrap", R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[18446744073709551408,18446744073709551416]}})",
+       "tensor 'x'"},
+      {"overlap",
+       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+       "overlaps"},
+      {"fractional offsets", R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0.5,8.5]}})", "tensor 'x'"},
+      {"fractional shape", R"({"x":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", "tensor 'x'"},
+      {"negative shape", R"({"x":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", "tensor 'x'"},
+      {"shape overflow",
+       R"({"x":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", "tensor 'x'"},
+      {"unknown dtype", R"({"x":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}})", "unknown dtype"},
+  };
+  for (const Case& c : cases) {
+    fs::path p = temp_file("hostile.safetensors");
+    write_bytes(p, with_header(c.header + std::string(200 - c.header.size(), ' '), data));
+    std::string err = error_of(p.string());
+    EXPECT_NE(err.find(p.string() + ": offset 8: "), std::string::npos) << c.name << ": " << err;
+    EXPECT_NE(err.find(c.expect), std::string::npos) << c.name << ": " << err;
+  }
+}
+
+TEST(SafetensorsHostile, RefusesAFifoWithoutBlocking) {
+  fs::path fifo = temp_file("fifo.safetensors");
+  fs::remove(fifo);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_NE(error_of(fifo.string()).find("FIFO"), std::string::npos);
+  fs::remove(fifo);
 }
 
 }  // namespace
