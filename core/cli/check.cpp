@@ -97,6 +97,26 @@ void print_first_block_shards(const Recipe& recipe, const Registry& registry) {
   if (shown < tp) std::printf("# ... %d more tensor-parallel ranks, shards of the same shapes\n", tp - shown);
 }
 
+// Which experts each ep rank holds, on which ranks, and where their gradients reduce.
+void print_experts(const Recipe& recipe, const ModelSummary& summary) {
+  if (summary.moe_experts == 0) return;
+  const ParallelSizes& s = recipe.sizes;
+  const int64_t per_rank = summary.moe_experts / s.ep;
+  std::string line;
+  for (int e = 0; e < s.ep; ++e) {
+    std::string ranks;
+    for (int r = 0; r < recipe.world && r < 64; ++r)
+      if (make_topology(recipe.world, r, s).coords.ep == e) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
+    line += std::string(e ? "; " : "") + "ep rank " + std::to_string(e) + " holds experts " +
+            std::to_string(e * per_rank) + "-" + std::to_string((e + 1) * per_rank - 1) + " on ranks [" + ranks + "]";
+  }
+  std::printf("# experts: %lld in each of %lld MoE blocks over expert %d: %s\n", static_cast<long long>(summary.moe_experts),
+              static_cast<long long>(summary.moe_layers), s.ep, line.c_str());
+  std::printf("#   expert gradients reduce over the %d ranks of an expert-data-parallel group (edp group), dense "
+              "gradients over the %d of the data-parallel group\n",
+              s.dp / s.ep, s.dp);
+}
+
 // Which layers each stage holds, and the schedule as a timeline (simulated:
 // a forward takes one time unit, a backward two) with its bubble fraction.
 void print_pipeline(const Recipe& recipe, const ModelEstimate& est) {
@@ -157,6 +177,7 @@ int cmd_check(const RecipeArgs& args) {
   if (shown < recipe.world) std::printf("#   ... %d more ranks\n", recipe.world - shown);
 
   ModelEstimate est = estimate_model(recipe, plugins.registry);
+  print_experts(recipe, est.summary);
   print_first_block_shards(recipe, plugins.registry);
   print_pipeline(recipe, est);
   std::printf("# parameters: %lld (%.3fM); this rank holds %lld\n", static_cast<long long>(est.summary.params),

@@ -102,6 +102,22 @@ std::vector<float> to_writer_stage(Backend& backend, const CheckpointGroups& g, 
   return to_host(backend, buf);
 }
 
+// Moves an expert's logical tensor from its ep rank to ep rank 0 of the same
+// stage over ep; returns it there (other tensors pass through).
+std::vector<float> to_ep_root(Backend& backend, const CheckpointGroups& g, const Param& p, bool stage_holds, int tag,
+                              std::vector<float> values, int64_t numel) {
+  if (!p.expert || p.ep_owner == 0 || !g.ep_collects || !stage_holds) return values;
+  Tensor buf = backend.alloc_uninitialized({numel}, DType::F32, MemCategory::Workspace);
+  if (g.ep_rank == p.ep_owner) {
+    backend.copy_from_host(buf, values.data());
+    g.ep->send(buf, 0, tag)->wait();
+    return {};
+  }
+  if (g.ep_rank != 0) return {};
+  g.ep->recv(buf, p.ep_owner, tag)->wait();
+  return to_host(backend, buf);
+}
+
 }  // namespace
 
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
@@ -157,10 +173,12 @@ std::function<std::string()> collect_checkpoint(const std::string& out_dir, cons
   for (size_t i = 0; i < all.size(); ++i) {
     Param* p = all[i];
     const int owner = g.owner_stage.empty() ? 0 : g.owner_stage[i];
-    const bool mine = owner == g.stage;
+    const bool stage_holds = owner == g.stage;
+    const bool mine = stage_holds && (!p->expert || p->ep_owner == g.ep_rank);
     const int64_t numel = shape_numel(p->full_shape);
     std::vector<float> values;
     if (mine) values = gather_logical(backend, g.tp, *p, to_host(backend, p->data));
+    values = to_ep_root(backend, g, *p, stage_holds, tag++ % 32749, std::move(values), numel);
     values = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(values), numel);
     if (writer) model_file->write(p->name, values);
     for (int s = 0; dp && s < state_slots; ++s) {
@@ -170,6 +188,7 @@ std::function<std::string()> collect_checkpoint(const std::string& out_dir, cons
         dp->read_state(*p, s, local.data());
         slot = gather_logical(backend, g.tp, *p, std::move(local));
       }
+      slot = to_ep_root(backend, g, *p, stage_holds, tag++ % 32749, std::move(slot), numel);
       slot = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(slot), numel);
       if (writer) state_file->write(p->name + ".slot" + std::to_string(s), slot);
     }

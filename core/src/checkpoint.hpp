@@ -32,6 +32,12 @@ struct CheckpointGroups {
   bool collects = true;           // in the writer's pp group (tp 0, dp 0): sends to / receives from it
   std::vector<Param*> all_params; // every parameter of the model, logical order; empty = flat.params
   std::vector<int> owner_stage;   // the stage that saves all_params[i]
+  // Expert parallelism: an expert's param (Param::ep_owner) first travels over
+  // the ep group to ep rank 0 among the ranks at tp 0 of the first
+  // expert-data-parallel group (`ep_collects`).
+  Communicator* ep = nullptr;
+  int ep_rank = 0;
+  bool ep_collects = false;
 };
 
 // Every rank calls it (optimizer state sharded over dp, tensors sharded over

@@ -38,6 +38,7 @@ struct MoeMLP::Routing {
   std::vector<int64_t> rows_of_expert;  // [E]
   std::vector<double> assigned_share;   // [E] f_i: share of the N k assignments (before drops)
   std::vector<float> y;                 // [R,C] expert outputs, unweighted
+  DispatchLayout layout;                // where the rows went (expert parallelism)
   double grad_scale = 0;                // weight of this microbatch's aux and z losses
 };
 
@@ -45,9 +46,36 @@ MoeMLP::MoeMLP(const MoeSpec& spec, LayerProvider& layers)
     : spec_(spec), router_(spec.name + ".router", spec.dim, spec.experts, /*bias=*/false, spec.init_std) {
   WEFT_ASSERT(spec.experts >= 1 && spec.top_k >= 1 && spec.top_k <= spec.experts,
               spec.name + ": top_k must be in 1..experts");
-  for (int64_t e = 0; e < spec.experts; ++e)
+  WEFT_ASSERT(spec.ep >= 1 && spec.experts % spec.ep == 0 && spec.ep_rank >= 0 && spec.ep_rank < spec.ep,
+              spec.name + ": experts must split evenly over the ep ranks");
+  for (int64_t e = 0; e < spec.experts; ++e) {
     experts_.push_back(std::make_unique<MLP>(spec.name + ".experts." + std::to_string(e), spec.dim, layers,
                                              spec.init_std, spec.proj_init_std));
+    std::vector<Param*> params;
+    experts_.back()->collect_params(params);
+    for (Param* p : params) {
+      p->expert = true;
+      p->ep_owner = static_cast<int>(e / local_experts());
+    }
+  }
+}
+
+// Without expert parallelism the rows stay where they are.
+DispatchLayout MoeMLP::plan(const std::vector<int64_t>& rows_of_expert) {
+  WEFT_ASSERT(spec_.ep == 1 || spec_.dispatcher, spec_.name + ": expert parallelism needs a dispatcher");
+  if (spec_.ep > 1) return spec_.dispatcher->plan(rows_of_expert);
+  DispatchLayout layout;
+  layout.experts = spec_.experts;
+  layout.counts = rows_of_expert;
+  return layout;
+}
+
+Tensor MoeMLP::to_experts(const DispatchLayout& layout, const Tensor& rows) {
+  return spec_.ep > 1 ? spec_.dispatcher->to_experts(layout, rows) : rows;
+}
+
+Tensor MoeMLP::to_tokens(const DispatchLayout& layout, const Tensor& rows) {
+  return spec_.ep > 1 ? spec_.dispatcher->to_tokens(layout, rows) : rows;
 }
 
 Tensor MoeMLP::forward(Context& ctx, const Tensor& x) {
@@ -115,13 +143,18 @@ Tensor MoeMLP::forward(Context& ctx, const Tensor& x) {
   for (int64_t i = 0; i < R; ++i) std::copy_n(xh.data() + r->row_token[i] * C, C, xg.data() + i * C);
   Tensor xd = to_device(be, {R, C}, xg, MemCategory::Activation);  // [R,C]
 
-  // Experts: one MLP (two GEMMs) each over its rows.
-  r->y.assign(R * C, 0.f);
-  for (int64_t e = 0, first = 0; e < E; first += r->rows_of_expert[e], ++e) {
-    const int64_t rows = r->rows_of_expert[e];
-    Tensor ye = experts_[e]->forward(ctx, xd.view(first * C, {rows, C}));  // [rows, C]
-    if (rows > 0) be.copy_to_host(r->y.data() + first * C, ye);
+  // Experts: the rows travel to their experts' ranks; each local expert runs
+  // one MLP (two GEMMs) over its rows [R',C]; the outputs come back [R,C].
+  r->layout = plan(r->rows_of_expert);
+  Tensor xe = to_experts(r->layout, xd);  // [R',C], kept by the experts' Linears
+  const std::vector<int64_t> local_rows = r->layout.local_rows();
+  Tensor ye_all = be.alloc_uninitialized({xe.dim(0), C}, DType::F32, MemCategory::Activation);
+  for (int64_t j = 0, first = 0; j < local_experts(); first += local_rows[j], ++j) {
+    const int64_t rows = local_rows[j];
+    Tensor ye = experts_[first_local() + j]->forward(ctx, xe.view(first * C, {rows, C}));  // [rows, C]
+    if (rows > 0) be.copy(ye_all.view(first * C, {rows, C}), ye);
   }
+  r->y = to_host(be, to_tokens(r->layout, ye_all));  // [R,C]
   // Combine: out[t] = sum over its kept slots of weight * y.
   std::vector<float> out(N * C, 0.f);
   for (int64_t i = 0; i < R; ++i) {
@@ -181,19 +214,22 @@ Tensor MoeMLP::backward(Context& ctx, const Tensor& dy) {
     }
     dweight[slot] = dot;
   }
-  Tensor dyd = to_device(be, {R, C}, dyg, MemCategory::Workspace);
-  std::vector<float> dx(N * C, 0.f);
-  for (int64_t e = E - 1, end = R; e >= 0; --e) {
-    const int64_t rows = r.rows_of_expert[e], first = end - rows;
-    Tensor dxe = experts_[e]->backward(ctx, dyd.view(first * C, {rows, C}));  // [rows, C]
-    if (rows > 0) {
-      std::vector<float> h = to_host(be, dxe);
-      for (int64_t i = 0; i < rows; ++i) {
-        float* o = dx.data() + r.row_token[first + i] * C;
-        for (int64_t c = 0; c < C; ++c) o[c] += h[i * C + c];
-      }
-    }
+  // The same journey as the forward's rows: to the experts [R',C], backward
+  // through each local expert (last first), the input gradients back [R,C].
+  Tensor dye = to_experts(r.layout, to_device(be, {R, C}, dyg, MemCategory::Workspace));
+  const std::vector<int64_t> local_rows = r.layout.local_rows();
+  Tensor dxe_all = be.alloc_uninitialized({dye.dim(0), C}, DType::F32, MemCategory::Workspace);
+  for (int64_t j = local_experts() - 1, end = dye.dim(0); j >= 0; --j) {
+    const int64_t rows = local_rows[j], first = end - rows;
+    Tensor dxe = experts_[first_local() + j]->backward(ctx, dye.view(first * C, {rows, C}));  // [rows, C]
+    if (rows > 0) be.copy(dxe_all.view(first * C, {rows, C}), dxe);
     end = first;
+  }
+  const std::vector<float> dxg = to_host(be, to_tokens(r.layout, dxe_all));  // [R,C]
+  std::vector<float> dx(N * C, 0.f);
+  for (int64_t i = 0; i < R; ++i) {
+    float* o = dx.data() + r.row_token[i] * C;
+    for (int64_t c = 0; c < C; ++c) o[c] += dxg[i * C + c];
   }
 
   // Gate: weights w_j = p_j / S over the top k  =>  dp_i = (dw_i - sum_j dw_j w_j) / S;

@@ -101,14 +101,19 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
   est.summary = model->summary();
   est.plan = plan_pipeline(recipe, *model, *schedule, &est.timeline);
   const int stage = topo.coords.pp;
-  for (const Param* p : stage_params(*model, est.plan, stage)) {
+  int64_t expert_params = 0;  // of local_params: reduced (and zero1-sharded) over dp / ep ranks only
+  for (const Param* p : rank_params(*model, est.plan, topo)) {
     est.local_params += shape_numel(p->shape);
+    if (p->expert && recipe.sizes.ep > 1) expert_params += shape_numel(p->shape);
     est.params.push_back({p->name, p->shape, p->full_shape, p->shard});
   }
   est.param_bytes = 4.0 * est.local_params;
   est.grad_bytes = 4.0 * est.local_params;
   est.has_experts = has_expert_params(model->params());
-  est.optim_bytes = 4.0 * est.local_params * optimizer->state_slots() * dp->optimizer_state_share(recipe.sizes.dp);
+  const int edp = recipe.sizes.dp / recipe.sizes.ep;
+  est.optim_bytes = 4.0 * optimizer->state_slots() *
+                    (static_cast<double>(est.local_params - expert_params) * dp->optimizer_state_share(recipe.sizes.dp) +
+                     static_cast<double>(expert_params) * dp->optimizer_state_share(edp));
   // The stage's share of the blocks' activations, times the microbatches its
   // schedule keeps in flight.
   int64_t blocks = 0;
@@ -157,6 +162,15 @@ std::vector<std::string> one_rank_options(const std::string& recipe_path) {
 
 }  // namespace
 
+std::vector<Param*> rank_params(Model& model, const PipelinePlan& plan, const Topology& topo,
+                                std::vector<Param*>* tied) {
+  std::vector<Param*> params = stage_params(model, plan, topo.coords.pp, tied);
+  if (topo.sizes.ep == 1) return params;
+  std::erase_if(params, [&](const Param* p) { return p->expert && p->ep_owner != topo.coords.ep; });
+  std::stable_partition(params.begin(), params.end(), [](const Param* p) { return !p->expert; });
+  return params;
+}
+
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env) {
   stack.parallel.topology = &stack.topology;
   stack.backend = make_backend(recipe, registry, env);
@@ -164,6 +178,9 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   stack.tokenizer = make_tokenizer(recipe, registry);
   stack.layers = registry.factory<LayerProvider>(recipe.plugin("parallel.tensor_parallel"))(
       recipe.options("parallel.tensor_parallel"), stack.parallel);
+  stack.dispatcher = registry.factory<Dispatcher>(recipe.plugin("parallel.expert_parallel"))(
+      recipe.options("parallel.expert_parallel"), stack.parallel);
+  stack.parallel.dispatcher = stack.dispatcher.get();
   ModelEnv menv;
   menv.vocab_size = stack.tokenizer->vocab_size();
   menv.seed = static_cast<uint64_t>(recipe.options("run").get_int("seed"));
@@ -174,7 +191,7 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
       recipe.options("parallel.pipeline_schedule"), stack.parallel);
   stack.plan = plan_pipeline(recipe, *stack.model, *stack.schedule);
   stack.tied.clear();
-  std::vector<Param*> params = stage_params(*stack.model, stack.plan, stack.topology.coords.pp, &stack.tied);
+  std::vector<Param*> params = rank_params(*stack.model, stack.plan, stack.topology, &stack.tied);
   for (Param* p : stack.tied) p->tied_copy = true;
   stack.flat = materialize_params(params, *stack.backend, menv.seed);
   stack.flat.count_replicated = stack.topology.coords.tp == 0;

@@ -48,6 +48,7 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
 
 #include "checkpoint.hpp"
 #include "weft/backend.hpp"
+#include "weft/expert.hpp"
 #include "weft/grad_sync.hpp"
 
 namespace weft {
@@ -66,12 +67,19 @@ struct ModelStack {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<LayerProvider> layers;
+  std::unique_ptr<Dispatcher> dispatcher;  // MoE rows over the ep group
   std::unique_ptr<Model> model;
   std::unique_ptr<PipelineSchedule> schedule;
   PipelinePlan plan;
   std::vector<Param*> tied;  // this stage's copies of parameters another stage owns (tied embedding)
   FlatParams flat;
 };
+
+// The params rank `topo` holds of a model cut into `plan`: its stage's, less
+// the experts other ep ranks hold; with expert parallelism the experts come
+// last (their gradients reduce over another group). `tied` as stage_params.
+std::vector<Param*> rank_params(Model& model, const PipelinePlan& plan, const Topology& topo,
+                                std::vector<Param*>* tied = nullptr);
 
 // `parallel` carries this rank's topology and group communicators (null for one rank).
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env);

@@ -21,7 +21,7 @@ std::string Topology::describe() const {
   return "rank " + std::to_string(rank) + ": tp " + std::to_string(coords.tp) + " pp " + std::to_string(coords.pp) +
          " dp " + std::to_string(coords.dp) + " ep " + std::to_string(coords.ep) + " | tp group " +
          group_str(tp_group) + " pp group " + group_str(pp_group) + " dp group " + group_str(dp_group) +
-         " ep group " + group_str(ep_group);
+         " ep group " + group_str(ep_group) + " edp group " + group_str(edp_group);
 }
 
 Topology make_topology(int world, int rank, const ParallelSizes& s) {

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "checkpoint.hpp"
+#include "expert_data_parallel.hpp"
 #include "logging.hpp"
 #include "run_parts.hpp"
 #include "stop_signals.hpp"
@@ -85,6 +86,9 @@ class RankTrainer {
 
   ModelStack stack_;
   std::unique_ptr<Communicator> tp_comm_, pp_comm_, dp_comm_;
+  // Expert parallelism: the ep group (dp ranks holding other experts) and the
+  // expert-data-parallel group (dp ranks holding the same experts).
+  std::unique_ptr<Communicator> ep_comm_, edp_comm_;
   // The first and last stage of this rank's pipeline (Megatron's embedding
   // group): the tied embedding's two copies sum their gradients over it.
   std::unique_ptr<Communicator> embedding_comm_;
@@ -115,12 +119,15 @@ void RankTrainer::build() {
   tp_comm_ = world_.split(topo.tp_group.front(), rank);
   pp_comm_ = world_.split(topo.pp_group.front(), rank);
   dp_comm_ = world_.split(topo.dp_group.front(), rank);
+  ep_comm_ = world_.split(topo.ep_group.front(), rank);
+  edp_comm_ = world_.split(topo.edp_group.front(), rank);
   const int stages = topo.sizes.pp;
   const bool end_stage = topo.coords.pp == 0 || topo.coords.pp == stages - 1;
   embedding_comm_ = world_.split(end_stage ? topo.pp_group.front() : recipe_.world + rank, rank);
   stack_.parallel.tp = tp_comm_.get();
   stack_.parallel.pp = pp_comm_.get();
   stack_.parallel.dp = dp_comm_.get();
+  stack_.parallel.ep = ep_comm_.get();
 
   BackendEnv env;
   env.rank = rank;
@@ -151,6 +158,12 @@ void RankTrainer::build() {
   optimizer_ = std::move(parts.optimizer);
   lr_schedule_ = std::move(parts.lr_schedule);
   dp_ = std::move(parts.dp);
+  if (topo.sizes.ep > 1 && facts.has_experts)  // a second instance of the strategy for the experts
+    dp_ = std::make_unique<ExpertDataParallel>(
+        std::move(dp_),
+        registry_.factory<DataParallel>(recipe_.plugin("parallel.data_parallel"))(
+            recipe_.options("parallel.data_parallel")),
+        edp_comm_.get(), ep_comm_.get());
   eval_ = std::move(parts.eval);
   dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
   const Options& be = recipe_.options("backend");
@@ -169,6 +182,9 @@ CheckpointGroups RankTrainer::checkpoint_groups() {
   g.pp = pp_comm_.get();
   g.stage = stack_.topology.coords.pp;
   g.collects = stack_.topology.coords.tp == 0 && stack_.topology.coords.dp == 0;
+  g.ep = ep_comm_.get();
+  g.ep_rank = stack_.topology.coords.ep;
+  g.ep_collects = stack_.topology.coords.tp == 0 && stack_.topology.coords.edp == 0;
   g.all_params = stack_.model->params();
   g.owner_stage = param_owner_stages(*stack_.model, stack_.plan);
   return g;
@@ -363,9 +379,9 @@ void RankTrainer::run() {
 
   ModelSummary summary = stack_.model->summary();
   if (rank0)
-    log_->info("{} parameters, world {} (tp {} pp {} dp {}), {} steps of {} samples x {} tokens, out_dir {}",
-               summary.params, recipe_.world, recipe_.sizes.tp, recipe_.sizes.pp, recipe_.sizes.dp, steps_, global_,
-               seq_, out_dir_);
+    log_->info("{} parameters, world {} (tp {} pp {} dp {} ep {}), {} steps of {} samples x {} tokens, out_dir {}",
+               summary.params, recipe_.world, recipe_.sizes.tp, recipe_.sizes.pp, recipe_.sizes.dp, recipe_.sizes.ep,
+               steps_, global_, seq_, out_dir_);
 
   const int64_t log_interval = recipe_.options("log").get_int("interval");
   const int64_t ckpt_interval = recipe_.options("checkpoint").get_int("interval");
@@ -379,7 +395,8 @@ void RankTrainer::run() {
     return std::find(tied_names_.begin(), tied_names_.end(), p.name) != tied_names_.end();
   };
   auto comm_total = [&] {
-    return world_.bytes_sent() + tp_comm_->bytes_sent() + pp_comm_->bytes_sent() + dp_comm_->bytes_sent();
+    return world_.bytes_sent() + tp_comm_->bytes_sent() + pp_comm_->bytes_sent() + dp_comm_->bytes_sent() +
+           ep_comm_->bytes_sent() + edp_comm_->bytes_sent();
   };
 
   for (int64_t step = start + 1; step <= steps_; ++step) {

@@ -89,9 +89,11 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size, const LayerProvider* 
   if (c.moe_experts > 0 && c.moe_top_k > c.moe_experts)
     o.fail("moe_top_k", "moe_top_k " + std::to_string(c.moe_top_k) + " exceeds moe_experts " +
                             std::to_string(c.moe_experts));
-  if (c.moe_experts > 0 && tp > 1)
-    o.fail("moe_experts", "mixture-of-experts blocks with parallel.tensor " + std::to_string(tp) +
-                              " are not available in this version (tensor = 1 only)");
+  // Under sequence parallelism each tp rank routes other tokens, while an
+  // expert's tp-sharded Linears need the same rows on every tp rank.
+  if (c.moe_experts > 0 && layers && layers->sequence_parallel())
+    o.fail("moe_experts", "mixture-of-experts blocks with sequence parallelism are not available in this version "
+                          "(set parallel.tensor_parallel.sequence_parallel = false)");
   const int64_t own_vocab = o.get_int("vocab_size");
   if (own_vocab != 0 && own_vocab < vocab_size)
     o.fail("vocab_size", "vocab_size " + std::to_string(own_vocab) + " is smaller than the tokenizer's vocabulary of " +
@@ -184,10 +186,16 @@ std::unique_ptr<Module> GptModel::moe_mlp(int64_t i, LayerProvider& layers, floa
   spec.z_loss_coef = c.moe_z_loss_coef;
   spec.init_std = c.init_std;
   spec.proj_init_std = proj_std;
+  if (parallel_ && parallel_->topology) {
+    spec.ep = parallel_->topology->sizes.ep;
+    spec.ep_rank = parallel_->topology->coords.ep;
+    spec.dispatcher = parallel_->dispatcher;
+  }
   return std::make_unique<nn::MoeMLP>(spec, layers);
 }
 
-GptModel::GptModel(const GptConfig& config, LayerProvider* layers) : config_(config) {
+GptModel::GptModel(const GptConfig& config, LayerProvider* layers, const ParallelEnv* parallel)
+    : config_(config), parallel_(parallel) {
   const GptConfig& c = config_;
   WEFT_ASSERT(c.layers >= 1 && c.hidden >= 1 && c.heads >= 1 && c.hidden % c.heads == 0 && c.seq_length >= 1,
               "gpt: invalid config");
@@ -238,6 +246,7 @@ ModelSummary GptModel::summary() const {
   for (int64_t i = 0; i < L; ++i) {
     if (!c.is_moe_block(i)) continue;
     ++s.moe_layers;
+    s.moe_experts = c.moe_experts;
     s.params += (c.moe_experts - 1) * mlp + c.moe_experts * C;
     s.flops_per_token += 6 * ((c.moe_top_k - 1) * mlp + c.moe_experts * C);
   }
@@ -266,15 +275,10 @@ ModelSummary GptModel::summary() const {
 std::unique_ptr<Model> make_gpt(const Options& options, const ModelEnv& env) {
   GptConfig config = gpt_config(options, env.vocab_size, env.layers);
   const int ep = env.parallel && env.parallel->topology ? env.parallel->topology->sizes.ep : 1;
-  if (config.moe_experts > 0 && ep > 1) {
-    if (config.moe_experts % ep != 0)
-      options.fail("moe_experts", "moe_experts " + std::to_string(config.moe_experts) +
-                                      " is not divisible by parallel.expert " + std::to_string(ep));
-    options.fail("moe_experts", "expert parallelism (parallel.expert " + std::to_string(ep) +
-                                    ") is not available in this version: every rank holds all " +
-                                    std::to_string(config.moe_experts) + " experts (set parallel.expert = 1)");
-  }
-  return std::make_unique<GptModel>(config, env.layers);
+  if (config.moe_experts > 0 && config.moe_experts % ep != 0)
+    options.fail("moe_experts", "moe_experts " + std::to_string(config.moe_experts) +
+                                    " is not divisible by parallel.expert " + std::to_string(ep));
+  return std::make_unique<GptModel>(config, env.layers, env.parallel);
 }
 
 }  // namespace weft::gpt

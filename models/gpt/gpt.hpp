@@ -86,7 +86,8 @@ class GptHead : public Module {
 class GptModel : public Model {
  public:
   // `layers` builds the attention/MLP Linears; null = plain serial Linears.
-  GptModel(const GptConfig& config, LayerProvider* layers);
+  // `parallel` places the experts of MoE blocks (null: one ep rank).
+  GptModel(const GptConfig& config, LayerProvider* layers, const ParallelEnv* parallel = nullptr);
 
   std::vector<Module*> layers() override;
   std::vector<Param*> params() override;
@@ -100,6 +101,7 @@ class GptModel : public Model {
  private:
   std::unique_ptr<Module> moe_mlp(int64_t i, LayerProvider& layers, float proj_std) const;
   GptConfig config_;
+  const ParallelEnv* parallel_ = nullptr;
   int tp_ = 1;
   bool sequence_parallel_ = false;
   nn::SerialLayerProvider serial_;  // used when no provider is given

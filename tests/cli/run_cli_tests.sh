@@ -582,8 +582,13 @@ finish
 
 refuse "moe_experts not divisible by parallel.expert" "$SRC/examples/gpt-moe.toml" --set parallel.data=3 \
   --set parallel.expert=3 --set batch.global=6 -- "model.moe_experts: moe_experts 8 is not divisible by parallel.expert 3"
-refuse "expert parallelism of an MoE model" "$SRC/examples/gpt-moe.toml" --set parallel.data=2 --set parallel.expert=2 -- \
-  "model.moe_experts: expert parallelism (parallel.expert 2) is not available in this version"
+refuse "moe_top_k above moe_experts" "$SRC/examples/gpt-moe.toml" --set model.moe_top_k=9 -- \
+  "model.moe_top_k: moe_top_k 9 exceeds moe_experts 8"
+refuse "expert size that does not divide data" "$SRC/examples/gpt-moe.toml" --set parallel.data=2 \
+  --set parallel.expert=4 -- "parallel.expert: expert 4 does not divide data 2"
+refuse "MoE blocks with sequence parallelism" "$SRC/examples/gpt-moe.toml" --set parallel.tensor=2 \
+  --set parallel.tensor_parallel.sequence_parallel=true -- \
+  "model.moe_experts: mixture-of-experts blocks with sequence parallelism are not available in this version"
 
 # ---- pipeline parallelism ------------------------------------------------------------------------
 

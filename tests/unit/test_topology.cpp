@@ -71,7 +71,7 @@ TEST(Topology, MegatronSixteenRankExample) {
   EXPECT_EQ(t.ep_group, (std::vector<int>{13}));
   EXPECT_EQ(t.edp_group, (std::vector<int>{13, 15}));
   EXPECT_EQ(t.describe(),
-            "rank 13: tp 1 pp 3 dp 0 ep 0 | tp group [12,13] pp group [1,5,9,13] dp group [13,15] ep group [13]");
+            "rank 13: tp 1 pp 3 dp 0 ep 0 | tp group [12,13] pp group [1,5,9,13] dp group [13,15] ep group [13] edp group [13,15]");
 }
 
 // world 8, tensor 2, data 4, expert 2: dp index d = ep + 2 * edp.

@@ -63,6 +63,8 @@ class LayerProvider {
   virtual bool grad_sums_over_tp(const Param& /*param*/) const { return false; }
 };
 
+class Dispatcher;  // weft/expert.hpp
+
 struct ParallelEnv {
   const Topology* topology = nullptr;
   Communicator* tp = nullptr;
@@ -70,6 +72,7 @@ struct ParallelEnv {
   Communicator* dp = nullptr;
   Communicator* ep = nullptr;
   Backend* backend = nullptr;
+  Dispatcher* dispatcher = nullptr;  // moves routed rows over ep (mixture-of-experts layers)
 };
 
 template <>

@@ -22,6 +22,7 @@ struct ModelSummary {
   int64_t seq_length = 0;
   int64_t hidden = 0;                 // C: activations between layers are [B,T,C]
   int64_t moe_layers = 0;             // blocks whose MLP is a mixture of experts (their stats are logged)
+  int64_t moe_experts = 0;            // experts E of each such block (split over the ep ranks)
   int64_t vocab = 0;                  // V: token ids are in [0, V) (the tokenizer's or larger)
   int64_t padded_vocab = 0;
 };

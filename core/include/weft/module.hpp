@@ -36,7 +36,8 @@ struct Param {
   float init_std = 0.02f;
   bool weight_decay = true;   // false for biases and norm weights
   bool tp_replicated = true;  // same values on every tp rank (false: a tp shard; see LayerProvider)
-  bool expert = false;        // sharded over ep
+  bool expert = false;        // an expert's: split over the ep group, reduced over expert-data-parallel
+  int ep_owner = 0;           // for an expert's param: the ep rank that holds it
   // > 0: dim 0 is a padded vocabulary of which the first vocab_rows rows are
   // real; a checkpoint padded differently (another tensor size) still loads.
   int64_t vocab_rows = 0;

@@ -13,14 +13,21 @@
 //            probability of i) and router z-loss b mean_t logsumexp(z_t)^2,
 //            each added to the objective once per microbatch with weight
 //            micro / global (the microbatch's share of the step)
+//   experts  split over the ep group (weft/expert.hpp): this rank runs experts
+//            [ep_rank E/ep, (ep_rank+1) E/ep) over the rows every ep rank
+//            routes to them; the Dispatcher moves rows there and back. The
+//            model declares all E (checkpoints name them all); only the local
+//            ones get storage.
 // Routing and the weighted combine run on the host (N x E and N x k values);
-// the expert GEMMs on the backend. Letters: N tokens, C width, E experts.
+// the expert GEMMs on the backend. Letters: N tokens, C width, E experts,
+// R routed rows of this rank's tokens, R' rows its experts receive.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "weft/expert.hpp"
 #include "weft/layers.hpp"
 #include "weft/module.hpp"
 #include "weft/nn.hpp"
@@ -36,6 +43,8 @@ struct MoeSpec {
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0;
   float init_std = 0.02f, proj_init_std = 0.02f;
+  int ep = 1, ep_rank = 0;           // expert-parallel size and this rank's place
+  Dispatcher* dispatcher = nullptr;  // required when ep > 1
 };
 
 class MoeMLP : public Module {
@@ -51,6 +60,11 @@ class MoeMLP : public Module {
 
  private:
   struct Routing;  // one microbatch's decisions, kept for backward
+  int64_t first_local() const { return spec_.ep_rank * (spec_.experts / spec_.ep); }
+  int64_t local_experts() const { return spec_.experts / spec_.ep; }
+  DispatchLayout plan(const std::vector<int64_t>& rows_of_expert);
+  Tensor to_experts(const DispatchLayout& layout, const Tensor& rows);
+  Tensor to_tokens(const DispatchLayout& layout, const Tensor& rows);
   MoeSpec spec_;
   Linear router_;                                 // C -> E
   std::vector<std::unique_ptr<MLP>> experts_;     // E of C -> 4C -> C
