@@ -503,6 +503,113 @@ TEST(MoeLayouts, DataAndPipelineMatchTheSingleRankRun) {
   }
 }
 
+// Expert parallelism: experts split over ep ranks inside the data-parallel
+// group. Each rank routes its own microbatches (routing and capacity act per
+// microbatch, on the token side), so at the same micro-batch size every
+// layout's losses, aux losses and expert loads equal the single-rank run's;
+// the experts' GEMMs see other rows together (a weight gradient sums the same
+// terms in another order), hence rel 1e-5 rather than bit equality.
+const std::vector<std::string>& moe_model() {
+  static const std::vector<std::string> m = {"model.moe_experts=8", "model.moe_top_k=2", "model.moe_every=2",
+                                             "model.moe_capacity_factor=1.0", "model.moe_z_loss_coef=0.001"};
+  return m;
+}
+
+// Elements of the logical tensors in `params` whose names contain ".experts." and of the others.
+std::pair<double, double> dense_and_expert_elements(const Tensors& params) {
+  double dense = 0, experts = 0;
+  for (const auto& [name, values] : params)
+    (name.find(".experts.") != std::string::npos ? experts : dense) += static_cast<double>(values.size());
+  return {dense, experts};
+}
+
+void expect_moe_run_matches(const TrainedRun& ref, const TrainedRun& run, const std::string& label) {
+  double loss_err = worst_loss_error(ref.metrics, run.metrics, 1), aux_err = 0, load_err = 0;
+  for (int s = 1; s <= kSteps; ++s) {
+    auto rel = [&](const char* key) {
+      const double a = ref.metrics.at(s)[key].get<double>(), b = run.metrics.at(s)[key].get<double>();
+      return std::abs(a - b) / std::max(std::abs(a), 1e-30);
+    };
+    aux_err = std::max(aux_err, rel("aux_loss"));
+    load_err = std::max(load_err, rel("moe_max_load"));
+  }
+  const ParamError param_err = param_error(ref.final_params, run.final_params);
+  EXPECT_LE(loss_err, kRelTol) << label;
+  EXPECT_LE(aux_err, kRelTol) << label;
+  EXPECT_LE(load_err, kRelTol) << label;
+  EXPECT_LE(param_err.whole, kRelTol) << label;
+  std::printf("%-28s max rel loss error %.3g, aux_loss %.3g, max load %.3g, final params %.3g\n", label.c_str(),
+              loss_err, aux_err, load_err, param_err.whole);
+}
+
+struct EpLayout {
+  int ep, dp;
+  std::string dispatcher, plugin;
+  std::vector<std::string> extra;  // tensor / pipeline
+  std::string label;
+};
+
+TEST(ExpertParallelLayouts, EveryLayoutMatchesTheSingleRankRun) {
+  const TrainedRun& ref = reference_for(moe_model());
+  std::vector<EpLayout> layouts;
+  for (int ep : {2, 4})
+    for (const char* dispatcher : {"alltoall", "allgather"})
+      for (const char* plugin : {"ddp", "zero1"})
+        layouts.push_back({ep, 4, dispatcher, plugin, {},
+                           "ep" + std::to_string(ep) + "_dp4_" + dispatcher + "_" + plugin});
+  layouts.push_back({2, 2, "alltoall", "zero1", {"parallel.tensor=2"}, "ep2_tp2_dp2_alltoall_zero1"});
+  layouts.push_back({2, 2, "alltoall", "ddp", {"parallel.pipeline=2"}, "ep2_pp2_dp2_alltoall_ddp"});
+  const auto [dense, experts] = dense_and_expert_elements(ref.final_params);
+  for (const EpLayout& l : layouts) {
+    std::vector<std::string> sets = moe_model();
+    for (const std::string& s : {"parallel.data=" + std::to_string(l.dp), "parallel.expert=" + std::to_string(l.ep),
+                                 "parallel.expert_parallel.plugin=" + l.dispatcher,
+                                 "parallel.data_parallel.plugin=" + l.plugin})
+      sets.push_back(s);
+    sets.insert(sets.end(), l.extra.begin(), l.extra.end());
+    TrainedRun run = train_tiny(l.label, sets);
+    expect_moe_run_matches(ref, run, l.label);
+    if (l.extra.empty()) {  // rank 0 holds the dense params and its 1/ep of the experts
+      const double bytes = run.metrics.at(kSteps)["mem_param_bytes"].get<double>();
+      EXPECT_EQ(bytes, 4.0 * (dense + experts / l.ep)) << l.label;
+    }
+  }
+}
+
+// A checkpoint saved at expert 2 (step 5) names every expert once and resumes
+// at expert 1 and at expert 4; one saved by a single rank resumes at expert 2.
+TEST(ExpertParallelCheckpoints, ResumeUnderAnotherExpertSize) {
+  const TrainedRun& ref = reference_for(moe_model());
+  const std::string saved_ep2 = (fs::temp_directory_path() / ("weft-ep-saved2-" + std::to_string(::getpid()))).string();
+  const std::string saved_ep1 = (fs::temp_directory_path() / ("weft-ep-saved1-" + std::to_string(::getpid()))).string();
+  std::vector<std::string> ep2 = moe_model(), ep1 = moe_model();
+  for (const char* s : {"parallel.data=2", "parallel.expert=2", "checkpoint.interval=5"}) ep2.push_back(s);
+  ep1.push_back("checkpoint.interval=5");
+  TrainedRun saved = train_tiny("ep-save2", ep2, "", saved_ep2);
+  EXPECT_EQ(saved.final_params.size(), ref.final_params.size());
+  train_tiny("ep-save1", ep1, "", saved_ep1);
+  struct Resume {
+    std::string label, from;
+    std::vector<std::string> overrides;
+  };
+  for (const Resume& r : {Resume{"ep2_to_ep1", saved_ep2 + "/checkpoints/step_5", {}},
+                          Resume{"ep2_to_ep4_zero1", saved_ep2 + "/checkpoints/step_5",
+                                 {"parallel.data=4", "parallel.expert=4", "parallel.data_parallel.plugin=zero1"}},
+                          Resume{"ep1_to_ep2", saved_ep1 + "/checkpoints/step_5",
+                                 {"parallel.data=2", "parallel.expert=2"}}}) {
+    std::vector<std::string> sets = moe_model();
+    sets.insert(sets.end(), r.overrides.begin(), r.overrides.end());
+    TrainedRun run = train_tiny(r.label, sets, r.from);
+    EXPECT_EQ(run.metrics.count(5), 0u) << r.label << ": resumed at step 5";
+    const double err = worst_loss_error(ref.metrics, run.metrics, 6);
+    EXPECT_LE(err, kRelTol) << r.label;
+    EXPECT_LE(param_error(ref.final_params, run.final_params).whole, kRelTol) << r.label;
+    std::printf("%-20s steps 6-10 max rel loss error %.3g\n", r.label.c_str(), err);
+  }
+  fs::remove_all(saved_ep2);
+  fs::remove_all(saved_ep1);
+}
+
 // Activation recomputation reruns the same kernels in the same order: losses
 // and final parameters are bit-identical with and without it, on one rank and
 // at tensor 2 x pipeline 2 (sequence parallel), and the activation peak drops.
