@@ -99,13 +99,68 @@ class MLP(nn.Module):
         return self.proj(gelu_tanh(self.fc(x)))
 
 
+class MoE(nn.Module):
+    """Mixture-of-experts MLP, written from docs/distributed.md ("Mixture of experts").
+
+    Router z = x Wr^T (Wr [E, C], no bias), p = softmax(z); each token takes its
+    k most probable experts (ties to the lower index) weighted by p renormalised
+    over those k. With capacity factor f > 0 an expert takes at most
+    ceil(f N k / E) of the N tokens' assignments, every token's first choice
+    (in token order) before any second choice; dropped assignments add nothing.
+    Losses of the microbatch: aux = a E sum_i f_i P_i (f_i: share of the N k
+    assignments routed to i before drops, a constant; P_i: mean of p[:, i]) and
+    z = b mean_t logsumexp(z_t)^2; forward() leaves their sum in self.loss.
+    """
+
+    def __init__(self, hidden, experts, top_k, capacity_factor, aux_coef, z_coef):
+        super().__init__()
+        self.router = nn.Linear(hidden, experts, bias=False)
+        self.experts = nn.ModuleList([MLP(hidden) for _ in range(experts)])
+        self.E, self.k, self.f, self.a, self.b = experts, top_k, capacity_factor, aux_coef, z_coef
+        self.loss = torch.zeros(())
+
+    def forward(self, x):  # x [B,T,C]
+        shape, C = x.shape, x.shape[-1]
+        xf = x.reshape(-1, C)
+        N, E, k = xf.shape[0], self.E, self.k
+        z = self.router(xf)  # [N,E]
+        p = torch.softmax(z, dim=-1)
+        # Descending probability, ties to the lower expert index (a stable sort).
+        chosen = torch.sort(-p.detach(), dim=-1, stable=True).indices[:, :k]  # [N,k]
+        top = p.gather(1, chosen)  # [N,k]
+        w = top / top.sum(dim=-1, keepdim=True)
+        cap = math.ceil(self.f * N * k / E) if self.f > 0 else N * k
+        taken = [0] * E
+        kept = []  # (token, slot)
+        for j in range(k):
+            for t in range(N):
+                e = int(chosen[t, j])
+                if taken[e] < cap:
+                    taken[e] += 1
+                    kept.append((t, j))
+        out = torch.zeros_like(xf)
+        for e in range(E):
+            rows = [(t, j) for (t, j) in kept if int(chosen[t, j]) == e]
+            if not rows:
+                continue
+            ts = torch.tensor([t for t, _ in rows])
+            js = torch.tensor([j for _, j in rows])
+            y = self.experts[e](xf[ts])  # [rows, C]
+            out = out.index_add(0, ts, w[ts, js].unsqueeze(1) * y)
+        assigned = torch.bincount(chosen.reshape(-1), minlength=E).to(xf.dtype) / (N * k)  # f_i
+        aux = self.a * E * (assigned * p.mean(dim=0)).sum()
+        zl = self.b * (torch.logsumexp(z, dim=-1) ** 2).mean()
+        self.loss = aux + zl
+        return out.view(shape)
+
+
 class Block(nn.Module):
-    def __init__(self, hidden, heads):
+    def __init__(self, hidden, heads, moe=None):
         super().__init__()
         self.ln1 = nn.LayerNorm(hidden, eps=1e-5)
         self.attn = CausalSelfAttention(hidden, heads)
         self.ln2 = nn.LayerNorm(hidden, eps=1e-5)
-        self.mlp = MLP(hidden)
+        self.mlp = MoE(hidden, **moe) if moe else MLP(hidden)
 
     def forward(self, x):
         x = x + self.attn(self.ln1(x))
@@ -113,18 +168,29 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    def __init__(self, layers, hidden, heads, seq_length, vocab, padded_vocab):
+    def __init__(self, layers, hidden, heads, seq_length, vocab, padded_vocab, moe=None, moe_every=1):
+        """moe: MoE's keyword arguments for blocks i with i % moe_every == 0 (None: dense MLPs)."""
         super().__init__()
         self.vocab, self.padded_vocab, self.seq_length = vocab, padded_vocab, seq_length
         self.wte = nn.Embedding(padded_vocab, hidden)  # [Vp,C], also the output head
         self.wpe = nn.Embedding(seq_length, hidden)    # [T,C]
-        self.blocks = nn.ModuleList([Block(hidden, heads) for _ in range(layers)])
+        self.blocks = nn.ModuleList([Block(hidden, heads, moe if i % moe_every == 0 else None)
+                                     for i in range(layers)])
         self.lnf = nn.LayerNorm(hidden, eps=1e-5)
 
     @classmethod
     def from_config(cls, model_cfg):
+        moe = None
+        if model_cfg.get("moe_experts", 0) > 0:
+            moe = dict(experts=model_cfg["moe_experts"], top_k=model_cfg["moe_top_k"],
+                       capacity_factor=model_cfg["moe_capacity_factor"], aux_coef=model_cfg["moe_aux_loss_coef"],
+                       z_coef=model_cfg["moe_z_loss_coef"])
         return cls(model_cfg["layers"], model_cfg["hidden"], model_cfg["heads"], model_cfg["seq_length"],
-                   model_cfg["vocab"], model_cfg["padded_vocab"])
+                   model_cfg["vocab"], model_cfg["padded_vocab"], moe, model_cfg.get("moe_every", 1))
+
+    def moe_loss(self):
+        """The MoE blocks' aux + z losses of the last forward (0 for a dense model)."""
+        return sum((b.mlp.loss for b in self.blocks if isinstance(b.mlp, MoE)), torch.zeros(()))
 
     def load_weights(self, tensors):
         """Copies weft's params (by logical name) into this model; names and shapes must match exactly."""

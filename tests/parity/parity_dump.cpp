@@ -20,7 +20,8 @@
 //                        ln2(x2), mlp(ln2(x2)) with x2 = x + attn(ln1(x))),
 //                        "losses" [G,T], "loss" [1] (mean over the G*T tokens),
 //                        "grad.<name>" for every param after one forward+backward
-//                        with dloss_scale = 1/(G*T), grads zeroed first.
+//                        with dloss_scale = 1/(G*T), grads zeroed first,
+//                        "moe_loss" [1] the MoE aux + z losses of that pass (0 for a dense model).
 // Exit codes: 0 done, 2 bad arguments or refused input, 1 anything else.
 #include <algorithm>
 #include <cstdio>
@@ -140,7 +141,13 @@ int run(const Args& args) {
                  {"seq_length", T},
                  {"init_std", mo.get_float("init_std")},
                  {"vocab", V},
-                 {"padded_vocab", Vp}}},
+                 {"padded_vocab", Vp},
+                 {"moe_experts", mo.get_int("moe_experts")},
+                 {"moe_top_k", mo.get_int("moe_top_k")},
+                 {"moe_every", mo.get_int("moe_every")},
+                 {"moe_capacity_factor", mo.get_float("moe_capacity_factor")},
+                 {"moe_aux_loss_coef", mo.get_float("moe_aux_loss_coef")},
+                 {"moe_z_loss_coef", mo.get_float("moe_z_loss_coef")}}},
       {"batch", {{"micro", recipe.options("batch").get_int("micro")}, {"global", G},
                  {"grad_accum", recipe.grad_accum}}},
       {"optimizer", {{"plugin", recipe.plugin("optimizer")},
@@ -252,6 +259,8 @@ int run(const Args& args) {
     for (auto it = layers.rbegin(); it != layers.rend(); ++it) dy = (*it)->backward(ctx, dy);
     be.synchronize();
     for (weft::Param* p : stack.flat.params) step1.push_back({"grad." + p->name, p->full_shape, to_host(be, p->grad)});
+    // MoE: the auxiliary losses as added to the objective (weight 1 here: one microbatch of G).
+    step1.push_back({"moe_loss", {1}, {static_cast<float>(ctx.stats["aux_loss"] + ctx.stats["z_loss"])}});
   }
   weft::write_safetensors(out + "step1.safetensors", step1, {{"format", "weft-parity"}});
   std::printf("parity_dump: %zu params, G %lld, T %lld, V %lld, Vp %lld, %lld steps of batches -> %s\n",

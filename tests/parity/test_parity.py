@@ -45,16 +45,24 @@ STEPS = 10
 
 # (label, extra --set overrides) for the step-1 checks: the recipe (init_std
 # 0.1, which exercises the nonlinearities) and GPT-2's usual init_std 0.02.
+# Mixture-of-experts variants (4 experts): top-2 dropless in block 0 only, and
+# top-1 / top-2 in both blocks at capacity factor 0.5, which drops assignments.
+MOE = ["model.moe_experts=4", "model.moe_z_loss_coef=0.001"]
 STEP1_VARIANTS = [
     ("recipe", []),
     ("init002", ["model.init_std=0.02"]),
+    ("moe_top2", MOE + ["model.moe_top_k=2", "model.moe_every=2"]),
+    ("moe_top1_drop", MOE + ["model.moe_top_k=1", "model.moe_capacity_factor=0.5"]),
+    ("moe_top2_drop", MOE + ["model.moe_top_k=2", "model.moe_capacity_factor=0.5"]),
 ]
 
-# (label, extra --set overrides) for the 10-step training comparison (the recipe's
-# init; the batches of the "recipe" dump).
+# (label, step-1 variant whose dump gives the init and batches, extra --set
+# overrides) for the 10-step training comparison.
 VARIANTS = [
-    ("micro4", []),                   # G = 4 as one microbatch
-    ("micro2", ["batch.micro=2"]),    # G = 4 as 2 accumulated microbatches
+    ("micro4", "recipe", []),                   # G = 4 as one microbatch
+    ("micro2", "recipe", ["batch.micro=2"]),    # G = 4 as 2 accumulated microbatches
+    ("moe_top2_micro2", "moe_top2", ["batch.micro=2"]),
+    ("moe_top1_drop_micro2", "moe_top1_drop", ["batch.micro=2"]),
 ]
 
 passed = 0
@@ -167,8 +175,11 @@ def check_step1(cfg, dump, label):
     logits = model(ids)  # [G,T,Vp]
     losses = model.token_losses(logits, targets)  # [G,T]
     loss = losses.mean()
+    moe_loss = model.moe_loss()  # aux + z losses, weight 1 for one microbatch of the whole batch
     model.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss + moe_loss).backward()
+    if "moe_loss" in step1 and mc.get("moe_experts", 0) > 0:
+        check_close(f"{label} step1 MoE aux + z loss", step1["moe_loss"], moe_loss.detach().reshape(1), TOL_LOGITS)
 
     check_close(f"{label} step1 logits [G,T,Vp]", step1["logits"], logits.detach(), TOL_LOGITS)
     check_close(f"{label} step1 per-token losses [G,T]", step1["losses"], losses.detach(), TOL_LOGITS)
@@ -210,7 +221,8 @@ def torch_train(cfg, init, batches, micro, steps):
         for m0 in range(0, G, micro):
             chunk = tok[m0:m0 + micro]
             l = model.token_losses(model(chunk[:, :T]), chunk[:, 1:])  # [micro,T]
-            (l.sum() / (G * T)).backward()
+            # A microbatch's MoE losses count with its share of the step (micro / G).
+            (l.sum() / (G * T) + model.moe_loss() * (len(chunk) / G)).backward()
             total += l.detach().double().sum().item()
         losses.append(total / (G * T))
         clip = oc["clip_grad_norm"]
@@ -235,6 +247,7 @@ def read_metrics(path):
 
 
 def check_training(cfg, dump, weft_exe, recipe, work, label, overrides):
+    """overrides: the dump's own and the variant's (weft trains what was dumped)."""
     init, _ = read_safetensors(os.path.join(dump, "init.safetensors"))
     batches, _ = read_safetensors(os.path.join(dump, "batches.safetensors"))
     out_dir = os.path.join(work, "run-" + label)
@@ -295,7 +308,10 @@ def check_training(cfg, dump, weft_exe, recipe, work, label, overrides):
     report(worst[0] <= TOL_FINAL_UPDATE, f"{label} param updates after {STEPS} steps",
            f"worst {worst[1]} L2 rel {worst[0]:.3e} (tol {TOL_FINAL_UPDATE:.0e}) over {len(ref_params)} params")
 
-    check_eval(cfg, weft_exe, out_dir, final, work, label)
+    # Capacity acts per microbatch: eval's batches would drop other assignments
+    # than one torch batch of every window, so only dropless models are compared.
+    if cfg["model"].get("moe_capacity_factor", 0) == 0:
+        check_eval(cfg, weft_exe, out_dir, final, work, label)
 
 
 def check_eval(cfg, weft_exe, out_dir, final, work, label):
@@ -338,7 +354,7 @@ def main():
     print(f"torch {torch.__version__}, weft {weft_exe}, recipe {recipe}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="weft-parity-") as work:
-        dumps = {}  # label -> (config, dump folder)
+        dumps = {}  # label -> (config, dump folder, overrides)
         for label, overrides in STEP1_VARIANTS:
             dump = os.path.join(work, "dump-" + label)
             try:
@@ -357,7 +373,7 @@ def main():
                        f"{mc['init_std']:g} V{mc['vocab']} Vp{mc['padded_vocab']}, G {cfg['batch']['global']}, "
                        f"{cfg['optimizer']['plugin']} lr {cfg['optimizer']['lr']}, {cfg['lr_schedule']['plugin']} "
                        f"schedule, {cfg['precision']}")
-                dumps[label] = (cfg, dump)
+                dumps[label] = (cfg, dump, overrides)
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
                 report(False, f"{label} parity_dump", "did not produce its files")
@@ -368,12 +384,13 @@ def main():
                 traceback.print_exc()
                 report(False, f"{label} step1", "raised")
 
-        if "recipe" not in dumps:
-            finish()
-        cfg, dump = dumps["recipe"]
-        for label, overrides in VARIANTS:
+        for label, source, overrides in VARIANTS:
+            if source not in dumps:
+                report(False, f"{label} training", f"no dump of variant {source}")
+                continue
+            cfg, dump, dumped_with = dumps[source]
             try:
-                check_training(cfg, dump, weft_exe, recipe, work, label, overrides)
+                check_training(cfg, dump, weft_exe, recipe, work, label, dumped_with + overrides)
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
                 report(False, f"{label} training", "raised")
