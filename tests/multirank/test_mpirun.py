@@ -15,6 +15,13 @@
    pipeline 2 x data 2, zero1): the single-rank loss at every step (the memory
    and traffic formulas are held in tests/multirank/test_layouts.cpp).
 2. test_comm_mpi (every Communicator operation) under -np 2 and -np 4.
+4. Expert parallelism: examples/gpt-moe.toml under `mpirun -np 4` (data 4,
+   expert 2, zero1) gives the single-rank MoE losses.
+5. Preemption while training: SIGUSR1 sent to mpirun (which hands it to every
+   rank), and SIGTERM sent to every rank as Slurm signals a job's tasks (mpirun
+   itself answers SIGTERM by killing the job): every rank finishes its step,
+   writes a checkpoint and the job exits 0 saying so; `--resume` under mpirun
+   then ends with the uninterrupted run's losses.
 3. Failures, each under `timeout`: a rank that throws, stalls, returns early or
    exits. The job must end with a non-zero status, and (except for the exit,
    which mpirun reports) every other rank must print an error naming the
@@ -221,8 +228,94 @@ def main():
         check_failure("mpirun -np 3 test_comm_mpi: rank 1 returns early, the others time out",
                       mpirun(3, COMM_TEST, "--fail=return"), 1, [0, 2], ["all_reduce"], within=30)
 
+        # 4. Expert parallelism in real processes
+        moe = os.path.join(SOURCE_ROOT, "examples", "gpt-moe.toml")
+        moe_ref_dir = os.path.join(tmp, "moe-ref")
+        moe_args = ["train", moe, "--set", f"run.steps={STEPS}", "--set", "log.interval=1"]
+        rc, out, secs = run([WEFT] + moe_args + ["--set", f"run.out_dir={moe_ref_dir}"])
+        if rc != 0:
+            report(False, "single-rank MoE reference run", f"exit {rc}" + tail(out))
+        else:
+            d = os.path.join(tmp, "moe-ep2")
+            rc, out, secs = run(mpirun(4, WEFT, *moe_args, "--set", f"run.out_dir={d}", "--set", "parallel.expert=2",
+                                       "--set", "parallel.data_parallel.plugin=zero1"))
+            check_losses("mpirun -np 4 gpt-moe data 4 x expert 2 (alltoall, zero1)", d, metrics(moe_ref_dir), rc, out,
+                         secs)
+
+        # 5. Preemption signals under mpirun
+        steps = 30
+        long_ref = os.path.join(tmp, "long-ref")
+        rc, out, secs = run(train_args(long_ref, f"run.steps={steps}"))
+        if rc != 0:
+            report(False, f"single-rank {steps}-step reference", f"exit {rc}" + tail(out))
+        else:
+            for sig in (signal.SIGUSR1, signal.SIGTERM):
+                check_preemption(sig, os.path.join(tmp, "sig-" + sig.name), steps, metrics(long_ref))
+
     print(f"{passed} passed, {failed} failed", flush=True)
     return 0 if failed == 0 else 1
+
+
+def rank_pids(session):
+    """The weft processes of the session `session` (mpirun's, started with start_new_session)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) == session and os.path.basename(argv0) == os.path.basename(WEFT):  # field 6: session id
+            pids.append(int(entry))
+    return pids
+
+
+def check_preemption(sig, out_dir, steps, ref):
+    name = f"mpirun -np 2: {sig.name} to " + ("every rank" if sig == signal.SIGTERM else "mpirun") + " during training"
+    cmd = mpirun(2, *train_args(out_dir, f"run.steps={steps}", "checkpoint.interval=0"))
+    env = dict(os.environ)
+    env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         start_new_session=True)
+    log = os.path.join(out_dir, "metrics.jsonl")
+    deadline = time.monotonic() + HANG_LIMIT_S
+    while time.monotonic() < deadline and p.poll() is None:  # wait for step 3
+        if os.path.exists(log) and sum(1 for _ in open(log)) >= 3:
+            break
+        time.sleep(0.05)
+    if sig == signal.SIGTERM:
+        for pid in rank_pids(p.pid):
+            os.kill(pid, sig)
+    else:
+        os.kill(p.pid, sig)
+    try:
+        out, _ = p.communicate(timeout=HANG_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        report(False, name, "did not end within the limit" + tail(out))
+        return
+    stopped = re.search(r"stopped by (\S+) after step (\d+) of", out)
+    report(p.returncode == 0 and stopped is not None and int(stopped.group(2)) < steps, name + ": exit 0 after a checkpoint",
+           f"exit {p.returncode}, " + (f"stopped after step {stopped.group(2)}" if stopped else "no stop line") +
+           ("" if p.returncode == 0 and stopped else tail(out)))
+    if not stopped:
+        return
+    resume = train_args(out_dir, f"run.steps={steps}", "checkpoint.interval=0")
+    resume.insert(3, "--resume")  # after WEFT train RECIPE
+    rc, out, secs = run(mpirun(2, *resume))
+    if rc != 0:
+        report(False, name + ": --resume", f"exit {rc}" + tail(out))
+        return
+    m = metrics(out_dir)
+    worst = max(abs(m[s]["loss"] - ref[s]["loss"]) / abs(ref[s]["loss"]) for s in ref)
+    report(sorted(m) == list(range(1, steps + 1)) and worst <= 1e-5,
+           name + ": --resume ends with the uninterrupted run's losses",
+           f"steps {min(m)}..{max(m)}, max rel error {worst:.3g}")
 
 
 if __name__ == "__main__":
