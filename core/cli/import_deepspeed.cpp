@@ -6,7 +6,8 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <cstdio>
+#include <cstdlib>
 
 #include "import.hpp"
 #include "weft/error.hpp"
@@ -23,10 +24,13 @@ std::string text_of(const json& v) {
   if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
   if (v.is_number_integer() || v.is_number_unsigned()) return v.dump();
   if (v.is_number_float()) {
-    std::ostringstream s;
-    s.precision(17);
-    s << v.get<double>();
-    return s.str();
+    // The shortest text that reads back to the same double.
+    char buf[40];
+    for (int precision = 6; precision <= 17; ++precision) {
+      std::snprintf(buf, sizeof buf, "%.*g", precision, v.get<double>());
+      if (std::strtod(buf, nullptr) == v.get<double>()) break;
+    }
+    return buf;
   }
   return v.dump();
 }

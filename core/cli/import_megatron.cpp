@@ -128,9 +128,11 @@ const FlagRule kFlags[] = {
     {"--lr-warmup-iters", Take::Value, 1, "lr_schedule.warmup_steps", "", "", false},
     {"--lr-warmup-fraction", Take::Value, 1, "lr_schedule.warmup_fraction", "", "", false},
     {"--lr-warmup-init", Take::Value, 1, "lr_schedule.warmup_init_lr", "", "", false},
-    {"--train-samples", Take::NotTaken, 1, "", "", "weft counts steps: use --train-iters", false},
-    {"--lr-decay-samples", Take::NotTaken, 1, "", "", "weft counts steps: use --lr-decay-iters", false},
-    {"--lr-warmup-samples", Take::NotTaken, 1, "", "", "weft counts steps: use --lr-warmup-iters", false},
+    {"--train-samples", Take::Special, 1, "run.steps", "", "samples / global-batch-size, rounded up", false},
+    {"--lr-decay-samples", Take::Special, 1, "lr_schedule.decay_steps", "", "samples / global-batch-size, rounded up",
+     false},
+    {"--lr-warmup-samples", Take::Special, 1, "lr_schedule.warmup_steps", "",
+     "samples / global-batch-size, rounded up", false},
     // precision
     {"--bf16", Take::Switch, 0, "precision.plugin", "bf16", "", false},
     {"--fp16", Take::Switch, 0, "precision.plugin", "fp16", "", false},
@@ -240,6 +242,12 @@ struct ImportState {
   const Registry& registry;
   RecipeDraft draft;
   std::map<std::string, std::pair<int64_t, std::string>> implied;  // flag -> (value, source), see finish()
+  struct Samples {
+    std::string target;
+    int64_t samples;
+    std::string source;
+  };
+  std::vector<Samples> samples;  // --train-samples and friends: steps of the global batch, see finish()
   int world = 0;
   std::string world_source;                 // "--nproc_per_node 4 x --nnodes 4"
   std::vector<std::string> ds_configs;      // DeepSpeed configs to read
@@ -297,6 +305,8 @@ void apply_special(const FlagRule& rule, const std::vector<std::string>& args, I
     d.set(rule.target, args[0], source);
   } else if (flag == "--max-position-embeddings" || flag == "--ffn-hidden-size" || flag == "--kv-channels") {
     st.implied[flag] = {int_arg(source, args[0]), source};  // checked in finish(), once the model's sizes are known
+  } else if (flag == "--train-samples" || flag == "--lr-decay-samples" || flag == "--lr-warmup-samples") {
+    st.samples.push_back({rule.target, int_arg(source, args[0]), source});  // steps once the global batch is known
   } else if (flag == "--moe-router-load-balancing-type") {
     if (args[0] != "aux_loss") d.unmapped(source, "only aux_loss load balancing is in this version");
   } else if (flag == "--position-embedding-type") {
@@ -474,6 +484,17 @@ void finish(ImportState& st, const DeepSpeedBatch& ds) {
                                (implied ? " = " + std::to_string(*implied) : std::string()));
     }
   }
+  // Megatron counts these in samples, weft in steps of the global batch.
+  for (const ImportState::Samples& smp : st.samples) {
+    const std::optional<int64_t> global = d.get_int("batch", "global");
+    if (!global || *global < 1) {
+      d.unmapped(smp.source, "not taken: counting steps from samples needs --global-batch-size");
+      continue;
+    }
+    const bool rampup = d.find("batch", "rampup_start") != nullptr;
+    d.set(smp.target, std::to_string((smp.samples + *global - 1) / *global),
+          smp.source + " / global batch " + std::to_string(*global) + (rampup ? " (ramp-up not counted)" : ""));
+  }
   if (st.vpp_layers) {
     const int64_t n = *st.vpp_layers;
     const std::string source = "--num-layers-per-virtual-pipeline-stage " + std::to_string(n);
@@ -558,10 +579,12 @@ void finish(ImportState& st, const DeepSpeedBatch& ds) {
 }
 
 // The place in the rendered recipe an error names, as the flag that wrote it.
-std::string blame(const std::string& message, const std::string& tmp_path, RecipeDraft& d, DraftKey** key) {
+// `rest` gets the message without its place.
+std::string blame(const std::string& message, const std::string& tmp_path, RecipeDraft& d, DraftKey** key,
+                  std::string& rest) {
   *key = nullptr;
   const std::string prefix = tmp_path + ":";
-  std::string rest = message;
+  rest = message;
   if (message.rfind(prefix, 0) == 0) {
     const int line = std::atoi(message.c_str() + prefix.size());
     const size_t colon = message.find(": ", prefix.size());
@@ -644,13 +667,20 @@ int cmd_import(const ImportArgs& args) {
       break;
     } catch (const Error& e) {
       DraftKey* key = nullptr;
-      const std::string why = blame(e.what(), tmp_path, st.draft, &key);
+      std::string rest;
+      const std::string why = blame(e.what(), tmp_path, st.draft, &key, rest);
+      // A message that names another flag's key as the cause ("expert
+      // parallelism (parallel.expert 4) is not available") drops that one.
+      for (DraftKey& other : st.draft.keys())
+        if (key && &other != key && other.droppable &&
+            why.find(other.section + "." + other.key + " ") != std::string::npos)
+          key = &other;
       if (!key || !key->droppable || args.strict || attempt > 32) {
         std::error_code ec;
         fs::remove(tmp_path, ec);
         throw Error(why);
       }
-      st.draft.unmapped(key->source, "refused by this version: " + why.substr(key->source.size() + 2));
+      st.draft.unmapped(key->source, "refused by this version: " + rest);
       st.draft.remove(key->section, key->key);
     }
   }

@@ -200,19 +200,21 @@ int cmd_plan(const RecipeArgs& args, int world, double memory_gb, const std::str
   std::printf("%4s %6s %8s %4s %6s %5s %-14s %5s %9s %9s %9s %9s %9s %9s %10s %7s\n", "#", "tensor", "pipeline",
               "data", "expert", "zero", "schedule", "micro", "recompute", "params", "grads", "optim", "activ",
               "total", "comm GB", "bubble");
+  // The 20 best; --json lists every layout.
   int shown = 0;
   for (const Layout& l : layouts) {
-    if (!l.fits) break;
+    if (!l.fits || shown == 20) break;
     const std::string sched = l.schedule + (l.virtual_stages > 1 ? " x" + std::to_string(l.virtual_stages) : "");
     std::printf("%4d %6d %8d %4d %6d %5s %-14s %5lld %9s %8.1fG %8.1fG %8.1fG %8.1fG %8.1fG %10.1f %6.1f%%\n",
                 ++shown, l.tp, l.pp, l.dp, l.ep, l.data_parallel == "zero1" ? "yes" : "no", sched.c_str(),
                 static_cast<long long>(l.micro), l.recompute.c_str(), gib(l.mem.param), gib(l.mem.grad),
                 gib(l.mem.optim), gib(l.mem.act), gib(l.mem.total()), l.comm.total() / 1e9, 100.0 * l.bubble);
   }
+  if (fitting > 20) std::printf("# ... %zu more that fit (--json lists every layout)\n", fitting - 20);
   if (fitting == 0) std::printf("# none fits: fewer bytes per rank need more ranks, bf16 (--precision bf16) or recomputation\n");
   // The refused ones, nearest to fitting first; --json lists every one.
-  const size_t refused = layouts.size() - fitting, listed = std::min<size_t>(refused, 40);
-  std::printf("# do not fit (%zu%s):\n", refused, listed < refused ? ", the 40 nearest to fitting; --json lists all" : "");
+  const size_t refused = layouts.size() - fitting, listed = std::min<size_t>(refused, 20);
+  std::printf("# do not fit (%zu%s):\n", refused, listed < refused ? ", the 20 nearest to fitting; --json lists all" : "");
   for (size_t i = fitting; i < fitting + listed; ++i)
     std::printf("#   %s: %s\n", layouts[i].name().c_str(), layouts[i].why.c_str());
   return 0;
