@@ -569,6 +569,11 @@ void finish(ImportState& st, const DeepSpeedBatch& ds) {
     d.set("parallel.data", "auto", "the launcher's world / (tensor x pipeline); weft import --world N fixes it");
   }
 
+  if (!d.find("data", "plugin")) {
+    d.set("data.plugin", "synthetic", "no --data-path: synthetic tokens until [data] names a dataset");
+    d.unmapped("(no --data-path)", "the recipe trains on synthetic tokens; set [data] plugin = \"megatron\" and paths",
+               false);
+  }
   for (const SourceDefault& def : kMegatronDefaults)
     d.set_default(def.target, def.value, std::string("Megatron's default (") + def.flag + " not given)");
   const DraftKey* data = d.find("data", "plugin");
