@@ -185,7 +185,6 @@ void RecipeDraft::resolve() {
         const std::string family = section_family(k.section);
         if (!registry_.find(family, k.raw)) {
           not_here(k, "this weft has no " + family + " plugin named '" + k.raw + "' (" + k.section + ".plugin)");
-          k.section.clear();  // marks it dropped
           continue;
         }
         k.value = k.raw;
@@ -209,7 +208,6 @@ void RecipeDraft::resolve() {
           std::string names;
           for (const std::string& t : tried) names += (names.empty() ? "" : " or ") + t;
           not_here(k, "this weft has no recipe key " + names);
-          k.section.clear();
           continue;
         }
         k.value = typed(*spec, k, k.source);
