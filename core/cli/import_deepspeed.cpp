@@ -4,13 +4,13 @@
 // checked against the layout by import_megatron.cpp (DeepSpeed's identity
 // train_batch = micro x accumulation x data).
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <cstdio>
 #include <cstdlib>
 
 #include "import.hpp"
 #include "weft/error.hpp"
+#include "weft/file.hpp"
 
 namespace weft::cli {
 
@@ -171,11 +171,11 @@ void read_config(const Reader& r, const json& config, DeepSpeedBatch& batch);
 }  // namespace
 
 void import_deepspeed_config(const std::string& path, RecipeDraft& draft, DeepSpeedBatch& batch) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("DeepSpeed config " + path + " cannot be read");
+  // Regular files only, at most 16 MiB: a FIFO or a device never hangs the import.
+  const std::string text = read_input_file(path, 16u << 20);
   json config;
   try {
-    config = json::parse(in);
+    config = json::parse(text);
   } catch (const json::exception& e) {
     throw Error(path + ": not JSON: " + e.what());
   }

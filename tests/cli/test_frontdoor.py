@@ -360,7 +360,12 @@ def test_bad_input(tmp):
           "--hidden-size", "768"], ["--num-attention-heads 12", "8"]),
         ("a value that is not a number", ["megatron", "--", "--num-layers", "abc"], ["--num-layers abc"]),
         ("a flag without its value", ["megatron", "--", "--lr"], ["--lr"]),
-        ("a DeepSpeed config that is not JSON", ["deepspeed", "test_frontdoor_missing.json"], ["test_frontdoor_missing.json"]),
+        ("a DeepSpeed config that is missing", ["deepspeed", "test_frontdoor_missing.json"], ["test_frontdoor_missing.json"]),
+        ("a DeepSpeed config that is a folder", ["deepspeed", "."], ["is a directory"]),
+        ("a DeepSpeed config that is not JSON", ["deepspeed", "bad.toml"], ["bad.toml: not JSON"]),
+        ("flags and the DeepSpeed config disagree",
+         ["megatron", "--", "--micro-batch-size", "4", "--deepspeed_config", "ds_mismatch.json"],
+         ["--micro-batch-size 4", "train_micro_batch_size_per_gpu", "disagree"]),
     ]
     for name, args, needles in cases:
         out = os.path.join(tmp, "bad.toml")
