@@ -439,7 +439,7 @@ void parse_flags(const std::vector<std::string>& words, ImportState& st) {
     }
     const std::string source = joined(word, args);
     if (!rule) {
-      st.draft.unmapped(source, "not a Megatron-LM flag weft import knows");
+      st.draft.unmapped(source, "a flag weft import does not know");
       continue;
     }
     if (want >= 0 && static_cast<int>(args.size()) != want)
