@@ -15,6 +15,9 @@
   without recomputation.
 - `weft plan` for 16 x 80 GiB and 8 x 80 GiB: each chosen layout fits (by the
   same independent computation), each refused one says why.
+- with precision plugins of the agreed names on the path (fixture
+  tests/fixtures/later-keys), --bf16, --fp16 and the loss-scale flags are
+  written instead of reported, and the estimate uses bf16's bytes.
 - examples/megatron-gpt-7b-small.toml (the 7B layout on 16 threads) trains to
   the single-rank losses.
 
@@ -41,9 +44,11 @@ def check(name, ok, detail=""):
     return ok
 
 
-def weft(*args, cwd=None):
+def weft(*args, cwd=None, plugin_path=None):
     env = {k: v for k, v in os.environ.items()
            if k not in ("WEFT_PLUGIN_PATH", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "WORLD_SIZE")}
+    if plugin_path:
+        env["WEFT_PLUGIN_PATH"] = plugin_path
     return subprocess.run([WEFT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -519,6 +524,37 @@ def test_plan():
     check("plan on 1 GiB: nothing fits, each says why", r.returncode == 0 and "# 0 of" in r.stdout, r.stdout[:300])
 
 
+def test_later_keys(tmp):
+    """With precision plugins of the agreed names on the path (a fixture), the
+    same flags are written instead of reported: the mapping needs no change
+    when those plugins land. check --json then estimates with bf16's bytes."""
+    fixture = os.path.join(os.path.dirname(os.path.abspath(WEFT)), "tests", "fixtures", "later-keys")
+    flags = ["--fp16", "--initial-loss-scale", "4096", "--min-loss-scale", "2", "--loss-scale-window", "500",
+             "--hysteresis", "3", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"]
+    r = weft("import", "megatron", "--", *flags, cwd=tmp, plugin_path=fixture)
+    got = tomllib.loads(r.stdout).get("precision", {}) if r.returncode == 0 else {}
+    check("with fp16 installed, --fp16 and the loss-scale flags are written",
+          got == {"plugin": "fp16", "initial_scale": 4096.0, "min_scale": 2.0, "growth_interval": 500,
+                  "hysteresis": 3} and "not in this version: this weft has no precision" not in r.stderr,
+          f"{got} {r.stderr[-300:]}")
+    r = weft("import", "megatron", "--strict", "--", "--loss-scale", "128", "--fp16", cwd=tmp, plugin_path=fixture)
+    got = tomllib.loads(r.stdout).get("precision", {}) if r.returncode == 0 else {}
+    check("with fp16 installed, a static --loss-scale is initial_scale with growth and backoff 1 (--strict passes)",
+          got == {"plugin": "fp16", "initial_scale": 128.0, "growth_factor": 1.0, "backoff_factor": 1.0},
+          f"{got} {r.stderr[-300:]}")
+    out = os.path.join(tmp, "gpt7b-bf16.toml")
+    r = weft("import", "megatron", "-o", out, "--", *LAUNCH_7B, cwd=tmp, plugin_path=fixture)
+    if check("with bf16 installed, the 7B launch imports with precision bf16", r.returncode == 0 and
+             tomllib.load(open(out, "rb"))["precision"]["plugin"] == "bf16", r.stderr[-300:]):
+        c = weft("check", out, "--json", *SWAPS, cwd=tmp, plugin_path=fixture)
+        d = json.loads(c.stdout) if c.returncode == 0 else {"ranks": []}
+        x = d["ranks"][0] if d["ranks"] else {}
+        check("check --json of a bf16 recipe: 2 bytes per weight, 4 per gradient, 12 per parameter of AdamW state",
+              x and d["precision"] == "bf16" and x["mem_param_bytes"] == 2 * x["params"]
+              and x["mem_grad_bytes"] == 4 * x["params"] and x["mem_optim_bytes"] == 12 * x["params"],
+              c.stderr[-300:])
+
+
 def test_small_run(tmp):
     recipe = os.path.join(SRC, "examples", "megatron-gpt-7b-small.toml")
     common = ["--set", "run.steps=2", "--overwrite"]
@@ -542,6 +578,7 @@ def main():
         test_bad_input(tmp)
         test_check_estimate()
         test_plan()
+        test_later_keys(tmp)
         test_small_run(tmp)
     print(f"{results['passed']} passed, {results['failed']} failed")
     return 1 if results["failed"] else 0
