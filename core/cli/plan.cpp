@@ -168,7 +168,10 @@ int cmd_plan(const RecipeArgs& args, int world, double memory_gb, const std::str
   for (Layout& l : layouts) estimate_layout(l, args, world, precision, limit, plugins);
   std::stable_sort(layouts.begin(), layouts.end(), [](const Layout& a, const Layout& b) {
     if (a.fits != b.fits) return a.fits;
-    return a.fits ? better(a, b) : a.mem.total() < b.mem.total();
+    if (a.fits) return better(a, b);
+    // Refused: those too large, smallest first, then those the recipe refuses.
+    if ((a.mem.total() > 0) != (b.mem.total() > 0)) return a.mem.total() > 0;
+    return a.mem.total() < b.mem.total();
   });
   const size_t fitting = static_cast<size_t>(std::count_if(layouts.begin(), layouts.end(), [](const Layout& l) { return l.fits; }));
 
@@ -212,7 +215,7 @@ int cmd_plan(const RecipeArgs& args, int world, double memory_gb, const std::str
   }
   if (fitting > 20) std::printf("# ... %zu more that fit (--json lists every layout)\n", fitting - 20);
   if (fitting == 0) std::printf("# none fits: fewer bytes per rank need more ranks, bf16 (--precision bf16) or recomputation\n");
-  // The refused ones, nearest to fitting first; --json lists every one.
+  // The refused ones, nearest to fitting first (the recipe's own refusals last); --json lists every one.
   const size_t refused = layouts.size() - fitting, listed = std::min<size_t>(refused, 20);
   std::printf("# do not fit (%zu%s):\n", refused, listed < refused ? ", the 20 nearest to fitting; --json lists all" : "");
   for (size_t i = fitting; i < fitting + listed; ++i)
