@@ -257,6 +257,7 @@ struct ImportState {
   std::optional<int64_t> recompute_layers;
   std::string recompute_layers_source;
   fs::path out_dir;                         // where the recipe goes: data paths are made relative to it
+  std::optional<std::string> tokenizer_model;  // --tokenizer-model
 };
 
 std::string joined(const std::string& flag, const std::vector<std::string>& args) {
@@ -286,7 +287,7 @@ void apply_special(const FlagRule& rule, const std::vector<std::string>& args, I
   const std::string flag = rule.flag, source = joined(flag, args);
   RecipeDraft& d = st.draft;
   if (flag == "--context-parallel-size") {
-    if (int_arg(source, args[0]) != 1) d.unmapped(source, "context parallelism is not in this version");
+    if (int_arg(source, args[0]) != 1) d.unmapped(source, "not taken: context parallelism is not in this version");
   } else if (flag == "--zero-stage") {
     const int64_t stage = int_arg(source, args[0]);
     if (stage == 0 || stage == 1) {
@@ -308,11 +309,11 @@ void apply_special(const FlagRule& rule, const std::vector<std::string>& args, I
   } else if (flag == "--train-samples" || flag == "--lr-decay-samples" || flag == "--lr-warmup-samples") {
     st.samples.push_back({rule.target, int_arg(source, args[0]), source});  // steps once the global batch is known
   } else if (flag == "--moe-router-load-balancing-type") {
-    if (args[0] != "aux_loss") d.unmapped(source, "only aux_loss load balancing is in this version");
+    if (args[0] != "aux_loss") d.unmapped(source, "not taken: aux_loss is weft's only load balancing");
   } else if (flag == "--position-embedding-type") {
-    if (args[0] != "learned_absolute") d.unmapped(source, "weft's GPT has learned absolute positions (no " + args[0] + ")");
+    if (args[0] != "learned_absolute") d.unmapped(source, "not taken: weft's GPT has learned absolute positions (no " + args[0] + ")");
   } else if (flag == "--normalization") {
-    if (args[0] != "LayerNorm") d.unmapped(source, "weft's GPT normalises with LayerNorm (no " + args[0] + ")");
+    if (args[0] != "LayerNorm") d.unmapped(source, "not taken: weft's GPT normalises with LayerNorm (no " + args[0] + ")");
   } else if (flag == "--recompute-method") {
     st.recompute_method = args[0];
     if (args[0] != "uniform" && args[0] != "block") throw Error(source + ": expected uniform or block");
@@ -326,7 +327,7 @@ void apply_special(const FlagRule& rule, const std::vector<std::string>& args, I
   } else if (flag == "--optimizer") {
     if (args[0] == "adam") d.set(rule.target, "adamw", source);
     else if (args[0] == "sgd") d.set(rule.target, "sgd", source);
-    else d.unmapped(source, "optimizer '" + args[0] + "' is not in this version (adam, sgd)");
+    else d.unmapped(source, "not taken: optimizer '" + args[0] + "' is not in this version (adam, sgd)");
   } else if (flag == "--lr-decay-style") {
     std::string style = args[0];
     if (style == "inverse-square-root") style = "inverse_square_root";
@@ -350,23 +351,10 @@ void apply_special(const FlagRule& rule, const std::vector<std::string>& args, I
     const std::string& t = args[0];
     if (t == "HuggingFaceTokenizer" || t == "HFTokenizer") d.set(rule.target, "hf", source);
     else if (t == "GPT2BPETokenizer") d.set(rule.target, "gpt2", source);
-    else d.unmapped(source, "tokenizer type " + t + " is not in this version (hf and gpt2 byte-level BPE; "
+    else d.unmapped(source, "not taken: tokenizer type " + t + " is not in this version (hf and gpt2 byte-level BPE; "
                               "SentencePiece is not)");
   } else if (flag == "--tokenizer-model") {
-    const fs::path given(args[0]);
-    std::error_code ec;
-    if (fs::is_regular_file(given, ec)) {
-      d.set(rule.target, recipe_relative(st, args[0]), source);
-    } else if (fs::is_regular_file(given / "tokenizer.json", ec)) {
-      d.set(rule.target, recipe_relative(st, (given / "tokenizer.json").string()), source);
-    } else {
-      // A hub name (no network here): the user puts the file there.
-      const std::string path = (given / "tokenizer.json").string();
-      d.set(rule.target, path, source + "; FILL IN: put that model's tokenizer.json here (weft does not download)");
-      std::fprintf(stderr, "weft import: fill in tokenizer.file: %s is not a local file; put the tokenizer.json of "
-                           "the Hugging Face model %s at %s (relative to the recipe)\n",
-                   args[0].c_str(), args[0].c_str(), path.c_str());
-    }
+    st.tokenizer_model = args[0];  // written in finish(), once the tokenizer type is known
   } else if (flag == "--save") {
     st.save_dir = args[0];
     d.set(rule.target, args[0], source + " (checkpoints in out_dir/checkpoints)");
@@ -520,6 +508,29 @@ void finish(ImportState& st, const DeepSpeedBatch& ds) {
         d.unmapped(source, "mapped to every block: Megatron counts the blocks per pipeline stage, "
                            "model.recompute_layers from the first block of the model",
                    false);
+    }
+  }
+  if (st.tokenizer_model) {
+    const std::string& model = *st.tokenizer_model;
+    const std::string source = "--tokenizer-model " + model;
+    const DraftKey* type = d.find("tokenizer", "plugin");
+    if (!type || type->raw != "hf") {
+      d.unmapped(source, "not taken: a tokenizer model file goes with --tokenizer-type HuggingFaceTokenizer");
+    } else {
+      const fs::path given(model);
+      std::error_code ec;
+      if (fs::is_regular_file(given, ec)) {
+        d.set("tokenizer.file", recipe_relative(st, model), source);
+      } else if (fs::is_regular_file(given / "tokenizer.json", ec)) {
+        d.set("tokenizer.file", recipe_relative(st, (given / "tokenizer.json").string()), source);
+      } else {
+        // A hub name (no network here): the user puts the file there.
+        const std::string path = (given / "tokenizer.json").string();
+        d.set("tokenizer.file", path, source + "; FILL IN: put that model's tokenizer.json here (weft does not download)");
+        std::fprintf(stderr, "weft import: fill in tokenizer.file: %s is not a local file or folder; put the "
+                             "tokenizer.json of the Hugging Face model %s at %s (relative to the recipe)\n",
+                     model.c_str(), model.c_str(), path.c_str());
+      }
     }
   }
   if (st.load_dir) {

@@ -303,7 +303,8 @@ def test_imports(tmp):
         })
         not_taken = ["--swiglu", "--normalization RMSNorm", "--position-embedding-type rope",
                      "--group-query-attention", "--num-query-groups 8", "--ffn-hidden-size 11008",
-                     "--tokenizer-type Llama2Tokenizer", "--exit-duration-in-mins 230"]
+                     "--tokenizer-type Llama2Tokenizer", "--tokenizer-model tokenizer.model",
+                     "--exit-duration-in-mins 230"]
         missing = [f for f in not_taken if not any(line.startswith("weft import: " + f) for line in r.stderr.splitlines())]
         check("Llama-style set: each flag not taken is listed on stderr with the reason", not missing, str(missing))
         checked("Llama-style set", path, tmp, 8, 16)
