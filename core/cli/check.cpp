@@ -2,11 +2,10 @@
 // count and a per-rank memory estimate, without training.
 #include <algorithm>
 #include <cstdio>
-#include <string>
-#include <spdlog/spdlog.h>
-
 #include <map>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <string>
 #include <utility>
 
 #include "commands.hpp"
@@ -177,7 +176,8 @@ RankMemory variant_memory(const MemoryVariant& v, const ModelEstimate& est, int 
                      precision_bytes(v.precision));
 }
 
-std::string gib(double bytes) {
+// GiB from 1 GiB up, MiB below.
+std::string size_str(double bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, bytes >= 1 << 30 ? "%.2f GiB" : "%.2f MiB",
                 bytes >= 1 << 30 ? bytes / (1 << 30) : bytes / (1 << 20));
@@ -198,8 +198,8 @@ void print_memory_table(const Recipe& recipe, const LayoutEstimates& ranks) {
       std::printf("#   stage %d, %s + %s%s: params %s, grads %s, optimizer %s, activations %s (%d in flight), "
                   "total %s\n",
                   stage, v.precision.c_str(), v.data_parallel.c_str(), i == 0 ? " (this recipe)" : "",
-                  gib(m.param).c_str(), gib(m.grad).c_str(), gib(m.optim).c_str(), gib(m.act).c_str(),
-                  est.in_flight, gib(m.total()).c_str());
+                  size_str(m.param).c_str(), size_str(m.grad).c_str(), size_str(m.optim).c_str(),
+                  size_str(m.act).c_str(), est.in_flight, size_str(m.total()).c_str());
     }
   }
 }
@@ -242,9 +242,12 @@ void print_json(const Recipe& recipe, const ModelEstimate& est0, const LayoutEst
                 {"mem_optim_bytes", m.optim},
                 {"mem_act_bytes", m.act},
                 {"mem_total_bytes", m.total()}};
-      if (!v)
-        j["tp_group"] = r.topology.tp_group, j["pp_group"] = r.topology.pp_group,
-        j["dp_group"] = r.topology.dp_group, j["ep_group"] = r.topology.ep_group;
+      if (!v) {  // the groups once, with the recipe's own figures
+        j["tp_group"] = r.topology.tp_group;
+        j["pp_group"] = r.topology.pp_group;
+        j["dp_group"] = r.topology.dp_group;
+        j["ep_group"] = r.topology.ep_group;
+      }
       list.push_back(std::move(j));
     }
     return list;
