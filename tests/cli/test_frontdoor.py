@@ -207,6 +207,9 @@ def test_imports(tmp):
               "--tensor-model-parallel-size 4" in comment_of(text, "parallel.tensor")
               and "--lr 1.5e-4" in comment_of(text, "optimizer.lr")
               and "FILL IN" in comment_of(text, "tokenizer.file"), text[:600])
+        check("7B launch: --max-position-embeddings 4096 is written, or noted as the seq_length rows",
+              lookup(recipe, "model.max_position_embeddings") == 4096 or
+              "# --max-position-embeddings 4096: the position embedding has seq_length = 4096 rows" in text)
         check("7B launch: the hub tokenizer is a path to fill in (stderr)", "fill in tokenizer.file" in r.stderr,
               r.stderr)
         checked("7B launch", path, tmp, 16, 32)
@@ -276,8 +279,12 @@ def test_imports(tmp):
             "parallel.tensor_parallel.sequence_parallel": (True, "--sequence-parallel"),
             "parallel.data_parallel.plugin": ("zero1", "--use-distributed-optimizer"),
             "model.recompute": ("selective", "--recompute-activations"),
-            "batch.rampup_start": (16, "--rampup-batch-size"),
+            "batch.rampup_start": (16, "--rampup-batch-size"), "batch.rampup_increment": (16, "--rampup-batch-size"),
+            "batch.rampup_samples": (5859375, "--rampup-batch-size"),
         })
+        check("GPT-3 175B set: --max-position-embeddings 2048 is written, or noted as the seq_length rows",
+              lookup(recipe, "model.max_position_embeddings") == 2048 or
+              "# --max-position-embeddings 2048: the position embedding has seq_length = 2048 rows" in text)
         check("GPT-3 175B set: flags without effect are listed as ignored",
               "--use-flash-attn: ignored" in r.stderr and "--tensorboard-dir tb: ignored" in r.stderr, r.stderr)
         checked("GPT-3 175B set", path, tmp, 1536, 128)
