@@ -314,6 +314,11 @@ def test_imports(tmp):
                      "--exit-duration-in-mins 230"]
         missing = [f for f in not_taken if not any(line.startswith("weft import: " + f) for line in r.stderr.splitlines())]
         check("Llama-style set: each flag not taken is listed on stderr with the reason", not missing, str(missing))
+        ignored = ["--use-mcore-models", "--transformer-impl transformer_engine", "--no-masked-softmax-fusion"]
+        missing = [f for f in ignored if "weft import: " + f + ": ignored: " not in r.stderr]
+        check("Llama-style set: flags without effect on the results are listed as ignored", not missing, str(missing))
+        r_ok = weft("import", "megatron", "--strict", "--", "--num-layers", "2", *" ".join(ignored).split(), cwd=tmp)
+        check("--strict lets ignored flags pass", r_ok.returncode == 0, r_ok.stderr[-300:])
         checked("Llama-style set", path, tmp, 8, 16)
     sentinel = os.path.join(tmp, "llama-strict.toml")
     with open(sentinel, "w") as f:
