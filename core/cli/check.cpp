@@ -2,10 +2,14 @@
 // count and a per-rank memory estimate, without training.
 #include <algorithm>
 #include <cstdio>
-#include <string>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <string>
+#include <utility>
 
 #include "commands.hpp"
+#include "memory_estimate.hpp"
 #include "runtime.hpp"
 
 // Check builds what train builds short of a step (run_parts.hpp), then
@@ -147,14 +151,157 @@ void print_pipeline(const Recipe& recipe, const ModelEstimate& est) {
               100.0 * est.timeline.bubble, static_cast<long long>(est.timeline.makespan));
 }
 
+// Every rank's estimate. Ranks of the same tensor and pipeline coordinates
+// hold the same shards (data and expert ranks differ only in their samples),
+// so the model is built once per (tp, pp).
+struct RankEstimate {
+  Topology topology;
+  const ModelEstimate* est = nullptr;
+};
+struct LayoutEstimates {
+  std::map<std::pair<int, int>, ModelEstimate> by_coords;  // (tp, pp) -> that rank's estimate
+  std::vector<RankEstimate> ranks;
+};
+
+void estimate_ranks(LayoutEstimates& out, const Recipe& recipe, const Registry& registry) {
+  for (int r = 0; r < recipe.world; ++r) {
+    Topology t = make_topology(recipe.world, r, recipe.sizes);
+    const std::pair<int, int> key{t.coords.tp, t.coords.pp};
+    if (!out.by_coords.count(key)) out.by_coords.emplace(key, estimate_model(recipe, registry, r));
+    out.ranks.push_back({std::move(t), nullptr});
+  }
+  for (RankEstimate& r : out.ranks) r.est = &out.by_coords.at({r.topology.coords.tp, r.topology.coords.pp});
+}
+
+// The precision and data-parallel strategy pairs the estimate is shown for:
+// the recipe's own, then bf16 with ddp and with zero1 (a large run's usual
+// choices), whichever of those differ from it.
+struct MemoryVariant {
+  std::string precision, data_parallel;
+  double optim_share(const ModelEstimate& est, int dp) const {
+    return data_parallel == "zero1" ? 1.0 / dp : data_parallel == "ddp" ? 1.0 : est.optim_share;
+  }
+};
+std::vector<MemoryVariant> memory_variants(const Recipe& recipe) {
+  std::vector<MemoryVariant> out = {{recipe.plugin("precision"), recipe.plugin("parallel.data_parallel")}};
+  for (const char* dp : {"ddp", "zero1"}) {
+    MemoryVariant v{"bf16", dp};
+    if (v.precision != out[0].precision || v.data_parallel != out[0].data_parallel) out.push_back(v);
+  }
+  return out;
+}
+
+RankMemory variant_memory(const MemoryVariant& v, const ModelEstimate& est, int dp) {
+  return rank_memory(est.local_params, est.optimizer_slots, v.optim_share(est, dp), est.act_fp32_bytes,
+                     precision_bytes(v.precision));
+}
+
+// GiB from 1 GiB up, MiB below.
+std::string size_str(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, bytes >= 1 << 30 ? "%.2f GiB" : "%.2f MiB",
+                bytes >= 1 << 30 ? bytes / (1 << 30) : bytes / (1 << 20));
+  return buf;
+}
+
+// One line per pipeline stage and variant: stages differ (embedding, head,
+// microbatches in flight); tensor ranks of a stage hold equal shards.
+void print_memory_table(const Recipe& recipe, const LayoutEstimates& ranks) {
+  std::printf("# memory per rank by pipeline stage (estimate, docs/distributed.md#memory-per-rank; tensor rank 0 "
+              "of each stage): params, grads, optimizer state, activations of the microbatches in flight\n");
+  const std::vector<MemoryVariant> variants = memory_variants(recipe);
+  for (int stage = 0; stage < recipe.sizes.pp; ++stage) {
+    const ModelEstimate& est = ranks.by_coords.at({0, stage});
+    for (size_t i = 0; i < variants.size(); ++i) {
+      const MemoryVariant& v = variants[i];
+      const RankMemory m = variant_memory(v, est, recipe.sizes.dp);
+      std::printf("#   stage %d, %s + %s%s: params %s, grads %s, optimizer %s, activations %s (%d in flight), "
+                  "total %s\n",
+                  stage, v.precision.c_str(), v.data_parallel.c_str(), i == 0 ? " (this recipe)" : "",
+                  size_str(m.param).c_str(), size_str(m.grad).c_str(), size_str(m.optim).c_str(),
+                  size_str(m.act).c_str(), est.in_flight, size_str(m.total()).c_str());
+    }
+  }
+}
+
+// `weft check --json`: one object for scripts; mem_* named as in metrics.jsonl.
+void print_json(const Recipe& recipe, const ModelEstimate& est0, const LayoutEstimates& ranks) {
+  using nlohmann::json;
+  const ParallelSizes& s = recipe.sizes;
+  json out;
+  out["params"] = est0.summary.params;
+  out["world"] = recipe.world;
+  out["tensor"] = s.tp;
+  out["pipeline"] = s.pp;
+  out["data"] = s.dp;
+  out["expert"] = s.ep;
+  out["micro"] = recipe.options("batch").get_int("micro");
+  out["global"] = recipe.options("batch").get_int("global");
+  out["grad_accum"] = recipe.grad_accum;
+  out["precision"] = recipe.plugin("precision");
+  out["data_parallel"] = recipe.plugin("parallel.data_parallel");
+  out["schedule"] = recipe.plugin("parallel.pipeline_schedule");
+  out["recompute"] = recipe.options("model").has("recompute") ? recipe.options("model").get_string("recompute") : "none";
+  out["bubble"] = est0.timeline.bubble;
+  out["out_dir"] = std::filesystem::absolute(run_out_dir(recipe)).lexically_normal().string();
+  auto rank_list = [&](const MemoryVariant* v) {
+    json list = json::array();
+    for (const RankEstimate& r : ranks.ranks) {
+      const ModelEstimate& e = *r.est;
+      const RankMemory m = v ? variant_memory(*v, e, s.dp) : RankMemory{e.param_bytes, e.grad_bytes, e.optim_bytes,
+                                                                        e.act_bytes};
+      json j = {{"rank", r.topology.rank},
+                {"tp", r.topology.coords.tp},
+                {"pp", r.topology.coords.pp},
+                {"dp", r.topology.coords.dp},
+                {"ep", r.topology.coords.ep},
+                {"params", e.local_params},
+                {"in_flight", e.in_flight},
+                {"mem_param_bytes", m.param},
+                {"mem_grad_bytes", m.grad},
+                {"mem_optim_bytes", m.optim},
+                {"mem_act_bytes", m.act},
+                {"mem_total_bytes", m.total()}};
+      if (!v) {  // the groups once, with the recipe's own figures
+        j["tp_group"] = r.topology.tp_group;
+        j["pp_group"] = r.topology.pp_group;
+        j["dp_group"] = r.topology.dp_group;
+        j["ep_group"] = r.topology.ep_group;
+      }
+      list.push_back(std::move(j));
+    }
+    return list;
+  };
+  out["ranks"] = rank_list(nullptr);
+  json variants = json::array();
+  const std::vector<MemoryVariant> all = memory_variants(recipe);
+  for (size_t i = 1; i < all.size(); ++i)
+    variants.push_back({{"precision", all[i].precision}, {"data_parallel", all[i].data_parallel},
+                        {"ranks", rank_list(&all[i])}});
+  out["variants"] = std::move(variants);
+  out["notes"] = recipe.notes;
+  std::printf("%s\n", out.dump(1).c_str());
+}
+
 }  // namespace
 
-int cmd_check(const RecipeArgs& args) {
+void check_recipe_builds(const Recipe& recipe, const Registry& registry) {
+  CheckedRun run;
+  build_checked_run(run, recipe, registry);
+}
+
+int cmd_check(const RecipeArgs& args, bool json) {
   Plugins plugins;
   load_default_plugins(plugins);
   Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan, args.unsets);
   CheckedRun run;
   build_checked_run(run, recipe, plugins.registry);
+  LayoutEstimates ranks;
+  estimate_ranks(ranks, recipe, plugins.registry);
+  if (json) {
+    print_json(recipe, ranks.by_coords.at({0, 0}), ranks);
+    return 0;
+  }
   for (const std::string& note : recipe.notes) std::printf("# note: %s\n", note.c_str());
   std::printf("%s\n", recipe.to_toml().c_str());
 
@@ -176,7 +323,7 @@ int cmd_check(const RecipeArgs& args) {
   for (int r = 0; r < shown; ++r) std::printf("#   %s\n", make_topology(recipe.world, r, s).describe().c_str());
   if (shown < recipe.world) std::printf("#   ... %d more ranks\n", recipe.world - shown);
 
-  ModelEstimate est = estimate_model(recipe, plugins.registry);
+  const ModelEstimate& est = ranks.by_coords.at({0, 0});
   print_experts(recipe, est.summary);
   print_first_block_shards(recipe, plugins.registry);
   print_pipeline(recipe, est);
@@ -187,6 +334,7 @@ int cmd_check(const RecipeArgs& args) {
               est.in_flight, est.in_flight == 1 ? "" : "es",
               mib(est.param_bytes).c_str(), mib(est.grad_bytes).c_str(), mib(est.optim_bytes).c_str(),
               mib(est.act_bytes).c_str(), mib(est.param_bytes + est.grad_bytes + est.optim_bytes + est.act_bytes).c_str());
+  print_memory_table(recipe, ranks);
   std::printf("# out_dir: %s\n", std::filesystem::absolute(run_out_dir(recipe)).lexically_normal().c_str());
   print_data(recipe, *run.parts.dataset, est.summary.seq_length);
   return 0;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "weft/loader.hpp"
+#include "weft/recipe.hpp"
 
 namespace weft::cli {
 
@@ -29,7 +30,14 @@ struct RecipeArgs {
 void resolve_resume_form(std::string& recipe, std::string& resume_dir);
 
 int cmd_plugins(const std::string& name);
-int cmd_check(const RecipeArgs& args);
+// --json: one JSON object (params, world, grad_accum, ranks with their mem_* estimates) instead of the text.
+int cmd_check(const RecipeArgs& args, bool json = false);
+// Builds what `weft check` builds for rank 0 (no parameters, no step): throws
+// weft::Error where check would refuse the recipe.
+void check_recipe_builds(const Recipe& recipe, const Registry& registry);
+// weft plan: the layouts of the recipe's model on `world` ranks that fit
+// `memory_gb` GiB each, best first, and why the others do not (plan.cpp).
+int cmd_plan(const RecipeArgs& args, int world, double memory_gb, const std::string& precision, bool json);
 int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite);
 int cmd_eval(const std::vector<std::string>& checkpoints, const std::string& text_file);
 // Writes an SVG of the runs' metrics.jsonl curves to `out`.

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "import.hpp"
 #include "logging.hpp"
 #include "weft/error.hpp"
 
@@ -52,6 +53,9 @@ int run(int argc, char** argv) {
   CLI::App* check = app.add_subcommand("check", "validate a recipe; print it resolved, the layout, "
                                                  "the parameter count and a per-rank memory estimate");
   add_recipe(check, true);
+  bool check_json = false;
+  check->add_flag("--json", check_json, "print one JSON object (layout, parameter count, every rank's memory "
+                                        "estimate) instead of the text");
 
   CLI::App* plugins = app.add_subcommand("plugins", "list plugins, one family's plugins, or one plugin's options");
   std::string plugin_name;
@@ -114,6 +118,39 @@ int run(int argc, char** argv) {
   data->add_option("--sample", data_samples, "print sample I of the training order (repeatable)")->take_all();
   data->add_flag("--json", data_json, "print JSON lines");
 
+  CLI::App* plan = app.add_subcommand("plan", "the parallel layouts of a recipe's model that fit a number of "
+                                               "devices of a memory size, best first, and why the others do not");
+  add_recipe(plan, true);
+  int plan_world = 0;
+  double plan_memory_gb = 0;
+  std::string plan_precision;
+  bool plan_json = false;
+  plan->add_option("--world", plan_world, "ranks (devices)")->required()->check(CLI::Range(1, 1 << 16));
+  plan->add_option("--memory-gb", plan_memory_gb, "memory per device in GiB")->required()->check(finite)->check(
+      CLI::Range(0.001, 1e9));
+  plan->add_option("--precision", plan_precision, "estimate as fp32, bf16 or fp16 (default: the recipe's)");
+  plan->add_flag("--json", plan_json, "print one JSON object with every layout");
+
+  CLI::App* import = app.add_subcommand("import", "write a recipe from a Megatron-LM launch line or a DeepSpeed "
+                                                   "config (docs/recipes.md#from-megatron-lm-and-deepspeed)");
+  import->require_subcommand(1);
+  weft::cli::ImportArgs import_args;
+  auto add_import_options = [&](CLI::App* sub) {
+    sub->add_flag("--strict", import_args.strict, "refuse (exit 2) when a flag or entry is not taken");
+    sub->add_option("-o,--output", import_args.output, "write the recipe to FILE (default: stdout)");
+    sub->add_option("--world", import_args.world, "ranks of the run (default: from a torchrun/deepspeed prefix)")
+        ->check(CLI::Range(1, 1 << 20));
+  };
+  CLI::App* import_megatron = import->add_subcommand(
+      "megatron", "a recipe from Megatron-LM flags: weft import megatron [-o FILE] -- [torchrun ... pretrain_gpt.py] FLAGS...");
+  add_import_options(import_megatron);
+  import_megatron->add_option("flags", import_args.flags, "Megatron-LM flags, after --");
+  CLI::App* import_deepspeed = import->add_subcommand(
+      "deepspeed", "a recipe from a DeepSpeed config: weft import deepspeed ds_config.json [-- FLAGS...]");
+  add_import_options(import_deepspeed);
+  import_deepspeed->add_option("config", import_args.ds_config, "DeepSpeed JSON config")->required();
+  import_deepspeed->add_option("flags", import_args.flags, "Megatron-LM flags of the same launch, after --");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -130,7 +167,9 @@ int run(int argc, char** argv) {
     weft::cli::resolve_resume_form(recipe_args.recipe, resume_dir);
     return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir, overwrite);
   }
-  if (check->parsed()) return weft::cli::cmd_check(recipe_args);
+  if (plan->parsed()) return weft::cli::cmd_plan(recipe_args, plan_world, plan_memory_gb, plan_precision, plan_json);
+  if (import->parsed()) return weft::cli::cmd_import(import_args);
+  if (check->parsed()) return weft::cli::cmd_check(recipe_args, check_json);
   if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);
   if (eval->parsed()) return weft::cli::cmd_eval(eval_checkpoints, text_file);
   if (plot->parsed()) return weft::cli::cmd_plot(plot_dirs, plot_out);

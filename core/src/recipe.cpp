@@ -824,4 +824,26 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_
   return recipe;
 }
 
+std::string section_family(const std::string& section) {
+  const SectionDef* def = find_section(section);
+  return def ? def->family : "";
+}
+
+const OptionSpec* recipe_option(const Registry& registry, const std::string& section, const std::string& plugin,
+                                const std::string& key) {
+  const SectionDef* def = find_section(section);
+  if (!def) return nullptr;
+  const OptionSchema* schema = nullptr;
+  if (*def->family == '\0') {
+    schema = &core_schema(section);
+  } else {
+    const FactoryRecord* record = registry.find(def->family, plugin.empty() ? def->default_plugin : plugin);
+    if (!record) return nullptr;
+    schema = &record->schema;
+  }
+  for (const OptionSpec& spec : *schema)
+    if (spec.key == key) return &spec;
+  return nullptr;
+}
+
 }  // namespace weft

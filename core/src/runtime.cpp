@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "memory_estimate.hpp"
 #include "run_parts.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/layers.hpp"
@@ -107,24 +108,35 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
     if (p->expert && recipe.sizes.ep > 1) expert_params += shape_numel(p->shape);
     est.params.push_back({p->name, p->shape, p->full_shape, p->shard});
   }
-  est.param_bytes = 4.0 * est.local_params;
-  est.grad_bytes = 4.0 * est.local_params;
   est.has_experts = has_expert_params(model->params());
+  est.optimizer_slots = optimizer->state_slots();
+  // Expert params keep their optimizer state over the dp / ep ranks holding
+  // the same experts: the rank's share is the mean over its params.
   const int edp = recipe.sizes.dp / recipe.sizes.ep;
-  est.optim_bytes = 4.0 * optimizer->state_slots() *
-                    (static_cast<double>(est.local_params - expert_params) * dp->optimizer_state_share(recipe.sizes.dp) +
-                     static_cast<double>(expert_params) * dp->optimizer_state_share(edp));
+  est.optim_share = est.local_params == 0 ? 1.0
+                    : (static_cast<double>(est.local_params - expert_params) * dp->optimizer_state_share(recipe.sizes.dp) +
+                       static_cast<double>(expert_params) * dp->optimizer_state_share(edp)) /
+                          static_cast<double>(est.local_params);
   // The stage's share of the blocks' activations, times the microbatches its
   // schedule keeps in flight.
+  const int64_t model_layers = static_cast<int64_t>(model->layers().size());
   int64_t blocks = 0;
   for (int c = 0; c < est.plan.virtual_stages; ++c) {
     const PipelineChunk& chunk = est.plan.at(stage, c);
     blocks += chunk.end - chunk.first;
+    // Layer 0 is the embedding and the last the head; the rest are blocks.
+    est.stage_blocks += std::min(chunk.end, model_layers - 1) - std::max<int64_t>(chunk.first, 1);
   }
-  const double share = std::min(1.0, static_cast<double>(blocks) / static_cast<double>(model->layers().size()));
+  const double share = std::min(1.0, static_cast<double>(blocks) / static_cast<double>(model_layers));
   est.in_flight = schedule->in_flight(stage, recipe.sizes.pp, static_cast<int>(recipe.grad_accum));
-  est.act_bytes = static_cast<double>(est.summary.act_bytes_per_sample) * recipe.options("batch").get_int("micro") *
-                  share * est.in_flight;
+  est.act_fp32_bytes = static_cast<double>(est.summary.act_bytes_per_sample) *
+                       recipe.options("batch").get_int("micro") * share * est.in_flight;
+  const RankMemory mem = rank_memory(est.local_params, est.optimizer_slots, est.optim_share, est.act_fp32_bytes,
+                                     precision_bytes(recipe.plugin("precision")));
+  est.param_bytes = mem.param;
+  est.grad_bytes = mem.grad;
+  est.optim_bytes = mem.optim;
+  est.act_bytes = mem.act;
   return est;
 }
 

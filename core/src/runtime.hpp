@@ -35,7 +35,13 @@ struct ModelEstimate {
   bool has_experts = false;  // some parameter is sharded over ep
   ModelSummary summary;
   int64_t local_params = 0;  // elements the rank holds
-  double param_bytes = 0, grad_bytes = 0, optim_bytes = 0, act_bytes = 0;
+  double param_bytes = 0, grad_bytes = 0, optim_bytes = 0, act_bytes = 0;  // under the recipe's precision
+  // What those bytes are computed from (memory_estimate.hpp), so that other
+  // precisions and data-parallel strategies can be estimated for the same rank.
+  int optimizer_slots = 0;        // state tensors per parameter (AdamW 2)
+  double optim_share = 1;         // the rank's share of the optimizer state (zero1: 1/data)
+  double act_fp32_bytes = 0;      // saved activations in flight, 4 bytes per element
+  int64_t stage_blocks = 0;       // transformer blocks of the rank's stage (all its chunks)
   std::vector<LocalParam> params;  // the rank's, declaration order
   PipelinePlan plan;
   PipelineTimeline timeline;       // the schedule simulated over the step's microbatches

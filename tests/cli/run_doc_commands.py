@@ -77,7 +77,7 @@ def to_argv(command, inline):
     except StopIteration:
         return None, "not a weft command"
     sub = words[at + 1] if at + 1 < len(words) else ""
-    if sub in ("train", "check", "eval", "generate", "preprocess", "data") and len(words) <= at + 2:
+    if sub in ("train", "check", "eval", "generate", "preprocess", "data", "plan", "import") and len(words) <= at + 2:
         return None, "no arguments"
     words[at] = "weft"
     if words[0] == "mpirun":

@@ -732,3 +732,24 @@ TEST(RecipeRoundTrip, NonUtf8OverrideValue) {
   }
   expect_round_trip(d, p, overrides);
 }
+
+// recipe_option answers what load_recipe would accept, for a tool (weft
+// import) that must write only keys this build takes.
+TEST(RecipeOption, KnowsCoreAndPluginKeysAndNothingElse) {
+  const weft::Registry& r = registry();
+  const weft::OptionSpec* tensor = weft::recipe_option(r, "parallel", "", "tensor");
+  ASSERT_NE(tensor, nullptr);
+  EXPECT_EQ(tensor->type, weft::OptType::Int);
+  EXPECT_NE(weft::recipe_option(r, "model", "", "layers"), nullptr);            // default plugin gpt
+  EXPECT_NE(weft::recipe_option(r, "lr_schedule", "cosine", "min_lr"), nullptr);
+  EXPECT_NE(weft::recipe_option(r, "parallel.data_parallel", "zero1", "bucket_mb"), nullptr);
+  EXPECT_EQ(weft::recipe_option(r, "model", "", "no_such_key"), nullptr);
+  EXPECT_EQ(weft::recipe_option(r, "optimizer", "sgd", "beta2"), nullptr);    // adamw's, not sgd's
+  EXPECT_EQ(weft::recipe_option(r, "data", "", "paths"), nullptr);            // data has no default plugin
+  EXPECT_NE(weft::recipe_option(r, "data", "megatron", "paths"), nullptr);
+  EXPECT_EQ(weft::recipe_option(r, "precision", "no-such-plugin", "x"), nullptr);
+  EXPECT_EQ(weft::recipe_option(r, "no_section", "", "x"), nullptr);
+  EXPECT_EQ(weft::section_family("data"), "dataset");
+  EXPECT_EQ(weft::section_family("parallel.pipeline_schedule"), "pipeline_schedule");
+  EXPECT_EQ(weft::section_family("run"), "");
+}

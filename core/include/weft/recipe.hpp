@@ -52,4 +52,15 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
 // The schemas of the core sections (run, batch, parallel, checkpoint, log, plugins).
 const OptionSchema& core_schema(const std::string& section);
 
+// The plugin family of a plugin section ("model" -> "model", "data" -> "dataset");
+// "" for core sections and unknown names.
+std::string section_family(const std::string& section);
+
+// The option `key` of `section` as load_recipe would accept it, with `plugin`
+// chosen for a plugin section ("" = the section's default plugin); nullptr
+// when the section, the plugin or the key is unknown to this build. Lets a
+// tool write only keys the running weft takes.
+const OptionSpec* recipe_option(const Registry& registry, const std::string& section, const std::string& plugin,
+                                const std::string& key);
+
 }  // namespace weft
