@@ -78,6 +78,7 @@ const FlagRule kFlags[] = {
     {"--moe-aux-loss-coeff", Take::Value, 1, "model.moe_aux_loss_coef", "", "", true},
     {"--moe-z-loss-coeff", Take::Value, 1, "model.moe_z_loss_coef", "", "", true},
     {"--moe-expert-capacity-factor", Take::Value, 1, "model.moe_capacity_factor", "", "", true},
+    {"--moe-token-dispatcher-type", Take::Value, 1, "parallel.expert_parallel.plugin", "", "", true},
     {"--moe-router-load-balancing-type", Take::Special, 1, "", "", "aux_loss is weft's load balancing", true},
     {"--recompute-activations", Take::Switch, 0, "model.recompute", "selective", "", true},
     {"--recompute-granularity", Take::Value, 1, "model.recompute", "", "", true},
@@ -190,7 +191,7 @@ const FlagRule kFlags[] = {
     {"--overlap-param-gather", Take::Ignored, 0, "", "", "a communication schedule", false},
     {"--tp-comm-overlap", Take::Ignored, 0, "", "", "a communication schedule", false},
     {"--moe-grouped-gemm", Take::Ignored, 0, "", "", "a kernel choice", false},
-    {"--moe-token-dispatcher-type", Take::Ignored, 1, "", "", "a communication schedule", false},
+
     {"--attention-softmax-in-fp32", Take::Ignored, 0, "", "", "weft's softmax is always fp32", false},
     {"--accumulate-allreduce-grads-in-fp32", Take::Ignored, 0, "", "", "weft's gradients are fp32", false},
     {"--apply-query-key-layer-scaling", Take::Ignored, 0, "", "", "mathematically the same scores", false},

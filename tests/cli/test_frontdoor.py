@@ -338,6 +338,7 @@ def test_imports(tmp):
             "model.moe_experts": (8, "--num-experts"), "model.moe_top_k": (2, "--moe-router-topk"),
             "model.moe_aux_loss_coef": (0.01, "--moe-aux-loss-coeff"),
             "model.moe_z_loss_coef": (0.001, "--moe-z-loss-coeff"), "parallel.expert": (2, "--expert-model"),
+            "parallel.expert_parallel.plugin": ("alltoall", "--moe-token-dispatcher"),
             "data.plugin": ("synthetic", "--mock-data"), "lr_schedule.warmup_steps": (50, "--lr-warmup-iters"),
             "lr_schedule.decay_steps": (1000, "--lr-decay-iters"), "lr_schedule.plugin": ("linear", "--lr-decay"),
             "run.seed": (7, "--seed"), "model.vocab_pad_multiple": (64, "--make-vocab"),
