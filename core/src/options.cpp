@@ -79,6 +79,11 @@ OptionSpec required(OptionSpec spec) {
   return spec;
 }
 
+OptionSpec weighted_table(OptionSpec spec) {
+  spec.weighted_table = true;
+  return spec;
+}
+
 static std::string quote(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {

@@ -2,6 +2,7 @@
 // validation against core and plugin schemas, cross-section checks.
 #include "weft/recipe.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -199,6 +200,7 @@ std::string with_article(const std::string& noun) {
 std::string spec_expectation(const OptionSpec& spec) {
   std::string s = opt_type_name(spec.type);
   if (spec.auto_value) s += " or \"auto\"";
+  if (spec.weighted_table) s += " or a table of weights";
   return s;
 }
 
@@ -257,6 +259,38 @@ bool valid_utf8(const std::string& s) {
   return true;
 }
 
+// A table {item = weight} as the list [weight, item, ...]. TOML++ keeps a
+// table's keys sorted; their source positions give back the file's order.
+std::vector<std::string> weighted_list(const toml::table& table, const OptionSpec& spec, const std::string& qualified) {
+  std::vector<std::pair<const toml::key*, const toml::node*>> items;
+  for (auto&& [k, v] : table) items.emplace_back(&k, &v);
+  std::stable_sort(items.begin(), items.end(), [](const auto& a, const auto& b) {
+    const auto &x = a.first->source().begin, &y = b.first->source().begin;
+    return x.line != y.line ? x.line < y.line : x.column < y.column;
+  });
+  std::vector<std::string> out;
+  for (const auto& [k, v] : items) {
+    const std::string key(k->str());
+    const std::string where = qualified + "[\"" + key + "\"]";
+    if (auto i = v->as_integer()) {
+      if (i->get() < 0)
+        fail_at(pos_of(*v), where + ": the weight must be a number >= 0, found " + std::to_string(i->get()));
+      out.push_back(std::to_string(i->get()));
+    } else if (auto f = v->as_floating_point()) {
+      const double w = f->get();
+      if (!std::isfinite(w) || w < 0)
+        fail_at(pos_of(*v), where + ": the weight must be a number >= 0, found " + opt_value_str(OptValue(w)));
+      char buf[64];
+      const auto end = std::to_chars(buf, buf + sizeof buf, w).ptr;  // the shortest text that reads back the same
+      out.emplace_back(buf, end);
+    } else {
+      fail_at(pos_of(*v), where + ": the weight must be a number >= 0, found " + with_article(describe_node_type(*v)));
+    }
+    out.push_back(spec.is_path ? resolve_path(key, pos_of(*v)) : key);
+  }
+  return out;
+}
+
 OptValue value_from_node(const toml::node& node, const OptionSpec& spec, const std::string& qualified) {
   SourcePos pos = pos_of(node);
   auto wrong = [&]() -> OptValue {
@@ -278,6 +312,7 @@ OptValue value_from_node(const toml::node& node, const OptionSpec& spec, const s
       if (auto s = node.as_string()) return spec.is_path ? resolve_path(s->get(), pos) : s->get();
       return wrong();
     case OptType::StringList: {
+      if (spec.weighted_table && node.is_table()) return weighted_list(*node.as_table(), spec, qualified);
       auto arr = node.as_array();
       if (!arr) return wrong();
       std::vector<std::string> out;

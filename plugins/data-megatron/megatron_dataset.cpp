@@ -173,9 +173,10 @@ void GptSamples::sample(int64_t i, int32_t* out) const {
 
 OptionSchema MegatronDataset::schema() {
   return {
-      required(opt_strings("paths", {},
-                           "prefixes of PREFIX.bin + PREFIX.idx (relative to the recipe file), or a blend "
-                           "[\"0.3\", \"a\", \"0.7\", \"b\"] as Megatron's --data-path")),
+      weighted_table(required(opt_strings("paths", {},
+                                          "prefixes of PREFIX.bin + PREFIX.idx (relative to the recipe file), or a "
+                                          "blend [\"0.3\", \"a\", \"0.7\", \"b\"] as Megatron's --data-path, or "
+                                          "{ \"a\" = 0.3, \"b\" = 0.7 }"))),
       opt_string("split", "969,30,1", "train,valid,test weights of each prefix's documents, as Megatron's --split"),
       opt_string("part", "train", "the split part to read: train, valid or test", {"train", "valid", "test"}),
   };

@@ -70,6 +70,75 @@ std::string split_pattern(const Json& split, const std::string& path, const Wher
   w.fail(path + ".pattern", "expected {\"Regex\": ...} or {\"String\": ...}");
 }
 
+// The code point that starts at byte i (-1: not valid UTF-8 there), and its length in *n.
+utf8proc_int32_t code_point_at(std::string_view s, size_t i, size_t* n) {
+  utf8proc_int32_t c = -1;
+  const utf8proc_ssize_t k = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
+                                              static_cast<utf8proc_ssize_t>(s.size() - i), &c);
+  *n = k > 0 ? static_cast<size_t>(k) : 1;
+  return k > 0 ? c : -1;
+}
+
+// The start of the code point that ends at byte i (i > 0).
+size_t code_point_before(std::string_view s, size_t i) {
+  size_t j = i - 1;
+  while (j > 0 && i - j < 4 && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) --j;
+  size_t n = 0;
+  return code_point_at(s, j, &n) >= 0 && j + n == i ? j : i - 1;
+}
+
+// Unicode's White_Space: the separators Zs, Zl, Zp, the controls \t..\r and NEL.
+bool is_space(utf8proc_int32_t c) {
+  if (c < 0) return false;
+  if ((c >= 0x09 && c <= 0x0D) || c == 0x85) return true;
+  const utf8proc_category_t g = utf8proc_category(c);
+  return g == UTF8PROC_CATEGORY_ZS || g == UTF8PROC_CATEGORY_ZL || g == UTF8PROC_CATEGORY_ZP;
+}
+
+// A word character as Hugging Face's single_word test reads \w: letters, marks,
+// decimal and letter numbers, connector punctuation, the two joiners.
+bool is_word(utf8proc_int32_t c) {
+  if (c < 0) return false;
+  if (c == 0x200C || c == 0x200D) return true;
+  switch (utf8proc_category(c)) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT: case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool word_before(std::string_view s, size_t i) {
+  if (i == 0) return false;
+  size_t n = 0;
+  return is_word(code_point_at(s, code_point_before(s, i), &n));
+}
+
+bool word_after(std::string_view s, size_t i) {
+  size_t n = 0;
+  return i < s.size() && is_word(code_point_at(s, i, &n));
+}
+
+// The start of the whitespace run that ends at byte i.
+size_t space_run_start(std::string_view s, size_t i) {
+  size_t n = 0;
+  while (i > 0) {
+    const size_t j = code_point_before(s, i);
+    if (!is_space(code_point_at(s, j, &n))) break;
+    i = j;
+  }
+  return i;
+}
+
+// The end of the whitespace run that starts at byte i.
+size_t space_run_end(std::string_view s, size_t i) {
+  size_t n = 0;
+  while (i < s.size() && is_space(code_point_at(s, i, &n))) i += n;
+  return i;
+}
+
 }  // namespace
 
 OptionSchema HfTokenizer::schema() {
@@ -180,7 +249,9 @@ HfTokenizer::HfTokenizer(const std::string& path, const std::string& eot) : path
     if (!list.is_array()) w.fail("$.added_tokens", "expected an array");
     for (size_t k = 0; k < list.size(); ++k) {
       const std::string at = "$.added_tokens[" + std::to_string(k) + "]";
-      Added a{w.string_at(w.member(list[k], at, "content"), at + ".content"), w.id_at(w.member(list[k], at, "id"), at + ".id")};
+      Added a{w.string_at(w.member(list[k], at, "content"), at + ".content"), w.id_at(w.member(list[k], at, "id"), at + ".id"),
+              w.bool_or(list[k], at, "lstrip", false), w.bool_or(list[k], at, "rstrip", false),
+              w.bool_or(list[k], at, "single_word", false)};
       if (a.content.empty()) w.fail(at + ".content", "an added token cannot be empty");
       vocab_size_ = std::max<int64_t>(vocab_size_, int64_t(a.id) + 1);
       added_by_id_.emplace_back(a.id, a.content);
@@ -228,20 +299,29 @@ std::vector<int32_t> HfTokenizer::encode(const std::string& text) const {
   // The next occurrence of each added token (npos: none left), refreshed as the scan passes it.
   std::vector<size_t> next(added_.size());
   for (size_t k = 0; k < added_.size(); ++k) next[k] = text.find(added_[k].content);
-  size_t at = 0;
+  size_t at = 0;    // the start of the text not yet encoded
+  size_t scan = 0;  // where the search for the next added token goes on
   while (true) {
     size_t best = std::string::npos, which = 0;
     for (size_t k = 0; k < added_.size(); ++k) {
-      if (next[k] != std::string::npos && next[k] < at) next[k] = text.find(added_[k].content, at);
+      if (next[k] != std::string::npos && next[k] < scan) next[k] = text.find(added_[k].content, scan);
       if (next[k] < best) {  // ties keep the longer token: added_ is sorted longest first
         best = next[k];
         which = k;
       }
     }
     if (best == std::string::npos) break;
-    encode_plain(std::string_view(text).substr(at, best - at), ids);
-    ids.push_back(added_[which].id);
-    at = best + added_[which].content.size();
+    const Added& a = added_[which];
+    size_t start = best, stop = best + a.content.size();
+    // As Hugging Face's matcher: a refused single-word match is passed over
+    // whole (the search goes on after it) and stays ordinary text.
+    scan = stop;
+    if (a.single_word && (word_before(text, start) || word_after(text, stop))) continue;
+    if (a.lstrip) start = std::max(at, space_run_start(text, start));  // not into the previous token
+    if (a.rstrip) stop = space_run_end(text, stop);
+    encode_plain(std::string_view(text).substr(at, start - at), ids);
+    ids.push_back(a.id);
+    at = scan = stop;
   }
   encode_plain(std::string_view(text).substr(at), ids);
   return ids;

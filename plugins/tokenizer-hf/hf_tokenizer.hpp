@@ -1,6 +1,7 @@
 // Tokenizer "hf": a Hugging Face tokenizer.json with a byte-level BPE model
 // (GPT-2, Llama 3, Qwen2/2.5/3 and the like): added tokens are cut out of
-// the text first and map to their ids, the rest is NFC-normalised when the
+// the text first (with their lstrip, rstrip and single_word flags) and map
+// to their ids, the rest is NFC-normalised when the
 // file asks for it (utf8proc), split by the file's regex (PCRE2) and
 // encoded by byte-level BPE. Other model types and pipeline parts are
 // refused, naming the JSON path of the part.
@@ -32,6 +33,9 @@ class HfTokenizer final : public Tokenizer {
   struct Added {
     std::string content;
     int32_t id;
+    bool lstrip = false;       // the match takes the whitespace before it
+    bool rstrip = false;       // and after it
+    bool single_word = false;  // matches only where no word character touches it
   };
   void encode_plain(std::string_view text, std::vector<int32_t>& out) const;
 

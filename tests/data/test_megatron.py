@@ -46,7 +46,7 @@ vocab_size = {vocab}
 plugin = "byte"
 [data]
 plugin = "megatron"
-paths = {json.dumps(paths)}
+paths = {paths if isinstance(paths, str) else json.dumps(paths)}
 split = "{split}"
 part = "{part}"
 [batch]
@@ -188,6 +188,38 @@ def test_split_and_blend(tmp):
     from_b = sum(1 for w in windows if w[0] >= 10000)
     check(f"blend 0.25/0.75: {from_b} of the first {count} samples from the second prefix",
           abs(from_b - 0.75 * count) <= 2, f"got {from_b}")
+
+    # The blend as a TOML table { prefix = weight }: the list of the same pairs in the file's order.
+    a, b = json.dumps(prefix), json.dumps(prefix_b)
+    by_order = []
+    for order, table, pairs in (("a, b", f"{{ {a} = 0.25, {b} = 0.75 }}", ["0.25", prefix, "0.75", prefix_b]),
+                                ("b, a", f"{{ {b} = 0.75, {a} = 0.25 }}", ["0.75", prefix_b, "0.25", prefix])):
+        _, from_table = samples(recipe(tmp, table, 4, vocab=16384, name="blend_table.toml"), list(range(count)))
+        _, from_list = samples(recipe(tmp, pairs, 4, vocab=16384, name="blend_list.toml"), list(range(count)))
+        check(f"blend as a table ({order}): the same {count} samples as the list of its pairs in that order",
+              from_table == from_list)
+        by_order.append(from_table)
+    check("a blend table's order is kept (the two orders give different samples)", by_order[0] != by_order[1])
+    # Integer weights, and the table as its own [data.paths] section.
+    path = recipe(tmp, f"{{ {a} = 1, {b} = 3 }}", 4, vocab=16384, name="blend_int.toml")
+    _, from_int = samples(path, list(range(count)))
+    with open(path) as f:
+        text = f.read().replace(f"paths = {{ {a} = 1, {b} = 3 }}\n", "")
+    with open(path, "w") as f:
+        f.write(text + f"[data.paths]\n{a} = 1\n{b} = 3\n")
+    _, from_section = samples(path, list(range(count)))
+    from_b = sum(1 for w in from_int if w[0] >= 10000)
+    check(f"blend table with weights 1 and 3: {from_b} of {count} samples from the second prefix, the same "
+          "from a [data.paths] section", abs(from_b - 0.75 * count) <= 2 and from_section == from_int)
+    for what, weight, needle in (("a string weight", '"0.3"', "found a string"),
+                                 ("a negative weight", "-0.3", "found -0.3")):
+        path = recipe(tmp, f"{{ {a} = 0.7, {b} = {weight} }}", 4, vocab=16384, name="blend_bad.toml")
+        res = weft("data", path)
+        lines = res.stderr.strip().splitlines()
+        where = f"blend_bad.toml:15:{len('paths = { ' + a + ' = 0.7, ' + b + ' = ') + 1}: data.paths[{b}]"
+        check(f"blend table refuses {what}, naming file:line:col and the key",
+              res.returncode == 2 and len(lines) == 1 and where in lines[0] and needle in lines[0],
+              f"exit {res.returncode}: {res.stderr.strip()[:300]}")
 
 
 def expect_refusal(tmp, name, prefix, needle, sample=False, vocab=0):

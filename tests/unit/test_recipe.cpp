@@ -60,6 +60,9 @@ weft::Registry& registry() {
                        opt_float("init_std", 0.02, "", 0.0)});
     fake<weft::Tokenizer>(*r, "byte", {});
     fake<weft::Dataset>(*r, "synthetic", {opt_int("vocab", 0, "", 0), opt_int("size", int64_t{1} << 20, "", 1)});
+    fake<weft::Dataset>(*r, "megatron",
+                        {weft::weighted_table(weft::required(weft::opt_strings("paths", {}, "prefixes or a blend"))),
+                         opt_string("split", "969,30,1", ""), opt_string("part", "train", "", {"train", "valid", "test"})});
     fake<weft::Dataset>(*r, "text",
                         {weft::required(opt_paths("files", {}, "text files to train on (relative to the recipe file)")),
                          opt_string("documents", "file", "", {"file", "blank-line", "percent-line"}),
@@ -435,6 +438,45 @@ TEST(RecipeOverride, StringListItemsWithCommas) {
   EXPECT_EQ(r.options("tokenizer").get_strings("specials"), (std::vector<std::string>{"x,y", "z"}));
   r = load(p, {"tokenizer.plugin=fixture-tok", "tokenizer.specials=['a, b', c]"});
   EXPECT_EQ(r.options("tokenizer").get_strings("specials"), (std::vector<std::string>{"a, b", "c"}));
+}
+
+// A weighted table {item = weight} reads as the list [weight, item, ...] in the
+// file's order (not TOML++'s sorted order), inline or as its own section.
+TEST(RecipeWeightedTable, ReadsAsTheWeightedListInFileOrder) {
+  TempDir d;
+  const std::string data = "[data]\nplugin = \"megatron\"\n";
+  std::string p = d.write("r.toml", kModel + data + "paths = { \"zeta\" = 0.7, \"alpha\" = 0.3, mid = 2 }\n");
+  EXPECT_EQ(load(p).options("data").get_strings("paths"),
+            (std::vector<std::string>{"0.7", "zeta", "0.3", "alpha", "2", "mid"}));
+  p = d.write("s.toml", kModel + data + "[data.paths]\n\"b\" = 1e-3\n\"a\" = 0\n");
+  EXPECT_EQ(load(p).options("data").get_strings("paths"), (std::vector<std::string>{"0.001", "b", "0", "a"}));
+  p = d.write("l.toml", kModel + data + "paths = [\"0.3\", \"a\", \"0.7\", \"b\"]\n");  // the list as before
+  EXPECT_EQ(load(p).options("data").get_strings("paths"), (std::vector<std::string>{"0.3", "a", "0.7", "b"}));
+  p = d.write("e.toml", kModel + data + "paths = {}\n");  // empty: the plugin says "no prefixes"
+  EXPECT_TRUE(load(p).options("data").get_strings("paths").empty());
+}
+
+TEST(RecipeWeightedTable, Refusals) {
+  TempDir d;
+  // Line 10 holds paths; column 17 is the weight's first character.
+  const std::string head = kModel + "\n[data]\nplugin = \"megatron\"\n";
+  const std::pair<std::string, std::string> cases[] = {
+      {"paths = { \"a\" = \"0.3\" }", ":10:17: data.paths[\"a\"]: the weight must be a number >= 0, found a string"},
+      {"paths = { \"a\" = -0.5 }", ":10:17: data.paths[\"a\"]: the weight must be a number >= 0, found -0.5"},
+      {"paths = { \"a\" = -2 }", ":10:17: data.paths[\"a\"]: the weight must be a number >= 0, found -2"},
+      {"paths = { \"a\" = nan }", ":10:17: data.paths[\"a\"]: the weight must be a number >= 0, found nan"},
+      {"paths = { \"a\" = [1] }", ":10:17: data.paths[\"a\"]: the weight must be a number >= 0, found an array"},
+      {"paths = 3", ":10:9: data.paths: expected array of strings or a table of weights, got integer"},
+  };
+  int i = 0;
+  for (const auto& [line, expected] : cases) {
+    SCOPED_TRACE(line);
+    std::string p = d.write("bad" + std::to_string(i++) + ".toml", head + line + "\n");
+    EXPECT_EQ(error_of(p), p + expected);
+  }
+  // Without the flag a table is still refused as a list's wrong type.
+  std::string p = d.write("tok.toml", kMinimal + "[tokenizer]\nplugin = \"fixture-tok\"\nspecials = { a = 1 }\n");
+  EXPECT_EQ(error_of(p), p + ":15:12: tokenizer.specials: expected array of strings, got table");
 }
 
 // `plugin` is not a key of a core section: the refusal says so, not that the

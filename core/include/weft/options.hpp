@@ -37,6 +37,10 @@ struct OptionSpec {
   bool required = false;
   bool is_path = false;            // String/StringList: paths relative to the recipe file
   std::optional<int64_t> auto_value;  // Int: the string "auto" stands for this value
+  // StringList: a recipe may also give a table {item = weight}; it reads as the
+  // list [weight, item, weight, item, ...] in the file's order, each weight a
+  // number >= 0 written as a decimal string (a blend: Megatron's --data-path).
+  bool weighted_table = false;
 };
 using OptionSchema = std::vector<OptionSpec>;
 
@@ -53,6 +57,7 @@ OptionSpec opt_ints(std::string key, std::vector<int64_t> def, std::string doc);
 OptionSpec opt_path(std::string key, std::string def, std::string doc);
 OptionSpec opt_paths(std::string key, std::vector<std::string> def, std::string doc);
 OptionSpec required(OptionSpec spec);
+OptionSpec weighted_table(OptionSpec spec);  // StringList: also accepts {item = weight}
 
 std::string opt_value_str(const OptValue& value);  // TOML literal
 
