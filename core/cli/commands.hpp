@@ -30,7 +30,8 @@ void resolve_resume_form(std::string& recipe, std::string& resume_dir);
 
 int cmd_plugins(const std::string& name);
 int cmd_check(const RecipeArgs& args);
-int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite);
+int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite,
+              bool override_schedule = false);
 int cmd_eval(const std::vector<std::string>& checkpoints, const std::string& text_file);
 // Writes an SVG of the runs' metrics.jsonl curves to `out`.
 int cmd_plot(const std::vector<std::string>& run_dirs, const std::string& out);

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <set>
 #include <thread>
 
 #include "checkpoint.hpp"
@@ -68,7 +69,9 @@ class RankTrainer {
   double validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape);
   ScheduleStep schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape);
   double mean_loss(double loss_sum, int64_t batches);
-  MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
+  MetricsRecord record(int64_t step, double loss, double loss_step, double lr, double grad_norm, double step_s,
+                       int64_t comm);
+  void check_resume(const std::string& dir, const CheckpointMeta& meta);
   double seconds_since_start() const;
   void log_summary(int64_t start) const;
 
@@ -79,7 +82,7 @@ class RankTrainer {
   LaunchInfo launch_;
   std::shared_ptr<spdlog::logger> log_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
-  double last_loss_ = 0;  // of the last logged step (the last step is always logged)
+  double last_loss_ = 0;  // of the last step (the last step is always logged)
   StepTimers timers_;
   double peak_tflops_ = 0;  // per rank: backend.peak_tflops, else the measured GEMM rate
 
@@ -96,6 +99,9 @@ class RankTrainer {
   std::vector<std::unique_ptr<MetricsSink>> sinks_;
 
   int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
+  // Data position: step s (from 1) starts at sample base_samples_ + (s - 1 - base_step_) * global_; a
+  // resume with another global batch continues from the samples its checkpoint consumed.
+  int64_t base_step_ = 0, base_samples_ = 0;
   std::string out_dir_;
   std::vector<std::pair<std::string, double>> moe_metrics_;  // appended to each logged record
   int64_t skipped_steps_ = 0;  // steps without an update (run.on_nan = "skip")
@@ -197,8 +203,9 @@ void RankTrainer::sum_tied_grads() {
   }
 }
 
-// Step s (0-based) consumes samples [s*G, (s+1)*G) of the seeded order; dp rank
-// r takes the contiguous slice [r*micro*accum, (r+1)*micro*accum) of it.
+// Batch b (0-based) consumes samples [b*G, (b+1)*G) of the seeded order (training
+// batches shifted by a resume's base, see base_samples_); dp rank r takes the
+// contiguous slice [r*micro*accum, (r+1)*micro*accum) of it.
 void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets) {
   int64_t base = step0 * global_ + stack_.topology.coords.dp * micro_ * accum_ + mb * micro_;
   for (int64_t b = 0; b < micro_; ++b) {
@@ -213,16 +220,18 @@ void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Te
   stack_.backend->copy_from_host(targets, host_targets_.data());
 }
 
-MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double grad_norm, double step_s,
-                                  int64_t comm) {
+// `loss`: the mean over the steps since the last record (Megatron's logged
+// loss); `loss_step`: the loss of this step alone.
+MetricsRecord RankTrainer::record(int64_t step, double loss, double loss_step, double lr, double grad_norm,
+                                  double step_s, int64_t comm) {
   MemStats mem = stack_.backend->mem_stats();
   auto peak = [&](MemCategory c) { return static_cast<double>(mem.peak[static_cast<int>(c)]); };
-  last_loss_ = loss;
   MetricsRecord r;
   r.step = step;
   r.total_steps = steps_;
   r.values = {{"time", seconds_since_start()},
               {"loss", loss},
+              {"loss_step", loss_step},
               {"lr", lr},
               {"grad_norm", grad_norm},
               {"tokens_per_s", static_cast<double>(global_ * seq_) / step_s},
@@ -328,13 +337,9 @@ void RankTrainer::run() {
   std::string dir = find_resume_checkpoint(out_dir_, args_.resume_from, mode);
   if (!dir.empty()) {
     CheckpointMeta meta = read_checkpoint_meta(dir);
-    if (meta.seed != seed)
-      throw Error(dir + ": saved with run.seed " + std::to_string(meta.seed) + ", the recipe says " +
-                  std::to_string(seed));
-    if (meta.samples_consumed % global_ != 0 || meta.samples_consumed / global_ != meta.step)
-      throw Error(dir + ": saved after " + std::to_string(meta.samples_consumed) + " samples at step " +
-                  std::to_string(meta.step) + ", which a global batch of " + std::to_string(global_) +
-                  " cannot continue");
+    check_resume(dir, meta);
+    base_step_ = meta.step;
+    base_samples_ = meta.samples_consumed;
     if (meta.step >= steps_) {
       if (rank0) log_->info("{}", finished_message(dir, meta.step, steps_));
       return;
@@ -382,13 +387,17 @@ void RankTrainer::run() {
     return world_.bytes_sent() + tp_comm_->bytes_sent() + pp_comm_->bytes_sent() + dp_comm_->bytes_sent();
   };
 
+  double interval_loss_sum = 0;  // losses of the steps updated since the last record
+  int64_t interval_steps = 0;
   for (int64_t step = start + 1; step <= steps_; ++step) {
     auto t0 = std::chrono::steady_clock::now();
     int64_t comm0 = comm_total();
     timers_.begin_step(StepPhase::Backward);  // clearing the gradients belongs to the backward
     zero_grads(stack_.flat, *stack_.backend);
 
-    ScheduleStep s = schedule_step(*dataset_, step - 1, activation_shape);
+    // The batch index whose samples this step reads (see base_samples_; a divisor, checked at resume).
+    const int64_t batch = base_samples_ / global_ + (step - 1 - base_step_);
+    ScheduleStep s = schedule_step(*dataset_, batch, activation_shape);
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
@@ -409,13 +418,17 @@ void RankTrainer::run() {
     double clip = optimizer_->clip_grad_norm();
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
     double lr = lr_schedule_->lr(step);
+    if (auto wd = lr_schedule_->weight_decay(step)) optimizer_->set_weight_decay(*wd);
 
     const double loss = mean_loss(loss_sum, 1);
+    last_loss_ = loss;
     // Loss and norm are the same on every rank, so every rank takes the same branch.
     if (std::isfinite(loss) && std::isfinite(norm)) {
       timers_.enter(StepPhase::Optimizer);
       dp_->step(lr, grad_scale, step);
       timers_.enter(StepPhase::Comm);
+      interval_loss_sum += loss;
+      ++interval_steps;
     } else {
       skip_or_stop(step, loss, norm);
     }
@@ -427,7 +440,11 @@ void RankTrainer::run() {
     const double val_loss = evaluate ? validation_loss(ops, activation_shape) : 0.0;
     if (evaluate && rank0) log_->info("step {}: val_loss {:.4f}", step, val_loss);
     if (step % log_interval == 0 || step == steps_ || evaluate) {
-      MetricsRecord r = record(step, loss, lr, norm, step_s, comm_total() - comm0);
+      // Megatron's logged loss: the mean over the steps updated since the last record.
+      const double interval_loss = interval_steps > 0 ? interval_loss_sum / static_cast<double>(interval_steps) : loss;
+      interval_loss_sum = 0;
+      interval_steps = 0;
+      MetricsRecord r = record(step, interval_loss, loss, lr, norm, step_s, comm_total() - comm0);
       if (evaluate) r.values.emplace_back("val_loss", val_loss);
       for (auto& sink : sinks_) {
         sink->write(r);
@@ -437,7 +454,9 @@ void RankTrainer::run() {
     const bool stop = step < steps_ && stop_requested();
     bool save = stop || step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
     if (save) {
-      CheckpointMeta meta{step, step * global_, seed};
+      CheckpointMeta meta{step, base_samples_ + (step - base_step_) * global_, seed};
+      meta.global_batch = global_;
+      meta.schedule = lr_schedule_->settings();
       const auto saving = std::chrono::steady_clock::now();
       if (recipe_.options("checkpoint").get_bool("async")) {
         wait_for_save();  // a second save waits for the first
@@ -478,6 +497,38 @@ void RankTrainer::run() {
   if (recipe_.options("log").get_bool("timers"))
     log_timer_summary(timers_, steps_ - start, world_, *stack_.backend, *log_);
   if (rank0) log_summary(start);
+}
+
+// A resume continues the checkpoint's run: the same seed; a global batch
+// that divides the samples consumed (the run goes on from there); the same
+// lr schedule, each difference named, unless --override-schedule.
+void RankTrainer::check_resume(const std::string& dir, const CheckpointMeta& meta) {
+  const uint64_t seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
+  if (meta.seed != seed)
+    throw Error(dir + ": saved with run.seed " + std::to_string(meta.seed) + ", the recipe says " +
+                std::to_string(seed));
+  if (meta.samples_consumed % global_ != 0)
+    throw Error(dir + ": saved after " + std::to_string(meta.samples_consumed) + " samples at step " +
+                std::to_string(meta.step) + ", which batch.global " + std::to_string(global_) +
+                " does not divide");
+  if (meta.schedule.empty()) return;  // an older checkpoint: nothing recorded to compare
+  std::string diffs;
+  const std::map<std::string, std::string> now = lr_schedule_->settings();
+  std::set<std::string> keys;
+  for (const auto& kv : meta.schedule) keys.insert(kv.first);
+  for (const auto& kv : now) keys.insert(kv.first);
+  for (const std::string& k : keys) {
+    auto a = meta.schedule.find(k);
+    auto b = now.find(k);
+    const std::string saved = a == meta.schedule.end() ? "(none)" : a->second;
+    const std::string wanted = b == now.end() ? "(none)" : b->second;
+    if (saved != wanted) diffs += (diffs.empty() ? "" : ", ") + k + " " + saved + " -> " + wanted;
+  }
+  if (diffs.empty()) return;
+  if (!args_.override_schedule)
+    throw Error(dir + ": the lr schedule differs from the checkpoint's (" + diffs +
+                "); resume with --override-schedule to continue with the recipe's schedule");
+  if (world_.rank() == 0) log_->info("--override-schedule: continuing with the recipe's schedule ({})", diffs);
 }
 
 // Waits for the checkpoint being written in the background (checkpoint.async;
