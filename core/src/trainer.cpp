@@ -20,6 +20,7 @@
 #include "step_timers.hpp"
 #include "validation.hpp"
 #include "weft/dataset.hpp"
+#include "weft/documents.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/metrics.hpp"
 #include "weft/optimizer.hpp"
@@ -66,9 +67,12 @@ class RankTrainer {
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
   void load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets);
+  void prepare_microbatch(int64_t batch, int mb, bool training, Context& ctx);
+  int64_t counted_tokens(const Dataset& data, int64_t batch);
   double validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape);
-  ScheduleStep schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape);
-  double mean_loss(double loss_sum, int64_t batches);
+  ScheduleStep schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape, bool training,
+                             int64_t tokens);
+  double mean_loss(double loss_sum, int64_t tokens);
   MetricsRecord record(int64_t step, double loss, double loss_step, double lr, double grad_norm, double step_s,
                        int64_t comm);
   void check_resume(const std::string& dir, const CheckpointMeta& meta);
@@ -110,6 +114,9 @@ class RankTrainer {
   std::vector<std::string> tied_names_;  // params tied across stages (both copies sum their gradients)
   std::vector<int32_t> host_tokens_;     // [B, T+1]
   std::vector<int32_t> host_ids_, host_targets_;
+  DocumentMasks masks_;  // [data] eod_mask_loss, reset_position_ids, reset_attention_mask
+  int32_t eot_ = -1;     // the tokenizer's end-of-text token
+  std::vector<int32_t> host_doc_start_, host_positions_;  // [B, T] of the last microbatch loaded
 };
 
 void RankTrainer::build() {
@@ -165,6 +172,10 @@ void RankTrainer::build() {
   host_tokens_.resize(seq_ + 1);
   host_ids_.resize(micro_ * seq_);
   host_targets_.resize(micro_ * seq_);
+  host_doc_start_.resize(micro_ * seq_);
+  host_positions_.resize(micro_ * seq_);
+  masks_ = document_masks(recipe_.options("data"));
+  eot_ = stack_.tokenizer->eot();
 }
 
 // Every stage's tensors reach the writer (global rank 0) through the pp group
@@ -212,6 +223,8 @@ void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Te
     data.sample(base + b, host_tokens_.data());
     std::copy(host_tokens_.begin(), host_tokens_.begin() + seq_, host_ids_.begin() + b * seq_);
     std::copy(host_tokens_.begin() + 1, host_tokens_.end(), host_targets_.begin() + b * seq_);
+    apply_document_masks(masks_, eot_, host_ids_.data() + b * seq_, host_targets_.data() + b * seq_,
+                         host_doc_start_.data() + b * seq_, host_positions_.data() + b * seq_, seq_);
   }
   // Fresh tensors: a pipeline stage keeps several microbatches' ids (the embedding's backward reads them).
   ids = stack_.backend->alloc_uninitialized({micro_, seq_}, DType::I32, MemCategory::Workspace);
@@ -222,6 +235,37 @@ void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Te
 
 // `loss`: the mean over the steps since the last record (Megatron's logged
 // loss); `loss_step`: the loss of this step alone.
+// Microbatch mb's Context beyond ids and targets, right after load_microbatch
+// of the same microbatch: its place in the sample order (dropout masks),
+// whether it trains, and the document masks load_microbatch computed.
+void RankTrainer::prepare_microbatch(int64_t batch, int mb, bool training, Context& ctx) {
+  ctx.first_sample = batch * global_ + stack_.topology.coords.dp * micro_ * accum_ + mb * micro_;
+  ctx.training = training;
+  auto upload = [&](const std::vector<int32_t>& host) {
+    Tensor t = stack_.backend->alloc_uninitialized({micro_, seq_}, DType::I32, MemCategory::Workspace);  // [B,T]
+    stack_.backend->copy_from_host(t, host.data());
+    return t;
+  };
+  if (masks_.reset_attention_mask) ctx.doc_start = upload(host_doc_start_);
+  if (masks_.reset_position_ids) ctx.positions = upload(host_positions_);
+}
+
+// The targets that count in global batch `batch` (all G x T unless
+// eod_mask_loss): every rank counts the whole batch, so the loss's
+// denominator needs no collective.
+int64_t RankTrainer::counted_tokens(const Dataset& data, int64_t batch) {
+  if (!masks_.eod_mask_loss) return global_ * seq_;
+  int64_t counted = 0;
+  std::vector<int32_t> targets(seq_), doc_start(seq_), positions(seq_);
+  for (int64_t i = 0; i < global_; ++i) {
+    data.sample(batch * global_ + i, host_tokens_.data());
+    std::copy(host_tokens_.begin() + 1, host_tokens_.end(), targets.begin());
+    counted += apply_document_masks(masks_, eot_, host_tokens_.data(), targets.data(), doc_start.data(),
+                                    positions.data(), seq_);
+  }
+  return counted;
+}
+
 MetricsRecord RankTrainer::record(int64_t step, double loss, double loss_step, double lr, double grad_norm,
                                   double step_s, int64_t comm) {
   MemStats mem = stack_.backend->mem_stats();
@@ -397,7 +441,8 @@ void RankTrainer::run() {
 
     // The batch index whose samples this step reads (see base_samples_; a divisor, checked at resume).
     const int64_t batch = base_samples_ / global_ + (step - 1 - base_step_);
-    ScheduleStep s = schedule_step(*dataset_, batch, activation_shape);
+    const int64_t tokens = counted_tokens(*dataset_, batch);  // the loss's denominator
+    ScheduleStep s = schedule_step(*dataset_, batch, activation_shape, /*training=*/true, tokens);
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
@@ -420,7 +465,7 @@ void RankTrainer::run() {
     double lr = lr_schedule_->lr(step);
     if (auto wd = lr_schedule_->weight_decay(step)) optimizer_->set_weight_decay(*wd);
 
-    const double loss = mean_loss(loss_sum, 1);
+    const double loss = mean_loss(loss_sum, tokens);
     last_loss_ = loss;
     // Loss and norm are the same on every rank, so every rank takes the same branch.
     if (std::isfinite(loss) && std::isfinite(norm)) {
@@ -567,17 +612,22 @@ bool RankTrainer::stop_requested() {
 // training, backward included; the gradients are discarded.
 double RankTrainer::validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape) {
   double loss_sum = 0;
+  int64_t tokens = 0;
   for (int64_t k = 0; k < eval_.iters; ++k) {
-    ScheduleStep s = schedule_step(*eval_.dataset, k, activation_shape);
+    const int64_t counted = counted_tokens(*eval_.dataset, k);
+    ScheduleStep s = schedule_step(*eval_.dataset, k, activation_shape, /*training=*/false, counted);
     s.on_grad_ready = [](Param&) {};
     loss_sum += run_pipeline_ops(s, ops);
+    tokens += counted;
   }
   zero_grads(stack_.flat, *stack_.backend);
-  return mean_loss(loss_sum, eval_.iters);
+  return mean_loss(loss_sum, tokens);
 }
 
-// The schedule's inputs for global batch `batch` of `data` (the training or the validation part).
-ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape) {
+// The schedule's inputs for global batch `batch` of `data` (the training or
+// the validation part); `tokens` counts its targets (the loss is their mean).
+ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape, bool training,
+                                        int64_t tokens) {
   ScheduleStep s;
   s.model = stack_.model.get();
   s.backend = stack_.backend.get();
@@ -585,15 +635,16 @@ ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t batch, const Shap
   s.plan = &stack_.plan;
   s.microbatches = static_cast<int>(accum_);
   s.activation_shape = activation_shape;
-  s.dloss_scale = 1.0f / static_cast<float>(global_ * seq_);
+  s.dloss_scale = 1.0f / static_cast<float>(std::max<int64_t>(tokens, 1));
   s.load = [this, &data, batch](int mb, Tensor& ids, Tensor& targets) { load_microbatch(data, batch, mb, ids, targets); };
+  s.prepare = [this, batch, training](int mb, Context& ctx) { prepare_microbatch(batch, mb, training, ctx); };
   return s;
 }
 
 // This rank's sum of per-token losses (non-zero on the last stage) -> the mean
-// over every token of `batches` global batches: summed over stages, then data ranks.
-double RankTrainer::mean_loss(double loss_sum, int64_t batches) {
-  return sum_over(*dp_comm_, sum_over(*pp_comm_, loss_sum)) / static_cast<double>(batches * global_ * seq_);
+// over the `tokens` targets that count: summed over stages, then data ranks.
+double RankTrainer::mean_loss(double loss_sum, int64_t tokens) {
+  return sum_over(*dp_comm_, sum_over(*pp_comm_, loss_sum)) / static_cast<double>(std::max<int64_t>(tokens, 1));
 }
 
 }  // namespace

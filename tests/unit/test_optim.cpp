@@ -44,9 +44,10 @@ class RecordingBackend final : public weft::Backend {
                           const float*, int64_t, int64_t) override {}
   void gelu_forward(float*, const float*, int64_t) override {}
   void gelu_backward(float*, const float*, const float*, int64_t) override {}
-  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
+  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                         const weft::AttentionMask&) override {}
   void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,
-                          int64_t, int64_t) override {}
+                          int64_t, int64_t, const weft::AttentionMask&) override {}
   void embedding_forward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
   void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
   void cross_entropy(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float) override {}
