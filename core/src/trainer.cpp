@@ -7,9 +7,12 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <limits>
+#include <map>
 #include <set>
 #include <thread>
 
+#include "batch_rampup.hpp"
 #include "checkpoint.hpp"
 #include "logging.hpp"
 #include "run_parts.hpp"
@@ -47,6 +50,9 @@ ResumeMode resume_mode(const TrainArgs& args, bool recipe_resume) {
   return ResumeMode::Off;
 }
 
+// Why a run stops before run.steps (RankTrainer::stop_reason); a larger value wins across ranks.
+constexpr int kGoOn = 0, kExitInterval = 1, kExitDuration = 2, kSignal = 3;
+
 class RankTrainer {
  public:
   RankTrainer(const Recipe& recipe, const Registry& registry, const TrainArgs& args, Communicator& world,
@@ -59,19 +65,19 @@ class RankTrainer {
   void build();
   double sum_over(Communicator& group, double value);
   void skip_or_stop(int64_t step, double loss, double norm);
-  bool stop_requested();
+  int stop_reason(int64_t step);
   void wait_for_save();
   std::string last_checkpoint_or_none() const;
   void log_checkpoint(const std::string& dir, double seconds) const;
   void reduce_moe_stats(const std::map<std::string, double>& stats);
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
-  void load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets);
-  void prepare_microbatch(int64_t batch, int mb, bool training, Context& ctx);
-  int64_t counted_tokens(const Dataset& data, int64_t batch);
+  void load_microbatch(const Dataset& data, int64_t sample0, int64_t accum, int mb, Tensor& ids, Tensor& targets);
+  void prepare_microbatch(int64_t sample0, int64_t accum, int mb, bool training, Context& ctx);
+  int64_t counted_tokens(const Dataset& data, int64_t sample0, int64_t batch);
   double validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape);
-  ScheduleStep schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape, bool training,
-                             int64_t tokens);
+  ScheduleStep schedule_step(Dataset& data, int64_t sample0, int64_t batch, const Shape& activation_shape,
+                             bool training, int64_t tokens);
   double mean_loss(double loss_sum, int64_t tokens);
   MetricsRecord record(int64_t step, double loss, double loss_step, double lr, double grad_norm, double step_s,
                        int64_t comm);
@@ -103,9 +109,11 @@ class RankTrainer {
   std::vector<std::unique_ptr<MetricsSink>> sinks_;
 
   int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
-  // Data position: step s (from 1) starts at sample base_samples_ + (s - 1 - base_step_) * global_; a
+  BatchRampup rampup_;       // [batch] rampup_*: the global batch of each step
+  int64_t consumed_ = 0;     // data position: samples of the seeded order the steps so far consumed
+  int64_t start_samples_ = 0;  // consumed_ when this process started (a resume's position)
+  int64_t cur_global_ = 1;   // this step's global batch (batch.global, or less during a ramp-up)
   // resume with another global batch continues from the samples its checkpoint consumed.
-  int64_t base_step_ = 0, base_samples_ = 0;
   std::string out_dir_;
   std::vector<std::pair<std::string, double>> moe_metrics_;  // appended to each logged record
   int64_t skipped_steps_ = 0;  // steps without an update (run.on_nan = "skip")
@@ -155,6 +163,14 @@ void RankTrainer::build() {
   global_ = recipe_.options("batch").get_int("global");
   accum_ = recipe_.grad_accum;
   steps_ = recipe_.options("run").get_int("steps");
+  rampup_ = BatchRampup::from(recipe_);
+  // Megatron ramps up sample-based runs: run.steps x batch.global samples, however many steps that takes.
+  if (rampup_.on()) {
+    if (steps_ > std::numeric_limits<int64_t>::max() / global_)
+      recipe_.options("run").fail("steps", "run.steps x batch.global overflows the sample count");
+    steps_ = rampup_.steps_for(steps_ * global_);
+  }
+  cur_global_ = global_;
   out_dir_ = run_out_dir(recipe_);
 
   RunParts parts;  // built as `weft check` builds them
@@ -214,11 +230,12 @@ void RankTrainer::sum_tied_grads() {
   }
 }
 
-// Batch b (0-based) consumes samples [b*G, (b+1)*G) of the seeded order (training
-// batches shifted by a resume's base, see base_samples_); dp rank r takes the
+// A global batch of micro*dp*accum samples starting at sample0 of the seeded
+// order (a step: the samples consumed before it); dp rank r takes the
 // contiguous slice [r*micro*accum, (r+1)*micro*accum) of it.
-void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets) {
-  int64_t base = step0 * global_ + stack_.topology.coords.dp * micro_ * accum_ + mb * micro_;
+void RankTrainer::load_microbatch(const Dataset& data, int64_t sample0, int64_t accum, int mb, Tensor& ids,
+                                  Tensor& targets) {
+  int64_t base = sample0 + stack_.topology.coords.dp * micro_ * accum + mb * micro_;
   for (int64_t b = 0; b < micro_; ++b) {
     data.sample(base + b, host_tokens_.data());
     std::copy(host_tokens_.begin(), host_tokens_.begin() + seq_, host_ids_.begin() + b * seq_);
@@ -238,8 +255,8 @@ void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Te
 // Microbatch mb's Context beyond ids and targets, right after load_microbatch
 // of the same microbatch: its place in the sample order (dropout masks),
 // whether it trains, and the document masks load_microbatch computed.
-void RankTrainer::prepare_microbatch(int64_t batch, int mb, bool training, Context& ctx) {
-  ctx.first_sample = batch * global_ + stack_.topology.coords.dp * micro_ * accum_ + mb * micro_;
+void RankTrainer::prepare_microbatch(int64_t sample0, int64_t accum, int mb, bool training, Context& ctx) {
+  ctx.first_sample = sample0 + stack_.topology.coords.dp * micro_ * accum + mb * micro_;
   ctx.training = training;
   auto upload = [&](const std::vector<int32_t>& host) {
     Tensor t = stack_.backend->alloc_uninitialized({micro_, seq_}, DType::I32, MemCategory::Workspace);  // [B,T]
@@ -250,15 +267,15 @@ void RankTrainer::prepare_microbatch(int64_t batch, int mb, bool training, Conte
   if (masks_.reset_position_ids) ctx.positions = upload(host_positions_);
 }
 
-// The targets that count in global batch `batch` (all G x T unless
-// eod_mask_loss): every rank counts the whole batch, so the loss's
-// denominator needs no collective.
-int64_t RankTrainer::counted_tokens(const Dataset& data, int64_t batch) {
-  if (!masks_.eod_mask_loss) return global_ * seq_;
+// The targets that count in the global batch of `batch` samples from sample0
+// (all batch x T unless eod_mask_loss): every rank counts the whole batch, so
+// the loss's denominator needs no collective.
+int64_t RankTrainer::counted_tokens(const Dataset& data, int64_t sample0, int64_t batch) {
+  if (!masks_.eod_mask_loss) return batch * seq_;
   int64_t counted = 0;
   std::vector<int32_t> targets(seq_), doc_start(seq_), positions(seq_);
-  for (int64_t i = 0; i < global_; ++i) {
-    data.sample(batch * global_ + i, host_tokens_.data());
+  for (int64_t i = 0; i < batch; ++i) {
+    data.sample(sample0 + i, host_tokens_.data());
     std::copy(host_tokens_.begin() + 1, host_tokens_.end(), targets.begin());
     counted += apply_document_masks(masks_, eot_, host_tokens_.data(), targets.data(), doc_start.data(),
                                     positions.data(), seq_);
@@ -278,8 +295,8 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double loss_step, d
               {"loss_step", loss_step},
               {"lr", lr},
               {"grad_norm", grad_norm},
-              {"tokens_per_s", static_cast<double>(global_ * seq_) / step_s},
-              {"mfu", model_flops_utilization(static_cast<double>(global_ * seq_) / step_s,
+              {"tokens_per_s", static_cast<double>(cur_global_ * seq_) / step_s},
+              {"mfu", model_flops_utilization(static_cast<double>(cur_global_ * seq_) / step_s,
                                               static_cast<double>(stack_.model->summary().flops_per_token),
                                               peak_tflops_, world_.size())},
               {"step_ms", step_s * 1e3},
@@ -293,6 +310,7 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double loss_step, d
   if (recipe_.options("run").get_string("on_nan") == "skip")
     r.values.push_back({"skipped_steps", static_cast<double>(skipped_steps_)});
   for (auto& field : timers_.fields()) r.values.push_back(field);
+  if (rampup_.on()) r.values.push_back({"global_batch", static_cast<double>(cur_global_)});
   return r;
 }
 
@@ -366,7 +384,7 @@ void RankTrainer::log_summary(int64_t start) const {
   char line[160];
   std::snprintf(line, sizeof line, "done: %lld steps (%lld to %lld) in %.1f s, %lld tokens, final loss %.4f",
                 static_cast<long long>(steps), static_cast<long long>(start + 1), static_cast<long long>(steps_),
-                seconds_since_start(), static_cast<long long>(steps * global_ * seq_), last_loss_);
+                seconds_since_start(), static_cast<long long>((consumed_ - start_samples_) * seq_), last_loss_);
   log_->info("{}, last checkpoint {}", line, resolve_checkpoint_dir(out_dir_));
 }
 
@@ -382,8 +400,7 @@ void RankTrainer::run() {
   if (!dir.empty()) {
     CheckpointMeta meta = read_checkpoint_meta(dir);
     check_resume(dir, meta);
-    base_step_ = meta.step;
-    base_samples_ = meta.samples_consumed;
+    consumed_ = start_samples_ = meta.samples_consumed;
     if (meta.step >= steps_) {
       if (rank0) log_->info("{}", finished_message(dir, meta.step, steps_));
       return;
@@ -422,8 +439,14 @@ void RankTrainer::run() {
   // Activations between stages: [micro, T, C], or this rank's T/tp slice under sequence parallelism.
   const int64_t local_t = stack_.layers->sequence_parallel() ? seq_ / stack_.layers->tp_size() : seq_;
   const Shape activation_shape{micro_, local_t, summary.hidden};
-  const std::vector<PipelineOp> ops =
-      stack_.schedule->ops(stack_.topology.coords.pp, stack_.topology.sizes.pp, static_cast<int>(accum_));
+  // The schedule's ops for each number of microbatches the run uses (one, or
+  // one per global batch of a ramp-up); a schedule that cannot run one of them
+  // refuses it here, before the first step.
+  std::map<int64_t, std::vector<PipelineOp>> ops_by_accum;
+  for (int64_t g : rampup_.sizes())
+    ops_by_accum[g / (micro_ * recipe_.sizes.dp)] =
+        stack_.schedule->ops(stack_.topology.coords.pp, stack_.topology.sizes.pp, static_cast<int>(g / (micro_ * recipe_.sizes.dp)));
+  const std::vector<PipelineOp>& ops = ops_by_accum.at(accum_);
   auto is_tied = [&](const Param& p) {
     return std::find(tied_names_.begin(), tied_names_.end(), p.name) != tied_names_.end();
   };
@@ -439,10 +462,10 @@ void RankTrainer::run() {
     timers_.begin_step(StepPhase::Backward);  // clearing the gradients belongs to the backward
     zero_grads(stack_.flat, *stack_.backend);
 
-    // The batch index whose samples this step reads (see base_samples_; a divisor, checked at resume).
-    const int64_t batch = base_samples_ / global_ + (step - 1 - base_step_);
-    const int64_t tokens = counted_tokens(*dataset_, batch);  // the loss's denominator
-    ScheduleStep s = schedule_step(*dataset_, batch, activation_shape, /*training=*/true, tokens);
+    // This step reads samples [consumed_, consumed_ + G) of the order.
+    cur_global_ = rampup_.global_at(consumed_);
+    const int64_t tokens = counted_tokens(*dataset_, consumed_, cur_global_);  // the loss's denominator
+    ScheduleStep s = schedule_step(*dataset_, consumed_, cur_global_, activation_shape, /*training=*/true, tokens);
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
@@ -454,7 +477,7 @@ void RankTrainer::run() {
     };
     std::map<std::string, double> stats;
     s.stats = &stats;
-    double loss_sum = run_pipeline_ops(s, ops, &timers_);
+    double loss_sum = run_pipeline_ops(s, ops_by_accum.at(s.microbatches), &timers_);
     timers_.enter(StepPhase::Comm);  // gradient reductions still in flight, the norm
     sum_tied_grads();
     if (summary.moe_layers > 0) reduce_moe_stats(stats);
@@ -462,8 +485,14 @@ void RankTrainer::run() {
     double norm = std::sqrt(sum_over(*pp_comm_, sum_over(*tp_comm_, dp_->finish_reduction())));
     double clip = optimizer_->clip_grad_norm();
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
-    double lr = lr_schedule_->lr(step);
-    if (auto wd = lr_schedule_->weight_decay(step)) optimizer_->set_weight_decay(*wd);
+    // Schedule positions: the step number, or during a ramp-up the samples consumed in units of
+    // batch.global (Megatron counts its schedules in samples).
+    const double before = static_cast<double>(consumed_) / static_cast<double>(global_);
+    const double after = static_cast<double>(consumed_ + cur_global_) / static_cast<double>(global_);
+    double lr = rampup_.on() ? lr_schedule_->lr_between(before, after) : lr_schedule_->lr(step);
+    auto wd = rampup_.on() ? lr_schedule_->weight_decay_between(before, after) : lr_schedule_->weight_decay(step);
+    if (wd) optimizer_->set_weight_decay(*wd);
+    consumed_ += cur_global_;  // also for a skipped step: its samples are not read again
 
     const double loss = mean_loss(loss_sum, tokens);
     last_loss_ = loss;
@@ -496,10 +525,11 @@ void RankTrainer::run() {
         sink->flush();
       }
     }
-    const bool stop = step < steps_ && stop_requested();
+    const int stop_why = step < steps_ ? stop_reason(step) : kGoOn;
+    const bool stop = stop_why != kGoOn;
     bool save = stop || step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
     if (save) {
-      CheckpointMeta meta{step, base_samples_ + (step - base_step_) * global_, seed};
+      CheckpointMeta meta{step, consumed_, seed};
       meta.global_batch = global_;
       meta.schedule = lr_schedule_->settings();
       const auto saving = std::chrono::steady_clock::now();
@@ -531,10 +561,14 @@ void RankTrainer::run() {
     }
     if (stop) {
       wait_for_save();
-      const int signo = args_.stop->received();
+      const int signo = args_.stop ? args_.stop->received() : 0;
+      const std::string why = stop_why == kExitInterval   ? "run.exit_interval"
+                              : stop_why == kExitDuration ? "run.exit_duration_mins"
+                              : signo                     ? StopSignals::name(signo)
+                                                          : "a stop signal";
       if (rank0)
-        log_->info("stopped by {} after step {} of {}: checkpoint written; `weft train ... --resume` continues",
-                   signo ? StopSignals::name(signo) : "a stop signal", step, steps_);
+        log_->info("stopped by {} after step {} of {}: checkpoint written; `weft train ... --resume` continues", why,
+                   step, steps_);
       return;
     }
   }
@@ -552,7 +586,7 @@ void RankTrainer::check_resume(const std::string& dir, const CheckpointMeta& met
   if (meta.seed != seed)
     throw Error(dir + ": saved with run.seed " + std::to_string(meta.seed) + ", the recipe says " +
                 std::to_string(seed));
-  if (meta.samples_consumed % global_ != 0)
+  if (!rampup_.on() && meta.samples_consumed % global_ != 0)
     throw Error(dir + ": saved after " + std::to_string(meta.samples_consumed) + " samples at step " +
                 std::to_string(meta.step) + ", which batch.global " + std::to_string(global_) +
                 " does not divide");
@@ -594,17 +628,25 @@ void RankTrainer::wait_for_save() {
   pending_step_ = 0;
 }
 
-// Whether any rank received a stop signal (all agree: a max over the world,
-// after the step's metrics so it is not counted in the step's comm_bytes).
-bool RankTrainer::stop_requested() {
-  if (!args_.stop) return false;
+// Whether the run stops after `step` and why: run.exit_interval (the same on
+// every rank), run.exit_duration_mins or a stop signal (clocks and signals
+// differ between ranks: all agree on the max over the world, taken after the
+// step's metrics so it is not counted in the step's comm_bytes).
+int RankTrainer::stop_reason(int64_t step) {
+  const Options& run = recipe_.options("run");
+  const int64_t interval = run.has("exit_interval") ? run.get_int("exit_interval") : 0;
+  if (interval > 0 && step % interval == 0) return kExitInterval;
+  const double minutes = run.has("exit_duration_mins") ? run.get_float("exit_duration_mins") : 0.0;
+  if (!args_.stop && !(minutes > 0)) return kGoOn;
+  float mine = static_cast<float>(kGoOn);
+  if (minutes > 0 && seconds_since_start() > 60.0 * minutes) mine = static_cast<float>(kExitDuration);
+  if (args_.stop && args_.stop->received()) mine = static_cast<float>(kSignal);
   Tensor flag = stack_.backend->alloc({1}, DType::F32, MemCategory::Workspace);
-  const float mine = args_.stop->received() ? 1.f : 0.f;
   stack_.backend->copy_from_host(flag, &mine);
   if (world_.size() > 1) world_.all_reduce(flag, ReduceOp::Max)->wait();
   float any = 0;
   stack_.backend->copy_to_host(&any, flag);
-  return any > 0;
+  return static_cast<int>(any);
 }
 
 // The mean loss over eval.iters global batches of the validation part (the
@@ -614,8 +656,8 @@ double RankTrainer::validation_loss(const std::vector<PipelineOp>& ops, const Sh
   double loss_sum = 0;
   int64_t tokens = 0;
   for (int64_t k = 0; k < eval_.iters; ++k) {
-    const int64_t counted = counted_tokens(*eval_.dataset, k);
-    ScheduleStep s = schedule_step(*eval_.dataset, k, activation_shape, /*training=*/false, counted);
+    const int64_t counted = counted_tokens(*eval_.dataset, k * global_, global_);
+    ScheduleStep s = schedule_step(*eval_.dataset, k * global_, global_, activation_shape, /*training=*/false, counted);
     s.on_grad_ready = [](Param&) {};
     loss_sum += run_pipeline_ops(s, ops);
     tokens += counted;
@@ -624,20 +666,26 @@ double RankTrainer::validation_loss(const std::vector<PipelineOp>& ops, const Sh
   return mean_loss(loss_sum, tokens);
 }
 
-// The schedule's inputs for global batch `batch` of `data` (the training or
-// the validation part); `tokens` counts its targets (the loss is their mean).
-ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape, bool training,
-                                        int64_t tokens) {
+// The schedule's inputs for the global batch of `batch` samples from sample0
+// of `data` (the training or the validation part); `tokens` counts its
+// targets (the loss is their mean).
+ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t sample0, int64_t batch, const Shape& activation_shape,
+                                        bool training, int64_t tokens) {
   ScheduleStep s;
   s.model = stack_.model.get();
   s.backend = stack_.backend.get();
   s.parallel = &stack_.parallel;
   s.plan = &stack_.plan;
-  s.microbatches = static_cast<int>(accum_);
+  const int64_t accum = batch / (micro_ * recipe_.sizes.dp);
+  s.microbatches = static_cast<int>(accum);
   s.activation_shape = activation_shape;
   s.dloss_scale = 1.0f / static_cast<float>(std::max<int64_t>(tokens, 1));
-  s.load = [this, &data, batch](int mb, Tensor& ids, Tensor& targets) { load_microbatch(data, batch, mb, ids, targets); };
-  s.prepare = [this, batch, training](int mb, Context& ctx) { prepare_microbatch(batch, mb, training, ctx); };
+  s.load = [this, &data, sample0, accum](int mb, Tensor& ids, Tensor& targets) {
+    load_microbatch(data, sample0, accum, mb, ids, targets);
+  };
+  s.prepare = [this, sample0, accum, training](int mb, Context& ctx) {
+    prepare_microbatch(sample0, accum, mb, training, ctx);
+  };
   return s;
 }
 

@@ -120,22 +120,22 @@ WarmupDecaySchedule::WarmupDecaySchedule(LrShape shape, const Options& options, 
                      std::to_string(c.decay_steps));
 }
 
-double WarmupDecaySchedule::lr_at(int64_t t) const {
+double WarmupDecaySchedule::lr_at(double t) const {
   const LrScheduleConfig& c = config_;
-  const double td = static_cast<double>(t);
-  if (c.warmup_steps > 0 && t <= c.warmup_steps)
+  const double td = t;
+  if (c.warmup_steps > 0 && t <= static_cast<double>(c.warmup_steps))
     return c.warmup_init_lr + (c.base_lr - c.warmup_init_lr) * td / static_cast<double>(c.warmup_steps);
   if (c.shape == LrShape::Constant) return c.base_lr;
-  if (t > c.decay_steps) return c.min_lr;
+  if (t > static_cast<double>(c.decay_steps)) return c.min_lr;
   if (c.shape == LrShape::InverseSquareRoot) {
     const double w = static_cast<double>(std::max<int64_t>(c.warmup_steps, 1));
     return std::max(c.min_lr, c.base_lr * std::sqrt(w) / std::sqrt(std::max(td, 1.0)));
   }
   double coeff = 1.0;
   if (c.shape == LrShape::Wsd) {
-    const int64_t anneal_start = c.decay_steps - c.wsd_decay_steps;
+    const double anneal_start = static_cast<double>(c.decay_steps - c.wsd_decay_steps);
     if (t > anneal_start) {
-      const double a = static_cast<double>(t - anneal_start) / static_cast<double>(c.wsd_decay_steps);
+      const double a = (t - anneal_start) / static_cast<double>(c.wsd_decay_steps);
       switch (c.wsd_decay) {
         case WsdDecay::Linear: coeff = 1.0 - a; break;
         case WsdDecay::Cosine: coeff = 0.5 * (1.0 + std::cos(kPi * a)); break;
@@ -145,21 +145,26 @@ double WarmupDecaySchedule::lr_at(int64_t t) const {
     }
   } else {
     const int64_t span = c.decay_steps - c.warmup_steps;
-    double r = span > 0 ? static_cast<double>(t - c.warmup_steps) / static_cast<double>(span) : 1.0;
+    double r = span > 0 ? (t - static_cast<double>(c.warmup_steps)) / static_cast<double>(span) : 1.0;
     r = std::clamp(r, 0.0, 1.0);
     coeff = c.shape == LrShape::Linear ? 1.0 - r : 0.5 * (1.0 + std::cos(kPi * r));
   }
   return c.min_lr + coeff * (c.base_lr - c.min_lr);
 }
 
-double WarmupDecaySchedule::lr(int64_t step) const { return lr_at(config_.previous ? step - 1 : step); }
+double WarmupDecaySchedule::lr(int64_t step) const {
+  return lr_at(static_cast<double>(config_.previous ? step - 1 : step));
+}
 
 std::optional<double> WarmupDecaySchedule::weight_decay(int64_t step) const {
+  return weight_decay_at(static_cast<double>(config_.previous ? step - 1 : step));
+}
+
+std::optional<double> WarmupDecaySchedule::weight_decay_at(double t) const {
   const LrScheduleConfig& c = config_;
   if (c.wd_style == WdStyle::Constant) return std::nullopt;
-  const int64_t t = c.previous ? step - 1 : step;
-  if (t >= c.total_steps || c.total_steps <= 0) return c.wd_end;
-  const double ratio = static_cast<double>(t) / static_cast<double>(c.total_steps);
+  if (c.total_steps <= 0 || t >= static_cast<double>(c.total_steps)) return c.wd_end;
+  const double ratio = t / static_cast<double>(c.total_steps);
   const double coeff = c.wd_style == WdStyle::Linear ? ratio : 0.5 * (1.0 - std::cos(kPi * ratio));
   return c.wd_start + coeff * (c.wd_end - c.wd_start);
 }

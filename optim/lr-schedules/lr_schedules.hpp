@@ -56,10 +56,16 @@ class WarmupDecaySchedule final : public LrSchedule {
 
   double lr(int64_t step) const override;
   std::optional<double> weight_decay(int64_t step) const override;
+  double lr_between(double before, double after) const override { return lr_at(config_.previous ? before : after); }
+  std::optional<double> weight_decay_between(double before, double after) const override {
+    return weight_decay_at(config_.previous ? before : after);
+  }
   std::map<std::string, std::string> settings() const override;
   const LrScheduleConfig& config() const { return config_; }
-  // The lr at schedule position t (0 = before any update), without the step_of_lr shift.
-  double lr_at(int64_t t) const;
+  // The lr and weight decay at schedule position t (0 = before any update;
+  // fractional during a batch-size ramp-up), without the step_of_lr shift.
+  double lr_at(double t) const;
+  std::optional<double> weight_decay_at(double t) const;
 
  private:
   LrScheduleConfig config_;

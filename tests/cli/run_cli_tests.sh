@@ -1242,5 +1242,26 @@ refuse_run "a global batch that does not divide the samples consumed" "saved aft
   "batch.global 6 does not divide" -- \
   train "--resume=$SR/checkpoints/step_2" "$TINY" --set run.steps=4 --set batch.global=6 --set "run.out_dir=$TMP/batch6"
 
+begin "run.exit_interval stops with a checkpoint and --resume goes on"
+EX=$TMP/exit-interval
+run -- train "$TINY" --set run.steps=6 --set run.exit_interval=4 --set log.interval=1 --set "run.out_dir=$EX"
+expect_rc 0
+expect_no_crash
+out_or_err_has "stopped by run.exit_interval after step 4 of 6"
+[ "$(cat "$EX/checkpoints/latest" 2>/dev/null)" = "step_4" ] || problem "latest is not step_4"
+run -- train "$TINY" --set run.steps=6 --set run.exit_interval=4 --set log.interval=1 --set "run.out_dir=$EX" --resume
+expect_rc 0
+[ "$(cat "$EX/checkpoints/latest" 2>/dev/null)" = "step_6" ] || problem "the resumed run did not reach step_6"
+finish
+
+begin "run.exit_duration_mins stops every rank after the same step"
+run -- train "$TINY" --set run.steps=4 --set run.exit_duration_mins=1e-9 --set parallel.data=2 \
+  --set "run.out_dir=$TMP/exit-duration"
+expect_rc 0
+expect_no_crash
+out_or_err_has "stopped by run.exit_duration_mins after step 1 of 4"
+[ "$(cat "$TMP/exit-duration/checkpoints/latest" 2>/dev/null)" = "step_1" ] || problem "latest is not step_1"
+finish
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -50,6 +50,13 @@ VARIANTS = [
      ["lr_schedule.plugin=inverse_square_root", "lr_schedule.warmup_steps=4", "lr_schedule.warmup_init_lr=2e-4",
       "lr_schedule.min_lr=3e-4"],
      dict(style="inverse-square-root", warmup=4, init_lr=2e-4, min_lr=3e-4, decay=STEPS, previous=False)),
+    # Batch-size ramp-up 1 -> 4 over 12 samples (Megatron's --rampup-batch-size 1 1 12): the run is
+    # STEPS x 4 samples, the schedules count samples in units of the full batch of 4.
+    ("rampup-cosine-previous",
+     ["batch.micro=1", "batch.rampup_start=1", "batch.rampup_increment=1", "batch.rampup_samples=12",
+      "lr_schedule.plugin=cosine", "lr_schedule.warmup_steps=3", "lr_schedule.min_lr=1e-4",
+      "lr_schedule.step_of_lr=previous"],
+     dict(style="cosine", warmup=3, init_lr=0.0, min_lr=1e-4, decay=STEPS, previous=True, rampup=(1, 1, 12))),
 ]
 
 passed = 0
@@ -139,8 +146,17 @@ def read_metrics(path):
         return {int(r["step"]): r for r in (json.loads(x) for x in f if x.strip())}
 
 
+def rampup_batch(rampup, global_batch, consumed):
+    """Megatron's ramp-up: the global batch of the iteration after `consumed` samples."""
+    start, inc, samples = rampup
+    if consumed > samples:
+        return global_batch
+    per_increment = samples / ((global_batch - start) // inc)
+    return min(global_batch, start + int(consumed / per_increment) * inc)
+
+
 def torch_replay(cfg, init, batches, sched_cfg, steps):
-    """Losses, applied lrs and final params of AdamW driven by the reference scheduler."""
+    """Losses, applied lrs, batch sizes and final params of AdamW driven by the reference scheduler."""
     mc, oc = cfg["model"], cfg["optimizer"]
     G, T = cfg["batch"]["global"], mc["seq_length"]
     model = GPT2.from_config(mc)
@@ -150,25 +166,31 @@ def torch_replay(cfg, init, batches, sched_cfg, steps):
     opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=oc["lr"], betas=(oc["beta1"], oc["beta2"]), eps=oc["eps"])
     sched = MegatronScheduler(sched_cfg, oc["lr"], oc["weight_decay"], G, steps)
-    losses, lrs = [], []
-    for s in range(1, steps + 1):
+    # The sample order as one [N,T+1] tensor: step s of the dump holds samples (s-1)G .. sG-1.
+    order = torch.cat([batches[f"step{s}"] for s in range(1, len(batches) + 1)]).round().to(torch.int64)
+    losses, lrs, sizes = [], [], []
+    consumed = 0
+    while consumed < steps * G:  # Megatron's --train-samples
+        g = rampup_batch(sched_cfg["rampup"], G, consumed) if "rampup" in sched_cfg else G
         # "previous" (Megatron): read before advancing; "current": the position after this step's samples.
         if not sched_cfg["previous"]:
-            sched.samples += G
+            sched.samples += g
         lr, wd = sched.lr(), sched.wd()
         opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
         opt.param_groups[0]["weight_decay"] = wd
-        tok = batches[f"step{s}"].round().to(torch.int64)  # [G,T+1]
+        tok = order[consumed:consumed + g]  # [g,T+1]
         opt.zero_grad(set_to_none=True)
-        l = model.token_losses(model(tok[:, :T]), tok[:, 1:])  # [G,T]
-        (l.sum() / (G * T)).backward()
+        l = model.token_losses(model(tok[:, :T]), tok[:, 1:])  # [g,T]
+        (l.sum() / (g * T)).backward()
         losses.append(l.detach().double().mean().item())
         torch.nn.utils.clip_grad_norm_(model.parameters(), oc["clip_grad_norm"])
         opt.step()
         if sched_cfg["previous"]:
-            sched.samples += G
+            sched.samples += g
+        consumed += g
         lrs.append(lr)
-    return losses, lrs, {n: p.detach().clone() for n, p in model.named_parameters()}
+        sizes.append(g)
+    return losses, lrs, sizes, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def weft_train(weft_exe, recipe, work, label, overrides, log_interval=1):
@@ -197,23 +219,29 @@ def update_error(final, init, ref, C):
 def check_variant(cfg, init, batches, weft_exe, recipe, work, label, overrides, sched_cfg):
     out_dir = weft_train(weft_exe, recipe, work, label, overrides)
     metrics = read_metrics(os.path.join(out_dir, "metrics.jsonl"))
-    ref_losses, ref_lrs, ref_params = torch_replay(cfg, init, batches, sched_cfg, STEPS)
+    ref_losses, ref_lrs, ref_sizes, ref_params = torch_replay(cfg, init, batches, sched_cfg, STEPS)
+    steps = len(ref_losses)
+    report(sorted(metrics) == list(range(1, steps + 1)), f"{label} steps",
+           f"weft logged {len(metrics)} steps, the reference took {steps}")
+    if "rampup" in sched_cfg:
+        got = [int(metrics[s]["global_batch"]) for s in sorted(metrics)]
+        report(got == ref_sizes, f"{label} global batch of every step", f"weft {got[:12]}..., reference {ref_sizes[:12]}...")
     worst_lr = worst_loss = 0.0
-    for s in range(1, STEPS + 1):
+    for s in range(1, steps + 1):
         r = metrics[s]
         lr_err = abs(r["lr"] - ref_lrs[s - 1]) / max(abs(ref_lrs[s - 1]), 1e-30)
         if ref_lrs[s - 1] == 0:
             lr_err = abs(r["lr"])
         worst_lr = max(worst_lr, lr_err)
         worst_loss = max(worst_loss, abs(r["loss_step"] - ref_losses[s - 1]) / abs(ref_losses[s - 1]))
-    print(f"  {label}: lr weft {[round(metrics[s]['lr'], 7) for s in (1, 2, 6, STEPS)]} "
-          f"ref {[round(ref_lrs[s - 1], 7) for s in (1, 2, 6, STEPS)]} (steps 1, 2, 6, {STEPS})")
+    print(f"  {label}: lr weft {[round(metrics[s]['lr'], 7) for s in (1, 2, 6, steps)]} "
+          f"ref {[round(ref_lrs[s - 1], 7) for s in (1, 2, 6, steps)]} (steps 1, 2, 6, {steps})")
     report(worst_lr <= TOL_LR, f"{label} lr of every step", f"worst rel {worst_lr:.2e} (tol {TOL_LR:.0e})")
     report(worst_loss <= TOL_TRAIN_LOSS, f"{label} loss_step of every step",
            f"worst rel {worst_loss:.2e} (tol {TOL_TRAIN_LOSS:.0e})")
-    final, _ = read_safetensors(os.path.join(out_dir, "checkpoints", f"step_{STEPS}", "model.safetensors"))
+    final, _ = read_safetensors(os.path.join(out_dir, "checkpoints", f"step_{steps}", "model.safetensors"))
     err, name = update_error(final, init, ref_params, cfg["model"]["hidden"])
-    report(err <= TOL_FINAL_UPDATE, f"{label} param updates after {STEPS} steps",
+    report(err <= TOL_FINAL_UPDATE, f"{label} param updates after {steps} steps",
            f"worst {name} L2 rel {err:.3e} (tol {TOL_FINAL_UPDATE:.0e})")
     return ref_losses
 
@@ -240,7 +268,8 @@ def main():
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="weft-schedules-") as work:
         dump = os.path.join(work, "dump")
-        run([dump_exe, build_root, recipe, dump, "--steps", str(STEPS)], work)
+        # One batch more than the run: a ramp-up's last step may read past STEPS x G samples.
+        run([dump_exe, build_root, recipe, dump, "--steps", str(STEPS + 1)], work)
         with open(os.path.join(dump, "config.json")) as f:
             cfg = json.load(f)
         init, _ = read_safetensors(os.path.join(dump, "init.safetensors"))

@@ -3,6 +3,7 @@
 // (ddp, zero1) can hand them any contiguous slice of the parameters.
 #pragma once
 
+#include <cmath>
 #include <functional>
 #include <map>
 #include <memory>
@@ -38,6 +39,15 @@ class LrSchedule {
   virtual double lr(int64_t step) const = 0;  // the lr step `step` applies; steps count from 1
   // The weight decay step `step` applies; nullopt: the optimizer's own.
   virtual std::optional<double> weight_decay(int64_t /*step*/) const { return std::nullopt; }
+  // During a batch-size ramp-up (Megatron counts its schedules in samples):
+  // the lr and weight decay of a step that moves the schedule position from
+  // `before` to `after`, positions being samples consumed / batch.global
+  // (whole step numbers k - 1 and k when the batch is constant). Default:
+  // the step-based values at round(after).
+  virtual double lr_between(double /*before*/, double after) const { return lr(std::llround(after)); }
+  virtual std::optional<double> weight_decay_between(double /*before*/, double after) const {
+    return weight_decay(std::llround(after));
+  }
   // The resolved settings a checkpoint records; a resume refuses a schedule
   // whose settings differ (unless --override-schedule). Empty: nothing checked.
   virtual std::map<std::string, std::string> settings() const { return {}; }
