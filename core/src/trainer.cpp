@@ -113,7 +113,6 @@ class RankTrainer {
   int64_t consumed_ = 0;     // data position: samples of the seeded order the steps so far consumed
   int64_t start_samples_ = 0;  // consumed_ when this process started (a resume's position)
   int64_t cur_global_ = 1;   // this step's global batch (batch.global, or less during a ramp-up)
-  // resume with another global batch continues from the samples its checkpoint consumed.
   std::string out_dir_;
   std::vector<std::pair<std::string, double>> moe_metrics_;  // appended to each logged record
   int64_t skipped_steps_ = 0;  // steps without an update (run.on_nan = "skip")
@@ -443,9 +442,11 @@ void RankTrainer::run() {
   // one per global batch of a ramp-up); a schedule that cannot run one of them
   // refuses it here, before the first step.
   std::map<int64_t, std::vector<PipelineOp>> ops_by_accum;
-  for (int64_t g : rampup_.sizes())
-    ops_by_accum[g / (micro_ * recipe_.sizes.dp)] =
-        stack_.schedule->ops(stack_.topology.coords.pp, stack_.topology.sizes.pp, static_cast<int>(g / (micro_ * recipe_.sizes.dp)));
+  for (int64_t g : rampup_.sizes()) {
+    const int64_t accum = g / (micro_ * recipe_.sizes.dp);
+    ops_by_accum[accum] = stack_.schedule->ops(stack_.topology.coords.pp, stack_.topology.sizes.pp,
+                                               static_cast<int>(accum));
+  }
   const std::vector<PipelineOp>& ops = ops_by_accum.at(accum_);
   auto is_tied = [&](const Param& p) {
     return std::find(tied_names_.begin(), tied_names_.end(), p.name) != tied_names_.end();
