@@ -38,7 +38,8 @@ void check_recipe_builds(const Recipe& recipe, const Registry& registry);
 // weft plan: the layouts of the recipe's model on `world` ranks that fit
 // `memory_gb` GiB each, best first, and why the others do not (plan.cpp).
 int cmd_plan(const RecipeArgs& args, int world, double memory_gb, const std::string& precision, bool json);
-int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite);
+int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite,
+              bool override_schedule = false);
 int cmd_eval(const std::vector<std::string>& checkpoints, const std::string& text_file);
 // Writes an SVG of the runs' metrics.jsonl curves to `out`.
 int cmd_plot(const std::vector<std::string>& run_dirs, const std::string& out);

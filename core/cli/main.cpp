@@ -49,6 +49,10 @@ int run(int argc, char** argv) {
       train->add_flag("--overwrite", overwrite, "start from scratch in an out_dir that holds an earlier run, "
                                                 "removing its checkpoints and metrics");
   overwrite_opt->excludes(resume_opt);
+  bool override_schedule = false;
+  train->add_flag("--override-schedule", override_schedule,
+                  "resume although the lr schedule differs from the checkpoint's; the recipe's schedule "
+                  "continues from the checkpoint's step");
 
   CLI::App* check = app.add_subcommand("check", "validate a recipe; print it resolved, the layout, "
                                                  "the parameter count and a per-rank memory estimate");
@@ -165,7 +169,7 @@ int run(int argc, char** argv) {
   recipe_args.log_level_given = !log_level.empty();
   if (train->parsed()) {
     weft::cli::resolve_resume_form(recipe_args.recipe, resume_dir);
-    return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir, overwrite);
+    return weft::cli::cmd_train(recipe_args, resume_opt->count() > 0, resume_dir, overwrite, override_schedule);
   }
   if (plan->parsed()) return weft::cli::cmd_plan(recipe_args, plan_world, plan_memory_gb, plan_precision, plan_json);
   if (import->parsed()) return weft::cli::cmd_import(import_args);

@@ -23,7 +23,8 @@ void resolve_resume_form(std::string& recipe, std::string& resume_dir) {
                 "checkpoints folder or an out_dir), the recipe is " + recipe);
 }
 
-int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite) {
+int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite,
+              bool override_schedule) {
   Plugins plugins;
   load_default_plugins(plugins);
   Recipe recipe = load_recipe_for_run(args.recipe, args.overrides, plugins.registry, plugins.scan, args.unsets);
@@ -35,6 +36,7 @@ int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir
   targs.require_checkpoint = resume && resume_dir == "require";
   targs.resume_from = targs.require_checkpoint ? "" : resume_dir;
   targs.overwrite = overwrite;
+  targs.override_schedule = override_schedule;
   StopSignals stop(recipe.options("run").get_strings("stop_signals"));
   targs.stop = &stop;
   train(recipe, plugins.registry, targs);

@@ -207,6 +207,8 @@ std::function<std::string()> collect_checkpoint(const std::string& out_dir, cons
             {"optimizer", recipe.plugin("optimizer")},
             {"optimizer_state_slots", dp ? state_slots : 0},
             {"params", shapes}};
+  if (meta.global_batch > 0) m["global_batch"] = meta.global_batch;
+  if (!meta.schedule.empty()) m["lr_schedule"] = meta.schedule;
   return [model_file, state_file, unfinished, tmp_dir, final_dir, meta_text = m.dump(2) + "\n",
           recipe_text = recipe.to_toml()] {
     model_file->finish();
@@ -291,6 +293,16 @@ CheckpointMeta read_checkpoint_meta(const std::string& step_dir) {
   if (seed == m.end() || !seed->is_number_unsigned())
     throw Error(path + ": key 'seed': expected an integer >= 0");
   meta.seed = seed->get<uint64_t>();
+  if (m.contains("global_batch")) meta.global_batch = meta_int(m, "global_batch", kMaxSamples, path);
+  // The schedule's settings: strings by key, compared on resume.
+  if (auto sch = m.find("lr_schedule"); sch != m.end()) {
+    if (!sch->is_object()) throw Error(path + ": key 'lr_schedule': expected an object of strings");
+    for (auto it = sch->begin(); it != sch->end(); ++it) {
+      if (!it.value().is_string())
+        throw Error(path + ": key 'lr_schedule." + it.key() + "': expected a string");
+      meta.schedule[it.key()] = it.value().get<std::string>();
+    }
+  }
   return meta;
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +22,8 @@ struct CheckpointMeta {
   int64_t step = 0;
   int64_t samples_consumed = 0;  // data position: samples of the seeded order used so far
   uint64_t seed = 0;
+  int64_t global_batch = 0;  // samples per step when saved (0: not recorded, an older checkpoint)
+  std::map<std::string, std::string> schedule;  // LrSchedule::settings() when saved (empty: not recorded)
 };
 
 // How a rank's tensors reach the writer: shards are all-gathered over tp, and

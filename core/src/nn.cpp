@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "weft/error.hpp"
+#include "weft/rng.hpp"
 
 namespace weft::nn {
 
@@ -275,12 +276,30 @@ std::unique_ptr<Module> SerialLayerProvider::tied_output_loss(Param& table, int6
 // ---------------------------------------------------------------- CausalSelfAttention
 
 CausalSelfAttention::CausalSelfAttention(std::string name, int64_t dim, int64_t heads, LayerProvider& layers,
-                                         float init_std, float proj_init_std)
-    : dim_(dim), heads_(heads) {
+                                         float init_std, float proj_init_std, const BlockOptions& options)
+    : dim_(dim),
+      heads_(heads),
+      layers_(layers),
+      dropout_(options.attention_dropout),
+      dropout_key_(dropout_site_key(options.seed, name + ".core_dropout")) {
   WEFT_ASSERT(dim > 0 && heads > 0 && dim % heads == 0,
               name + ": channels " + std::to_string(dim) + " not divisible by heads " + std::to_string(heads));
-  qkv_ = layers.column_linear(LinearSpec{name + ".qkv", dim, 3 * dim, true, init_std, 3});
-  proj_ = layers.row_linear(LinearSpec{name + ".proj", dim, dim, true, proj_init_std});
+  qkv_ = layers.column_linear(LinearSpec{name + ".qkv", dim, 3 * dim, options.bias, init_std, 3});
+  proj_ = layers.row_linear(LinearSpec{name + ".proj", dim, dim, options.bias, proj_init_std});
+}
+
+// The document mask and probability dropout of this microbatch; h = this rank's heads.
+static AttentionMask attention_mask(Context& ctx, const LayerProvider& layers, float dropout, uint64_t key,
+                                    int64_t h) {
+  AttentionMask m;
+  if (ctx.doc_start.defined()) m.doc_start = ctx.doc_start.data<int32_t>();
+  if (ctx.training && dropout > 0.f) {
+    m.dropout = dropout;
+    m.dropout_key = key;
+    m.first_sample = ctx.first_sample;
+    m.first_head = layers.tp_rank() * h;
+  }
+  return m;
 }
 
 Tensor CausalSelfAttention::forward(Context& ctx, const Tensor& x) {
@@ -294,7 +313,8 @@ Tensor CausalSelfAttention::forward(Context& ctx, const Tensor& x) {
   const int64_t h = heads_ * c / dim_;
   Tensor out = be.alloc_uninitialized({b, t, c}, DType::F32, MemCategory::Activation);  // [B,T,c]
   Tensor lse = be.alloc_uninitialized({b, h, t}, DType::F32, MemCategory::Activation);  // [B,h,T]
-  if (b * t > 0) be.attention_forward(f32(out), f32(lse), f32(qkv), b, t, c, h);
+  if (b * t > 0)
+    be.attention_forward(f32(out), f32(lse), f32(qkv), b, t, c, h, attention_mask(ctx, layers_, dropout_, dropout_key_, h));
   ctx.save(this, {qkv, out, lse});
   return proj_->forward(ctx, out);  // [B,T,C]
 }
@@ -311,7 +331,9 @@ Tensor CausalSelfAttention::backward(Context& ctx, const Tensor& dy) {
     const int64_t b = qkv.dim(0), t = qkv.dim(1), c = qkv.dim(2) / 3, h = lse.dim(1);
     WEFT_ASSERT(dout.numel() == out.numel(), "attention dy does not match its output");
     dqkv = be.alloc_uninitialized(qkv.shape(), DType::F32, MemCategory::Workspace);
-    if (b * t > 0) be.attention_backward(f32(dqkv), f32(dout), f32(qkv), f32(out), f32(lse), b, t, c, h);
+    if (b * t > 0)
+      be.attention_backward(f32(dqkv), f32(dout), f32(qkv), f32(out), f32(lse), b, t, c, h,
+                            attention_mask(ctx, layers_, dropout_, dropout_key_, h));
     ctx.release(this);
   }
   return qkv_->backward(ctx, dqkv);  // [B,T,C]
@@ -325,17 +347,19 @@ void CausalSelfAttention::collect_params(std::vector<Param*>& out) {
 // ---------------------------------------------------------------- MLP
 
 MLP::MLP(std::string name, int64_t dim, LayerProvider& layers, float init_std, float proj_init_std,
-         int64_t hidden_mult) {
+         int64_t hidden_mult, const BlockOptions& options)
+    : gelu_erf_(options.gelu_erf) {
   WEFT_ASSERT(dim > 0 && hidden_mult > 0, name + ": MLP needs positive sizes");
-  fc_ = layers.column_linear(LinearSpec{name + ".fc", dim, hidden_mult * dim, true, init_std});
-  proj_ = layers.row_linear(LinearSpec{name + ".proj", hidden_mult * dim, dim, true, proj_init_std});
+  fc_ = layers.column_linear(LinearSpec{name + ".fc", dim, hidden_mult * dim, options.bias, init_std});
+  proj_ = layers.row_linear(LinearSpec{name + ".proj", hidden_mult * dim, dim, options.bias, proj_init_std});
 }
 
 Tensor MLP::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
   Tensor h = fc_->forward(ctx, x);                                      // [..., 4c]
   Tensor a = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Activation);  // [..., 4c] = gelu(h)
-  if (h.numel() > 0) be.gelu_forward(f32(a), f32(h), h.numel());
+  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_forward(f32(a), f32(h), h.numel());
+  if (h.numel() > 0 && !gelu_erf_) be.gelu_forward(f32(a), f32(h), h.numel());
   ctx.save(this, {h});
   return proj_->forward(ctx, a);  // [..., C]
 }
@@ -346,7 +370,8 @@ Tensor MLP::backward(Context& ctx, const Tensor& dy) {
   Tensor h = ctx.saved(this)[0];
   WEFT_ASSERT(da.numel() == h.numel(), "MLP gradient does not match its hidden activation");
   Tensor dh = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Workspace);  // [..., 4c]
-  if (h.numel() > 0) be.gelu_backward(f32(dh), f32(h), f32(da), h.numel());
+  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_backward(f32(dh), f32(h), f32(da), h.numel());
+  if (h.numel() > 0 && !gelu_erf_) be.gelu_backward(f32(dh), f32(h), f32(da), h.numel());
   ctx.release(this);
   h = Tensor();
   da = Tensor();
@@ -369,6 +394,10 @@ Context scratch_of(Context& ctx) {
   scratch.dloss_scale = ctx.dloss_scale;
   scratch.on_grad_ready = ctx.on_grad_ready;
   scratch.last_microbatch = ctx.last_microbatch;
+  scratch.first_sample = ctx.first_sample;  // the same dropout masks in the second pass
+  scratch.training = ctx.training;
+  scratch.doc_start = ctx.doc_start;
+  scratch.positions = ctx.positions;
   return scratch;
 }
 
@@ -393,22 +422,48 @@ Tensor Recompute::backward(Context& ctx, const Tensor& dy) {
 // ---------------------------------------------------------------- Block
 
 Block::Block(std::string name, int64_t dim, int64_t heads, LayerProvider& layers, float init_std,
-             float proj_init_std, std::unique_ptr<Module> mlp)
-    : ln1_(name + ".ln1", dim),
-      attn_(name + ".attn", dim, heads, layers, init_std, proj_init_std),
-      ln2_(name + ".ln2", dim),
-      mlp_(mlp ? std::move(mlp) : std::make_unique<MLP>(name + ".mlp", dim, layers, init_std, proj_init_std)) {}
+             float proj_init_std, std::unique_ptr<Module> mlp, const BlockOptions& options)
+    : ln1_(name + ".ln1", dim, options.norm_eps),
+      attn_(name + ".attn", dim, heads, layers, init_std, proj_init_std, options),
+      ln2_(name + ".ln2", dim, options.norm_eps),
+      mlp_(mlp ? std::move(mlp)
+               : std::make_unique<MLP>(name + ".mlp", dim, layers, init_std, proj_init_std, 4, options)),
+      layers_(layers),
+      hidden_dropout_(options.hidden_dropout),
+      attn_drop_key_(dropout_site_key(options.seed, name + ".attn.dropout")),
+      mlp_drop_key_(dropout_site_key(options.seed, name + ".mlp.dropout")) {}
+
+int64_t Block::t0(const Tensor& x) const {
+  return layers_.sequence_parallel() ? layers_.tp_rank() * x.dim(1) : 0;
+}
+
+void apply_dropout(Context& ctx, const Tensor& x, float p, uint64_t key, int64_t t0) {
+  if (!ctx.training || !(p > 0.f) || x.numel() == 0) return;
+  WEFT_ASSERT(x.shape().size() == 3, "dropout input must be [B,T,C], got " + shape_str(x.shape()));
+  ctx.backend().dropout(f32(x), x.dim(0), x.dim(1), x.dim(2), DropoutArgs{p, key, ctx.first_sample, t0});
+}
+
+// A copy of dy with the dropout mask of `key` applied: the gradient into the dropped branch.
+static Tensor dropped_grad(Context& ctx, const Tensor& dy, float p, uint64_t key, int64_t t0) {
+  if (!ctx.training || !(p > 0.f)) return dy;
+  Tensor d = ctx.backend().alloc_uninitialized(dy.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C]
+  ctx.backend().copy(d, dy);
+  apply_dropout(ctx, d, p, key, t0);
+  return d;
+}
 
 Tensor Block::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
-  Tensor x2 = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x + attn(ln1(x))
+  Tensor x2 = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x + drop(attn(ln1(x)))
   {
     Tensor a = attn_.forward(ctx, ln1_.forward(ctx, x));
+    apply_dropout(ctx, a, hidden_dropout_, attn_drop_key_, t0(x));
     be.add(f32(x2), f32(x), f32(a), x.numel());
   }
-  Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x2 + mlp(ln2(x2))
+  Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x2 + drop(mlp(ln2(x2)))
   {
     Tensor m = mlp_->forward(ctx, ln2_.forward(ctx, x2));
+    apply_dropout(ctx, m, hidden_dropout_, mlp_drop_key_, t0(x));
     be.add(f32(y), f32(x2), f32(m), x.numel());
   }
   return y;
@@ -416,10 +471,10 @@ Tensor Block::forward(Context& ctx, const Tensor& x) {
 
 Tensor Block::backward(Context& ctx, const Tensor& dy) {
   Backend& be = ctx.backend();
-  // dx2 = dy + ln2'(mlp'(dy)); ln2's dx is a fresh tensor, so the residual adds in place.
-  Tensor dx2 = ln2_.backward(ctx, mlp_->backward(ctx, dy));
+  // dx2 = dy + ln2'(mlp'(drop(dy))); ln2's dx is a fresh tensor, so the residual adds in place.
+  Tensor dx2 = ln2_.backward(ctx, mlp_->backward(ctx, dropped_grad(ctx, dy, hidden_dropout_, mlp_drop_key_, t0(dy))));
   be.accumulate(f32(dx2), f32(dy), dy.numel());
-  Tensor dx = ln1_.backward(ctx, attn_.backward(ctx, dx2));
+  Tensor dx = ln1_.backward(ctx, attn_.backward(ctx, dropped_grad(ctx, dx2, hidden_dropout_, attn_drop_key_, t0(dy))));
   be.accumulate(f32(dx), f32(dx2), dx2.numel());
   return dx;
 }

@@ -236,6 +236,7 @@ double run_pipeline_ops(ScheduleStep& step, const std::vector<PipelineOp>& ops, 
     InFlight& f = live[mb];
     f.ctx = std::make_unique<Context>(be, mb);
     step.load(mb, f.ids, f.ctx->targets);
+    if (step.prepare) step.prepare(mb, *f.ctx);
     f.ctx->dloss_scale = step.dloss_scale;
     f.ctx->last_microbatch = mb == step.microbatches - 1;
     f.ctx->on_grad_ready = step.on_grad_ready;

@@ -598,8 +598,23 @@ const OptionSchema& core_schema(const std::string& section) {
                            {"stop", "skip"}),
                 opt_strings("stop_signals", {"SIGTERM", "SIGUSR1"},
                             "signals on which every rank finishes the step, writes a checkpoint and exits 0 "
-                            "(a second one exits at once)")};
-    m["batch"] = {opt_int("micro", 1, "samples per microbatch on one rank", 1, 1 << 20), global};
+                            "(a second one exits at once)"),
+                opt_int("exit_interval", 0,
+                        "stop after every step that is a multiple of this, with a checkpoint (Megatron's "
+                        "--exit-interval; 0 = never)",
+                        0, 1e12),
+                opt_float("exit_duration_mins", 0.0,
+                          "stop with a checkpoint after the first step that ends this many minutes after the start "
+                          "(Megatron's --exit-duration-in-mins; 0 = never)",
+                          0.0, 1e9)};
+    m["batch"] = {opt_int("micro", 1, "samples per microbatch on one rank", 1, 1 << 20), global,
+                  opt_int("rampup_start", 0,
+                          "batch-size ramp-up (Megatron's --rampup-batch-size): the first global batch (0 = no ramp-up)",
+                          0, int64_t(1) << 30),
+                  opt_int("rampup_increment", 0, "ramp-up: samples added to the global batch at each increase", 0,
+                          int64_t(1) << 30),
+                  opt_int("rampup_samples", 0, "ramp-up: samples over which the batch grows from rampup_start to global",
+                          0, 9.0e18)};
     m["parallel"] = {opt_int("tensor", 1, "tensor-parallel size", 1, 4096),
                      opt_int("pipeline", 1, "pipeline-parallel size (stages)", 1, 4096),
                      opt_int("expert", 1, "expert-parallel size (divides data)", 1, 4096), data, world};
@@ -657,6 +672,28 @@ std::string Recipe::to_toml() const {
     }
   }
   return out;
+}
+
+// Batch-size ramp-up: every global batch it passes through splits into whole microbatches.
+static void check_rampup(const Options& batch, int64_t global, int64_t unit) {
+  const int64_t start = batch.get_int("rampup_start"), inc = batch.get_int("rampup_increment"),
+                samples = batch.get_int("rampup_samples");
+  auto n = [](int64_t v) { return std::to_string(v); };
+  if (start == 0) {
+    if (inc != 0 || samples != 0)
+      batch.fail(inc != 0 ? "rampup_increment" : "rampup_samples", "needs rampup_start (0 = no ramp-up)");
+    return;
+  }
+  if (start >= global) batch.fail("rampup_start", "rampup_start " + n(start) + " is not below batch.global " + n(global));
+  if (inc < 1) batch.fail("rampup_increment", "must be >= 1 with rampup_start " + n(start));
+  if ((global - start) % inc != 0)
+    batch.fail("rampup_increment", "global " + n(global) + " - rampup_start " + n(start) + " = " + n(global - start) +
+                                       " is not a multiple of rampup_increment " + n(inc));
+  if (start % unit != 0 || inc % unit != 0)
+    batch.fail(start % unit != 0 ? "rampup_start" : "rampup_increment",
+               "rampup_start " + n(start) + " and rampup_increment " + n(inc) + " must be multiples of micro x data = " +
+                   n(unit));
+  if (samples < 1) batch.fail("rampup_samples", "must be >= 1 with rampup_start " + n(start));
 }
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_overrides, const Registry& registry,
@@ -842,6 +879,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& raw_
     batch.fail("global", "global batch " + std::to_string(global) + " is not divisible by micro " + std::to_string(micro) +
                              " x data " + std::to_string(dp) + " = " + std::to_string(micro * dp));
   recipe.grad_accum = global / (micro * dp);
+  check_rampup(batch, global, micro * dp);
 
   // Write the resolved values back so the saved recipe is explicit.
   for (auto& s : recipe.sections) {

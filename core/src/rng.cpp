@@ -42,6 +42,11 @@ float uniform01(uint64_t seed, uint64_t stream, uint64_t index) {
   return to_unit(r[0]);
 }
 
+uint64_t dropout_site_key(uint64_t seed, std::string_view site) {
+  // The name's hash mixed with the seed (odd multiplier: distinct seeds give distinct keys for a site).
+  return name_key(site) ^ (seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull);
+}
+
 float normal01(uint64_t seed, uint64_t stream, uint64_t index) {
   uint32_t r[4];
   philox4x32(seed, stream, index, r);

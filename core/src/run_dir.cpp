@@ -181,10 +181,10 @@ std::string finished_message(const std::string& checkpoint, int64_t step, int64_
   return checkpoint + ": the run is finished (step " + std::to_string(step) + ", run.steps = " +
          std::to_string(steps) + "); nothing to do. To train further, raise run.steps (e.g. --set run.steps=" +
          std::to_string(2 * std::max<int64_t>(step, 1)) +
-         " --resume): the lr schedule is then computed for the new total, so a linear or cosine decay with "
-         "lr_schedule.decay_steps = 0 is stretched over the new run.steps (the lr goes back up to the longer "
-         "schedule's value at step " +
-         std::to_string(step) + "); set lr_schedule.decay_steps = " + std::to_string(steps) +
+         " --resume --override-schedule): the lr schedule then changes where its decay follows run.steps "
+         "(lr_schedule.decay_steps = 0), which a resume refuses without --override-schedule (the lr goes back up to the longer schedule's "
+         "value at step " +
+         std::to_string(step) + "); or set lr_schedule.decay_steps = " + std::to_string(steps) +
          " to keep the finished decay and go on at min_lr";
 }
 

@@ -47,6 +47,9 @@ void build_run_parts(RunParts& parts, const Recipe& recipe, const Registry& regi
   LrEnv lenv{parts.optimizer->base_lr(), recipe.options("run").get_int("steps")};
   parts.lr_schedule =
       registry.factory<LrSchedule>(recipe.plugin("lr_schedule"))(recipe.options("lr_schedule"), lenv);
+  if (auto wd = parts.lr_schedule->weight_decay(1); wd && !parts.optimizer->set_weight_decay(*wd))
+    recipe.options("lr_schedule").fail("weight_decay_style", "optimizer '" + recipe.plugin("optimizer") +
+                                                                 "' has no weight decay to schedule");
   parts.dp = registry.factory<DataParallel>(recipe.plugin("parallel.data_parallel"))(
       recipe.options("parallel.data_parallel"));
 }

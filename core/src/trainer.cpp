@@ -7,8 +7,12 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <limits>
+#include <map>
+#include <set>
 #include <thread>
 
+#include "batch_rampup.hpp"
 #include "checkpoint.hpp"
 #include "expert_data_parallel.hpp"
 #include "logging.hpp"
@@ -20,6 +24,7 @@
 #include "step_timers.hpp"
 #include "validation.hpp"
 #include "weft/dataset.hpp"
+#include "weft/documents.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/metrics.hpp"
 #include "weft/optimizer.hpp"
@@ -46,6 +51,9 @@ ResumeMode resume_mode(const TrainArgs& args, bool recipe_resume) {
   return ResumeMode::Off;
 }
 
+// Why a run stops before run.steps (RankTrainer::stop_reason); a larger value wins across ranks.
+constexpr int kGoOn = 0, kExitInterval = 1, kExitDuration = 2, kSignal = 3;
+
 class RankTrainer {
  public:
   RankTrainer(const Recipe& recipe, const Registry& registry, const TrainArgs& args, Communicator& world,
@@ -58,18 +66,23 @@ class RankTrainer {
   void build();
   double sum_over(Communicator& group, double value);
   void skip_or_stop(int64_t step, double loss, double norm);
-  bool stop_requested();
+  int stop_reason(int64_t step);
   void wait_for_save();
   std::string last_checkpoint_or_none() const;
   void log_checkpoint(const std::string& dir, double seconds) const;
   void reduce_moe_stats(const std::map<std::string, double>& stats);
   CheckpointGroups checkpoint_groups();
   void sum_tied_grads();
-  void load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets);
+  void load_microbatch(const Dataset& data, int64_t sample0, int64_t accum, int mb, Tensor& ids, Tensor& targets);
+  void prepare_microbatch(int64_t sample0, int64_t accum, int mb, bool training, Context& ctx);
+  int64_t counted_tokens(const Dataset& data, int64_t sample0, int64_t batch);
   double validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape);
-  ScheduleStep schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape);
-  double mean_loss(double loss_sum, int64_t batches);
-  MetricsRecord record(int64_t step, double loss, double lr, double grad_norm, double step_s, int64_t comm);
+  ScheduleStep schedule_step(Dataset& data, int64_t sample0, int64_t batch, const Shape& activation_shape,
+                             bool training, int64_t tokens);
+  double mean_loss(double loss_sum, int64_t tokens);
+  MetricsRecord record(int64_t step, double loss, double loss_step, double lr, double grad_norm, double step_s,
+                       int64_t comm);
+  void check_resume(const std::string& dir, const CheckpointMeta& meta);
   double seconds_since_start() const;
   void log_summary(int64_t start) const;
 
@@ -80,7 +93,7 @@ class RankTrainer {
   LaunchInfo launch_;
   std::shared_ptr<spdlog::logger> log_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
-  double last_loss_ = 0;  // of the last logged step (the last step is always logged)
+  double last_loss_ = 0;  // of the last step (the last step is always logged)
   StepTimers timers_;
   double peak_tflops_ = 0;  // per rank: backend.peak_tflops, else the measured GEMM rate
 
@@ -100,6 +113,10 @@ class RankTrainer {
   std::vector<std::unique_ptr<MetricsSink>> sinks_;
 
   int64_t micro_ = 1, global_ = 1, accum_ = 1, seq_ = 1, steps_ = 1;
+  BatchRampup rampup_;       // [batch] rampup_*: the global batch of each step
+  int64_t consumed_ = 0;     // data position: samples of the seeded order the steps so far consumed
+  int64_t start_samples_ = 0;  // consumed_ when this process started (a resume's position)
+  int64_t cur_global_ = 1;   // this step's global batch (batch.global, or less during a ramp-up)
   std::string out_dir_;
   std::vector<std::pair<std::string, double>> moe_metrics_;  // appended to each logged record
   int64_t skipped_steps_ = 0;  // steps without an update (run.on_nan = "skip")
@@ -108,6 +125,9 @@ class RankTrainer {
   std::vector<std::string> tied_names_;  // params tied across stages (both copies sum their gradients)
   std::vector<int32_t> host_tokens_;     // [B, T+1]
   std::vector<int32_t> host_ids_, host_targets_;
+  DocumentMasks masks_;  // [data] eod_mask_loss, reset_position_ids, reset_attention_mask
+  int32_t eot_ = -1;     // the tokenizer's end-of-text token
+  std::vector<int32_t> host_doc_start_, host_positions_;  // [B, T] of the last microbatch loaded
 };
 
 void RankTrainer::build() {
@@ -149,6 +169,14 @@ void RankTrainer::build() {
   global_ = recipe_.options("batch").get_int("global");
   accum_ = recipe_.grad_accum;
   steps_ = recipe_.options("run").get_int("steps");
+  rampup_ = BatchRampup::from(recipe_);
+  // Megatron ramps up sample-based runs: run.steps x batch.global samples, however many steps that takes.
+  if (rampup_.on()) {
+    if (steps_ > std::numeric_limits<int64_t>::max() / global_)
+      recipe_.options("run").fail("steps", "run.steps x batch.global overflows the sample count");
+    steps_ = rampup_.steps_for(steps_ * global_);
+  }
+  cur_global_ = global_;
   out_dir_ = run_out_dir(recipe_);
 
   RunParts parts;  // built as `weft check` builds them
@@ -172,6 +200,10 @@ void RankTrainer::build() {
   host_tokens_.resize(seq_ + 1);
   host_ids_.resize(micro_ * seq_);
   host_targets_.resize(micro_ * seq_);
+  host_doc_start_.resize(micro_ * seq_);
+  host_positions_.resize(micro_ * seq_);
+  masks_ = document_masks(recipe_.options("data"));
+  eot_ = stack_.tokenizer->eot();
 }
 
 // Every stage's tensors reach the writer (global rank 0) through the pp group
@@ -213,14 +245,18 @@ void RankTrainer::sum_tied_grads() {
   }
 }
 
-// Step s (0-based) consumes samples [s*G, (s+1)*G) of the seeded order; dp rank
-// r takes the contiguous slice [r*micro*accum, (r+1)*micro*accum) of it.
-void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Tensor& ids, Tensor& targets) {
-  int64_t base = step0 * global_ + stack_.topology.coords.dp * micro_ * accum_ + mb * micro_;
+// A global batch of micro*dp*accum samples starting at sample0 of the seeded
+// order (a step: the samples consumed before it); dp rank r takes the
+// contiguous slice [r*micro*accum, (r+1)*micro*accum) of it.
+void RankTrainer::load_microbatch(const Dataset& data, int64_t sample0, int64_t accum, int mb, Tensor& ids,
+                                  Tensor& targets) {
+  int64_t base = sample0 + stack_.topology.coords.dp * micro_ * accum + mb * micro_;
   for (int64_t b = 0; b < micro_; ++b) {
     data.sample(base + b, host_tokens_.data());
     std::copy(host_tokens_.begin(), host_tokens_.begin() + seq_, host_ids_.begin() + b * seq_);
     std::copy(host_tokens_.begin() + 1, host_tokens_.end(), host_targets_.begin() + b * seq_);
+    apply_document_masks(masks_, eot_, host_ids_.data() + b * seq_, host_targets_.data() + b * seq_,
+                         host_doc_start_.data() + b * seq_, host_positions_.data() + b * seq_, seq_);
   }
   // Fresh tensors: a pipeline stage keeps several microbatches' ids (the embedding's backward reads them).
   ids = stack_.backend->alloc_uninitialized({micro_, seq_}, DType::I32, MemCategory::Workspace);
@@ -229,20 +265,53 @@ void RankTrainer::load_microbatch(const Dataset& data, int64_t step0, int mb, Te
   stack_.backend->copy_from_host(targets, host_targets_.data());
 }
 
-MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double grad_norm, double step_s,
-                                  int64_t comm) {
+// `loss`: the mean over the steps since the last record (Megatron's logged
+// loss); `loss_step`: the loss of this step alone.
+// Microbatch mb's Context beyond ids and targets, right after load_microbatch
+// of the same microbatch: its place in the sample order (dropout masks),
+// whether it trains, and the document masks load_microbatch computed.
+void RankTrainer::prepare_microbatch(int64_t sample0, int64_t accum, int mb, bool training, Context& ctx) {
+  ctx.first_sample = sample0 + stack_.topology.coords.dp * micro_ * accum + mb * micro_;
+  ctx.training = training;
+  auto upload = [&](const std::vector<int32_t>& host) {
+    Tensor t = stack_.backend->alloc_uninitialized({micro_, seq_}, DType::I32, MemCategory::Workspace);  // [B,T]
+    stack_.backend->copy_from_host(t, host.data());
+    return t;
+  };
+  if (masks_.reset_attention_mask) ctx.doc_start = upload(host_doc_start_);
+  if (masks_.reset_position_ids) ctx.positions = upload(host_positions_);
+}
+
+// The targets that count in the global batch of `batch` samples from sample0
+// (all batch x T unless eod_mask_loss): every rank counts the whole batch, so
+// the loss's denominator needs no collective.
+int64_t RankTrainer::counted_tokens(const Dataset& data, int64_t sample0, int64_t batch) {
+  if (!masks_.eod_mask_loss) return batch * seq_;
+  int64_t counted = 0;
+  std::vector<int32_t> targets(seq_), doc_start(seq_), positions(seq_);
+  for (int64_t i = 0; i < batch; ++i) {
+    data.sample(sample0 + i, host_tokens_.data());
+    std::copy(host_tokens_.begin() + 1, host_tokens_.end(), targets.begin());
+    counted += apply_document_masks(masks_, eot_, host_tokens_.data(), targets.data(), doc_start.data(),
+                                    positions.data(), seq_);
+  }
+  return counted;
+}
+
+MetricsRecord RankTrainer::record(int64_t step, double loss, double loss_step, double lr, double grad_norm,
+                                  double step_s, int64_t comm) {
   MemStats mem = stack_.backend->mem_stats();
   auto peak = [&](MemCategory c) { return static_cast<double>(mem.peak[static_cast<int>(c)]); };
-  last_loss_ = loss;
   MetricsRecord r;
   r.step = step;
   r.total_steps = steps_;
   r.values = {{"time", seconds_since_start()},
               {"loss", loss},
+              {"loss_step", loss_step},
               {"lr", lr},
               {"grad_norm", grad_norm},
-              {"tokens_per_s", static_cast<double>(global_ * seq_) / step_s},
-              {"mfu", model_flops_utilization(static_cast<double>(global_ * seq_) / step_s,
+              {"tokens_per_s", static_cast<double>(cur_global_ * seq_) / step_s},
+              {"mfu", model_flops_utilization(static_cast<double>(cur_global_ * seq_) / step_s,
                                               static_cast<double>(stack_.model->summary().flops_per_token),
                                               peak_tflops_, world_.size())},
               {"step_ms", step_s * 1e3},
@@ -256,6 +325,7 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double lr, double g
   if (recipe_.options("run").get_string("on_nan") == "skip")
     r.values.push_back({"skipped_steps", static_cast<double>(skipped_steps_)});
   for (auto& field : timers_.fields()) r.values.push_back(field);
+  if (rampup_.on()) r.values.push_back({"global_batch", static_cast<double>(cur_global_)});
   return r;
 }
 
@@ -329,7 +399,7 @@ void RankTrainer::log_summary(int64_t start) const {
   char line[160];
   std::snprintf(line, sizeof line, "done: %lld steps (%lld to %lld) in %.1f s, %lld tokens, final loss %.4f",
                 static_cast<long long>(steps), static_cast<long long>(start + 1), static_cast<long long>(steps_),
-                seconds_since_start(), static_cast<long long>(steps * global_ * seq_), last_loss_);
+                seconds_since_start(), static_cast<long long>((consumed_ - start_samples_) * seq_), last_loss_);
   log_->info("{}, last checkpoint {}", line, resolve_checkpoint_dir(out_dir_));
 }
 
@@ -344,13 +414,8 @@ void RankTrainer::run() {
   std::string dir = find_resume_checkpoint(out_dir_, args_.resume_from, mode);
   if (!dir.empty()) {
     CheckpointMeta meta = read_checkpoint_meta(dir);
-    if (meta.seed != seed)
-      throw Error(dir + ": saved with run.seed " + std::to_string(meta.seed) + ", the recipe says " +
-                  std::to_string(seed));
-    if (meta.samples_consumed % global_ != 0 || meta.samples_consumed / global_ != meta.step)
-      throw Error(dir + ": saved after " + std::to_string(meta.samples_consumed) + " samples at step " +
-                  std::to_string(meta.step) + ", which a global batch of " + std::to_string(global_) +
-                  " cannot continue");
+    check_resume(dir, meta);
+    consumed_ = start_samples_ = meta.samples_consumed;
     if (meta.step >= steps_) {
       if (rank0) log_->info("{}", finished_message(dir, meta.step, steps_));
       return;
@@ -389,8 +454,16 @@ void RankTrainer::run() {
   // Activations between stages: [micro, T, C], or this rank's T/tp slice under sequence parallelism.
   const int64_t local_t = stack_.layers->sequence_parallel() ? seq_ / stack_.layers->tp_size() : seq_;
   const Shape activation_shape{micro_, local_t, summary.hidden};
-  const std::vector<PipelineOp> ops =
-      stack_.schedule->ops(stack_.topology.coords.pp, stack_.topology.sizes.pp, static_cast<int>(accum_));
+  // The schedule's ops for each number of microbatches the run uses (one, or
+  // one per global batch of a ramp-up); a schedule that cannot run one of them
+  // refuses it here, before the first step.
+  std::map<int64_t, std::vector<PipelineOp>> ops_by_accum;
+  for (int64_t g : rampup_.sizes()) {
+    const int64_t accum = g / (micro_ * recipe_.sizes.dp);
+    ops_by_accum[accum] = stack_.schedule->ops(stack_.topology.coords.pp, stack_.topology.sizes.pp,
+                                               static_cast<int>(accum));
+  }
+  const std::vector<PipelineOp>& ops = ops_by_accum.at(accum_);
   auto is_tied = [&](const Param& p) {
     return std::find(tied_names_.begin(), tied_names_.end(), p.name) != tied_names_.end();
   };
@@ -399,13 +472,18 @@ void RankTrainer::run() {
            ep_comm_->bytes_sent() + edp_comm_->bytes_sent();
   };
 
+  double interval_loss_sum = 0;  // losses of the steps updated since the last record
+  int64_t interval_steps = 0;
   for (int64_t step = start + 1; step <= steps_; ++step) {
     auto t0 = std::chrono::steady_clock::now();
     int64_t comm0 = comm_total();
     timers_.begin_step(StepPhase::Backward);  // clearing the gradients belongs to the backward
     zero_grads(stack_.flat, *stack_.backend);
 
-    ScheduleStep s = schedule_step(*dataset_, step - 1, activation_shape);
+    // This step reads samples [consumed_, consumed_ + G) of the order.
+    cur_global_ = rampup_.global_at(consumed_);
+    const int64_t tokens = counted_tokens(*dataset_, consumed_, cur_global_);  // the loss's denominator
+    ScheduleStep s = schedule_step(*dataset_, consumed_, cur_global_, activation_shape, /*training=*/true, tokens);
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
@@ -417,7 +495,7 @@ void RankTrainer::run() {
     };
     std::map<std::string, double> stats;
     s.stats = &stats;
-    double loss_sum = run_pipeline_ops(s, ops, &timers_);
+    double loss_sum = run_pipeline_ops(s, ops_by_accum.at(s.microbatches), &timers_);
     timers_.enter(StepPhase::Comm);  // gradient reductions still in flight, the norm
     sum_tied_grads();
     if (summary.moe_layers > 0) reduce_moe_stats(stats);
@@ -425,14 +503,24 @@ void RankTrainer::run() {
     double norm = std::sqrt(sum_over(*pp_comm_, sum_over(*tp_comm_, dp_->finish_reduction())));
     double clip = optimizer_->clip_grad_norm();
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
-    double lr = lr_schedule_->lr(step);
+    // Schedule positions: the step number, or during a ramp-up the samples consumed in units of
+    // batch.global (Megatron counts its schedules in samples).
+    const double before = static_cast<double>(consumed_) / static_cast<double>(global_);
+    const double after = static_cast<double>(consumed_ + cur_global_) / static_cast<double>(global_);
+    double lr = rampup_.on() ? lr_schedule_->lr_between(before, after) : lr_schedule_->lr(step);
+    auto wd = rampup_.on() ? lr_schedule_->weight_decay_between(before, after) : lr_schedule_->weight_decay(step);
+    if (wd) optimizer_->set_weight_decay(*wd);
+    consumed_ += cur_global_;  // also for a skipped step: its samples are not read again
 
-    const double loss = mean_loss(loss_sum, 1);
+    const double loss = mean_loss(loss_sum, tokens);
+    last_loss_ = loss;
     // Loss and norm are the same on every rank, so every rank takes the same branch.
     if (std::isfinite(loss) && std::isfinite(norm)) {
       timers_.enter(StepPhase::Optimizer);
       dp_->step(lr, grad_scale, step);
       timers_.enter(StepPhase::Comm);
+      interval_loss_sum += loss;
+      ++interval_steps;
     } else {
       skip_or_stop(step, loss, norm);
     }
@@ -444,17 +532,24 @@ void RankTrainer::run() {
     const double val_loss = evaluate ? validation_loss(ops, activation_shape) : 0.0;
     if (evaluate && rank0) log_->info("step {}: val_loss {:.4f}", step, val_loss);
     if (step % log_interval == 0 || step == steps_ || evaluate) {
-      MetricsRecord r = record(step, loss, lr, norm, step_s, comm_total() - comm0);
+      // Megatron's logged loss: the mean over the steps updated since the last record.
+      const double interval_loss = interval_steps > 0 ? interval_loss_sum / static_cast<double>(interval_steps) : loss;
+      interval_loss_sum = 0;
+      interval_steps = 0;
+      MetricsRecord r = record(step, interval_loss, loss, lr, norm, step_s, comm_total() - comm0);
       if (evaluate) r.values.emplace_back("val_loss", val_loss);
       for (auto& sink : sinks_) {
         sink->write(r);
         sink->flush();
       }
     }
-    const bool stop = step < steps_ && stop_requested();
+    const int stop_why = step < steps_ ? stop_reason(step) : kGoOn;
+    const bool stop = stop_why != kGoOn;
     bool save = stop || step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
     if (save) {
-      CheckpointMeta meta{step, step * global_, seed};
+      CheckpointMeta meta{step, consumed_, seed};
+      meta.global_batch = global_;
+      meta.schedule = lr_schedule_->settings();
       const auto saving = std::chrono::steady_clock::now();
       if (recipe_.options("checkpoint").get_bool("async")) {
         wait_for_save();  // a second save waits for the first
@@ -484,10 +579,14 @@ void RankTrainer::run() {
     }
     if (stop) {
       wait_for_save();
-      const int signo = args_.stop->received();
+      const int signo = args_.stop ? args_.stop->received() : 0;
+      const std::string why = stop_why == kExitInterval   ? "run.exit_interval"
+                              : stop_why == kExitDuration ? "run.exit_duration_mins"
+                              : signo                     ? StopSignals::name(signo)
+                                                          : "a stop signal";
       if (rank0)
-        log_->info("stopped by {} after step {} of {}: checkpoint written; `weft train ... --resume` continues",
-                   signo ? StopSignals::name(signo) : "a stop signal", step, steps_);
+        log_->info("stopped by {} after step {} of {}: checkpoint written; `weft train ... --resume` continues", why,
+                   step, steps_);
       return;
     }
   }
@@ -495,6 +594,38 @@ void RankTrainer::run() {
   if (recipe_.options("log").get_bool("timers"))
     log_timer_summary(timers_, steps_ - start, world_, *stack_.backend, *log_);
   if (rank0) log_summary(start);
+}
+
+// A resume continues the checkpoint's run: the same seed; a global batch
+// that divides the samples consumed (the run goes on from there); the same
+// lr schedule, each difference named, unless --override-schedule.
+void RankTrainer::check_resume(const std::string& dir, const CheckpointMeta& meta) {
+  const uint64_t seed = static_cast<uint64_t>(recipe_.options("run").get_int("seed"));
+  if (meta.seed != seed)
+    throw Error(dir + ": saved with run.seed " + std::to_string(meta.seed) + ", the recipe says " +
+                std::to_string(seed));
+  if (!rampup_.on() && meta.samples_consumed % global_ != 0)
+    throw Error(dir + ": saved after " + std::to_string(meta.samples_consumed) + " samples at step " +
+                std::to_string(meta.step) + ", which batch.global " + std::to_string(global_) +
+                " does not divide");
+  if (meta.schedule.empty()) return;  // an older checkpoint: nothing recorded to compare
+  std::string diffs;
+  const std::map<std::string, std::string> now = lr_schedule_->settings();
+  std::set<std::string> keys;
+  for (const auto& kv : meta.schedule) keys.insert(kv.first);
+  for (const auto& kv : now) keys.insert(kv.first);
+  for (const std::string& k : keys) {
+    auto a = meta.schedule.find(k);
+    auto b = now.find(k);
+    const std::string saved = a == meta.schedule.end() ? "(none)" : a->second;
+    const std::string wanted = b == now.end() ? "(none)" : b->second;
+    if (saved != wanted) diffs += (diffs.empty() ? "" : ", ") + k + " " + saved + " -> " + wanted;
+  }
+  if (diffs.empty()) return;
+  if (!args_.override_schedule)
+    throw Error(dir + ": the lr schedule differs from the checkpoint's (" + diffs +
+                "); resume with --override-schedule to continue with the recipe's schedule");
+  if (world_.rank() == 0) log_->info("--override-schedule: continuing with the recipe's schedule ({})", diffs);
 }
 
 // Waits for the checkpoint being written in the background (checkpoint.async;
@@ -515,17 +646,25 @@ void RankTrainer::wait_for_save() {
   pending_step_ = 0;
 }
 
-// Whether any rank received a stop signal (all agree: a max over the world,
-// after the step's metrics so it is not counted in the step's comm_bytes).
-bool RankTrainer::stop_requested() {
-  if (!args_.stop) return false;
+// Whether the run stops after `step` and why: run.exit_interval (the same on
+// every rank), run.exit_duration_mins or a stop signal (clocks and signals
+// differ between ranks: all agree on the max over the world, taken after the
+// step's metrics so it is not counted in the step's comm_bytes).
+int RankTrainer::stop_reason(int64_t step) {
+  const Options& run = recipe_.options("run");
+  const int64_t interval = run.has("exit_interval") ? run.get_int("exit_interval") : 0;
+  if (interval > 0 && step % interval == 0) return kExitInterval;
+  const double minutes = run.has("exit_duration_mins") ? run.get_float("exit_duration_mins") : 0.0;
+  if (!args_.stop && !(minutes > 0)) return kGoOn;
+  float mine = static_cast<float>(kGoOn);
+  if (minutes > 0 && seconds_since_start() > 60.0 * minutes) mine = static_cast<float>(kExitDuration);
+  if (args_.stop && args_.stop->received()) mine = static_cast<float>(kSignal);
   Tensor flag = stack_.backend->alloc({1}, DType::F32, MemCategory::Workspace);
-  const float mine = args_.stop->received() ? 1.f : 0.f;
   stack_.backend->copy_from_host(flag, &mine);
   if (world_.size() > 1) world_.all_reduce(flag, ReduceOp::Max)->wait();
   float any = 0;
   stack_.backend->copy_to_host(&any, flag);
-  return any > 0;
+  return static_cast<int>(any);
 }
 
 // The mean loss over eval.iters global batches of the validation part (the
@@ -533,33 +672,45 @@ bool RankTrainer::stop_requested() {
 // training, backward included; the gradients are discarded.
 double RankTrainer::validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape) {
   double loss_sum = 0;
+  int64_t tokens = 0;
   for (int64_t k = 0; k < eval_.iters; ++k) {
-    ScheduleStep s = schedule_step(*eval_.dataset, k, activation_shape);
+    const int64_t counted = counted_tokens(*eval_.dataset, k * global_, global_);
+    ScheduleStep s = schedule_step(*eval_.dataset, k * global_, global_, activation_shape, /*training=*/false, counted);
     s.on_grad_ready = [](Param&) {};
     loss_sum += run_pipeline_ops(s, ops);
+    tokens += counted;
   }
   zero_grads(stack_.flat, *stack_.backend);
-  return mean_loss(loss_sum, eval_.iters);
+  return mean_loss(loss_sum, tokens);
 }
 
-// The schedule's inputs for global batch `batch` of `data` (the training or the validation part).
-ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t batch, const Shape& activation_shape) {
+// The schedule's inputs for the global batch of `batch` samples from sample0
+// of `data` (the training or the validation part); `tokens` counts its
+// targets (the loss is their mean).
+ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t sample0, int64_t batch, const Shape& activation_shape,
+                                        bool training, int64_t tokens) {
   ScheduleStep s;
   s.model = stack_.model.get();
   s.backend = stack_.backend.get();
   s.parallel = &stack_.parallel;
   s.plan = &stack_.plan;
-  s.microbatches = static_cast<int>(accum_);
+  const int64_t accum = batch / (micro_ * recipe_.sizes.dp);
+  s.microbatches = static_cast<int>(accum);
   s.activation_shape = activation_shape;
-  s.dloss_scale = 1.0f / static_cast<float>(global_ * seq_);
-  s.load = [this, &data, batch](int mb, Tensor& ids, Tensor& targets) { load_microbatch(data, batch, mb, ids, targets); };
+  s.dloss_scale = 1.0f / static_cast<float>(std::max<int64_t>(tokens, 1));
+  s.load = [this, &data, sample0, accum](int mb, Tensor& ids, Tensor& targets) {
+    load_microbatch(data, sample0, accum, mb, ids, targets);
+  };
+  s.prepare = [this, sample0, accum, training](int mb, Context& ctx) {
+    prepare_microbatch(sample0, accum, mb, training, ctx);
+  };
   return s;
 }
 
 // This rank's sum of per-token losses (non-zero on the last stage) -> the mean
-// over every token of `batches` global batches: summed over stages, then data ranks.
-double RankTrainer::mean_loss(double loss_sum, int64_t batches) {
-  return sum_over(*dp_comm_, sum_over(*pp_comm_, loss_sum)) / static_cast<double>(batches * global_ * seq_);
+// over the `tokens` targets that count: summed over stages, then data ranks.
+double RankTrainer::mean_loss(double loss_sum, int64_t tokens) {
+  return sum_over(*dp_comm_, sum_over(*pp_comm_, loss_sum)) / static_cast<double>(std::max<int64_t>(tokens, 1));
 }
 
 }  // namespace

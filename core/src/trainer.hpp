@@ -16,6 +16,7 @@ struct TrainArgs {
   bool resume = false;
   bool require_checkpoint = false;  // --resume=require: no checkpoint is an error, not a fresh start
   bool overwrite = false;           // --overwrite: a fresh run may replace an earlier one in out_dir
+  bool override_schedule = false;   // --override-schedule: resume although the lr schedule changed
   std::string resume_from;            // step folder, checkpoints folder or out_dir; "" = this run's latest
   const StopSignals* stop = nullptr;  // set: a signal makes every rank checkpoint and return after its step
 };

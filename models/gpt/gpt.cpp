@@ -5,6 +5,7 @@
 
 #include "weft/error.hpp"
 #include "weft/moe.hpp"
+#include "weft/rng.hpp"
 
 namespace weft::gpt {
 
@@ -44,6 +45,17 @@ OptionSchema gpt_schema() {
                  "backward; selective = none here (the fused attention never keeps the score matrix)",
                  {"none", "selective", "full"}),
       opt_int("recompute_layers", 0, "with recompute = full: the first this many blocks (0 = all)", 0, 1 << 20),
+      opt_float("hidden_dropout", 0.0,
+                "dropout on the embedding output and on each attention and MLP output before its residual add",
+                0.0, 0.99),
+      opt_float("attention_dropout", 0.0, "dropout on the attention probabilities", 0.0, 0.99),
+      opt_int("max_position_embeddings", 0, "rows of the position table wpe (0 = seq_length; at least seq_length)",
+              0, 1 << 20),
+      opt_bool("untie_embeddings", false, "an output weight of its own (output.weight) instead of wte"),
+      opt_bool("bias", true, "biases in the attention and MLP Linears (false: Megatron's --disable-bias-linear)"),
+      opt_float("norm_eps", 1e-5, "LayerNorm epsilon", 0.0, 1.0),
+      opt_string("gelu", "tanh", "GeLU of the MLP: \"tanh\" (GPT-2's approximation) or \"erf\" (exact, Megatron's)",
+                 {"tanh", "erf"}),
   };
 }
 
@@ -101,6 +113,21 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size, const LayerProvider* 
   if (own_vocab > (int64_t{1} << 31) - 1)
     o.fail("vocab_size", "vocab_size " + std::to_string(own_vocab) + " exceeds the int32 token ids");
   c.vocab = own_vocab != 0 ? own_vocab : vocab_size;
+  c.block.hidden_dropout = static_cast<float>(o.get_float("hidden_dropout"));
+  c.block.attention_dropout = static_cast<float>(o.get_float("attention_dropout"));
+  c.block.bias = o.get_bool("bias");
+  c.block.norm_eps = static_cast<float>(o.get_float("norm_eps"));
+  c.block.gelu_erf = o.get_string("gelu") == "erf";
+  c.untie = o.get_bool("untie_embeddings");
+  c.max_positions = o.get_int("max_position_embeddings");
+  if (c.max_positions != 0 && c.max_positions < c.seq_length)
+    o.fail("max_position_embeddings", "max_position_embeddings " + std::to_string(c.max_positions) +
+                                          " is smaller than seq_length " + std::to_string(c.seq_length));
+  if (!(c.block.norm_eps > 0.f)) o.fail("norm_eps", "must be > 0");
+  if (c.moe_experts > 0 && (!c.block.bias || c.block.gelu_erf))
+    o.fail(c.block.bias ? "gelu" : "bias",
+           "mixture-of-experts MLPs keep their biases and the tanh GeLU in this version (moe_experts " +
+               std::to_string(c.moe_experts) + ")");
   if (pad > (int64_t{1} << 31) / tp)
     o.fail("vocab_pad_multiple", "vocab_pad_multiple " + std::to_string(pad) + " x parallel.tensor " +
                                      std::to_string(tp) + " exceeds the int32 token ids");
@@ -117,7 +144,9 @@ GptEmbedding::GptEmbedding(const GptConfig& c, LayerProvider& layers)
       hidden_(c.hidden),
       layers_(layers),
       wte_(layers.embedding("wte", c.padded_vocab, c.hidden, c.init_std)),
-      wpe_(nn::make_param("wpe.weight", {c.seq_length, c.hidden}, InitKind::Normal, c.init_std, true)) {
+      wpe_(nn::make_param("wpe.weight", {c.positions(), c.hidden}, InitKind::Normal, c.init_std, true)),
+      dropout_(c.block.hidden_dropout),
+      dropout_key_(dropout_site_key(c.block.seed, "embedding.dropout")) {
   wte_->weight().vocab_rows = c.vocab;
 }
 
@@ -131,8 +160,20 @@ Tensor GptEmbedding::forward(Context& ctx, const Tensor& ids) {
   // Position embedding: x viewed as [B, t*C] gets wpe[first : first + t] added to every row.
   const int64_t b = x.dim(0), local_t = x.dim(1);
   const int64_t first = layers_.sequence_parallel() ? layers_.tp_rank() * local_t : 0;
-  if (b * local_t > 0)
-    ctx.backend().add_bias(f32(x), f32(wpe_.data) + first * hidden_, b, local_t * hidden_);
+  Backend& be = ctx.backend();
+  if (b * local_t > 0 && ctx.positions.defined()) {
+    // Position ids per token (reset at documents): row bi gets wpe[positions[bi, first + t]].
+    Tensor pe = be.alloc_uninitialized({local_t, hidden_}, DType::F32, MemCategory::Workspace);  // [t,C]
+    const int64_t rows = wpe_.shape[0], T = ctx.positions.dim(1);
+    for (int64_t bi = 0; bi < b; ++bi) {
+      be.embedding_forward(f32(pe), ctx.positions.data<int32_t>() + bi * T + first, f32(wpe_.data), local_t,
+                           hidden_, 0, rows);
+      be.accumulate(f32(x) + bi * local_t * hidden_, f32(pe), local_t * hidden_);
+    }
+  } else if (b * local_t > 0) {
+    be.add_bias(f32(x), f32(wpe_.data) + first * hidden_, b, local_t * hidden_);
+  }
+  nn::apply_dropout(ctx, x, dropout_, dropout_key_, first);
   return x;
 }
 
@@ -140,9 +181,22 @@ Tensor GptEmbedding::backward(Context& ctx, const Tensor& dy) {
   WEFT_ASSERT(dy.defined() && dy.shape().size() == 3 && dy.dim(2) == hidden_, "gpt: embedding dy must be [B,T,C]");
   const int64_t b = dy.dim(0), local_t = dy.dim(1);
   const int64_t first = layers_.sequence_parallel() ? layers_.tp_rank() * local_t : 0;
-  if (b * local_t > 0)  // dwpe[first : first + t] += sum_b dy
-    ctx.backend().bias_grad(f32(wpe_.grad) + first * hidden_, f32(dy), b, local_t * hidden_);
-  wte_->backward(ctx, dy);  // also reports wte ready: the head added its part earlier
+  Backend& be = ctx.backend();
+  Tensor g = dy;  // [B,t,C]: dy through the dropout mask
+  if (ctx.training && dropout_ > 0.f) {
+    g = be.alloc_uninitialized(dy.shape(), DType::F32, MemCategory::Workspace);
+    be.copy(g, dy);
+    nn::apply_dropout(ctx, g, dropout_, dropout_key_, first);
+  }
+  if (b * local_t > 0 && ctx.positions.defined()) {
+    const int64_t rows = wpe_.shape[0], T = ctx.positions.dim(1);
+    for (int64_t bi = 0; bi < b; ++bi)  // dwpe[positions[bi, first + t]] += g[bi, t]
+      be.embedding_backward(f32(wpe_.grad), ctx.positions.data<int32_t>() + bi * T + first,
+                            f32(g) + bi * local_t * hidden_, local_t, hidden_, 0, rows);
+  } else if (b * local_t > 0) {  // dwpe[first : first + t] += sum_b g
+    be.bias_grad(f32(wpe_.grad) + first * hidden_, f32(g), b, local_t * hidden_);
+  }
+  wte_->backward(ctx, g);  // also reports wte ready: the head added its part earlier
   nn::grad_ready(ctx, wpe_);
   return Tensor();
 }
@@ -154,8 +208,14 @@ void GptEmbedding::collect_params(std::vector<Param*>& out) {
 
 // ---------------------------------------------------------------- head
 
-GptHead::GptHead(Param& wte, int64_t vocab, int64_t hidden, LayerProvider& layers)
-    : wte_(wte), hidden_(hidden), lnf_("lnf", hidden), output_(layers.tied_output_loss(wte, vocab)) {}
+GptHead::GptHead(Param& wte, const GptConfig& c, LayerProvider& layers)
+    : output_table_(c.untie ? layers.embedding("output", c.padded_vocab, c.hidden, c.init_std) : nullptr),
+      wte_(output_table_ ? output_table_->weight() : wte),
+      hidden_(c.hidden),
+      lnf_("lnf", c.hidden, c.block.norm_eps),
+      output_(layers.tied_output_loss(wte_, c.vocab)) {
+  if (output_table_) output_table_->weight().vocab_rows = c.vocab;
+}
 
 Tensor GptHead::forward(Context& ctx, const Tensor& x) {
   WEFT_ASSERT(x.defined() && x.shape().size() == 3 && x.dim(2) == hidden_, "gpt: head input must be [B,T,C]");
@@ -165,10 +225,15 @@ Tensor GptHead::forward(Context& ctx, const Tensor& x) {
 }
 
 Tensor GptHead::backward(Context& ctx, const Tensor& dy) {
-  return lnf_.backward(ctx, output_->backward(ctx, dy));  // [B,T,C]
+  Tensor dx = output_->backward(ctx, dy);             // [B,T,C]
+  if (output_table_) nn::grad_ready(ctx, wte_);       // untied: the head's own output weight is final
+  return lnf_.backward(ctx, dx);                      // [B,T,C]
 }
 
-void GptHead::collect_params(std::vector<Param*>& out) { lnf_.collect_params(out); }
+void GptHead::collect_params(std::vector<Param*>& out) {
+  lnf_.collect_params(out);
+  if (output_table_) out.push_back(&output_table_->weight());
+}
 
 // ---------------------------------------------------------------- model
 
@@ -208,8 +273,8 @@ GptModel::GptModel(const GptConfig& config, LayerProvider* layers, const Paralle
   embedding_ = std::make_unique<GptEmbedding>(c, provider);
   for (int64_t i = 0; i < c.layers; ++i)
     blocks_.push_back(std::make_unique<nn::Block>("blocks." + std::to_string(i), c.hidden, c.heads, provider,
-                                                  c.init_std, proj_std, moe_mlp(i, provider, proj_std)));
-  head_ = std::make_unique<GptHead>(embedding_->wte(), c.vocab, c.hidden, provider);
+                                                  c.init_std, proj_std, moe_mlp(i, provider, proj_std), c.block));
+  head_ = std::make_unique<GptHead>(embedding_->wte(), c, provider);
   for (int64_t i = 0; i < c.layers; ++i)
     recomputed_.push_back(c.recomputes(i) ? std::make_unique<nn::Recompute>(*blocks_[i]) : nullptr);
 }
@@ -231,15 +296,17 @@ std::vector<Param*> GptModel::params() {
 ModelSummary GptModel::summary() const {
   const GptConfig& c = config_;
   const int64_t C = c.hidden, L = c.layers, T = c.seq_length, Vp = c.padded_vocab, H = c.heads;
-  const int64_t per_block = 12 * C * C + 13 * C;  // ln1, qkv, proj, ln2, fc, proj (weights + biases)
-  const int64_t wpe = T * C;
+  // ln1, qkv, proj, ln2, fc, proj: weights, the Linears' biases (9C, unless bias = false), the norms' 4C.
+  const int64_t per_block = 12 * C * C + (c.block.bias ? 13 * C : 4 * C);
+  const int64_t wpe = c.positions() * C;
+  const int64_t output = c.untie ? Vp * C : 0;  // untied output weight
   ModelSummary s;
-  s.params = Vp * C + wpe + L * per_block + 2 * C;  // wte counted once (tied head)
-  // 6 flops per parameter per token (forward 2, backward 4; wpe is a lookup, not a
-  // matmul) plus attention scores and weighted sum: forward 4*T*C per token per
-  // layer for full attention, halved for the causal mask, times 3 for fwd+bwd =
-  // 6*L*T*C (the "12*L*T*C / 2" causal convention).
-  s.flops_per_token = 6 * (s.params - wpe) + 6 * L * T * C;
+  s.params = Vp * C + wpe + L * per_block + 2 * C + output;  // wte counted once when tied
+  // 6 flops per parameter per token (forward 2, backward 4; wpe, and wte when
+  // untied, are lookups, not matmuls) plus attention scores and weighted sum:
+  // forward 4*T*C per token per layer for full attention, halved for the
+  // causal mask, times 3 for fwd+bwd = 6*L*T*C (the "12*L*T*C / 2" causal convention).
+  s.flops_per_token = 6 * (s.params - wpe - (c.untie ? Vp * C : 0)) + 6 * L * T * C;
   // An MoE block holds E expert MLPs (8C^2 + 5C each) and a router [E, C] instead
   // of one MLP; a token runs through k of them.
   const int64_t mlp = 8 * C * C + 5 * C;
@@ -274,6 +341,7 @@ ModelSummary GptModel::summary() const {
 
 std::unique_ptr<Model> make_gpt(const Options& options, const ModelEnv& env) {
   GptConfig config = gpt_config(options, env.vocab_size, env.layers);
+  config.block.seed = env.seed;  // keys the dropout masks
   const int ep = env.parallel && env.parallel->topology ? env.parallel->topology->sizes.ep : 1;
   if (config.moe_experts > 0 && config.moe_experts % ep != 0)
     options.fail("moe_experts", "moe_experts " + std::to_string(config.moe_experts) +

@@ -39,6 +39,12 @@ struct GptConfig {
   std::string recompute = "none";
   int64_t recompute_layers = 0;
   bool recomputes(int64_t i) const { return recompute == "full" && (recompute_layers == 0 || i < recompute_layers); }
+  // Megatron's knobs (docs/megatron.md): block settings (bias, norm_eps, gelu, dropout, seed),
+  // rows of the position table, and an output weight of its own.
+  nn::BlockOptions block;
+  int64_t max_positions = 0;  // wpe rows (0: seq_length)
+  bool untie = false;         // output.weight [Vp,C] instead of wte
+  int64_t positions() const { return max_positions > 0 ? max_positions : seq_length; }
 };
 
 OptionSchema gpt_schema();
@@ -50,7 +56,7 @@ GptConfig gpt_config(const Options& options, int64_t vocab_size, const LayerProv
 // Layer 0: token + position embedding. Params wte.weight [Vp,C], wpe.weight [T,C].
 class GptEmbedding : public Module {
  public:
-  GptEmbedding(const GptConfig& config, LayerProvider& layers);
+  GptEmbedding(const GptConfig& config, LayerProvider& layers);  // wpe [max_positions, C]
   Tensor forward(Context& ctx, const Tensor& ids) override;  // ids [B,T] i32 -> [B,T,C]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [B,T,C] -> undefined
   void collect_params(std::vector<Param*>& out) override;
@@ -61,23 +67,29 @@ class GptEmbedding : public Module {
   int64_t seq_length_, hidden_;
   LayerProvider& layers_;
   std::unique_ptr<TableEmbedding> wte_;  // [Vp,C] (rows split over tp)
-  Param wpe_;                            // [T,C]
+  Param wpe_;                            // [P,C], P = max_position_embeddings
+  float dropout_;                        // hidden_dropout on the embedding's output
+  uint64_t dropout_key_;                 // site "embedding.dropout"
 };
 
 // Last layer: lnf, logits = x @ wte^T (tied), cross entropy. Owns lnf.*; wte
 // belongs to the embedding (its gradient gets both contributions, and is
-// reported ready by the embedding's backward, which runs last).
+// reported ready by the embedding's backward, which runs last). Untied
+// (config.untie): the head owns output.weight [Vp,C], split over tp like wte.
 class GptHead : public Module {
  public:
-  GptHead(Param& wte, int64_t vocab, int64_t hidden, LayerProvider& layers);
+  GptHead(Param& wte, const GptConfig& config, LayerProvider& layers);
   Tensor forward(Context& ctx, const Tensor& x) override;    // [B,T,C] -> losses [B,T] | logits [B,T,Vp]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy ignored; starts from ctx.dloss_scale
   void collect_params(std::vector<Param*>& out) override;
-  void collect_shared_params(std::vector<Param*>& out) override { out.push_back(&wte_); }
+  void collect_shared_params(std::vector<Param*>& out) override {
+    if (!output_table_) out.push_back(&wte_);
+  }
   nn::LayerNorm& lnf() { return lnf_; }
 
  private:
-  Param& wte_;  // [Vp,C], the embedding's (tied)
+  std::unique_ptr<TableEmbedding> output_table_;  // untied: output.weight [Vp,C]; null: tied to wte
+  Param& wte_;  // [Vp,C], the embedding's (tied), or output.weight
   int64_t hidden_;
   nn::LayerNorm lnf_;
   std::unique_ptr<Module> output_;  // x @ wte^T and the cross entropy

@@ -27,6 +27,10 @@ class AdamW final : public Optimizer {
   // state[0] = m, state[1] = v; weight decay only where `decay`.
   void update(Backend& backend, float* p, const float* g, float* const* state, int64_t n, double lr,
               double grad_scale, bool decay, int64_t step) override;
+  bool set_weight_decay(double wd) override {
+    config_.weight_decay = wd;
+    return true;
+  }
   const AdamWConfig& config() const { return config_; }
 
  private:

@@ -29,6 +29,10 @@ class Sgd final : public Optimizer {
   // state[0] = momentum buffer when momentum > 0.
   void update(Backend& backend, float* p, const float* g, float* const* state, int64_t n, double lr,
               double grad_scale, bool decay, int64_t step) override;
+  bool set_weight_decay(double wd) override {
+    config_.weight_decay = wd;
+    return true;
+  }
   const SgdConfig& config() const { return config_; }
 
  private:

@@ -1,4 +1,5 @@
 #include "cpu_backend.hpp"
+#include "weft/rng.hpp"
 
 #include <cblas.h>
 
@@ -781,6 +782,17 @@ namespace {
 struct AttnShape {
   int64_t b, t, c, h, hs;
   float scale;
+  AttentionMask mask;  // document starts and probability dropout (weft/backend.hpp)
+  // Keys j < first_key(bi, i) are masked for query i (its document's start).
+  int64_t first_key(int64_t bi, int64_t i) const { return mask.doc_start ? mask.doc_start[bi * t + i] : 0; }
+  // 1 / (1 - p) where the probability (bi, hi, i, j) is kept, 0 where dropped; 1 without dropout.
+  float keep(int64_t bi, int64_t hi, int64_t i, int64_t j) const {
+    if (!(mask.dropout > 0.f)) return 1.f;
+    const uint64_t index = static_cast<uint64_t>(((mask.first_head + hi) * t + i) * t + j);
+    return dropout_keep(mask.dropout_key, static_cast<uint64_t>(mask.first_sample + bi), index, mask.dropout)
+               ? 1.f / (1.f - mask.dropout)
+               : 0.f;
+  }
   int64_t row() const { return 3 * c; }  // qkv row stride
   const float* q(const float* qkv, int64_t bi, int64_t ti, int64_t hi) const {
     return qkv + (bi * t + ti) * row() + hi * hs;
@@ -789,11 +801,12 @@ struct AttnShape {
   const float* v(const float* qkv, int64_t bi, int64_t ti, int64_t hi) const { return q(qkv, bi, ti, hi) + 2 * c; }
 };
 
-AttnShape attn_shape(int64_t b, int64_t t, int64_t c, int64_t h) {
+AttnShape attn_shape(int64_t b, int64_t t, int64_t c, int64_t h, const AttentionMask& mask) {
   WEFT_ASSERT(b >= 0 && t >= 0 && c > 0 && h > 0 && c % h == 0,
               "attention: channels " + std::to_string(c) + " not divisible by heads " + std::to_string(h));
+  WEFT_ASSERT(mask.dropout >= 0.f && mask.dropout < 1.f, "attention: dropout must be in [0, 1)");
   const int64_t hs = c / h;
-  return AttnShape{b, t, c, h, hs, static_cast<float>(1.0 / std::sqrt(static_cast<double>(hs)))};
+  return AttnShape{b, t, c, h, hs, static_cast<float>(1.0 / std::sqrt(static_cast<double>(hs))), mask};
 }
 
 // s[j] = e^(s[j] - shift) for j < n; returns the sum of the results in double.
@@ -944,18 +957,23 @@ WEFT_INLINE void attn_forward_tasks(const AttnShape& a, float* out, float* lse, 
       load_transposed(kt.data(), a.k(qkv, bi, j0, hi), a.row(), j1 - j0, hs);
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t nvalid = std::min(j1, i + 1) - j0;  // causal: keys j <= i
-        if (nvalid <= 0) continue;
-        const int64_t ii = i - i0;
+        // Document mask: the tile's first `off` keys belong to earlier documents.
+        const int64_t off = std::max<int64_t>(0, a.first_key(bi, i) - j0);
+        if (nvalid - off <= 0) continue;
+        const int64_t ii = i - i0, n = nvalid - off;
         scores_row<kAvx2>(s.data(), a.q(qkv, bi, i, hi), kt.data(), nvalid, hs, a.scale);
+        float* sv = s.data() + off;  // the visible keys j0 + off .. j0 + nvalid - 1
         float mx = m[ii];
-        for (int64_t jj = 0; jj < nvalid; ++jj) mx = std::max(mx, s[jj]);
+        for (int64_t jj = 0; jj < n; ++jj) mx = std::max(mx, sv[jj]);
         const float corr = std::exp(m[ii] - mx);  // 0 on the first tile (m = -inf)
-        const double psum = exp_shifted<kAvx2>(s.data(), nvalid, mx);
-        l[ii] = l[ii] * corr + psum;
+        const double psum = exp_shifted<kAvx2>(sv, n, mx);
+        l[ii] = l[ii] * corr + psum;  // the softmax normalises before dropout
         m[ii] = mx;
+        if (a.mask.dropout > 0.f)
+          for (int64_t jj = 0; jj < n; ++jj) sv[jj] *= a.keep(bi, hi, i, j0 + off + jj);
         float* accr = acc.data() + ii * hs;
         for (int64_t d = 0; d < hs; ++d) accr[d] *= corr;
-        add_weighted_rows<kAvx2>(accr, s.data(), 1, a.v(qkv, bi, j0, hi), a.row(), nvalid, hs);
+        add_weighted_rows<kAvx2>(accr, sv, 1, a.v(qkv, bi, j0 + off, hi), a.row(), n, hs);
       }
     }
     for (int64_t i = i0; i < i1; ++i) {
@@ -992,6 +1010,7 @@ WEFT_INLINE void attn_backward_tasks(const AttnShape& a, float* dqkv, const floa
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t nvalid = std::min(j1, i + 1) - j0;  // causal: keys j <= i
           if (nvalid <= 0) continue;
+          const int64_t off = std::min(nvalid, std::max<int64_t>(0, a.first_key(bi, i) - j0));  // masked keys
           // p = softmax probabilities from the saved lse; ds = p * (dp - dsum), dp = dout_i . v_j.
           const float* qi = a.q(qkv, bi, i, hi);
           const float* doi = dout + (bi * t + i) * c + hi * hs;
@@ -1001,7 +1020,17 @@ WEFT_INLINE void attn_backward_tasks(const AttnShape& a, float* dqkv, const floa
           exp_shifted<kAvx2>(pr, nvalid, lse[bh * t + i]);
           scores_row<kAvx2>(gr, doi, vt.data(), nvalid, hs, 1.f);
           const float di = dsum[bh * t + i];
-          for (int64_t jj = 0; jj < nvalid; ++jj) gr[jj] = pr[jj] * (gr[jj] - di) * scale;
+          if (a.mask.dropout > 0.f) {
+            // out = sum of P' v with P' = keep * P: dV takes P', dP = keep * dP'.
+            for (int64_t jj = off; jj < nvalid; ++jj) {
+              const float kp = a.keep(bi, hi, i, j0 + jj);
+              gr[jj] = pr[jj] * (kp * gr[jj] - di) * scale;
+              pr[jj] *= kp;
+            }
+          } else {
+            for (int64_t jj = off; jj < nvalid; ++jj) gr[jj] = pr[jj] * (gr[jj] - di) * scale;
+          }
+          for (int64_t jj = 0; jj < off; ++jj) pr[jj] = gr[jj] = 0.f;  // keys of earlier documents
           // dQ_i += sum over the tile's keys of g_ij K_j
           add_weighted_rows<kAvx2>(dq.data() + (i - i0) * hs, gr, 1, a.k(qkv, bi, j0, hi), row, nvalid, hs);
         }
@@ -1046,9 +1075,9 @@ void attn_backward_tasks_generic(const AttnShape& a, float* dqkv, const float* d
 }  // namespace
 
 void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c,
-                                   int64_t h) {
+                                   int64_t h, const AttentionMask& mask) {
   OpTimer timer(profile_.get(), kOpAttnFwd);
-  const AttnShape a = attn_shape(b, t, c, h);
+  const AttnShape a = attn_shape(b, t, c, h, mask);
   const int64_t nq = (t + kAttnTileQ - 1) / kAttnTileQ;
   pool_.parallel_for(b * h * nq, 1, [&](int64_t task0, int64_t task1) {
     if (avx2_) return attn_forward_tasks_avx2(a, out, lse, qkv, task0, task1);
@@ -1057,9 +1086,10 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int
 }
 
 void CpuBackend::attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                                    const float* lse, int64_t b, int64_t t, int64_t c, int64_t h) {
+                                    const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
+                                    const AttentionMask& mask) {
   OpTimer timer(profile_.get(), kOpAttnBwd);
-  const AttnShape a = attn_shape(b, t, c, h);
+  const AttnShape a = attn_shape(b, t, c, h, mask);
   const int64_t hs = a.hs;
   // dsum[b,h,i] = dot(dout_i, out_i) per head: the softmax backward term.
   std::vector<float> dsum(static_cast<size_t>(b * h * t));

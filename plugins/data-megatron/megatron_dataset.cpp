@@ -1,5 +1,7 @@
 #include "megatron_dataset.hpp"
 
+#include "weft/documents.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -172,7 +174,7 @@ void GptSamples::sample(int64_t i, int32_t* out) const {
 }
 
 OptionSchema MegatronDataset::schema() {
-  return {
+  OptionSchema s = {
       weighted_table(required(opt_strings("paths", {},
                                           "prefixes of PREFIX.bin + PREFIX.idx (relative to the recipe file), or a "
                                           "blend [\"0.3\", \"a\", \"0.7\", \"b\"] as Megatron's --data-path, or "
@@ -180,6 +182,8 @@ OptionSchema MegatronDataset::schema() {
       opt_string("split", "969,30,1", "train,valid,test weights of each prefix's documents, as Megatron's --split"),
       opt_string("part", "train", "the split part to read: train, valid or test", {"train", "valid", "test"}),
   };
+  for (OptionSpec& o : document_mask_options()) s.push_back(std::move(o));  // [data] document masks
+  return s;
 }
 
 MegatronDataset::MegatronDataset(const Options& options, const DatasetEnv& env) {

@@ -1,5 +1,7 @@
 #include "synthetic_dataset.hpp"
 
+#include "weft/documents.hpp"
+
 #include <string>
 
 #include "weft/error.hpp"
@@ -13,10 +15,12 @@ const uint64_t kSyntheticStream = name_key("weft.data.synthetic");
 }  // namespace
 
 OptionSchema SyntheticDataset::schema() {
-  return {
+  OptionSchema s = {
       opt_int("vocab", 0, "tokens are uniform in [0, vocab) (0 = the model's vocabulary)", 0),
       opt_int("size", int64_t{1} << 20, "samples per epoch", 1),
   };
+  for (OptionSpec& o : document_mask_options()) s.push_back(std::move(o));  // [data] document masks
+  return s;
 }
 
 SyntheticDataset::SyntheticDataset(const Options& options, const DatasetEnv& env)

@@ -1,5 +1,7 @@
 #include "text_dataset.hpp"
 
+#include "weft/documents.hpp"
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -132,13 +134,15 @@ std::vector<int64_t> seeded_permutation(int64_t n, uint64_t seed, int64_t epoch)
 }
 
 OptionSchema TextDataset::schema() {
-  return {
+  OptionSchema s = {
       required(opt_paths("files", {}, "text files to train on (relative to the recipe file)")),
       opt_string("documents", "file",
                  "how files split into documents: file, blank-line, or percent-line (fortune files)",
                  {"file", "blank-line", "percent-line"}),
       opt_int("max_bytes", 0, "read at most this many bytes over all files (0 = all)", 0),
   };
+  for (OptionSpec& o : document_mask_options()) s.push_back(std::move(o));  // [data] document masks
+  return s;
 }
 
 TextDataset::TextDataset(const Options& options, const DatasetEnv& env)

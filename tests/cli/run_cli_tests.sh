@@ -500,7 +500,7 @@ finish
 
 begin "resume refuses a checkpoint whose logical shapes differ from the recipe's"
 run -- train "$TINY" --set run.steps=4 --set parallel.tensor=2 --set model.hidden=64 --set "run.out_dir=$TMP/tpshape" \
-  "--resume=$TPRUN"
+  "--resume=$TPRUN" --override-schedule
 expect_rc 2
 expect_one_error_line
 expect_no_crash
@@ -541,7 +541,7 @@ finish
 
 # A file-size limit of 4 MiB makes the optimizer file's writes fail, as a full disk would (SIGXFSZ ignored).
 begin "a failed checkpoint write leaves the previous checkpoint intact and says so"
-(trap '' XFSZ; ulimit -f 4096; exec "$WEFT" train "$TINY" --set run.steps=4 --set "run.out_dir=$TMP/full-disk" --resume) \
+(trap '' XFSZ; ulimit -f 4096; exec "$WEFT" train "$TINY" --set run.steps=4 --set "run.out_dir=$TMP/full-disk" --resume --override-schedule) \
   >"$OUT" 2>"$ERR" </dev/null
 rc=$?
 expect_rc 2
@@ -550,7 +550,7 @@ expect_no_crash
 expect_err_has "write failed" "the checkpoint of step 4 was not written, the last complete one is $TMP/full-disk/checkpoints/step_2"
 [ "$(cat "$TMP/full-disk/checkpoints/latest")" = "step_2" ] || problem "latest moved"
 [ "$(ls "$TMP/full-disk/checkpoints")" = "$(printf 'latest\nstep_2')" ] || problem "left behind: $(ls "$TMP/full-disk/checkpoints" | tr '\n' ' ')"
-run -- train "$TINY" --set run.steps=4 --set "run.out_dir=$TMP/full-disk" --resume
+run -- train "$TINY" --set run.steps=4 --set "run.out_dir=$TMP/full-disk" --resume --override-schedule
 expect_rc 0
 finish
 
@@ -571,7 +571,7 @@ finish
 
 begin "a failed async save leaves the previous checkpoint intact and says so"
 (trap '' XFSZ; ulimit -f 4096; exec "$WEFT" train "$TINY" --set run.steps=8 --set checkpoint.interval=2 \
-  --set checkpoint.async=true --set "run.out_dir=$TMP/async" --resume) >"$OUT" 2>"$ERR" </dev/null
+  --set checkpoint.async=true --set "run.out_dir=$TMP/async" --resume --override-schedule) >"$OUT" 2>"$ERR" </dev/null
 rc=$?
 expect_rc 2
 expect_one_error_line
@@ -695,7 +695,7 @@ expect_no_crash
 finish
 
 begin "resume from a truncated checkpoint"
-run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=5 --set "run.out_dir=$TMP/run2" "--resume=$BROKEN"
+run -- train "$SRC/examples/gpt-tiny.toml" --set run.steps=5 --set "run.out_dir=$TMP/run2" "--resume=$BROKEN" --override-schedule
 expect_rc 2
 expect_one_error_line
 expect_err_has "model.safetensors"
@@ -1030,7 +1030,7 @@ refuse_run "/dev/zero as a checkpoint's recipe.toml" "recipe.toml" "character de
 damaged
 rm "$TMP/dmg/checkpoints/step_3/model.safetensors" && mkfifo "$TMP/dmg/checkpoints/step_3/model.safetensors"
 refuse_run "a FIFO as model.safetensors" "model.safetensors" "FIFO" -- \
-  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume --override-schedule
 
 # ---- checkpoint folders, latest and meta.json ----------------------------------------------------
 
@@ -1051,19 +1051,19 @@ finish
 damaged
 rm "$TMP/dmg/checkpoints/latest" && mkfifo "$TMP/dmg/checkpoints/latest"
 refuse_run "a FIFO as checkpoints/latest" "latest" "FIFO" -- \
-  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume --override-schedule
 damaged
 rm "$TMP/dmg/checkpoints/latest" && ln -s /dev/zero "$TMP/dmg/checkpoints/latest"
 refuse_run "/dev/zero as checkpoints/latest" "latest" "character device" -- \
-  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume --override-schedule
 damaged
 rm "$TMP/dmg/checkpoints/step_3/meta.json" && mkdir "$TMP/dmg/checkpoints/step_3/meta.json"
 refuse_run "a directory as meta.json" "meta.json" "directory" -- \
-  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume --override-schedule
 damaged
 sed -i 's/"step": 3/"step": -9223372036854775807/' "$TMP/dmg/checkpoints/step_3/meta.json"
 refuse_run "a negative step in meta.json" "meta.json" "key 'step'" -- \
-  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume --override-schedule
 
 # ---- restarts and the run folder -----------------------------------------------------------------
 
@@ -1129,7 +1129,7 @@ BR=$TMP/branch
 branch_args=(--set log.interval=1 --set checkpoint.interval=1 --set checkpoint.keep=3 --set "run.out_dir=$BR")
 run -- train "$TINY" --set run.steps=4 "${branch_args[@]}"
 expect_rc 0
-run -- train "--resume=$BR/checkpoints/step_2" "$TINY" --set run.steps=3 "${branch_args[@]}"
+run -- train "--resume=$BR/checkpoints/step_2" "$TINY" --set run.steps=3 "${branch_args[@]}" --override-schedule
 expect_rc 0
 expect_no_crash
 out_or_err_has "step_3, step_4" "abandoned_after_step_2" "after step 2"
@@ -1147,11 +1147,11 @@ finish
 damaged
 rm "$TMP/dmg/metrics.jsonl" && mkfifo "$TMP/dmg/metrics.jsonl"
 refuse_run "a FIFO as metrics.jsonl on resume" "metrics.jsonl" "FIFO" -- \
-  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume --override-schedule
 damaged
 printf '{"step": 1, "loss": 2}\nnot json\n' >"$TMP/dmg/metrics.jsonl"
 refuse_run "a malformed metrics.jsonl line on resume" "metrics.jsonl:2:" -- \
-  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume
+  train "$TINY" --set run.steps=5 --set "run.out_dir=$TMP/dmg" --resume --override-schedule
 echo "not a folder" >"$TMP/outfile"
 refuse_run "an out_dir that is a file" "$TMP/outfile" "not a folder" -- \
   train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/outfile"
@@ -1198,6 +1198,74 @@ expect_rc 2
 expect_one_error_line
 expect_no_crash
 expect_err_has "$TMP/no-such-plugins: plugin folder not found"
+finish
+
+# ---- lr schedule and batch on resume (docs/checkpoints.md#resuming) -------------------------------
+
+refuse_run "a warm-up not shorter than decay_steps" "lr_schedule.warmup_steps" \
+  "warm-up of 5 steps is not shorter than decay_steps 5" -- check "$TINY" --set lr_schedule.decay_steps=5
+refuse_run "a wsd schedule without wsd_decay_steps" "lr_schedule.wsd_decay_steps" "must be > 0" -- \
+  check "$TINY" --set lr_schedule.plugin=wsd
+
+SR=$TMP/schedule-resume
+begin "a resume with another schedule is refused naming each difference"
+run -- train "$TINY" --set run.steps=4 --set checkpoint.interval=2 --set "run.out_dir=$SR"
+expect_rc 0
+run -- train "$TINY" --set run.steps=8 --set lr_schedule.min_lr=2e-4 --set "run.out_dir=$SR" --resume
+expect_rc 2
+expect_one_error_line
+expect_no_crash
+expect_err_has "the lr schedule differs from the checkpoint's" "decay_steps 4 -> 8" "min_lr 0.0003 -> 0.0002" \
+  "--override-schedule"
+finish
+
+begin "--override-schedule continues with the recipe's schedule"
+run -- train "$TINY" --set run.steps=6 --set log.interval=1 --set "run.out_dir=$SR" --resume --override-schedule
+expect_rc 0
+expect_no_crash
+out_or_err_has "--override-schedule: continuing with the recipe's schedule (decay_steps 4 -> 6)"
+python3 - "$SR/checkpoints/step_6/meta.json" <<'PY' || problem "step_6 does not record the new schedule"
+import json, sys
+m = json.load(open(sys.argv[1]))
+assert m["lr_schedule"]["decay_steps"] == "6" and m["global_batch"] == 8 and m["samples_consumed"] == 48, m
+PY
+finish
+
+begin "a global batch that divides the samples consumed continues from them"
+run -- train "--resume=$SR/checkpoints/step_2" "$TINY" --set run.steps=4 --set batch.global=4 \
+  --set "run.out_dir=$TMP/batch-resume"
+expect_rc 0
+expect_no_crash
+python3 - "$TMP/batch-resume/checkpoints/step_4/meta.json" <<'PY' || problem "step_4 is not 16 + 2 x 4 samples"
+import json, sys
+m = json.load(open(sys.argv[1]))
+assert m["samples_consumed"] == 24 and m["global_batch"] == 4 and m["step"] == 4, m
+PY
+finish
+
+refuse_run "a global batch that does not divide the samples consumed" "saved after 16 samples at step 2" \
+  "batch.global 6 does not divide" -- \
+  train "--resume=$SR/checkpoints/step_2" "$TINY" --set run.steps=4 --set batch.global=6 --set "run.out_dir=$TMP/batch6"
+
+begin "run.exit_interval stops with a checkpoint and --resume goes on"
+EX=$TMP/exit-interval
+run -- train "$TINY" --set run.steps=6 --set run.exit_interval=4 --set log.interval=1 --set "run.out_dir=$EX"
+expect_rc 0
+expect_no_crash
+out_or_err_has "stopped by run.exit_interval after step 4 of 6"
+[ "$(cat "$EX/checkpoints/latest" 2>/dev/null)" = "step_4" ] || problem "latest is not step_4"
+run -- train "$TINY" --set run.steps=6 --set run.exit_interval=4 --set log.interval=1 --set "run.out_dir=$EX" --resume
+expect_rc 0
+[ "$(cat "$EX/checkpoints/latest" 2>/dev/null)" = "step_6" ] || problem "the resumed run did not reach step_6"
+finish
+
+begin "run.exit_duration_mins stops every rank after the same step"
+run -- train "$TINY" --set run.steps=4 --set run.exit_duration_mins=1e-9 --set parallel.data=2 \
+  --set "run.out_dir=$TMP/exit-duration"
+expect_rc 0
+expect_no_crash
+out_or_err_has "stopped by run.exit_duration_mins after step 1 of 4"
+[ "$(cat "$TMP/exit-duration/checkpoints/latest" 2>/dev/null)" = "step_1" ] || problem "latest is not step_1"
 finish
 
 echo "$passed passed, $failed failed"

@@ -162,7 +162,7 @@ try:
     # Resume from step 3 of the finished run: steps 4..6 are the abandoned
     # branch; after the resume every step 1..8 appears exactly once.
     r = weft("train", RECIPE, "--resume=" + os.path.join(run, "checkpoints", "step_3"), "--set", "run.steps=8",
-             "--set", "run.out_dir=" + run, *common)
+             "--set", "run.out_dir=" + run, "--override-schedule", *common)
     check(r.returncode == 0, "resume from step 3 to step 8: " + r.stderr[-300:])
     events_equal_metrics(run, "resumed run")
     check(sorted(read_metrics(run)) == list(range(1, 9)), "metrics.jsonl holds steps 1..8 once")
@@ -171,7 +171,7 @@ try:
     runb = os.path.join(tmp, "b")
     r = weft("train", RECIPE, "--set", "run.steps=6", "--set", "run.out_dir=" + runb, *common)
     r = weft("train", RECIPE, "--resume=" + os.path.join(runb, "checkpoints", "step_3"), "--set", "run.steps=8",
-             "--set", "run.out_dir=" + runb, *common, "--set", "log.interval=5")
+             "--set", "run.out_dir=" + runb, "--override-schedule", *common, "--set", "log.interval=5")
     check(r.returncode == 0 and sorted(read_metrics(runb)) == [1, 2, 3, 5, 8], "resume at log.interval 5")
     events_equal_metrics(runb, "resumed at log.interval 5")
 

@@ -633,6 +633,38 @@ TEST(Recompute, FullRecomputationIsBitIdenticalAndKeepsFewerActivations) {
   }
 }
 
+// Dropout (hidden 0.1, attention 0.1): the masks are keyed by the seed, the
+// site's logical name and the logical element, so tensor 2 (sequence parallel),
+// pipeline 2, data 2 x zero1, another microbatch size and recomputation drop
+// the same elements as one rank: every loss and the final parameters match.
+// Dropout itself must act: its run differs from the run without it.
+TEST(Dropout, EveryLayoutDropsTheSameElementsAsOneRank) {
+  const std::vector<std::string> dropout = {"model.hidden_dropout=0.1", "model.attention_dropout=0.1"};
+  const TrainedRun ref = train_tiny("dropout-one-rank", dropout);
+  const double off_err = worst_loss_error(single_rank_run().metrics, ref.metrics, 1);
+  EXPECT_GT(off_err, 1e-3) << "dropout 0.1 did not change the losses";
+  struct Case {
+    std::string label;
+    std::vector<std::string> sets;
+  };
+  for (const Case& c : {Case{"tp2_sp", {"parallel.tensor=2", "parallel.tensor_parallel.sequence_parallel=true"}},
+                        Case{"tp2", {"parallel.tensor=2"}},
+                        Case{"pp2", {"parallel.pipeline=2"}},
+                        Case{"dp2_zero1", {"parallel.data=2", "parallel.data_parallel.plugin=zero1"}},
+                        Case{"micro1", {"batch.micro=1"}},
+                        Case{"recompute", {"model.recompute=full"}}}) {
+    std::vector<std::string> sets = dropout;
+    sets.insert(sets.end(), c.sets.begin(), c.sets.end());
+    TrainedRun run = train_tiny("dropout-" + c.label, sets);
+    const double loss_err = worst_loss_error(ref.metrics, run.metrics, 1);
+    const ParamError param_err = param_error(ref.final_params, run.final_params);
+    EXPECT_LE(loss_err, kRelTol) << c.label;
+    EXPECT_LE(param_err.whole, kRelTol) << c.label;
+    std::printf("dropout %-10s max rel loss error %.3g, final params %.3g (without dropout: %.3g)\n", c.label.c_str(),
+                loss_err, param_err.whole, off_err);
+  }
+}
+
 TEST(GptTinyShape, ParamCountMatchesTheModel) {
   // 0.84M, as examples/gpt-tiny.toml says; divisible by 4, so zero1's dp 4 shard has no padding here.
   EXPECT_EQ(gpt_tiny_params(), 842496);

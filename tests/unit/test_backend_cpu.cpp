@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 #include <limits>
 #include <tuple>
 #include <random>
@@ -18,6 +19,7 @@
 #include "cpu_backend.hpp"
 #include "weft/error.hpp"
 #include "weft/plugin.hpp"
+#include "weft/rng.hpp"
 
 namespace {
 
@@ -417,6 +419,157 @@ TEST_P(CpuBackendTest, AttentionForwardBackward) {
     const DVec g = attention_backward_ref(to_double(dout), to_double(qkv), k.b, k.t, k.c, k.h);
     expect_close(dqkv, g, kRel, 2e-6, "attention dqkv " + tag);
   }
+}
+
+// Document masks: attention over a batch whose rows hold several documents
+// equals the plain causal kernel run on each document alone.
+TEST_P(CpuBackendTest, AttentionDocumentsEqualEachDocumentAlone) {
+  const int64_t B = 2, T = 70, C = 12, H = 3;  // 70 tokens cross query and key tiles of 32
+  const std::vector<std::vector<int64_t>> starts = {{0, 5, 33, 40, 69}, {0, 64}};  // document starts per row
+  std::vector<int32_t> doc_start(B * T);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < T; ++i) {
+      int64_t s = 0;
+      for (int64_t st : starts[b]) if (st <= i) s = st;
+      doc_start[b * T + i] = static_cast<int32_t>(s);
+    }
+  Vec qkv = random_vec(B * T * 3 * C, 90, -2.f, 2.f), dout = random_vec(B * T * C, 91);
+  Vec out(B * T * C), lse(B * H * T), dqkv(qkv.size(), std::numeric_limits<float>::quiet_NaN());
+  weft::AttentionMask mask;
+  mask.doc_start = doc_start.data();
+  be.attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, H, mask);
+  be.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, C, H, mask);
+  for (int64_t b = 0; b < B; ++b) {
+    for (size_t d = 0; d < starts[b].size(); ++d) {
+      const int64_t s = starts[b][d], e = d + 1 < starts[b].size() ? starts[b][d + 1] : T, n = e - s;
+      const std::string tag = "row " + std::to_string(b) + " document [" + std::to_string(s) + ", " + std::to_string(e) + ")";
+      Vec q1(qkv.begin() + (b * T + s) * 3 * C, qkv.begin() + (b * T + e) * 3 * C);
+      Vec do1(dout.begin() + (b * T + s) * C, dout.begin() + (b * T + e) * C);
+      Vec o1(n * C), l1(H * n), g1(q1.size());
+      be.attention_forward(o1.data(), l1.data(), q1.data(), 1, n, C, H);
+      be.attention_backward(g1.data(), do1.data(), q1.data(), o1.data(), l1.data(), 1, n, C, H);
+      expect_close(Vec(out.begin() + (b * T + s) * C, out.begin() + (b * T + e) * C), to_double(o1), kRel, kAbs,
+                   "out " + tag);
+      expect_close(Vec(dqkv.begin() + (b * T + s) * 3 * C, dqkv.begin() + (b * T + e) * 3 * C), to_double(g1), kRel,
+                   2e-6, "dqkv " + tag);
+      for (int64_t h = 0; h < H; ++h)
+        expect_close(Vec(lse.begin() + (b * H + h) * T + s, lse.begin() + (b * H + h) * T + e),
+                     to_double(Vec(l1.begin() + h * n, l1.begin() + (h + 1) * n)), kRel, kAbs, "lse " + tag);
+    }
+  }
+}
+
+// Attention-probability dropout against a naive double reference that draws
+// the mask from weft::dropout_keep with the documented element index.
+TEST_P(CpuBackendTest, AttentionDropoutMatchesNaiveReference) {
+  const int64_t B = 2, T = 37, C = 8, H = 2, hs = C / H;
+  const float p = 0.3f;
+  weft::AttentionMask mask;
+  mask.dropout = p;
+  mask.dropout_key = weft::dropout_site_key(7, "blocks.0.attn.core_dropout");
+  mask.first_sample = 11;
+  mask.first_head = 2;  // as the second of two tensor-parallel ranks
+  Vec qkv = random_vec(B * T * 3 * C, 92, -2.f, 2.f), dout = random_vec(B * T * C, 93);
+  Vec out(B * T * C), lse(B * H * T), dqkv(qkv.size());
+  be.attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, H, mask);
+  be.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, C, H, mask);
+  const DVec q = to_double(qkv);
+  auto at = [&](int64_t b, int64_t t, int64_t part, int64_t h, int64_t d) { return (b * T + t) * 3 * C + part * C + h * hs + d; };
+  DVec ro(out.size(), 0.0), rg(qkv.size(), 0.0);
+  int64_t dropped = 0, total = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < T; ++i) {
+        DVec pr(i + 1), keep(i + 1), dpp(i + 1);
+        double mx = -1e300, z = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < hs; ++d) dot += q[at(b, i, 0, h, d)] * q[at(b, j, 1, h, d)];
+          pr[j] = dot / std::sqrt(double(hs));
+          mx = std::max(mx, pr[j]);
+        }
+        for (int64_t j = 0; j <= i; ++j) z += std::exp(pr[j] - mx);
+        double pdp = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          pr[j] = std::exp(pr[j] - mx) / z;
+          const uint64_t index = static_cast<uint64_t>(((2 + h) * T + i) * T + j);
+          keep[j] = weft::dropout_keep(mask.dropout_key, 11 + b, index, p) ? 1.0 / (1.0 - p) : 0.0;
+          dropped += keep[j] == 0.0;
+          ++total;
+          double dot = 0;
+          for (int64_t d = 0; d < hs; ++d) {
+            ro[(b * T + i) * C + h * hs + d] += keep[j] * pr[j] * q[at(b, j, 2, h, d)];
+            dot += dout[(b * T + i) * C + h * hs + d] * q[at(b, j, 2, h, d)];
+          }
+          dpp[j] = keep[j] * dot;  // dL/dP = keep * dL/dP'
+          pdp += pr[j] * dpp[j];
+        }
+        for (int64_t j = 0; j <= i; ++j) {
+          const double ds = pr[j] * (dpp[j] - pdp) / std::sqrt(double(hs));
+          for (int64_t d = 0; d < hs; ++d) {
+            rg[at(b, j, 2, h, d)] += keep[j] * pr[j] * dout[(b * T + i) * C + h * hs + d];
+            rg[at(b, i, 0, h, d)] += ds * q[at(b, j, 1, h, d)];
+            rg[at(b, j, 1, h, d)] += ds * q[at(b, i, 0, h, d)];
+          }
+        }
+      }
+  EXPECT_GT(dropped, total / 5);  // about 30% of the probabilities dropped
+  EXPECT_LT(dropped, total * 2 / 5);
+  expect_close(out, ro, kRel, kAbs, "attention dropout out");
+  expect_close(dqkv, rg, kRel, 2e-6, "attention dropout dqkv");
+}
+
+// The empirical drop rate of a large tensor is within 3 sigma of p; kept
+// elements are scaled by 1/(1-p); the mask depends on the site, not on how the
+// sequence is cut (sequence parallelism) or on the call.
+TEST_P(CpuBackendTest, DropoutRateAndMask) {
+  const int64_t B = 4, T = 64, C = 1024, n = B * T * C;
+  const float p = 0.1f;
+  const uint64_t key = weft::dropout_site_key(1234, "blocks.0.mlp.dropout");
+  Vec x(n, 1.f);
+  be.dropout(x.data(), B, T, C, weft::DropoutArgs{p, key, 40, 0});
+  int64_t zeros = 0;
+  for (float v : x) {
+    if (v == 0.f) ++zeros;
+    else ASSERT_FLOAT_EQ(v, 1.f / (1.f - p));
+  }
+  const double rate = double(zeros) / double(n), sigma = std::sqrt(p * (1 - p) / double(n));
+  EXPECT_LT(std::fabs(rate - p), 3 * sigma) << "drop rate " << rate << " over " << n << " elements";
+  // The same elements in two halves of the sequence (t0 = 0 and T/2).
+  Vec halves(n, 1.f), y(B * (T / 2) * C);
+  for (int64_t part = 0; part < 2; ++part) {
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(halves.begin() + (b * T + part * T / 2) * C, halves.begin() + (b * T + part * T / 2 + T / 2) * C,
+                y.begin() + b * (T / 2) * C);
+    be.dropout(y.data(), B, T / 2, C, weft::DropoutArgs{p, key, 40, part * T / 2});
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(y.begin() + b * (T / 2) * C, y.begin() + (b + 1) * (T / 2) * C,
+                halves.begin() + (b * T + part * T / 2) * C);
+  }
+  EXPECT_EQ(halves, x);
+  // Another site or another sample drops other elements.
+  Vec other(n, 1.f), shifted(n, 1.f);
+  be.dropout(other.data(), B, T, C, weft::DropoutArgs{p, weft::dropout_site_key(1234, "blocks.0.attn.dropout"), 40, 0});
+  be.dropout(shifted.data(), B, T, C, weft::DropoutArgs{p, key, 41, 0});
+  EXPECT_NE(other, x);
+  EXPECT_TRUE(std::equal(shifted.begin(), shifted.begin() + (B - 1) * T * C, x.begin() + T * C));  // sample 41 = row 1
+}
+
+TEST_P(CpuBackendTest, GeluErf) {
+  const int64_t n = 70001;
+  Vec x = random_vec(n, 94, -6.f, 6.f);
+  x[0] = 0.f, x[1] = -10.f, x[2] = 10.f;
+  Vec out(n), dx(n, 123.f), dout = random_vec(n, 95);
+  auto ref = [](double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); };
+  DVec want(n), want_dx(n);
+  for (int64_t i = 0; i < n; ++i) {
+    want[i] = ref(x[i]);
+    want_dx[i] = (ref(x[i] + 1e-5) - ref(x[i] - 1e-5)) / 2e-5 * dout[i];  // central difference
+  }
+  be.gelu_erf_forward(out.data(), x.data(), n);
+  expect_close(out, want, kRel, kAbs, "gelu erf");
+  be.gelu_erf_backward(dx.data(), x.data(), dout.data(), n);
+  expect_close(dx, want_dx, kRel, 1e-6, "gelu erf dx");
 }
 
 // ---------------------------------------------------------------------------

@@ -44,9 +44,10 @@ class RecordingBackend final : public weft::Backend {
                           const float*, int64_t, int64_t) override {}
   void gelu_forward(float*, const float*, int64_t) override {}
   void gelu_backward(float*, const float*, const float*, int64_t) override {}
-  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
+  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                         const weft::AttentionMask&) override {}
   void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,
-                          int64_t, int64_t) override {}
+                          int64_t, int64_t, const weft::AttentionMask&) override {}
   void embedding_forward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
   void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
   void cross_entropy(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float) override {}
@@ -378,6 +379,129 @@ TEST(LrSchedule, RunShorterThanItsWarmupIsAllWarmup) {
   weft::WarmupDecaySchedule s(weft::LrShape::Cosine, lr_options(200, 0.0, 0), {1e-3, 100});
   EXPECT_NEAR(s.lr(1), 1e-3 / 200, 1e-18);
   EXPECT_NEAR(s.lr(100), 1e-3 * 100 / 200, 1e-18);
+}
+
+// Options of `shape`'s full schema with `values` set.
+weft::Options sched(weft::LrShape shape, const std::map<std::string, OptValue>& values) {
+  return weft::options_with_defaults(weft::WarmupDecaySchedule::schema(shape), "lr_schedule", values);
+}
+
+TEST(LrSchedule, PreviousReadsTheStepBefore) {
+  // Megatron's convention: step k applies the schedule at k - 1 (0 at step 1 with a warm-up from 0).
+  auto opts = sched(weft::LrShape::Cosine, {{"warmup_steps", OptValue(int64_t(5))},
+                                            {"min_lr", OptValue(1e-4)},
+                                            {"step_of_lr", OptValue(std::string("previous"))}});
+  weft::WarmupDecaySchedule prev(weft::LrShape::Cosine, opts, {1e-3, 30});
+  EXPECT_EQ(prev.lr(1), 0.0);
+  EXPECT_NEAR(prev.lr(2), 1e-3 / 5, 1e-18);
+  EXPECT_NEAR(prev.lr(6), 1e-3, 1e-18);  // the peak one step later than "current"
+  for (int64_t k = 1; k <= 30; ++k) EXPECT_EQ(prev.lr(k), prev.lr_at(k - 1)) << k;
+}
+
+TEST(LrSchedule, WarmupInitLrAndFraction) {
+  auto opts = sched(weft::LrShape::Linear, {{"warmup_fraction", OptValue(0.25)},
+                                            {"warmup_init_lr", OptValue(2e-4)},
+                                            {"decay_steps", OptValue(int64_t(40))}});
+  weft::WarmupDecaySchedule s(weft::LrShape::Linear, opts, {1e-3, 100});
+  EXPECT_EQ(s.config().warmup_steps, 10);
+  EXPECT_NEAR(s.lr_at(0), 2e-4, 1e-18);
+  EXPECT_NEAR(s.lr(5), 2e-4 + 8e-4 * 0.5, 1e-18);
+  EXPECT_NEAR(s.lr(10), 1e-3, 1e-18);
+  EXPECT_NEAR(s.lr(25), 0.5e-3, 1e-15);  // linear to min_lr 0 at 40
+  EXPECT_EQ(s.lr(41), 0.0);
+}
+
+TEST(LrSchedule, InverseSquareRoot) {
+  auto opts = sched(weft::LrShape::InverseSquareRoot, {{"warmup_steps", OptValue(int64_t(4))},
+                                                       {"min_lr", OptValue(2e-4)}});
+  weft::WarmupDecaySchedule s(weft::LrShape::InverseSquareRoot, opts, {1e-3, 100});
+  EXPECT_NEAR(s.lr(4), 1e-3, 1e-18);
+  EXPECT_NEAR(s.lr(16), 1e-3 * 2.0 / 4.0, 1e-18);  // sqrt(4 / 16)
+  EXPECT_NEAR(s.lr(64), 2.5e-4, 1e-18);
+  EXPECT_NEAR(s.lr(100), 2e-4, 1e-18);  // floored at min_lr (1e-3 * 2 / 10 = 2e-4 as well)
+  EXPECT_NEAR(s.lr(81), std::max(2e-4, 1e-3 * 2.0 / 9.0), 1e-18);
+}
+
+TEST(LrSchedule, WsdStylesEndAtMinLr) {
+  const double base = 1e-3, min_lr = 1e-4;
+  for (const char* style : {"linear", "cosine", "exponential", "minus_sqrt"}) {
+    auto opts = sched(weft::LrShape::Wsd, {{"warmup_steps", OptValue(int64_t(2))},
+                                           {"min_lr", OptValue(min_lr)},
+                                           {"wsd_decay_steps", OptValue(int64_t(8))},
+                                           {"wsd_decay_style", OptValue(std::string(style))}});
+    weft::WarmupDecaySchedule s(weft::LrShape::Wsd, opts, {base, 20});
+    EXPECT_NEAR(s.lr(12), base, 1e-18) << style;  // stable until 20 - 8
+    EXPECT_NEAR(s.lr(20), min_lr, 1e-15) << style;
+    EXPECT_NEAR(s.lr(21), min_lr, 1e-18) << style;
+    double a = 4.0 / 8.0, c = 0;  // step 16: halfway through the decay
+    if (std::string(style) == "linear") c = 1 - a;
+    if (std::string(style) == "cosine") c = 0.5 * (1 + std::cos(kPi * a));
+    if (std::string(style) == "exponential") c = 2 * std::pow(0.5, a) - 1;
+    if (std::string(style) == "minus_sqrt") c = 1 - std::sqrt(a);
+    EXPECT_NEAR(s.lr(16), min_lr + c * (base - min_lr), 1e-15) << style;
+  }
+}
+
+TEST(LrSchedule, WeightDecaySchedule) {
+  auto none = sched(weft::LrShape::Cosine, {});
+  EXPECT_FALSE(weft::WarmupDecaySchedule(weft::LrShape::Cosine, none, {1e-3, 10}).weight_decay(3).has_value());
+  auto lin = sched(weft::LrShape::Constant, {{"weight_decay_style", OptValue(std::string("linear"))},
+                                             {"weight_decay_start", OptValue(0.0)},
+                                             {"weight_decay_end", OptValue(0.1)}});
+  weft::WarmupDecaySchedule s(weft::LrShape::Constant, lin, {1e-3, 10});
+  EXPECT_NEAR(*s.weight_decay(5), 0.05, 1e-15);
+  EXPECT_NEAR(*s.weight_decay(10), 0.1, 1e-15);
+  auto cos = sched(weft::LrShape::Constant, {{"weight_decay_style", OptValue(std::string("cosine"))},
+                                             {"weight_decay_start", OptValue(0.2)},
+                                             {"weight_decay_end", OptValue(0.0)},
+                                             {"step_of_lr", OptValue(std::string("previous"))}});
+  weft::WarmupDecaySchedule c(weft::LrShape::Constant, cos, {1e-3, 10});
+  EXPECT_NEAR(*c.weight_decay(1), 0.2, 1e-15);   // position 0
+  EXPECT_NEAR(*c.weight_decay(6), 0.1, 1e-15);   // position 5 of 10: halfway
+  // A constant style with a start or end set is a mistake, not silently ignored.
+  auto bad = sched(weft::LrShape::Constant, {{"weight_decay_end", OptValue(0.1)}});
+  EXPECT_NE(error_of([&] { weft::WarmupDecaySchedule x(weft::LrShape::Constant, bad, {1e-3, 10}); })
+                .find("lr_schedule.weight_decay_end"),
+            std::string::npos);
+  // AdamW takes the scheduled value.
+  weft::AdamW adam(weft::AdamWConfig{});
+  EXPECT_TRUE(adam.set_weight_decay(0.03));
+  EXPECT_EQ(adam.config().weight_decay, 0.03);
+}
+
+TEST(LrSchedule, RefusesWarmupNotShorterThanDecay) {
+  auto msg = error_of([] {
+    weft::WarmupDecaySchedule s(weft::LrShape::Cosine, sched(weft::LrShape::Cosine, {{"warmup_steps", OptValue(int64_t(10))},
+                                                                                   {"decay_steps", OptValue(int64_t(10))}}),
+                                {1e-3, 100});
+  });
+  EXPECT_NE(msg.find("lr_schedule.warmup_steps: warm-up of 10 steps is not shorter than decay_steps 10"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] {
+    weft::WarmupDecaySchedule s(weft::LrShape::Cosine,
+                                sched(weft::LrShape::Cosine, {{"warmup_steps", OptValue(int64_t(2))},
+                                                              {"warmup_fraction", OptValue(0.1)}}),
+                                {1e-3, 100});
+  });
+  EXPECT_NE(msg.find("lr_schedule.warmup_fraction"), std::string::npos) << msg;
+  msg = error_of([] {
+    weft::WarmupDecaySchedule s(weft::LrShape::Cosine, sched(weft::LrShape::Cosine, {{"warmup_init_lr", OptValue(2e-3)}}),
+                                {1e-3, 100});
+  });
+  EXPECT_NE(msg.find("lr_schedule.warmup_init_lr"), std::string::npos) << msg;
+  msg = error_of([] {
+    weft::WarmupDecaySchedule s(weft::LrShape::Wsd,
+                                sched(weft::LrShape::Wsd, {{"warmup_steps", OptValue(int64_t(5))},
+                                                           {"wsd_decay_steps", OptValue(int64_t(8))}}),
+                                {1e-3, 12});
+  });
+  EXPECT_NE(msg.find("lr_schedule.wsd_decay_steps: 8 exceeds decay_steps 12 - warmup_steps 5"), std::string::npos)
+      << msg;
+  msg = error_of([] {
+    weft::WarmupDecaySchedule s(weft::LrShape::Wsd, sched(weft::LrShape::Wsd, {}), {1e-3, 12});
+  });
+  EXPECT_NE(msg.find("lr_schedule.wsd_decay_steps"), std::string::npos) << msg;
 }
 
 }  // namespace

@@ -488,7 +488,8 @@ TEST(RecipeOverride, PluginKeyOfACoreSection) {
   EXPECT_TRUE(starts_with(msg, "--set run.plugin=x: run.plugin: unknown key")) << msg;
   // The same key in the file is refused that way already.
   std::string q = d.write("q.toml", kMinimal + "plugin = \"x\"\n");
-  EXPECT_EQ(error_of(q), q + ":13:1: run.plugin: unknown key; keys: name, seed, steps, out_dir, on_nan, stop_signals");
+  EXPECT_EQ(error_of(q), q + ":13:1: run.plugin: unknown key; keys: name, seed, steps, out_dir, on_nan, stop_signals, "
+                           "exit_interval, exit_duration_mins");
 }
 
 struct OverrideCase {
@@ -616,6 +617,17 @@ TEST(RecipeRefusal, Table) {
        "@:15:9: parallel.world: world 6 is not divisible by tensor 4 x pipeline 1"},
       {"global not divisible", kMinimal + "[parallel]\ndata = 2\n[batch]\nmicro = 3\nglobal = 10\n",
        "@:17:10: batch.global: global batch 10 is not divisible by micro 3 x data 2 = 6"},
+      {"rampup start not below global",
+       kMinimal + "[batch]\nglobal = 8\nrampup_start = 8\nrampup_increment = 2\nrampup_samples = 10\n",
+       "@:15:16: batch.rampup_start: rampup_start 8 is not below batch.global 8"},
+      {"rampup increments miss global",
+       kMinimal + "[batch]\nglobal = 8\nrampup_start = 2\nrampup_increment = 4\nrampup_samples = 10\n",
+       "@:16:20: batch.rampup_increment: global 8 - rampup_start 2 = 6 is not a multiple of rampup_increment 4"},
+      {"rampup batch not whole microbatches",
+       kMinimal + "[parallel]\ndata = 2\n[batch]\nglobal = 8\nrampup_start = 3\nrampup_increment = 5\nrampup_samples = 10\n",
+       "@:17:16: batch.rampup_start: rampup_start 3 and rampup_increment 5 must be multiples of micro x data = 2"},
+      {"rampup samples without start", kMinimal + "[batch]\nrampup_samples = 10\n",
+       "@:14:18: batch.rampup_samples: needs rampup_start (0 = no ramp-up)"},
       {"expert does not divide data", kMinimal + "[parallel]\ndata = 4\nexpert = 3\n",
        "@:15:10: parallel.expert: expert 3 does not divide data 4"},
       {"non-UTF-8 in a string", kModel + kData + "[run]\nname = \"caf\xe9\"\n", "@:10:", "syntax error: ", "utf-8"},

@@ -10,6 +10,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "batch_rampup.hpp"
 #include "checkpoint.hpp"
 #include "weft/loader.hpp"
 #include "runtime.hpp"
@@ -104,6 +105,48 @@ TEST(Training, ResumeRepeatsTheUninterruptedRunBitForBit) {
   auto before = read_metrics(a / "metrics.jsonl");
   EXPECT_NO_THROW(run.train(with(a), true));
   EXPECT_EQ(read_metrics(a / "metrics.jsonl"), before);
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+// Batch-size ramp-up: Megatron's increases, written out by hand.
+TEST(BatchRampup, MegatronsIncreases) {
+  const weft::BatchRampup r{4, 4, 48, 16};  // 4 -> 16 in 3 increases, one every 48 / 3 = 16 samples
+  for (auto [consumed, g] : std::vector<std::pair<int64_t, int64_t>>{
+           {0, 4}, {15, 4}, {16, 8}, {31, 8}, {32, 12}, {47, 12}, {48, 16}, {49, 16}, {1000, 16}})
+    EXPECT_EQ(r.global_at(consumed), g) << consumed;
+  EXPECT_EQ(r.sizes(), (std::vector<int64_t>{4, 8, 12, 16}));
+  // 0 4 8 12 | 16 24 | 32 44 | 56 -> 72: 9 steps to consume 64 samples.
+  EXPECT_EQ(r.steps_for(64), 9);
+  EXPECT_EQ((weft::BatchRampup{0, 0, 0, 16}).steps_for(64), 4);
+}
+
+// A run with a ramp-up resumed from a checkpoint taken during the ramp-up
+// repeats the uninterrupted run (the data position and batch follow the samples consumed).
+TEST(Training, RampupResumeRepeatsTheUninterruptedRun) {
+  fs::path a = temp_dir("ramp-full"), b = temp_dir("ramp-resumed");
+  std::vector<std::string> common = {"run.steps=3", "log.interval=1", "checkpoint.interval=2", "batch.global=8",
+                                     "batch.micro=2", "batch.rampup_start=2", "batch.rampup_increment=2",
+                                     "batch.rampup_samples=12"};
+  Trainer run;
+  auto with = [&](const fs::path& dir) {
+    auto o = common;
+    o.push_back("run.out_dir=" + dir.string());
+    return o;
+  };
+  run.train(with(a));
+  auto full = read_metrics(a / "metrics.jsonl");
+  // 24 samples: batches 2 2 (4 consumed) 4 (8) 6 (14) 8 (22) 8 (30): 6 steps.
+  ASSERT_EQ(full.size(), 6u);
+  std::vector<double> sizes;
+  for (auto& [s, r] : full) sizes.push_back(r["global_batch"].get<double>());
+  EXPECT_EQ(sizes, (std::vector<double>{2, 2, 4, 6, 8, 8}));
+  run.train(with(b), true, (a / "checkpoints" / "step_2").string());
+  auto resumed = read_metrics(b / "metrics.jsonl");
+  ASSERT_EQ(resumed.size(), 4u);
+  for (int s = 3; s <= 6; ++s)
+    for (const char* key : {"loss", "grad_norm", "lr", "global_batch"})
+      EXPECT_EQ(full[s][key].get<double>(), resumed[s][key].get<double>()) << "step " << s << " " << key;
   fs::remove_all(a);
   fs::remove_all(b);
 }

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "weft/error.hpp"
 #include "weft/options.hpp"
 #include "weft/plugin.hpp"
 #include "weft/tensor.hpp"
@@ -31,6 +32,29 @@ struct GemmArgs {
   const float* b = nullptr; int64_t ldb = 0;
   float* c = nullptr; int64_t ldc = 0;
   int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;  // elements
+};
+
+// Dropout of x[B,T,C] (see weft/rng.hpp): sample first_sample + b, element
+// index (t0 + t) * C + c, so a slice of the sequence (sequence parallelism)
+// draws the elements of the full sequence it holds.
+struct DropoutArgs {
+  float p = 0.f;              // drop probability; kept elements are scaled by 1 / (1 - p)
+  uint64_t key = 0;           // dropout_site_key(seed, site name)
+  int64_t first_sample = 0;   // sample index of batch row 0
+  int64_t t0 = 0;             // position of row t = 0 in the full sequence
+};
+
+// What the fused attention masks and drops beyond the causal mask; defaults: nothing.
+struct AttentionMask {
+  // [B,T] int32: the first position of each query's document; query i sees
+  // keys doc_start[b,i] <= j <= i (Megatron's reset_attention_mask). Null: all j <= i.
+  const int32_t* doc_start = nullptr;
+  // Dropout of the attention probabilities, element index (head * T + i) * T + j
+  // with head the logical head (first_head + local head) and sample first_sample + b.
+  float dropout = 0.f;
+  uint64_t dropout_key = 0;
+  int64_t first_sample = 0;
+  int64_t first_head = 0;
 };
 
 class Backend {
@@ -69,14 +93,29 @@ class Backend {
   // GeLU, tanh approximation
   virtual void gelu_forward(float* out, const float* x, int64_t n) = 0;
   virtual void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) = 0;  // dx = ...
+  // Exact GeLU x * Phi(x) = x/2 (1 + erf(x / sqrt 2)) (model.gelu = "erf"); a backend without it refuses.
+  virtual void gelu_erf_forward(float* /*out*/, const float* /*x*/, int64_t /*n*/) {
+    throw Error("backend '" + name() + "' has no exact (erf) GeLU kernel (set model.gelu = \"tanh\")");
+  }
+  virtual void gelu_erf_backward(float* /*dx*/, const float* /*x*/, const float* /*dout*/, int64_t /*n*/) {
+    throw Error("backend '" + name() + "' has no exact (erf) GeLU kernel (set model.gelu = \"tanh\")");
+  }
 
   // Causal multi-head attention. qkv[B,T,3C] (q|k|v, heads of size C/H inside each),
   // out[B,T,C], lse[B,H,T] log-sum-exp of each score row (saved for backward).
+  // `mask` adds document boundaries and dropout (backward takes the same mask).
   virtual void attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t,
-                                 int64_t c, int64_t h) = 0;
+                                 int64_t c, int64_t h, const AttentionMask& mask = {}) = 0;
   // dqkv[B,T,3C] = gradient (overwritten)
   virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                                  const float* lse, int64_t b, int64_t t, int64_t c, int64_t h) = 0;
+                                  const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
+                                  const AttentionMask& mask = {}) = 0;
+  // In place: x[B,T,C] *= keep / (1 - p), the mask drawn from the counter-based
+  // RNG; forward and backward both call it (the same mask). A backend without
+  // it refuses dropout.
+  virtual void dropout(float* /*x*/, int64_t /*b*/, int64_t /*t*/, int64_t /*c*/, const DropoutArgs& /*args*/) {
+    throw Error("backend '" + name() + "' has no dropout kernel (set model.hidden_dropout = 0)");
+  }
 
   // Rows [first, first + rows) of a table (all of it, or this rank's vocabulary shard):
   // out[N,C] = table[ids[n] - first, :] for ids in that range, 0 for the others.

@@ -75,6 +75,11 @@ class Context {
   // so data-parallel reduction can start while backward goes on.
   std::function<void(Param&)> on_grad_ready;
   bool last_microbatch = true;
+  // What the batch carries beyond ids and targets (set before forward):
+  int64_t first_sample = 0;  // place of batch row 0 in the run's sample order (keys the dropout masks)
+  bool training = false;     // dropout on (off in evaluation and generation)
+  Tensor doc_start;          // [B,T] int32: first position of each token's document; undefined = no document mask
+  Tensor positions;          // [B,T] int32: position ids; undefined = 0..T-1 in every row
   // Figures modules report for this microbatch (MoE: "aux_loss", "z_loss",
   // token counts), summed over the step's microbatches into the metrics.
   std::map<std::string, double> stats;

@@ -117,6 +117,22 @@ class LayerNorm : public Module {
   Param bias_;    // [C]
 };
 
+// Settings of a transformer block beyond its sizes (Megatron's model knobs).
+// Dropout masks are keyed by the seed, the site's logical name and the
+// logical element (weft/rng.hpp), and apply only when Context::training.
+struct BlockOptions {
+  bool bias = true;               // biases of the attention and MLP Linears
+  float norm_eps = 1e-5f;         // LayerNorm epsilon
+  bool gelu_erf = false;          // exact GeLU (erf) instead of the tanh approximation
+  float hidden_dropout = 0.f;     // on the attention and MLP outputs, before each residual add
+  float attention_dropout = 0.f;  // on the attention probabilities
+  uint64_t seed = 0;              // run.seed
+};
+
+// In place: x[B,t,C] *= the dropout mask of site `key` (no-op when p = 0 or not training);
+// t0 is the position of row 0 in the full sequence.
+void apply_dropout(Context& ctx, const Tensor& x, float p, uint64_t key, int64_t t0);
+
 // Builds plain (unsharded) Linears: the tp = 1 layer provider.
 class SerialLayerProvider : public LayerProvider {
  public:
@@ -137,7 +153,7 @@ class SerialLayerProvider : public LayerProvider {
 class CausalSelfAttention : public Module {
  public:
   CausalSelfAttention(std::string name, int64_t dim, int64_t heads, LayerProvider& layers,
-                      float init_std = 0.02f, float proj_init_std = 0.02f);
+                      float init_std = 0.02f, float proj_init_std = 0.02f, const BlockOptions& options = {});
 
   Tensor forward(Context& ctx, const Tensor& x) override;    // x [B,T,C] -> [B,T,C]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [B,T,C] -> dx [B,T,C]
@@ -148,15 +164,18 @@ class CausalSelfAttention : public Module {
 
  private:
   int64_t dim_, heads_;
+  LayerProvider& layers_;          // tp rank: the logical index of this rank's first head
+  float dropout_;                  // attention-probability dropout
+  uint64_t dropout_key_;
   std::unique_ptr<Module> qkv_;   // C -> 3C
   std::unique_ptr<Module> proj_;  // C -> C
 };
 
-// MLP: fc = column_linear(C -> 4C) "<name>.fc", GeLU (tanh), proj = row_linear(4C -> C) "<name>.proj".
+// MLP: fc = column_linear(C -> 4C) "<name>.fc", GeLU (tanh, or erf), proj = row_linear(4C -> C) "<name>.proj".
 class MLP : public Module {
  public:
   MLP(std::string name, int64_t dim, LayerProvider& layers, float init_std = 0.02f,
-      float proj_init_std = 0.02f, int64_t hidden_mult = 4);
+      float proj_init_std = 0.02f, int64_t hidden_mult = 4, const BlockOptions& options = {});
 
   Tensor forward(Context& ctx, const Tensor& x) override;    // x [..., C] -> [..., C]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [..., C] -> dx [..., C]
@@ -168,6 +187,7 @@ class MLP : public Module {
  private:
   std::unique_ptr<Module> fc_;    // C -> 4C
   std::unique_ptr<Module> proj_;  // 4C -> C
+  bool gelu_erf_;
 };
 
 // Activation recomputation: keeps only its input in forward (the wrapped
@@ -193,7 +213,7 @@ class Recompute : public Module {
 class Block : public Module {
  public:
   Block(std::string name, int64_t dim, int64_t heads, LayerProvider& layers, float init_std = 0.02f,
-        float proj_init_std = 0.02f, std::unique_ptr<Module> mlp = nullptr);
+        float proj_init_std = 0.02f, std::unique_ptr<Module> mlp = nullptr, const BlockOptions& options = {});
 
   Tensor forward(Context& ctx, const Tensor& x) override;    // x [B,T,C] -> [B,T,C]
   Tensor backward(Context& ctx, const Tensor& dy) override;  // dy [B,T,C] -> dx [B,T,C]
@@ -205,10 +225,14 @@ class Block : public Module {
   Module& mlp() { return *mlp_; }
 
  private:
+  int64_t t0(const Tensor& x) const;  // position of x's row 0 in the sequence (sequence parallelism)
   LayerNorm ln1_;
   CausalSelfAttention attn_;
   LayerNorm ln2_;
   std::unique_ptr<Module> mlp_;  // [..., C] -> [..., C]
+  LayerProvider& layers_;
+  float hidden_dropout_;
+  uint64_t attn_drop_key_, mlp_drop_key_;  // sites "<name>.attn.dropout", "<name>.mlp.dropout"
 };
 
 }  // namespace weft::nn

@@ -28,6 +28,9 @@ struct ScheduleStep {
   // Fills ids[B,T] and targets[B,T] (int32, device tensors) of microbatch mb;
   // fresh tensors each call (a stage may keep several microbatches in flight).
   std::function<void(int mb, Tensor& ids, Tensor& targets)> load;
+  // When set: fills microbatch mb's other batch fields of its Context
+  // (first_sample, training, doc_start, positions) after load.
+  std::function<void(int mb, Context& ctx)> prepare;
   float dloss_scale = 1.f;  // 1 / tokens in the global batch: the loss is a mean
   std::function<void(Param&)> on_grad_ready;
   std::map<std::string, double>* stats = nullptr;  // when set: every microbatch's Context::stats, summed
