@@ -130,7 +130,8 @@ Tensor GptEmbedding::forward(Context& ctx, const Tensor& ids) {
   const int64_t b = x.dim(0), local_t = x.dim(1);
   const int64_t first = layers_.sequence_parallel() ? layers_.tp_rank() * local_t : 0;
   if (b * local_t > 0)
-    ctx.backend().add_bias(f32(x), f32(wpe_.data) + first * hidden_, b, local_t * hidden_);
+    ctx.backend().add_bias(f32(x), TypedPtr::of(wpe_.data.view(first * hidden_, {local_t * hidden_})), b,
+                           local_t * hidden_);
   return x;
 }
 
