@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +22,9 @@ struct CheckpointMeta {
   int64_t step = 0;
   int64_t samples_consumed = 0;  // data position: samples of the seeded order used so far
   uint64_t seed = 0;
+  // The precision's scaler state (fp16: loss scale, trackers, steps skipped),
+  // meta.json "precision_state"; empty for fp32 and bf16.
+  std::map<std::string, double> precision_state;
 };
 
 // How a rank's tensors reach the writer: shards are all-gathered over tp, and
@@ -68,6 +72,8 @@ std::string resolve_checkpoint_dir(const std::string& path);
 // Reads and validates step_dir/meta.json; throws weft::Error naming the file and the key.
 CheckpointMeta read_checkpoint_meta(const std::string& step_dir);
 
+// Model tensors are the fp32 (master) weights in every precision mode: read
+// through dp->read_master, so a bf16 or fp16 run saves its fp32 masters.
 // Loads params (and optimizer state when dp is given) by logical name, each
 // rank taking its shard of the logical tensor, so any layout loads any other.
 // Logical shapes must match, except a padded vocabulary (Param::vocab_rows):

@@ -105,10 +105,16 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
     est.local_params += shape_numel(p->shape);
     est.params.push_back({p->name, p->shape, p->full_shape, p->shard});
   }
-  est.param_bytes = 4.0 * est.local_params;
+  // Bytes per parameter (docs/precision.md): the compute copy, fp32 gradients,
+  // and the optimizer's fp32 slots plus the fp32 masters under mixed precision.
+  auto precision = registry.factory<Precision>(recipe.plugin("precision"))(recipe.options("precision"));
+  const bool mixed = precision->compute_dtype() != DType::F32;
+  est.compute = precision->compute_dtype();
+  est.param_bytes = static_cast<double>(dtype_size(precision->compute_dtype())) * est.local_params;
   est.grad_bytes = 4.0 * est.local_params;
   est.has_experts = has_expert_params(model->params());
-  est.optim_bytes = 4.0 * est.local_params * optimizer->state_slots() * dp->optimizer_state_share(recipe.sizes.dp);
+  est.optim_bytes = 4.0 * est.local_params * (optimizer->state_slots() + (mixed ? 1 : 0)) *
+                    dp->optimizer_state_share(recipe.sizes.dp);
   // The stage's share of the blocks' activations, times the microbatches its
   // schedule keeps in flight.
   int64_t blocks = 0;
@@ -157,9 +163,23 @@ std::vector<std::string> one_rank_options(const std::string& recipe_path) {
 
 }  // namespace
 
+std::unique_ptr<Precision> make_precision(const Recipe& recipe, const Registry& registry, const Backend& backend) {
+  const std::string name = recipe.plugin("precision");
+  auto precision = registry.factory<Precision>(name)(recipe.options("precision"));
+  const DType compute = precision->compute_dtype();
+  if (!backend.supports_compute_dtype(compute)) {
+    const SourcePos& at = recipe.options("precision").section_pos();
+    const std::string where = at.known() ? at.str() + ": " : "";
+    throw Error(where + "precision.plugin = \"" + name + "\": the " + backend.name() + " backend cannot compute in " +
+                dtype_name(compute));
+  }
+  return precision;
+}
+
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env) {
   stack.parallel.topology = &stack.topology;
   stack.backend = make_backend(recipe, registry, env);
+  stack.precision = make_precision(recipe, registry, *stack.backend);
   stack.parallel.backend = stack.backend.get();
   stack.tokenizer = make_tokenizer(recipe, registry);
   stack.layers = registry.factory<LayerProvider>(recipe.plugin("parallel.tensor_parallel"))(
@@ -176,8 +196,9 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   stack.tied.clear();
   std::vector<Param*> params = stage_params(*stack.model, stack.plan, stack.topology.coords.pp, &stack.tied);
   for (Param* p : stack.tied) p->tied_copy = true;
-  stack.flat = materialize_params(params, *stack.backend, menv.seed);
+  stack.flat = materialize_params(params, *stack.backend, menv.seed, stack.precision->compute_dtype());
   stack.flat.count_replicated = stack.topology.coords.tp == 0;
+  if (!stack.precision->accumulate_grads_in_fp32()) stack.flat.grad_reduce_dtype = stack.precision->compute_dtype();
 }
 
 CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry,

@@ -36,6 +36,7 @@ struct ModelEstimate {
   ModelSummary summary;
   int64_t local_params = 0;  // elements the rank holds
   double param_bytes = 0, grad_bytes = 0, optim_bytes = 0, act_bytes = 0;
+  DType compute = DType::F32;  // the precision's compute dtype (params' bytes)
   std::vector<LocalParam> params;  // the rank's, declaration order
   PipelinePlan plan;
   PipelineTimeline timeline;       // the schedule simulated over the step's microbatches
@@ -49,6 +50,7 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
 #include "checkpoint.hpp"
 #include "weft/backend.hpp"
 #include "weft/grad_sync.hpp"
+#include "weft/precision.hpp"
 
 namespace weft {
 
@@ -70,8 +72,13 @@ struct ModelStack {
   std::unique_ptr<PipelineSchedule> schedule;
   PipelinePlan plan;
   std::vector<Param*> tied;  // this stage's copies of parameters another stage owns (tied embedding)
-  FlatParams flat;
+  std::unique_ptr<Precision> precision;
+  FlatParams flat;  // data in the precision's compute dtype
 };
+
+// The recipe's precision plugin, refused (weft::Error naming [precision]
+// plugin and the backend) when `backend` cannot compute in its dtype.
+std::unique_ptr<Precision> make_precision(const Recipe& recipe, const Registry& registry, const Backend& backend);
 
 // `parallel` carries this rank's topology and group communicators (null for one rank).
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env);

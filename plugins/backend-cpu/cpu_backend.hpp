@@ -130,6 +130,7 @@ class CpuBackend final : public Backend {
   std::shared_ptr<Arena> arena_;
   std::unique_ptr<Profile> profile_;  // null unless WEFT_CPU_PROFILE is set
   bool avx2_ = false;                 // the CPU runs the AVX2 kernels
+  bool f16c_ = false;                 // f16 conversions in hardware (F16C)
   std::mutex scratch_mutex_;
   std::vector<float> gemm_scratch_;   // split-k partial products [(threads-1) * m * n]
 };

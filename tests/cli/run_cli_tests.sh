@@ -173,6 +173,22 @@ p0=$(grep -a '^# parameters:' "$OUT")
 if [ -z "$p0" ] || [ "$p0" = "$p1" ]; then problem "parameter lines: '$p0' vs '$p1'"; fi
 finish
 
+begin "check: bf16 and fp16 show the smaller memory (weights 2 bytes, optimizer state 12 per parameter)"
+mem_of() { grep -a '^# memory per rank' "$OUT" | grep -o "$1 [0-9.]* MiB" | grep -o '[0-9.]*' | head -n 1; }
+run -- check "$R/base.toml"
+p32=$(mem_of params); o32=$(mem_of "optimizer state")
+for mode in bf16 fp16; do
+  run -- check "$R/base.toml" --set precision.plugin=$mode
+  expect_rc 0
+  expect_out_has "# precision: $mode"
+  p16=$(mem_of params); o16=$(mem_of "optimizer state")
+  if ! awk -v a="$p32" -v b="$p16" -v c="$o32" -v d="$o16" \
+      'BEGIN { exit !(a > 0 && (b * 2 - a) ^ 2 < 1e-3 && (d * 2 - c * 3) ^ 2 < 1e-3) }'; then
+    problem "$mode: params $p16 MiB, optimizer $o16 MiB; fp32: $p32, $o32"
+  fi
+done
+finish
+
 begin "check: the printed resolved recipe is itself a valid recipe"
 run -- check "$R/base.toml"
 grep -av '^# layout\|^#   \|^# parameters\|^# memory' "$OUT" >"$R/resolved.toml"
