@@ -4,8 +4,8 @@ static void register_bf16(weft::Registry& r) {
   r.add<weft::Precision>(
       "bf16",
       {weft::opt_bool("accumulate_grads_in_fp32", true,
-                      "accumulate and reduce gradients in fp32 (false: rounded to bf16 after each microbatch and "
-                      "reduced in bf16)")},
+                      "reduce gradients over dp in fp32 (false: gradient buckets cast to bf16 for the reduction, "
+                      "summed in fp32 by the communicator)")},
       "bf16 compute copy of fp32 master weights; fp32 gradients and optimizer state",
       [](const weft::Options& o) -> std::unique_ptr<weft::Precision> {
         return std::make_unique<weft::Bf16Precision>(o.get_bool("accumulate_grads_in_fp32"));

@@ -4,8 +4,8 @@ static void register_fp16(weft::Registry& r) {
   r.add<weft::Precision>(
       "fp16",
       {weft::opt_bool("accumulate_grads_in_fp32", true,
-                      "accumulate and reduce gradients in fp32 (false: rounded to f16 after each microbatch and "
-                      "reduced in f16)"),
+                      "reduce gradients over dp in fp32 (false: gradient buckets cast to f16 for the reduction, "
+                      "summed in fp32 by the communicator)"),
        weft::opt_float("initial_scale", 65536.0, "loss scale at the start", 1.0, 1e30),
        weft::opt_float("growth_factor", 2.0, "scale multiplier after growth_interval steps without overflow", 1.0,
                        1e6),

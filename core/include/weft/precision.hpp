@@ -22,8 +22,9 @@ class Precision {
   virtual ~Precision() = default;
   virtual DType compute_dtype() const = 0;  // F32, BF16 or F16: Param::data and GEMM inputs
   virtual DType master_dtype() const = 0;   // F32: the weights the optimizer updates
-  // false: gradients are rounded to the compute dtype after each microbatch
-  // and reduced over dp in it (Megatron's accumulate_allreduce_grads_in_fp32 off).
+  // false: gradient buckets are cast to the compute dtype for the reduction
+  // over dp (Megatron's accumulate_allreduce_grads_in_fp32 off); gradients
+  // still accumulate over microbatches in fp32 on this version.
   virtual bool accumulate_grads_in_fp32() const { return true; }
   virtual float loss_scale() const = 0;     // the loss is multiplied by it before backward; 1 unless fp16
   // Told whether this step's (scaled) gradients hold inf/NaN, after the
