@@ -44,6 +44,7 @@ void build_checked_run(CheckedRun& run, const Recipe& recipe, const Registry& re
   const int local_ranks = launcher_world_from_env() > 0 ? 1 : recipe.world;  // threads share the cores
   env.cores = std::max(1, cores / local_ranks);
   run.backend = make_backend(recipe, registry, env);
+  make_precision(recipe, registry, *run.backend);  // refuses a dtype the backend cannot compute in
   run.estimate = estimate_model(recipe, registry);
   run.tokenizer = make_tokenizer(recipe, registry);
   run.parallel.topology = &run.topology;
@@ -329,6 +330,8 @@ int cmd_check(const RecipeArgs& args, bool json) {
   print_pipeline(recipe, est);
   std::printf("# parameters: %lld (%.3fM); this rank holds %lld\n", static_cast<long long>(est.summary.params),
               est.summary.params / 1e6, static_cast<long long>(est.local_params));
+  std::printf("# precision: %s (compute dtype %s; master weights, gradients and optimizer state f32)\n",
+              recipe.plugin("precision").c_str(), dtype_name(est.compute));
   std::printf("# memory per rank (estimate, rank 0; activations of %d microbatch%s in flight): params %s, grads %s, "
               "optimizer state %s, activations %s, total %s\n",
               est.in_flight, est.in_flight == 1 ? "" : "es",

@@ -40,6 +40,7 @@ int64_t meta_int(const json& m, const std::string& key, int64_t max, const std::
 }
 
 std::vector<float> to_host(Backend& backend, const Tensor& t) {
+  WEFT_ASSERT(t.dtype() == DType::F32, std::string("checkpoint: reading a ") + dtype_name(t.dtype()) + " tensor as f32");
   std::vector<float> out(t.numel());
   backend.copy_to_host(out.data(), t);
   return out;
@@ -177,7 +178,14 @@ std::function<std::string()> collect_checkpoint(const std::string& out_dir, cons
     const bool mine = stage_holds && (!p->expert || p->ep_owner == g.ep_rank);
     const int64_t numel = shape_numel(p->full_shape);
     std::vector<float> values;
-    if (mine) values = gather_logical(backend, g.tp, *p, to_host(backend, p->data));
+    if (mine) {
+      std::vector<float> local(p->data.numel());
+      if (dp)
+        dp->read_master(*p, local.data());  // fp32 masters under mixed precision
+      else
+        local = to_host(backend, p->data);
+      values = gather_logical(backend, g.tp, *p, std::move(local));
+    }
     values = to_ep_root(backend, g, *p, stage_holds, tag++ % 32749, std::move(values), numel);
     values = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(values), numel);
     if (writer) model_file->write(p->name, values);
@@ -209,6 +217,10 @@ std::function<std::string()> collect_checkpoint(const std::string& out_dir, cons
             {"params", shapes}};
   if (meta.global_batch > 0) m["global_batch"] = meta.global_batch;
   if (!meta.schedule.empty()) m["lr_schedule"] = meta.schedule;
+  if (!meta.precision_state.empty()) {
+    m["precision"] = recipe.plugin("precision");
+    m["precision_state"] = meta.precision_state;
+  }
   return [model_file, state_file, unfinished, tmp_dir, final_dir, meta_text = m.dump(2) + "\n",
           recipe_text = recipe.to_toml()] {
     model_file->finish();
@@ -303,6 +315,14 @@ CheckpointMeta read_checkpoint_meta(const std::string& step_dir) {
       meta.schedule[it.key()] = it.value().get<std::string>();
     }
   }
+  auto ps = m.find("precision_state");
+  if (ps != m.end()) {
+    if (!ps->is_object()) throw Error(path + ": key 'precision_state': expected an object");
+    for (auto it = ps->begin(); it != ps->end(); ++it) {
+      if (!it->is_number()) throw Error(path + ": key 'precision_state." + it.key() + "': expected a number");
+      meta.precision_state[it.key()] = it->get<double>();
+    }
+  }
   return meta;
 }
 
@@ -314,7 +334,10 @@ CheckpointMeta read_checkpoint(const std::string& step_dir, FlatParams& flat, Da
   SafetensorsReader model(model_path);
   for (Param* p : flat.params) {
     std::vector<float> values = read_shard(model, model_path, p->name, *p);
-    backend.copy_from_host(p->data, values.data());
+    if (dp)
+      dp->write_master(*p, values.data());  // masters and the compute copy
+    else
+      copy_from_host_as(backend, p->data, values.data());
   }
   if (dp && state_slots > 0) {
     const std::string opt_path = (dir / "optimizer.safetensors").string();

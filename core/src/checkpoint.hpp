@@ -24,6 +24,9 @@ struct CheckpointMeta {
   uint64_t seed = 0;
   int64_t global_batch = 0;  // samples per step when saved (0: not recorded, an older checkpoint)
   std::map<std::string, std::string> schedule;  // LrSchedule::settings() when saved (empty: not recorded)
+  // The precision's scaler state (fp16: loss scale, trackers, steps skipped),
+  // meta.json "precision_state"; empty for fp32 and bf16.
+  std::map<std::string, double> precision_state;
 };
 
 // How a rank's tensors reach the writer: shards are all-gathered over tp, and
@@ -77,6 +80,8 @@ std::string resolve_checkpoint_dir(const std::string& path);
 // Reads and validates step_dir/meta.json; throws weft::Error naming the file and the key.
 CheckpointMeta read_checkpoint_meta(const std::string& step_dir);
 
+// Model tensors are the fp32 (master) weights in every precision mode: read
+// through dp->read_master, so a bf16 or fp16 run saves its fp32 masters.
 // Loads params (and optimizer state when dp is given) by logical name, each
 // rank taking its shard of the logical tensor, so any layout loads any other.
 // Logical shapes must match, except a padded vocabulary (Param::vocab_rows):

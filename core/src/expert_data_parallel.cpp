@@ -10,6 +10,7 @@ namespace {
 FlatParams flat_range(const FlatParams& flat, size_t first, size_t last) {
   FlatParams part;
   part.count_replicated = flat.count_replicated;
+  part.grad_reduce_dtype = flat.grad_reduce_dtype;
   const int64_t begin = first < flat.params.size() ? flat.offsets[first] : flat.numel;
   const int64_t end = last < flat.params.size() ? flat.offsets[last] : flat.numel;
   for (size_t i = first; i < last; ++i) {
@@ -19,6 +20,8 @@ FlatParams flat_range(const FlatParams& flat, size_t first, size_t last) {
   part.numel = end - begin;
   part.data = flat.data.view(begin, {part.numel});
   part.grad = flat.grad.view(begin, {part.numel});
+  if (!flat.initial_master.empty())  // mixed precision: the fp32 masters each strategy takes
+    part.initial_master.assign(flat.initial_master.begin() + begin, flat.initial_master.begin() + end);
   return part;
 }
 
@@ -38,6 +41,7 @@ void ExpertDataParallel::setup(FlatParams& flat, Optimizer& optimizer, Backend& 
   expert_flat_ = flat_range(flat, split, flat.params.size());
   dense_->setup(dense_flat_, optimizer, backend, dp);
   experts_->setup(expert_flat_, optimizer, backend, edp_);
+  std::vector<float>().swap(flat.initial_master);  // both strategies hold their masters now
 }
 
 void ExpertDataParallel::grad_ready(Param& param) { part(param).grad_ready(param); }
@@ -69,6 +73,10 @@ int64_t ExpertDataParallel::optimizer_state_bytes() const {
 }
 
 void ExpertDataParallel::read_state(const Param& param, int slot, float* out) { part(param).read_state(param, slot, out); }
+
+void ExpertDataParallel::read_master(const Param& param, float* out) { part(param).read_master(param, out); }
+
+void ExpertDataParallel::write_master(const Param& param, const float* in) { part(param).write_master(param, in); }
 
 void ExpertDataParallel::write_state(const Param& param, int slot, const float* in) {
   part(param).write_state(param, slot, in);

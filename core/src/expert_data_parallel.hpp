@@ -28,6 +28,8 @@ class ExpertDataParallel : public DataParallel {
   double optimizer_state_share(int dp) const override { return dense_->optimizer_state_share(dp); }
   void read_state(const Param& param, int slot, float* out) override;
   void write_state(const Param& param, int slot, const float* in) override;
+  void read_master(const Param& param, float* out) override;
+  void write_master(const Param& param, const float* in) override;
 
  private:
   DataParallel& part(const Param& param) { return param.expert ? *experts_ : *dense_; }

@@ -19,6 +19,19 @@ void check_f32(const Tensor& t, int64_t last_dim, const char* what) {
                   shape_str(t.shape()));
 }
 
+// x[0:n] (fp32) as GEMM input of `dtype`: x itself for f32, else a cast copy
+// that `keep` holds until the GEMM ran.
+TypedPtr gemm_input(Backend& be, const float* x, int64_t n, DType dtype, Tensor& keep) {
+  if (dtype == DType::F32) return x;
+  auto view = std::make_shared<Storage>();  // non-owning: x belongs to the caller
+  view->data = const_cast<float*>(x);
+  view->bytes = static_cast<size_t>(n) * sizeof(float);
+  view->device = be.device();
+  keep = be.alloc_uninitialized({n}, dtype, MemCategory::Workspace);
+  be.cast(keep, Tensor(std::move(view), 0, {n}, DType::F32));
+  return TypedPtr::of(keep);
+}
+
 Shape with_last(Shape shape, int64_t last) {
   shape.back() = last;
   return shape;
@@ -55,33 +68,36 @@ void grad_ready(Context& ctx, Param& param) {
 
 // ---------------------------------------------------------------- Linear
 
-void linear_forward(Backend& be, float* y, const float* x, const float* w, int64_t n, int64_t in, int64_t out) {
+void linear_forward(Backend& be, float* y, const float* x, TypedPtr w, int64_t n, int64_t in, int64_t out) {
+  Tensor x16;
   GemmArgs g;
   g.trans_b = true;
   g.m = n, g.n = out, g.k = in;
-  g.a = x, g.lda = in;
+  g.a = gemm_input(be, x, n * in, w.dtype, x16), g.lda = in;
   g.b = w, g.ldb = in;
   g.c = y, g.ldc = out;
   be.gemm(g);
 }
 
-void linear_backward_input(Backend& be, float* dx, const float* dy, const float* w, int64_t n, int64_t in,
+void linear_backward_input(Backend& be, float* dx, const float* dy, TypedPtr w, int64_t n, int64_t in,
                            int64_t out) {
+  Tensor dy16;
   GemmArgs g;
   g.m = n, g.n = in, g.k = out;
-  g.a = dy, g.lda = out;
+  g.a = gemm_input(be, dy, n * out, w.dtype, dy16), g.lda = out;
   g.b = w, g.ldb = in;
   g.c = dx, g.ldc = in;
   be.gemm(g);
 }
 
 void linear_backward_weight(Backend& be, float* dw, const float* dy, const float* x, int64_t n, int64_t in,
-                            int64_t out) {
+                            int64_t out, DType inputs) {
+  Tensor dy16, x16;
   GemmArgs g;
   g.trans_a = true;
   g.m = out, g.n = in, g.k = n;
-  g.a = dy, g.lda = out;
-  g.b = x, g.ldb = in;
+  g.a = gemm_input(be, dy, n * out, inputs, dy16), g.lda = out;
+  g.b = gemm_input(be, x, n * in, inputs, x16), g.ldb = in;
   g.c = dw, g.ldc = in;
   g.beta = 1.f;
   be.gemm(g);
@@ -102,8 +118,8 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
   const int64_t n = x.numel() / in_;
   Tensor y = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);  // [..., out]
   if (n > 0) {
-    linear_forward(be, f32(y), f32(x), f32(weight_.data), n, in_, out_);
-    if (has_bias_) be.add_bias(f32(y), f32(bias_.data), n, out_);
+    linear_forward(be, f32(y), f32(x), weight_ptr(weight_), n, in_, out_);
+    if (has_bias_) be.add_bias(f32(y), weight_ptr(bias_), n, out_);
   }
   ctx.save(this, {x});
   return y;
@@ -118,9 +134,9 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy) {
                                         shape_str(x.shape()));
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
   if (n > 0) {
-    linear_backward_weight(be, f32(weight_.grad), f32(dy), f32(x), n, in_, out_);
+    linear_backward_weight(be, f32(weight_.grad), f32(dy), f32(x), n, in_, out_, weight_.data.dtype());
     if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_);
-    linear_backward_input(be, f32(dx), f32(dy), f32(weight_.data), n, in_, out_);
+    linear_backward_input(be, f32(dx), f32(dy), weight_ptr(weight_), n, in_, out_);
   }
   ctx.release(this);
   grad_ready(ctx, weight_);
@@ -147,7 +163,7 @@ Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
   shape.push_back(dim_);
   Tensor y = be.alloc_uninitialized(shape, DType::F32, MemCategory::Activation);  // [B,T,C]
   if (ids.numel() > 0)
-    be.embedding_forward(f32(y), ids.data<int32_t>(), f32(weight_.data), ids.numel(), dim_, 0, num_);
+    be.embedding_forward(f32(y), ids.data<int32_t>(), weight_ptr(weight_), ids.numel(), dim_, 0, num_);
   ctx.save(this, {ids});
   return y;
 }
@@ -179,7 +195,7 @@ Tensor TiedOutputLoss::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
   const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
   Tensor logits = be.alloc_uninitialized({b, t, vp}, DType::F32, MemCategory::Activation);  // [B,T,Vp]
-  if (n > 0) linear_forward(be, f32(logits), f32(x), f32(table_.data), n, c, vp);  // x @ table^T
+  if (n > 0) linear_forward(be, f32(logits), f32(x), weight_ptr(table_), n, c, vp);  // x @ table^T
   if (!ctx.targets.defined()) return logits;  // eval / generation: no backward
   const Tensor& targets = ctx.targets;  // [B,T]
   WEFT_ASSERT(targets.dtype() == DType::I32 && targets.numel() == n,
@@ -204,8 +220,8 @@ Tensor TiedOutputLoss::backward(Context& ctx, const Tensor& /*dy: the loss is th
   const int64_t vp = table_.shape.at(0), c = table_.shape.at(1), n = x.dim(0) * x.dim(1);
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C]
   if (n > 0) {
-    linear_backward_input(be, f32(dx), f32(dlogits), f32(table_.data), n, c, vp);
-    linear_backward_weight(be, f32(table_.grad), f32(dlogits), f32(x), n, c, vp);
+    linear_backward_input(be, f32(dx), f32(dlogits), weight_ptr(table_), n, c, vp);
+    linear_backward_weight(be, f32(table_.grad), f32(dlogits), f32(x), n, c, vp, table_.data.dtype());
   }
   return dx;
 }
@@ -226,7 +242,7 @@ Tensor LayerNorm::forward(Context& ctx, const Tensor& x) {
   Tensor mean = be.alloc_uninitialized({n}, DType::F32, MemCategory::Activation);     // [N]
   Tensor rstd = be.alloc_uninitialized({n}, DType::F32, MemCategory::Activation);     // [N]
   if (n > 0)
-    be.layernorm_forward(f32(y), f32(mean), f32(rstd), f32(x), f32(weight_.data), f32(bias_.data), n, dim_,
+    be.layernorm_forward(f32(y), f32(mean), f32(rstd), f32(x), weight_ptr(weight_), weight_ptr(bias_), n, dim_,
                          eps_);
   ctx.save(this, {x, mean, rstd});
   return y;
@@ -241,7 +257,7 @@ Tensor LayerNorm::backward(Context& ctx, const Tensor& dy) {
   const int64_t n = x.numel() / dim_;
   Tensor dx = be.alloc(x.shape(), DType::F32, MemCategory::Workspace);  // [..., C], zero-filled
   if (n > 0)
-    be.layernorm_backward(f32(dx), f32(weight_.grad), f32(bias_.grad), f32(dy), f32(x), f32(weight_.data),
+    be.layernorm_backward(f32(dx), f32(weight_.grad), f32(bias_.grad), f32(dy), f32(x), weight_ptr(weight_),
                           f32(mean), f32(rstd), n, dim_);
   ctx.release(this);
   grad_ready(ctx, weight_);

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "weft/error.hpp"
+#include "weft/half.hpp"
 #include "weft/rng.hpp"
 
 namespace weft {
@@ -90,7 +91,21 @@ void init_param_host(const Param& p, uint64_t seed, float* out) {
   for (auto& t : pool) t.join();
 }
 
-FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed) {
+void copy_from_host_as(Backend& backend, const Tensor& dst, const float* values) {
+  if (dst.numel() == 0) return;
+  if (dst.dtype() == DType::F32) {
+    backend.copy_from_host(dst, values);
+    return;
+  }
+  WEFT_ASSERT(dst.dtype() == DType::BF16 || dst.dtype() == DType::F16,
+              std::string("copy_from_host_as: a ") + dtype_name(dst.dtype()) + " tensor");
+  std::vector<uint16_t> half(static_cast<size_t>(dst.numel()));
+  const bool bf16 = dst.dtype() == DType::BF16;
+  for (size_t i = 0; i < half.size(); ++i) half[i] = bf16 ? float_to_bf16(values[i]) : float_to_f16(values[i]);
+  backend.copy_from_host(dst, half.data());
+}
+
+FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed, DType compute) {
   FlatParams flat;
   std::set<const Param*> seen_ptr;
   std::set<std::string> seen_name;
@@ -103,8 +118,9 @@ FlatParams materialize_params(const std::vector<Param*>& params, Backend& backen
     flat.offsets.push_back(flat.numel);
     flat.numel += shape_numel(p->shape);
   }
-  flat.data = backend.alloc({flat.numel}, DType::F32, MemCategory::Param);
+  flat.data = backend.alloc({flat.numel}, compute, MemCategory::Param);
   flat.grad = backend.alloc({flat.numel}, DType::F32, MemCategory::Grad);
+  if (flat.mixed()) flat.initial_master.resize(static_cast<size_t>(flat.numel));
   std::vector<float> host;
   for (size_t i = 0; i < flat.params.size(); ++i) {
     Param& p = *flat.params[i];
@@ -112,7 +128,8 @@ FlatParams materialize_params(const std::vector<Param*>& params, Backend& backen
     p.grad = flat.grad.view(flat.offsets[i], p.shape);
     host.resize(static_cast<size_t>(p.data.numel()));
     init_param_host(p, seed, host.data());
-    if (!host.empty()) backend.copy_from_host(p.data, host.data());
+    copy_from_host_as(backend, p.data, host.data());
+    if (flat.mixed()) std::copy(host.begin(), host.end(), flat.initial_master.begin() + flat.offsets[i]);
   }
   return flat;
 }

@@ -117,6 +117,7 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
                     : (static_cast<double>(est.local_params - expert_params) * dp->optimizer_state_share(recipe.sizes.dp) +
                        static_cast<double>(expert_params) * dp->optimizer_state_share(edp)) /
                           static_cast<double>(est.local_params);
+  est.compute = registry.factory<Precision>(recipe.plugin("precision"))(recipe.options("precision"))->compute_dtype();
   // The stage's share of the blocks' activations, times the microbatches its
   // schedule keeps in flight.
   const int64_t model_layers = static_cast<int64_t>(model->layers().size());
@@ -183,9 +184,23 @@ std::vector<Param*> rank_params(Model& model, const PipelinePlan& plan, const To
   return params;
 }
 
+std::unique_ptr<Precision> make_precision(const Recipe& recipe, const Registry& registry, const Backend& backend) {
+  const std::string name = recipe.plugin("precision");
+  auto precision = registry.factory<Precision>(name)(recipe.options("precision"));
+  const DType compute = precision->compute_dtype();
+  if (!backend.supports_compute_dtype(compute)) {
+    const SourcePos& at = recipe.options("precision").section_pos();
+    const std::string where = at.known() ? at.str() + ": " : "";
+    throw Error(where + "precision.plugin = \"" + name + "\": the " + backend.name() + " backend cannot compute in " +
+                dtype_name(compute));
+  }
+  return precision;
+}
+
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env) {
   stack.parallel.topology = &stack.topology;
   stack.backend = make_backend(recipe, registry, env);
+  stack.precision = make_precision(recipe, registry, *stack.backend);
   stack.parallel.backend = stack.backend.get();
   stack.tokenizer = make_tokenizer(recipe, registry);
   stack.layers = registry.factory<LayerProvider>(recipe.plugin("parallel.tensor_parallel"))(
@@ -205,8 +220,9 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   stack.tied.clear();
   std::vector<Param*> params = rank_params(*stack.model, stack.plan, stack.topology, &stack.tied);
   for (Param* p : stack.tied) p->tied_copy = true;
-  stack.flat = materialize_params(params, *stack.backend, menv.seed);
+  stack.flat = materialize_params(params, *stack.backend, menv.seed, stack.precision->compute_dtype());
   stack.flat.count_replicated = stack.topology.coords.tp == 0;
+  if (!stack.precision->accumulate_grads_in_fp32()) stack.flat.grad_reduce_dtype = stack.precision->compute_dtype();
 }
 
 CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry,

@@ -42,6 +42,7 @@ struct ModelEstimate {
   double optim_share = 1;         // the rank's share of the optimizer state (zero1: 1/data)
   double act_fp32_bytes = 0;      // saved activations in flight, 4 bytes per element
   int64_t stage_blocks = 0;       // transformer blocks of the rank's stage (all its chunks)
+  DType compute = DType::F32;  // the precision's compute dtype (params' bytes)
   std::vector<LocalParam> params;  // the rank's, declaration order
   PipelinePlan plan;
   PipelineTimeline timeline;       // the schedule simulated over the step's microbatches
@@ -56,6 +57,7 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
 #include "weft/backend.hpp"
 #include "weft/expert.hpp"
 #include "weft/grad_sync.hpp"
+#include "weft/precision.hpp"
 
 namespace weft {
 
@@ -78,7 +80,8 @@ struct ModelStack {
   std::unique_ptr<PipelineSchedule> schedule;
   PipelinePlan plan;
   std::vector<Param*> tied;  // this stage's copies of parameters another stage owns (tied embedding)
-  FlatParams flat;
+  std::unique_ptr<Precision> precision;
+  FlatParams flat;  // data in the precision's compute dtype
 };
 
 // The params rank `topo` holds of a model cut into `plan`: its stage's, less
@@ -86,6 +89,9 @@ struct ModelStack {
 // last (their gradients reduce over another group). `tied` as stage_params.
 std::vector<Param*> rank_params(Model& model, const PipelinePlan& plan, const Topology& topo,
                                 std::vector<Param*>* tied = nullptr);
+// The recipe's precision plugin, refused (weft::Error naming [precision]
+// plugin and the backend) when `backend` cannot compute in its dtype.
+std::unique_ptr<Precision> make_precision(const Recipe& recipe, const Registry& registry, const Backend& backend);
 
 // `parallel` carries this rank's topology and group communicators (null for one rank).
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env);

@@ -78,7 +78,7 @@ class RankTrainer {
   int64_t counted_tokens(const Dataset& data, int64_t sample0, int64_t batch);
   double validation_loss(const std::vector<PipelineOp>& ops, const Shape& activation_shape);
   ScheduleStep schedule_step(Dataset& data, int64_t sample0, int64_t batch, const Shape& activation_shape,
-                             bool training, int64_t tokens);
+                             bool training, int64_t tokens, float loss_scale = 1.f);
   double mean_loss(double loss_sum, int64_t tokens);
   MetricsRecord record(int64_t step, double loss, double loss_step, double lr, double grad_norm, double step_s,
                        int64_t comm);
@@ -194,6 +194,7 @@ void RankTrainer::build() {
         edp_comm_.get(), ep_comm_.get());
   eval_ = std::move(parts.eval);
   dp_->setup(stack_.flat, *optimizer_, *stack_.backend, dp_comm_.get());
+  stack_.flat.initial_master = {};  // the strategy keeps its share of the fp32 masters
   const Options& be = recipe_.options("backend");
   peak_tflops_ = be.has("peak_tflops") ? be.get_float("peak_tflops") : 0;
   if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(*stack_.backend);
@@ -324,6 +325,10 @@ MetricsRecord RankTrainer::record(int64_t step, double loss, double loss_step, d
   for (const auto& kv : moe_metrics_) r.values.push_back(kv);
   if (recipe_.options("run").get_string("on_nan") == "skip")
     r.values.push_back({"skipped_steps", static_cast<double>(skipped_steps_)});
+  // fp16: the loss scale for the next step and the overflowed steps skipped so far.
+  const std::map<std::string, double> scaler = stack_.precision->state();
+  if (scaler.count("loss_scale")) r.values.push_back({"loss_scale", scaler.at("loss_scale")});
+  if (scaler.count("skipped")) r.values.push_back({"skipped", scaler.at("skipped")});
   for (auto& field : timers_.fields()) r.values.push_back(field);
   if (rampup_.on()) r.values.push_back({"global_batch", static_cast<double>(cur_global_)});
   return r;
@@ -421,6 +426,15 @@ void RankTrainer::run() {
       return;
     }
     read_checkpoint(dir, stack_.flat, dp_.get(), optimizer_->state_slots(), *stack_.backend);
+    // fp16 continues with the saved loss scale; a checkpoint of another mode
+    // (none saved) starts the scaler afresh.
+    if (!meta.precision_state.empty() && !stack_.precision->state().empty()) {
+      try {
+        stack_.precision->load_state(meta.precision_state);
+      } catch (const Error& e) {
+        throw Error(dir + "/meta.json: " + e.what());
+      }
+    }
     start = meta.step;
     log_->info("resumed from {} at step {}", dir, start);
   } else if (mode != ResumeMode::Off) {
@@ -483,7 +497,9 @@ void RankTrainer::run() {
     // This step reads samples [consumed_, consumed_ + G) of the order.
     cur_global_ = rampup_.global_at(consumed_);
     const int64_t tokens = counted_tokens(*dataset_, consumed_, cur_global_);  // the loss's denominator
-    ScheduleStep s = schedule_step(*dataset_, consumed_, cur_global_, activation_shape, /*training=*/true, tokens);
+    const float loss_scale = stack_.precision->loss_scale();
+    ScheduleStep s = schedule_step(*dataset_, consumed_, cur_global_, activation_shape, /*training=*/true, tokens,
+                                   loss_scale);
     s.on_grad_ready = [&](Param& p) {
       if (p.tied_copy || is_tied(p)) return;  // summed across stages after the backward (sum_tied_grads)
       // Replicated params that saw only this rank's tokens (sequence parallelism) sum over tp first.
@@ -500,9 +516,12 @@ void RankTrainer::run() {
     sum_tied_grads();
     if (summary.moe_layers > 0) reduce_moe_stats(stats);
 
+    // The gradients carry the loss scale (fp16); the norm and clipping are of the unscaled ones.
     double norm = std::sqrt(sum_over(*pp_comm_, sum_over(*tp_comm_, dp_->finish_reduction())));
+    if (loss_scale != 1.f) norm /= loss_scale;
     double clip = optimizer_->clip_grad_norm();
     double grad_scale = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
+    if (loss_scale != 1.f) grad_scale /= loss_scale;
     // Schedule positions: the step number, or during a ramp-up the samples consumed in units of
     // batch.global (Megatron counts its schedules in samples).
     const double before = static_cast<double>(consumed_) / static_cast<double>(global_);
@@ -515,7 +534,11 @@ void RankTrainer::run() {
     const double loss = mean_loss(loss_sum, tokens);
     last_loss_ = loss;
     // Loss and norm are the same on every rank, so every rank takes the same branch.
-    if (std::isfinite(loss) && std::isfinite(norm)) {
+    if (stack_.precision->update_scale(!std::isfinite(norm))) {
+      if (rank0)
+        log_->warn("step {}: gradients overflowed at loss scale {:g}; step skipped, loss scale now {:g}", step,
+                   static_cast<double>(loss_scale), static_cast<double>(stack_.precision->loss_scale()));
+    } else if (std::isfinite(loss) && std::isfinite(norm)) {
       timers_.enter(StepPhase::Optimizer);
       dp_->step(lr, grad_scale, step);
       timers_.enter(StepPhase::Comm);
@@ -550,6 +573,7 @@ void RankTrainer::run() {
       CheckpointMeta meta{step, consumed_, seed};
       meta.global_batch = global_;
       meta.schedule = lr_schedule_->settings();
+      meta.precision_state = stack_.precision->state();
       const auto saving = std::chrono::steady_clock::now();
       if (recipe_.options("checkpoint").get_bool("async")) {
         wait_for_save();  // a second save waits for the first
@@ -686,9 +710,10 @@ double RankTrainer::validation_loss(const std::vector<PipelineOp>& ops, const Sh
 
 // The schedule's inputs for the global batch of `batch` samples from sample0
 // of `data` (the training or the validation part); `tokens` counts its
-// targets (the loss is their mean).
+// targets (the loss is their mean). `loss_scale` multiplies the loss's
+// gradient (fp16's loss scaling).
 ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t sample0, int64_t batch, const Shape& activation_shape,
-                                        bool training, int64_t tokens) {
+                                        bool training, int64_t tokens, float loss_scale) {
   ScheduleStep s;
   s.model = stack_.model.get();
   s.backend = stack_.backend.get();
@@ -698,6 +723,7 @@ ScheduleStep RankTrainer::schedule_step(Dataset& data, int64_t sample0, int64_t 
   s.microbatches = static_cast<int>(accum);
   s.activation_shape = activation_shape;
   s.dloss_scale = 1.0f / static_cast<float>(std::max<int64_t>(tokens, 1));
+  if (loss_scale != 1.f) s.dloss_scale *= loss_scale;
   s.load = [this, &data, sample0, accum](int mb, Tensor& ids, Tensor& targets) {
     load_microbatch(data, sample0, accum, mb, ids, targets);
   };

@@ -166,12 +166,12 @@ Tensor GptEmbedding::forward(Context& ctx, const Tensor& ids) {
     Tensor pe = be.alloc_uninitialized({local_t, hidden_}, DType::F32, MemCategory::Workspace);  // [t,C]
     const int64_t rows = wpe_.shape[0], T = ctx.positions.dim(1);
     for (int64_t bi = 0; bi < b; ++bi) {
-      be.embedding_forward(f32(pe), ctx.positions.data<int32_t>() + bi * T + first, f32(wpe_.data), local_t,
+      be.embedding_forward(f32(pe), ctx.positions.data<int32_t>() + bi * T + first, TypedPtr::of(wpe_.data), local_t,
                            hidden_, 0, rows);
       be.accumulate(f32(x) + bi * local_t * hidden_, f32(pe), local_t * hidden_);
     }
   } else if (b * local_t > 0) {
-    be.add_bias(f32(x), f32(wpe_.data) + first * hidden_, b, local_t * hidden_);
+    be.add_bias(f32(x), TypedPtr::of(wpe_.data.view(first * hidden_, {local_t * hidden_})), b, local_t * hidden_);
   }
   nn::apply_dropout(ctx, x, dropout_, dropout_key_, first);
   return x;

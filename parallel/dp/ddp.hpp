@@ -1,6 +1,8 @@
 // ddp: every dp rank keeps full optimizer state and reduces (sums) gradients
 // over the dp group in buckets of about `bucket_mb`, each launched as soon as
 // its last parameter's gradient is final (during the last microbatch's backward).
+// Mixed precision: it keeps the fp32 master weights of every element and
+// casts them into the compute copy after each update.
 #pragma once
 
 #include <vector>
@@ -20,11 +22,14 @@ class Ddp : public DataParallel {
   double optimizer_state_share(int) const override { return 1.0; }
   void read_state(const Param& param, int slot, float* out) override;
   void write_state(const Param& param, int slot, const float* in) override;
+  void read_master(const Param& param, float* out) override;
+  void write_master(const Param& param, const float* in) override;
 
  private:
   struct Bucket : GradBucket {
     explicit Bucket(const GradBucket& range) : GradBucket(range) {}
     std::unique_ptr<Work> work;  // the all-reduce in flight
+    Tensor reduced;              // [size] in FlatParams::grad_reduce_dtype when that is 16-bit
   };
   void launch(Bucket& bucket);
   int64_t offset_of(const Param& param) const;
@@ -35,6 +40,7 @@ class Ddp : public DataParallel {
   Backend* backend_ = nullptr;
   Communicator* dp_ = nullptr;
   std::vector<Tensor> state_;          // [numel] per optimizer slot
+  Tensor master_;                      // [numel] f32 master weights (mixed precision only)
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_param_;   // index into buckets_, per flat param
   std::vector<DecayRun> runs_;         // one optimizer call each

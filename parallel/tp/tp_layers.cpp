@@ -94,8 +94,8 @@ Tensor ColumnParallelLinear::forward(Context& ctx, const Tensor& x) {
   const int64_t n = xf.numel() / in_;
   Tensor y = be.alloc_uninitialized(with_last(xf.shape(), out_local_), DType::F32, MemCategory::Activation);
   if (n > 0) {
-    nn::linear_forward(be, f32(y), f32(xf), f32(weight_.data), n, in_, out_local_);
-    if (has_bias_) be.add_bias(f32(y), f32(bias_.data), n, out_local_);
+    nn::linear_forward(be, f32(y), f32(xf), nn::weight_ptr(weight_), n, in_, out_local_);
+    if (has_bias_) be.add_bias(f32(y), nn::weight_ptr(bias_), n, out_local_);
   }
   ctx.save(this, {xf});
   return y;  // [B,T,out/p]
@@ -110,9 +110,9 @@ Tensor ColumnParallelLinear::backward(Context& ctx, const Tensor& dy) {
   WEFT_ASSERT(n * in_ == xf.numel(), weight_.name + ": dy " + shape_str(dy.shape()) + " does not match the input");
   Tensor dx = be.alloc_uninitialized(xf.shape(), DType::F32, MemCategory::Workspace);  // [B,T,in], partial over tp
   if (n > 0) {
-    nn::linear_backward_weight(be, f32(weight_.grad), f32(dy), f32(xf), n, in_, out_local_);
+    nn::linear_backward_weight(be, f32(weight_.grad), f32(dy), f32(xf), n, in_, out_local_, weight_.data.dtype());
     if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_local_);
-    nn::linear_backward_input(be, f32(dx), f32(dy), f32(weight_.data), n, in_, out_local_);
+    nn::linear_backward_input(be, f32(dx), f32(dy), nn::weight_ptr(weight_), n, in_, out_local_);
   }
   nn::grad_ready(ctx, weight_);
   if (has_bias_) nn::grad_ready(ctx, bias_);
@@ -138,9 +138,9 @@ Tensor RowParallelLinear::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / in_local_;
   Tensor partial = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);
-  if (n > 0) nn::linear_forward(be, f32(partial), f32(x), f32(weight_.data), n, in_local_, out_);
+  if (n > 0) nn::linear_forward(be, f32(partial), f32(x), nn::weight_ptr(weight_), n, in_local_, out_);
   Tensor y = reduce_partial(ctx, group_, partial, MemCategory::Activation);  // [B,T,out] or sp [B,T/p,out]
-  if (has_bias_ && y.numel() > 0) be.add_bias(f32(y), f32(bias_.data), y.numel() / out_, out_);
+  if (has_bias_ && y.numel() > 0) be.add_bias(f32(y), nn::weight_ptr(bias_), y.numel() / out_, out_);
   ctx.save(this, {x});
   return y;
 }
@@ -155,10 +155,10 @@ Tensor RowParallelLinear::backward(Context& ctx, const Tensor& dy) {
   WEFT_ASSERT(n * in_local_ == x.numel(), weight_.name + ": dy " + shape_str(dy.shape()) + " does not match the input");
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [B,T,in/p]
   if (n > 0) {
-    nn::linear_backward_weight(be, f32(weight_.grad), f32(dyf), f32(x), n, in_local_, out_);
+    nn::linear_backward_weight(be, f32(weight_.grad), f32(dyf), f32(x), n, in_local_, out_, weight_.data.dtype());
     // Under sp this rank's rows only; the tp sum follows (grad_sums_over_tp).
     if (has_bias_ && dy.numel() > 0) be.bias_grad(f32(bias_.grad), f32(dy), dy.numel() / out_, out_);
-    nn::linear_backward_input(be, f32(dx), f32(dyf), f32(weight_.data), n, in_local_, out_);
+    nn::linear_backward_input(be, f32(dx), f32(dyf), nn::weight_ptr(weight_), n, in_local_, out_);
   }
   nn::grad_ready(ctx, weight_);
   if (has_bias_) nn::grad_ready(ctx, bias_);
@@ -187,7 +187,7 @@ Tensor VocabParallelEmbedding::forward(Context& ctx, const Tensor& ids) {
   shape.push_back(dim_);
   Tensor partial = be.alloc_uninitialized(shape, DType::F32, MemCategory::Activation);  // [B,T,C], 0 off-shard
   if (ids.numel() > 0)
-    be.embedding_forward(f32(partial), ids.data<int32_t>(), f32(weight_.data), ids.numel(), dim_, first, rows);
+    be.embedding_forward(f32(partial), ids.data<int32_t>(), nn::weight_ptr(weight_), ids.numel(), dim_, first, rows);
   ctx.save(this, {ids});
   return reduce_partial(ctx, group_, partial, MemCategory::Activation);
 }
@@ -220,7 +220,7 @@ Tensor VocabParallelOutputLoss::forward(Context& ctx, const Tensor& x) {
   Tensor xf = to_full_sequence(ctx, group_, x, MemCategory::Activation);  // [B,T,C]
   const int64_t b = xf.dim(0), t = xf.dim(1), n = b * t;
   Tensor logits = be.alloc_uninitialized({b, t, vs}, DType::F32, MemCategory::Activation);  // [B,T,Vp/p]
-  if (n > 0) nn::linear_forward(be, f32(logits), f32(xf), f32(table_.data), n, c, vs);
+  if (n > 0) nn::linear_forward(be, f32(logits), f32(xf), nn::weight_ptr(table_), n, c, vs);
   if (!ctx.targets.defined()) return gather_logits(be, logits);
   const Tensor& targets = ctx.targets;  // [B,T]
   WEFT_ASSERT(targets.dtype() == DType::I32 && targets.numel() == n,
@@ -250,8 +250,8 @@ Tensor VocabParallelOutputLoss::backward(Context& ctx, const Tensor& /*dy: the l
   const int64_t vs = table_.shape[0], c = table_.shape[1], n = xf.dim(0) * xf.dim(1);
   Tensor dx = be.alloc_uninitialized(xf.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C], partial over tp
   if (n > 0) {
-    nn::linear_backward_input(be, f32(dx), f32(dlogits), f32(table_.data), n, c, vs);
-    nn::linear_backward_weight(be, f32(table_.grad), f32(dlogits), f32(xf), n, c, vs);
+    nn::linear_backward_input(be, f32(dx), f32(dlogits), nn::weight_ptr(table_), n, c, vs);
+    nn::linear_backward_weight(be, f32(table_.grad), f32(dlogits), f32(xf), n, c, vs, table_.data.dtype());
   }
   return reduce_partial(ctx, group_, dx, MemCategory::Workspace);
 }

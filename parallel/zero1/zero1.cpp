@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "weft/params.hpp"
+
 namespace weft {
 
 void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Communicator* dp) {
@@ -11,6 +13,7 @@ void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Comm
   dp_ = dp;
   ranks_ = dp ? dp->size() : 1;
   rank_ = dp ? dp->rank() : 0;
+  const bool half_reduce = flat.grad_reduce_dtype != DType::F32 && ranks_ > 1;
   for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_)) {
     Bucket b(range);
     b.shard = (b.size() + ranks_ - 1) / ranks_;
@@ -22,16 +25,34 @@ void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Comm
     b.norm = norm_ranges(flat, b.own_begin, b.own_end);
     b.send = backend.alloc({ranks_ * b.shard}, DType::F32, MemCategory::CommBuffer);
     b.recv = backend.alloc({b.shard}, DType::F32, MemCategory::CommBuffer);
+    if ((flat.mixed() && ranks_ > 1) || half_reduce) {
+      const DType dt = flat.mixed() ? flat.data.dtype() : flat.grad_reduce_dtype;
+      b.send16 = backend.alloc({ranks_ * b.shard}, dt, MemCategory::CommBuffer);
+      b.recv16 = backend.alloc({b.shard}, dt, MemCategory::CommBuffer);
+    }
     buckets_.push_back(std::move(b));
   }
   for (int s = 0; s < optimizer.state_slots(); ++s)
     state_.push_back(backend.alloc({std::max<int64_t>(owned_, 1)}, DType::F32, MemCategory::OptimState));
+  if (flat.mixed()) {
+    WEFT_ASSERT(static_cast<int64_t>(flat.initial_master.size()) == flat.numel, "zero1: no initial master weights");
+    master_ = backend.alloc({std::max<int64_t>(owned_, 1)}, DType::F32, MemCategory::OptimState);
+    for (const Bucket& b : buckets_)
+      if (b.own_end > b.own_begin)
+        backend.copy_from_host(master_.view(b.state_offset, {b.own_end - b.own_begin}),
+                               flat.initial_master.data() + b.own_begin);
+  }
 }
 
 void Zero1::launch(Bucket& b) {
   backend_->copy(b.send.view(0, {b.size()}), flat_->grad.view(b.begin, {b.size()}));  // padding stays zero
   if (ranks_ == 1) {
     backend_->copy(b.recv, b.send.view(0, {b.shard}));
+    return;
+  }
+  if (flat_->grad_reduce_dtype != DType::F32) {  // in the compute dtype; cast back in finish_reduction
+    backend_->cast(b.send16, b.send);
+    b.work = dp_->reduce_scatter(b.send16, b.recv16, ReduceOp::Sum);
     return;
   }
   b.work = dp_->reduce_scatter(b.send, b.recv, ReduceOp::Sum);
@@ -46,7 +67,10 @@ double Zero1::finish_reduction() {
   double local = 0;
   for (Bucket& b : buckets_) {
     if (!b.complete()) launch(b);
-    if (b.work) b.work->wait();
+    if (b.work) {
+      b.work->wait();
+      if (flat_->grad_reduce_dtype != DType::F32) backend_->cast(b.recv, b.recv16);
+    }
     b.work.reset();
     b.ready = 0;
     // Only owned elements count, so every element is counted exactly once.
@@ -64,6 +88,7 @@ double Zero1::finish_reduction() {
 }
 
 void Zero1::step(double lr, double grad_scale, int64_t step) {
+  const bool mixed = flat_->mixed();
   std::vector<float*> slots(state_.size());
   for (Bucket& b : buckets_) {
     float* g = b.recv.data<float>();  // reduced gradients of [own_begin, own_end)
@@ -71,8 +96,20 @@ void Zero1::step(double lr, double grad_scale, int64_t step) {
     for (const DecayRun& run : b.runs) {
       int64_t local = run.begin - b.own_begin;
       for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + b.state_offset + local;
-      optimizer_->update(*backend_, flat_->data.data<float>() + run.begin, g + local, slots.data(),
-                         run.end - run.begin, lr, grad_scale, run.decay, step);
+      float* weights = mixed ? master_.data<float>() + b.state_offset + local : flat_->data.data<float>() + run.begin;
+      optimizer_->update(*backend_, weights, g + local, slots.data(), run.end - run.begin, lr, grad_scale, run.decay,
+                         step);
+    }
+    if (mixed) {
+      // The updated master slice, cast to the compute dtype, is what travels.
+      if (ranks_ == 1) {
+        if (owned > 0) backend_->cast(flat_->data.view(b.own_begin, {owned}), master_.view(b.state_offset, {owned}));
+        continue;
+      }
+      if (owned > 0) backend_->cast(b.recv16.view(0, {owned}), master_.view(b.state_offset, {owned}));
+      dp_->all_gather(b.recv16, b.send16)->wait();
+      backend_->copy(flat_->data.view(b.begin, {b.size()}), b.send16.view(0, {b.size()}));
+      continue;
     }
     if (ranks_ == 1) continue;
     // Gather the updated slices: rank r's slice lands at r*shard of the padded bucket.
@@ -82,29 +119,48 @@ void Zero1::step(double lr, double grad_scale, int64_t step) {
   }
 }
 
-int64_t Zero1::optimizer_state_bytes() const { return owned_ * 4 * static_cast<int64_t>(state_.size()); }
+int64_t Zero1::optimizer_state_bytes() const {
+  return owned_ * 4 * (static_cast<int64_t>(state_.size()) + (master_.defined() ? 1 : 0));
+}
 
-// Collective over the dp group: every rank contributes the elements it owns.
-void Zero1::read_state(const Param& param, int slot, float* out) {
+// The full values of `param` from a buffer of owned elements (state slot or
+// masters): collective over the dp group, every rank contributes what it owns.
+void Zero1::gather_owned(const Tensor& owned, const Param& param, float* out) {
   int64_t n = param.data.numel();
   int64_t pb = flat_->offsets[param_index(*flat_, param)];
   Tensor full = backend_->alloc({n}, DType::F32, MemCategory::Workspace);
   for (const Bucket& b : buckets_) {
     int64_t lo = std::max(pb, b.own_begin), hi = std::min(pb + n, b.own_end);
-    if (lo < hi) backend_->copy(full.view(lo - pb, {hi - lo}), state_.at(slot).view(b.state_offset + lo - b.own_begin, {hi - lo}));
+    if (lo < hi) backend_->copy(full.view(lo - pb, {hi - lo}), owned.view(b.state_offset + lo - b.own_begin, {hi - lo}));
   }
   if (ranks_ > 1) dp_->all_reduce(full, ReduceOp::Sum)->wait();
   backend_->copy_to_host(out, full);
 }
 
-void Zero1::write_state(const Param& param, int slot, const float* in) {
+// Sets this rank's owned elements of `param` in `owned` from the full values.
+void Zero1::scatter_owned(const Tensor& owned, const Param& param, const float* in) {
   int64_t n = param.data.numel();
   int64_t pb = flat_->offsets[param_index(*flat_, param)];
   for (const Bucket& b : buckets_) {
     int64_t lo = std::max(pb, b.own_begin), hi = std::min(pb + n, b.own_end);
     if (lo < hi)
-      backend_->copy_from_host(state_.at(slot).view(b.state_offset + lo - b.own_begin, {hi - lo}), in + (lo - pb));
+      backend_->copy_from_host(owned.view(b.state_offset + lo - b.own_begin, {hi - lo}), in + (lo - pb));
   }
+}
+
+void Zero1::read_state(const Param& param, int slot, float* out) { gather_owned(state_.at(slot), param, out); }
+
+void Zero1::write_state(const Param& param, int slot, const float* in) { scatter_owned(state_.at(slot), param, in); }
+
+void Zero1::read_master(const Param& param, float* out) {
+  if (!flat_->mixed()) return backend_->copy_to_host(out, param.data);
+  gather_owned(master_, param, out);
+}
+
+void Zero1::write_master(const Param& param, const float* in) {
+  if (!flat_->mixed()) return backend_->copy_from_host(param.data, in);
+  scatter_owned(master_, param, in);
+  copy_from_host_as(*backend_, param.data, in);
 }
 
 }  // namespace weft

@@ -3,6 +3,9 @@
 // slice of every bucket, updates that slice, and all-gathers the parameters.
 // Bucket b of `len` elements is padded to a multiple of dp; rank r owns
 // elements [r*shard, (r+1)*shard) of it (shard = padded / dp).
+// Mixed precision (Megatron's distributed optimizer): the fp32 master weights
+// are sharded like the state; the updated slice is cast to the compute dtype
+// and the all-gather carries that (bf16/f16), straight into FlatParams::data.
 #pragma once
 
 #include <vector>
@@ -22,6 +25,8 @@ class Zero1 : public DataParallel {
   double optimizer_state_share(int dp) const override { return 1.0 / dp; }
   void read_state(const Param& param, int slot, float* out) override;
   void write_state(const Param& param, int slot, const float* in) override;
+  void read_master(const Param& param, float* out) override;
+  void write_master(const Param& param, const float* in) override;
 
  private:
   struct Bucket : GradBucket {
@@ -33,9 +38,13 @@ class Zero1 : public DataParallel {
     std::vector<ElementRange> norm;  // of [own_begin, own_end): counted in the gradient norm
     Tensor send;  // [dp*shard] padded gradients (comm buffer)
     Tensor recv;  // [shard] reduced gradient slice, then parameter slice for the gather
+    Tensor send16, recv16;  // [dp*shard], [shard] in the compute dtype (mixed precision: the gather;
+                            // 16-bit grad_reduce_dtype: the reduce-scatter)
     std::unique_ptr<Work> work;
   };
   void launch(Bucket& bucket);
+  void gather_owned(const Tensor& owned, const Param& param, float* out);
+  void scatter_owned(const Tensor& owned, const Param& param, const float* in);
 
   int64_t bucket_bytes_;
   FlatParams* flat_ = nullptr;
@@ -44,6 +53,7 @@ class Zero1 : public DataParallel {
   Communicator* dp_ = nullptr;
   int ranks_ = 1, rank_ = 0;
   std::vector<Tensor> state_;  // [owned elements] per optimizer slot
+  Tensor master_;              // [owned elements] f32 master weights (mixed precision only)
   int64_t owned_ = 0;
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_param_;

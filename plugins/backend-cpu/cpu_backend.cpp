@@ -2,6 +2,7 @@
 #include "weft/rng.hpp"
 
 #include <cblas.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
@@ -32,75 +33,70 @@ constexpr size_t kParallelZeroBytes = size_t{4} << 20;  // zero-fill larger bloc
 // Rows per chunk so that a chunk holds roughly kElementGrain elements.
 int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, kElementGrain / std::max<int64_t>(1, row_len)); }
 
-uint32_t float_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return u;
-}
-
-float bits_float(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, sizeof x);
-  return x;
-}
-
 int blas_int(int64_t v, const char* what) {
   WEFT_ASSERT(v >= 0 && v <= std::numeric_limits<int>::max(),
               std::string("gemm: ") + what + " out of BLAS int range: " + std::to_string(v));
   return static_cast<int>(v);
 }
 
+// F16C: the CPU's f16 <-> f32 conversions, 8 at a time (round to nearest
+// even, the same bits as float_to_f16 / f16_to_float).
+__attribute__((target("avx,f16c"))) void f16_to_f32_f16c(float* dst, const uint16_t* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = f16_to_float(src[i]);
+}
+
+__attribute__((target("avx,f16c"))) void f32_to_f16_f16c(uint16_t* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) dst[i] = float_to_f16(src[i]);
+}
+
+// out[0:n] = the fp32 values at p (one row, on the calling thread).
+void widen_row(float* out, TypedPtr p, int64_t n) {
+  if (p.dtype == DType::F32) {
+    std::memcpy(out, p.data, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  WEFT_ASSERT(p.dtype == DType::BF16 || p.dtype == DType::F16,
+              std::string("cpu backend: a kernel input of dtype ") + dtype_name(p.dtype) + " (f32, bf16, f16 only)");
+  const uint16_t* src = static_cast<const uint16_t*>(p.data);
+  if (p.dtype == DType::BF16)
+    for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(src[i]);
+  else
+    for (int64_t i = 0; i < n; ++i) out[i] = f16_to_float(src[i]);
+}
+
+// The fp32 values of the n elements at p: p itself when they are fp32, else
+// widened into `scratch` (exact: every bf16 and f16 value is an fp32 value).
+const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& scratch, bool f16c) {
+  if (p.dtype == DType::F32 || n <= 0) return static_cast<const float*>(p.data);
+  WEFT_ASSERT(p.dtype == DType::BF16 || p.dtype == DType::F16,
+              std::string("cpu backend: a kernel input of dtype ") + dtype_name(p.dtype) + " (f32, bf16, f16 only)");
+  scratch.resize(static_cast<size_t>(n));
+  const uint16_t* src = static_cast<const uint16_t*>(p.data);
+  float* dst = scratch.data();
+  const bool bf16 = p.dtype == DType::BF16;
+  pool.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
+    if (bf16) {
+      for (int64_t i = i0; i < i1; ++i) {  // bf16 is the top half of an fp32
+        const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
+        std::memcpy(dst + i, &u, sizeof u);
+      }
+    } else if (f16c) {
+      f16_to_f32_f16c(dst + i0, src + i0, i1 - i0);
+    } else {
+      for (int64_t i = i0; i < i1; ++i) dst[i] = f16_to_float(src[i]);
+    }
+  });
+  return dst;
+}
+
 }  // namespace
-
-// ---------------------------------------------------------------------------
-// 16-bit float conversions
-
-uint16_t float_to_bf16(float x) {
-  uint32_t u = float_bits(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float bf16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
-
-uint16_t float_to_f16(float x) {
-  const uint32_t u = float_bits(x);
-  const uint32_t sign = (u >> 16) & 0x8000u;
-  const uint32_t a = u & 0x7fffffffu;
-  if (a >= 0x7f800000u) {  // inf or NaN (NaN stays quiet NaN, keeps top payload bits)
-    return static_cast<uint16_t>(sign | 0x7c00u | (a > 0x7f800000u ? 0x0200u | ((a >> 13) & 0x03ffu) : 0u));
-  }
-  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 rounds to inf
-  if (a >= 0x38800000u) {                                              // normal half (>= 2^-14)
-    uint32_t h = (a >> 13) - (112u << 10);                             // rebias exponent 127 -> 15
-    const uint32_t rem = a & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // may carry into the exponent: fine
-    return static_cast<uint16_t>(sign | h);
-  }
-  if (a <= 0x33000000u) return static_cast<uint16_t>(sign);  // <= 2^-25 rounds to zero
-  // Subnormal half: value / 2^-24, rounded to nearest even.
-  const uint32_t e = a >> 23;
-  const uint32_t m = (a & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126u - e;  // 14..24
-  uint32_t h = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1u);
-  const uint32_t half = 1u << (shift - 1u);
-  if (rem > half || (rem == half && (h & 1u))) ++h;  // 0x400 becomes the smallest normal
-  return static_cast<uint16_t>(sign | h);
-}
-
-float f16_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t mant = h & 0x03ffu;
-  if (exp == 0) {
-    const float mag = std::ldexp(static_cast<float>(mant), -24);  // zero or subnormal, exact
-    return sign ? -mag : mag;
-  }
-  if (exp == 31) return bits_float(sign | 0x7f800000u | (mant << 13));
-  return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
-}
 
 // ---------------------------------------------------------------------------
 // Profile: per-kernel calls, wall time and flops (WEFT_CPU_PROFILE=1)
@@ -225,6 +221,7 @@ CpuBackend::CpuBackend(int threads, bool vector_kernels) : pool_(threads), arena
   openblas_set_num_threads(1);
   __builtin_cpu_init();
   avx2_ = vector_kernels && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  f16c_ = vector_kernels && __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
   const char* prof = std::getenv("WEFT_CPU_PROFILE");
   if (prof && *prof && std::string(prof) != "0") profile_ = std::make_unique<Profile>();
 }
@@ -384,7 +381,7 @@ constexpr int64_t kMinPanelWidth = 256; // below this, per-panel packing starts 
 constexpr int64_t kSplitKRatio = 16;    // k >= this * max(m, n): split k instead
 }  // namespace
 
-void CpuBackend::gemm_serial(const GemmArgs& g) {
+void CpuBackend::gemm_serial(const Sgemm& g) {
   const int m = blas_int(g.m, "m"), n = blas_int(g.n, "n"), k = blas_int(g.k, "k");
   const int lda = blas_int(g.lda, "lda"), ldb = blas_int(g.ldb, "ldb"), ldc = blas_int(g.ldc, "ldc");
   const CBLAS_TRANSPOSE ta = g.trans_a ? CblasTrans : CblasNoTrans;
@@ -400,7 +397,7 @@ void CpuBackend::gemm_serial(const GemmArgs& g) {
 // C = alpha * A0 B0 + beta * C in place, part p > 0 computes alpha * Ap Bp
 // into scratch, and the scratch parts are added to C in part order. Each
 // thread then packs only its share of both operands.
-void CpuBackend::gemm_split_k(const GemmArgs& g) {
+void CpuBackend::gemm_split_k(const Sgemm& g) {
   const int64_t parts = pool_.size();
   const int64_t width = (g.k + parts - 1) / parts;
   std::lock_guard<std::mutex> lock(scratch_mutex_);
@@ -410,7 +407,7 @@ void CpuBackend::gemm_split_k(const GemmArgs& g) {
   pool_.parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t k0 = p * width, k1 = std::min(g.k, k0 + width);
-      GemmArgs s = g;
+      Sgemm s = g;
       s.k = k1 - k0;
       s.a += g.trans_a ? k0 * g.lda : k0;  // op(A) columns k0..
       s.b += g.trans_b ? k0 : k0 * g.ldb;  // op(B) rows k0..
@@ -437,9 +434,36 @@ void CpuBackend::gemm_split_k(const GemmArgs& g) {
   });
 }
 
-void CpuBackend::gemm(const GemmArgs& g) {
-  WEFT_ASSERT(g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0, "gemm: negative size");
-  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+namespace {
+// Elements from the first to the last one a (possibly batched, strided) operand
+// of `rows` x `cols` with leading dimension ld reaches.
+int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride) {
+  if (rows == 0 || cols == 0 || batch == 0) return 0;
+  return (batch - 1) * stride + (rows - 1) * ld + cols;
+}
+}  // namespace
+
+// 16-bit inputs are widened to fp32 (exactly) and multiplied by sgemm, so the
+// products and their sums are fp32 as the contract says.
+void CpuBackend::gemm(const GemmArgs& args) {
+  WEFT_ASSERT(args.m >= 0 && args.n >= 0 && args.k >= 0 && args.batch >= 0, "gemm: negative size");
+  if (args.m == 0 || args.n == 0 || args.batch == 0) return;
+  std::vector<float> wide_a, wide_b;
+  Sgemm g;
+  g.trans_a = args.trans_a, g.trans_b = args.trans_b;
+  g.m = args.m, g.n = args.n, g.k = args.k;
+  g.alpha = args.alpha, g.beta = args.beta;
+  g.a = widen(pool_, args.a,
+              operand_extent(args.trans_a ? args.k : args.m, args.trans_a ? args.m : args.k, args.lda, args.batch,
+                             args.stride_a),
+              wide_a, f16c_);
+  g.b = widen(pool_, args.b,
+              operand_extent(args.trans_b ? args.n : args.k, args.trans_b ? args.k : args.n, args.ldb, args.batch,
+                             args.stride_b),
+              wide_b, f16c_);
+  g.lda = args.lda, g.ldb = args.ldb;
+  g.c = args.c, g.ldc = args.ldc;
+  g.batch = args.batch, g.stride_a = args.stride_a, g.stride_b = args.stride_b, g.stride_c = args.stride_c;
   WEFT_ASSERT(g.ldc >= g.n, "gemm: ldc < n");
   const double flops = 2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) *
                        static_cast<double>(g.batch);
@@ -475,7 +499,7 @@ void CpuBackend::gemm(const GemmArgs& g) {
   pool_.parallel_for(g.batch * panels, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t bi = t / panels, p0 = (t % panels) * width, p1 = std::min(dim, p0 + width);
-      GemmArgs s = g;
+      Sgemm s = g;
       s.batch = 1;
       s.a = g.a + bi * g.stride_a;
       s.b = g.b + bi * g.stride_b;
@@ -637,8 +661,10 @@ WEFT_DISPATCH(layernorm_param_grad_cols,
 
 }  // namespace
 
-void CpuBackend::add_bias(float* out, const float* bias, int64_t n, int64_t o) {
+void CpuBackend::add_bias(float* out, TypedPtr bias_in, int64_t n, int64_t o) {
   OpTimer timer(profile_.get(), kOpAddBias);
+  std::vector<float> wide;
+  const float* bias = widen(pool_, bias_in, o, wide, f16c_);
   pool_.parallel_for(n, row_grain(o), [&](int64_t r0, int64_t r1) {
     if (avx2_) return add_bias_rows_avx2(out, bias, r0, r1, o);
     add_bias_rows_generic(out, bias, r0, r1, o);
@@ -658,9 +684,12 @@ void CpuBackend::bias_grad(float* dbias, const float* dout, int64_t n, int64_t o
 // ---------------------------------------------------------------------------
 // LayerNorm, GeLU
 
-void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
-                                   const float* b, int64_t n, int64_t c, float eps) {
+void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* x, TypedPtr w_in,
+                                   TypedPtr b_in, int64_t n, int64_t c, float eps) {
   OpTimer timer(profile_.get(), kOpLnFwd);
+  std::vector<float> wide_w, wide_b;
+  const float* w = widen(pool_, w_in, c, wide_w, f16c_);
+  const float* b = widen(pool_, b_in, c, wide_b, f16c_);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     if (avx2_) return layernorm_forward_rows_avx2(out, mean, rstd, x, w, b, r0, r1, c, eps);
     layernorm_forward_rows_generic(out, mean, rstd, x, w, b, r0, r1, c, eps);
@@ -668,8 +697,10 @@ void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const f
 }
 
 void CpuBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
-                                    const float* w, const float* mean, const float* rstd, int64_t n, int64_t c) {
+                                    TypedPtr w_in, const float* mean, const float* rstd, int64_t n, int64_t c) {
   OpTimer timer(profile_.get(), kOpLnBwd);
+  std::vector<float> wide_w;
+  const float* w = widen(pool_, w_in, c, wide_w, f16c_);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     std::vector<float> tmp(2 * c);
     if (avx2_) return layernorm_backward_rows_avx2(dx, dout, x, w, mean, rstd, tmp.data(), r0, r1, c);
@@ -1114,15 +1145,17 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
 // ---------------------------------------------------------------------------
 // Embedding, cross-entropy
 
-void CpuBackend::embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n, int64_t c,
+void CpuBackend::embedding_forward(float* out, const int32_t* ids, TypedPtr table, int64_t n, int64_t c,
                                    int64_t first, int64_t rows) {
   OpTimer timer(profile_.get(), kOpEmbFwd);
+  const size_t es = dtype_size(table.dtype);
+  const char* base = static_cast<const char*>(table.data);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       WEFT_ASSERT(ids[r] >= 0, "embedding: negative id " + std::to_string(ids[r]));
       const int64_t row = static_cast<int64_t>(ids[r]) - first;
       if (row >= 0 && row < rows)
-        std::memcpy(out + r * c, table + row * c, c * sizeof(float));
+        widen_row(out + r * c, TypedPtr(base + row * c * es, table.dtype), c);
       else
         std::fill(out + r * c, out + (r + 1) * c, 0.f);  // another shard's row
     }
@@ -1442,6 +1475,10 @@ void cast_loop(ThreadPool& pool, Dst* dst, const Src* src, int64_t n, Conv conv)
 }
 }  // namespace
 
+bool CpuBackend::supports_compute_dtype(DType dtype) const {
+  return dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16;
+}
+
 void CpuBackend::cast(const Tensor& dst, const Tensor& src) {
   OpTimer timer(profile_.get(), kOpCast);
   WEFT_ASSERT(dst.numel() == src.numel(),
@@ -1455,9 +1492,21 @@ void CpuBackend::cast(const Tensor& dst, const Tensor& src) {
   } else if (from == DType::BF16 && to == DType::F32) {
     cast_loop(pool_, dst.data<float>(), src.data<uint16_t>(), n, bf16_to_float);
   } else if (from == DType::F32 && to == DType::F16) {
-    cast_loop(pool_, dst.data<uint16_t>(), src.data<float>(), n, float_to_f16);
+    if (f16c_) {
+      uint16_t* d = dst.data<uint16_t>();
+      const float* x = src.data<float>();
+      pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) { f32_to_f16_f16c(d + i0, x + i0, i1 - i0); });
+    } else {
+      cast_loop(pool_, dst.data<uint16_t>(), src.data<float>(), n, float_to_f16);
+    }
   } else if (from == DType::F16 && to == DType::F32) {
-    cast_loop(pool_, dst.data<float>(), src.data<uint16_t>(), n, f16_to_float);
+    if (f16c_) {
+      float* d = dst.data<float>();
+      const uint16_t* x = src.data<uint16_t>();
+      pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) { f16_to_f32_f16c(d + i0, x + i0, i1 - i0); });
+    } else {
+      cast_loop(pool_, dst.data<float>(), src.data<uint16_t>(), n, f16_to_float);
+    }
   } else {
     throw Error(std::string("cpu backend: cast from ") + dtype_name(from) + " to " + dtype_name(to) +
                 " is not supported (f32<->bf16, f32<->f16, same dtype)");

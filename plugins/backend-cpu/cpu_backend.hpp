@@ -27,14 +27,9 @@
 
 #include "thread_pool.hpp"
 #include "weft/backend.hpp"
+#include "weft/half.hpp"
 
 namespace weft {
-
-// Float <-> 16-bit conversions, round-to-nearest-even (exposed for tests).
-uint16_t float_to_bf16(float x);
-float bf16_to_float(uint16_t h);
-uint16_t float_to_f16(float x);
-float f16_to_float(uint16_t h);
 
 class CpuBackend final : public Backend {
  public:
@@ -61,13 +56,13 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
 
   void gemm(const GemmArgs& args) override;
-  void add_bias(float* out, const float* bias, int64_t n, int64_t o) override;
+  void add_bias(float* out, TypedPtr bias, int64_t n, int64_t o) override;
   void bias_grad(float* dbias, const float* dout, int64_t n, int64_t o) override;
 
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
-                         const float* b, int64_t n, int64_t c, float eps) override;
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* x, TypedPtr w, TypedPtr b,
+                         int64_t n, int64_t c, float eps) override;
   void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
-                          const float* w, const float* mean, const float* rstd, int64_t n,
+                          TypedPtr w, const float* mean, const float* rstd, int64_t n,
                           int64_t c) override;
   void gelu_forward(float* out, const float* x, int64_t n) override;
   void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) override;
@@ -81,7 +76,7 @@ class CpuBackend final : public Backend {
   void gelu_erf_forward(float* out, const float* x, int64_t n) override;                      // gelu_erf.cpp
   void gelu_erf_backward(float* dx, const float* x, const float* dout, int64_t n) override;
 
-  void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n, int64_t c,
+  void embedding_forward(float* out, const int32_t* ids, TypedPtr table, int64_t n, int64_t c,
                          int64_t first, int64_t rows) override;
   void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n, int64_t c,
                           int64_t first, int64_t rows) override;
@@ -106,6 +101,7 @@ class CpuBackend final : public Backend {
   void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
              float beta2, float eps, float weight_decay, int64_t step, float grad_scale) override;
   void cast(const Tensor& dst, const Tensor& src) override;
+  bool supports_compute_dtype(DType dtype) const override;
 
   ThreadPool& pool() { return pool_; }
   bool vector_kernels() const { return avx2_; }  // the AVX2 + FMA builds run
@@ -120,14 +116,25 @@ class CpuBackend final : public Backend {
   struct Profile;   // per-kernel timers (WEFT_CPU_PROFILE)
 
  private:
+  // GemmArgs with its inputs widened to fp32: what the sgemm panels work on.
+  struct Sgemm {
+    bool trans_a = false, trans_b = false;
+    int64_t m = 0, n = 0, k = 0;
+    float alpha = 1.f, beta = 0.f;
+    const float* a = nullptr; int64_t lda = 0;
+    const float* b = nullptr; int64_t ldb = 0;
+    float* c = nullptr; int64_t ldc = 0;
+    int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+  };
   Tensor allocate(const Shape& shape, DType dtype, MemCategory category, bool zero);
-  void gemm_serial(const GemmArgs& g);
-  void gemm_split_k(const GemmArgs& g);
+  void gemm_serial(const Sgemm& g);
+  void gemm_split_k(const Sgemm& g);
 
   ThreadPool pool_;
   std::shared_ptr<Arena> arena_;
   std::unique_ptr<Profile> profile_;  // null unless WEFT_CPU_PROFILE is set
   bool avx2_ = false;                 // the CPU runs the AVX2 kernels
+  bool f16c_ = false;                 // f16 conversions in hardware (F16C)
   std::mutex scratch_mutex_;
   std::vector<float> gemm_scratch_;   // split-k partial products [(threads-1) * m * n]
 };

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "weft/error.hpp"
+#include "weft/half.hpp"
 
 namespace weft {
 
@@ -38,6 +39,20 @@ void reduce_into(T* out, const std::vector<const T*>& ins, int64_t n, ReduceOp o
   }
 }
 
+// 16-bit floats (bf16, f16): widened, reduced in fp32 in rank order, rounded
+// once to nearest even (as NCCL sums them; MPI has no such type).
+void reduce_into_half(uint16_t* out, const std::vector<const uint16_t*>& ins, int64_t n, ReduceOp op, bool bf16) {
+  auto widen = [bf16](uint16_t h) { return bf16 ? bf16_to_float(h) : f16_to_float(h); };
+  for (int64_t i = 0; i < n; ++i) {
+    float acc = widen(ins[0][i]);
+    for (size_t r = 1; r < ins.size(); ++r) {
+      const float v = widen(ins[r][i]);
+      acc = op == ReduceOp::Sum ? acc + v : op == ReduceOp::Max ? std::max(acc, v) : std::min(acc, v);
+    }
+    out[i] = bf16 ? float_to_bf16(acc) : float_to_f16(acc);
+  }
+}
+
 // out[n] = reduction over ranks of block `block` (n elements) of every staged input.
 void reduce_block(const Tensor& out, const std::vector<LocalHub::Post>& posts, int64_t block, ReduceOp op) {
   int64_t n = out.numel();
@@ -59,6 +74,13 @@ void reduce_block(const Tensor& out, const std::vector<LocalHub::Post>& posts, i
       std::vector<const int64_t*> ins;
       for (const auto& p : posts) ins.push_back(reinterpret_cast<const int64_t*>(p.data.data() + off));
       reduce_into(out.data<int64_t>(), ins, n, op);
+      return;
+    }
+    case DType::BF16:
+    case DType::F16: {
+      std::vector<const uint16_t*> ins;
+      for (const auto& p : posts) ins.push_back(reinterpret_cast<const uint16_t*>(p.data.data() + off));
+      reduce_into_half(out.data<uint16_t>(), ins, n, op, out.dtype() == DType::BF16);
       return;
     }
     default:

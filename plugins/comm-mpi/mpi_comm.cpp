@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "weft/error.hpp"
+#include "weft/half.hpp"
 
 namespace weft::mpi {
 
@@ -119,11 +120,20 @@ MPI_Op mpi_op(ReduceOp op) {
   return MPI_SUM;
 }
 
-MPI_Datatype reducible_type(DType dtype, const std::string& op) {
-  if (dtype == DType::BF16 || dtype == DType::F16)
-    throw Error(op + ": comm-mpi cannot reduce " + std::string(dtype_name(dtype)) + " (reduce in f32)");
-  return mpi_type(dtype);
+// inout[i] = op(in[i], inout[i]) over 16-bit floats, computed in fp32.
+template <bool kBf16, ReduceOp kOp>
+void reduce_half(void* in, void* inout, int* len, MPI_Datatype* /*type*/) {
+  const uint16_t* a = static_cast<const uint16_t*>(in);
+  uint16_t* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    const float x = kBf16 ? bf16_to_float(a[i]) : f16_to_float(a[i]);
+    const float y = kBf16 ? bf16_to_float(b[i]) : f16_to_float(b[i]);
+    const float r = kOp == ReduceOp::Sum ? x + y : kOp == ReduceOp::Max ? std::max(x, y) : std::min(x, y);
+    b[i] = kBf16 ? float_to_bf16(r) : float_to_f16(r);
+  }
 }
+
+bool is_half(DType dtype) { return dtype == DType::BF16 || dtype == DType::F16; }
 
 class DoneWork : public Work {
  public:
@@ -281,8 +291,17 @@ MpiContext::MpiContext(double timeout_s) : timeout_s_(timeout_s) {
   MPI_Comm_size(node, &local_size_);
   MPI_Comm_free(&node);
   reported_.assign(size_, 0);
+  MPI_User_function* fns[6] = {reduce_half<true, ReduceOp::Sum>,  reduce_half<true, ReduceOp::Max>,
+                               reduce_half<true, ReduceOp::Min>,  reduce_half<false, ReduceOp::Sum>,
+                               reduce_half<false, ReduceOp::Max>, reduce_half<false, ReduceOp::Min>};
+  for (int i = 0; i < 6; ++i) check(MPI_Op_create(fns[i], 1, &half_ops_[i]), "MPI_Op_create");
   recv_msg_ = std::make_unique<CtrlMsg>();
   post_recv();
+}
+
+MPI_Op MpiContext::half_op(DType dtype, ReduceOp op) const {
+  const int which = op == ReduceOp::Sum ? 0 : op == ReduceOp::Max ? 1 : 2;
+  return half_ops_[(dtype == DType::BF16 ? 0 : 3) + which];
 }
 
 MpiContext::~MpiContext() = default;
@@ -594,10 +613,11 @@ std::unique_ptr<Work> MpiCommunicator::start(MpiContext::WaitFor what, const std
 std::unique_ptr<Work> MpiCommunicator::all_reduce(const Tensor& buf, ReduceOp op) {
   if (size() == 1) return std::make_unique<DoneWork>();
   require_host(buf, "all_reduce");
-  MPI_Datatype type = reducible_type(buf.dtype(), "all_reduce");
+  MPI_Datatype type = mpi_type(buf.dtype());
   int n = to_count(buf.numel(), "all_reduce");
   auto work = start(collective("all_reduce"), [&](MPI_Request* r) {
-    return MPI_Iallreduce(MPI_IN_PLACE, buf.raw(), n, type, mpi_op(op), comm_, r);
+    return MPI_Iallreduce(MPI_IN_PLACE, buf.raw(), n, type,
+                          is_half(buf.dtype()) ? ctx_->half_op(buf.dtype(), op) : mpi_op(op), comm_, r);
   }, {buf});
   count_ring(2.0 * static_cast<double>(buf.bytes()));
   return work;
@@ -608,10 +628,11 @@ std::unique_ptr<Work> MpiCommunicator::reduce_scatter(const Tensor& in, const Te
   require_host(out, "reduce_scatter");
   if (in.numel() != out.numel() * size() || in.dtype() != out.dtype())
     throw Error("reduce_scatter: in must be size x out of the same dtype");
-  MPI_Datatype type = reducible_type(out.dtype(), "reduce_scatter");
+  MPI_Datatype type = mpi_type(out.dtype());
   int n = to_count(out.numel(), "reduce_scatter");
   auto work = start(collective("reduce_scatter"), [&](MPI_Request* r) {
-    return MPI_Ireduce_scatter_block(in.raw(), out.raw(), n, type, mpi_op(op), comm_, r);
+    return MPI_Ireduce_scatter_block(in.raw(), out.raw(), n, type,
+                                     is_half(out.dtype()) ? ctx_->half_op(out.dtype(), op) : mpi_op(op), comm_, r);
   }, {in, out});
   count_ring(static_cast<double>(in.bytes()));
   return work;

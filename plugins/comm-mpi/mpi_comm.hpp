@@ -25,6 +25,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <array>
 #include <functional>
 #include <list>
 #include <map>
@@ -80,6 +81,11 @@ class MpiContext {
   // ranks when the timeout passes or another rank failed.
   void wait(const std::function<bool()>& test, const WaitFor& what);
 
+  // The reduction of 16-bit floats (BF16, F16) for `op`: MPI has no such
+  // type, so user operations widen to fp32, reduce and round to nearest even
+  // (one rounding per combining step).
+  MPI_Op half_op(DType dtype, ReduceOp op) const;
+
   // True once any wait failed or a peer reported a failure.
   bool failing() const { return failing_ || abort_from_ >= 0; }
 
@@ -116,6 +122,7 @@ class MpiContext {
   std::map<int, int64_t> replies_;  // world rank -> collectives entered, for query_id_
   std::set<int> silent_;            // ranks that did not answer a query in time
   bool failing_ = false;
+  std::array<MPI_Op, 6> half_ops_{};  // [bf16 sum, max, min, f16 sum, max, min]
 };
 
 class MpiCommunicator : public weft::Communicator {

@@ -173,6 +173,22 @@ p0=$(grep -a '^# parameters:' "$OUT")
 if [ -z "$p0" ] || [ "$p0" = "$p1" ]; then problem "parameter lines: '$p0' vs '$p1'"; fi
 finish
 
+begin "check: bf16 and fp16 show the smaller memory (weights 2 bytes, optimizer state 12 per parameter)"
+mem_of() { grep -a '^# memory per rank' "$OUT" | grep -o "$1 [0-9.]* MiB" | grep -o '[0-9.]*' | head -n 1; }
+run -- check "$R/base.toml"
+p32=$(mem_of params); o32=$(mem_of "optimizer state")
+for mode in bf16 fp16; do
+  run -- check "$R/base.toml" --set precision.plugin=$mode
+  expect_rc 0
+  expect_out_has "# precision: $mode"
+  p16=$(mem_of params); o16=$(mem_of "optimizer state")
+  if ! awk -v a="$p32" -v b="$p16" -v c="$o32" -v d="$o16" \
+      'BEGIN { exit !(a > 0 && (b * 2 - a) ^ 2 < 1e-3 && (d * 2 - c * 3) ^ 2 < 1e-3) }'; then
+    problem "$mode: params $p16 MiB, optimizer $o16 MiB; fp32: $p32, $o32"
+  fi
+done
+finish
+
 begin "check: the printed resolved recipe is itself a valid recipe"
 run -- check "$R/base.toml"
 grep -av '^# layout\|^#   \|^# parameters\|^# memory' "$OUT" >"$R/resolved.toml"
@@ -363,7 +379,7 @@ plugin_refusal() {
 }
 plugin_refusal not-elf not-a-library.so "not a shared library (no ELF header)"
 plugin_refusal no-entry libfixture-no-entry.so "missing entry point 'weft_plugin_info'"
-plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 4, this weft expects 3"
+plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 5, this weft expects 4"
 plugin_refusal unresolved libfixture-unresolved.so "unresolved symbol: weft_fixture_missing_symbol"
 plugin_refusal throws libfixture-throws.so "registration failed: fixture refuses to register (needs /dev/fixture)"
 plugin_refusal throws-other libfixture-throws-other.so "registration failed"
@@ -389,7 +405,7 @@ expect_rc 2
 expect_one_error_line
 expect_no_crash
 expect_err_has "--set tokenizer.plugin=fixture-bad-abi: tokenizer.plugin: no tokenizer plugin named 'fixture-bad-abi'" \
-  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 4, this weft expects 3"
+  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 5, this weft expects 4"
 finish
 
 begin "check uses a fixture plugin from WEFT_PLUGIN_PATH"

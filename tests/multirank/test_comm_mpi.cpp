@@ -14,6 +14,7 @@
 #include <numeric>
 
 #include "mpi_comm.hpp"
+#include "weft/half.hpp"
 
 namespace {
 
@@ -62,6 +63,33 @@ TEST(CommMpi, AllReduceSumMaxMinAndBytes) {
   std::vector<float> lo = {static_cast<float>(r)};
   c.all_reduce(host(lo), weft::ReduceOp::Min)->wait();
   EXPECT_EQ(lo[0], 0.0f);
+}
+
+// bf16 and f16 buffers reduce in fp32 (small integers: every partial sum is exact).
+TEST(CommMpi, SixteenBitFloatsReduce) {
+  auto& c = *g_comm;
+  int n = c.size(), r = c.rank();
+  for (weft::DType dt : {weft::DType::BF16, weft::DType::F16}) {
+    const bool bf16 = dt == weft::DType::BF16;
+    auto narrow = [&](float x) { return bf16 ? weft::float_to_bf16(x) : weft::float_to_f16(x); };
+    auto widen = [&](uint16_t h) { return bf16 ? weft::bf16_to_float(h) : weft::f16_to_float(h); };
+    std::vector<uint16_t> v(301);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = narrow(static_cast<float>((r + 1) * (i % 5)));
+    int64_t before = c.bytes_sent();
+    c.all_reduce(host(v, dt), weft::ReduceOp::Sum)->wait();
+    EXPECT_EQ(c.bytes_sent() - before, share(n, 2 * 602));
+    for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(widen(v[i]), static_cast<float>(n * (n + 1) / 2 * (i % 5))) << i;
+    std::vector<uint16_t> m = {narrow(static_cast<float>(r)), narrow(-static_cast<float>(r))};
+    c.all_reduce(host(m, dt), weft::ReduceOp::Max)->wait();
+    EXPECT_EQ(widen(m[0]), static_cast<float>(n - 1));
+    EXPECT_EQ(widen(m[1]), 0.0f);
+    const int k = 33;
+    std::vector<uint16_t> in(n * k), out(k);
+    for (int i = 0; i < n * k; ++i) in[i] = narrow(static_cast<float>(i % 9 + r));
+    c.reduce_scatter(host(in, dt), host(out, dt), weft::ReduceOp::Sum)->wait();
+    for (int i = 0; i < k; ++i)
+      ASSERT_EQ(widen(out[i]), static_cast<float>(n * ((r * k + i) % 9) + n * (n - 1) / 2)) << i;
+  }
 }
 
 TEST(CommMpi, SeveralOperationsInFlightWaitedOutOfOrder) {

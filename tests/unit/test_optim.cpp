@@ -36,11 +36,11 @@ class RecordingBackend final : public weft::Backend {
   void copy(const weft::Tensor&, const weft::Tensor&) override {}
   void synchronize() override {}
   void gemm(const weft::GemmArgs&) override {}
-  void add_bias(float*, const float*, int64_t, int64_t) override {}
+  void add_bias(float*, weft::TypedPtr, int64_t, int64_t) override {}
   void bias_grad(float*, const float*, int64_t, int64_t) override {}
-  void layernorm_forward(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t,
+  void layernorm_forward(float*, float*, float*, const float*, weft::TypedPtr, weft::TypedPtr, int64_t, int64_t,
                          float) override {}
-  void layernorm_backward(float*, float*, float*, const float*, const float*, const float*, const float*,
+  void layernorm_backward(float*, float*, float*, const float*, const float*, weft::TypedPtr, const float*,
                           const float*, int64_t, int64_t) override {}
   void gelu_forward(float*, const float*, int64_t) override {}
   void gelu_backward(float*, const float*, const float*, int64_t) override {}
@@ -48,7 +48,7 @@ class RecordingBackend final : public weft::Backend {
                          const weft::AttentionMask&) override {}
   void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,
                           int64_t, int64_t, const weft::AttentionMask&) override {}
-  void embedding_forward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
+  void embedding_forward(float*, const int32_t*, weft::TypedPtr, int64_t, int64_t, int64_t, int64_t) override {}
   void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
   void cross_entropy(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float) override {}
   void xent_shard_max(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t) override {}
@@ -67,6 +67,7 @@ class RecordingBackend final : public weft::Backend {
     last = {p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, step, grad_scale};
   }
   void cast(const weft::Tensor&, const weft::Tensor&) override {}
+  bool supports_compute_dtype(weft::DType) const override { return true; }
 
   struct AdamwCall {
     float* p;

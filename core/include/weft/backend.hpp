@@ -1,7 +1,17 @@
 // Backend: device memory with accounting by category, and the kernel set the
-// nn blocks need. Pointers are device pointers of this backend; all float
-// kernels are fp32, row-major, contiguous. Letters: B batch, T time, C channels,
-// V vocab (Vp padded), H heads, N = B*T rows.
+// nn blocks need. Pointers are device pointers of this backend; row-major,
+// contiguous. Letters: B batch, T time, C channels, V vocab (Vp padded),
+// H heads, N = B*T rows.
+//
+// The dtype contract (docs/plugins.md): a precision mode keeps the weights the
+// model computes with in F32, BF16 or F16, and casts GEMM inputs to that
+// dtype. So GEMM inputs and every weight a kernel reads (bias, LayerNorm
+// weight and bias, embedding table) are TypedPtr: a pointer with its dtype.
+// Everything a kernel writes, and every other input (activations, gradients,
+// optimizer state), is fp32. Arithmetic is fp32 throughout (16-bit values are
+// widened on load): GEMMs accumulate in fp32, reductions, LayerNorm
+// statistics, softmax and cross entropy as before. With F32 inputs every
+// kernel gives exactly the bits it gave before the contract had dtypes.
 #pragma once
 
 #include <array>
@@ -22,14 +32,26 @@ struct MemStats {
   std::array<int64_t, kMemCategoryCount> peak{};     // high-water mark since reset_peak()
 };
 
+// A read-only device pointer and the dtype of what it points at (F32, BF16, F16).
+// An fp32 pointer converts implicitly, so fp32 call sites read as before.
+struct TypedPtr {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  TypedPtr() = default;
+  TypedPtr(const float* p) : data(p) {}  // NOLINT(google-explicit-constructor)
+  TypedPtr(const void* p, DType t) : data(p), dtype(t) {}
+  static TypedPtr of(const Tensor& t) { return TypedPtr(t.raw(), t.dtype()); }
+};
+
 // C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b], row-major; op(A) is [m,k], op(B) [k,n].
 // With beta = 0, C is only written: its old contents (even NaN) do not matter.
+// A and B may each be F32, BF16 or F16; products are accumulated in fp32 and C is fp32.
 struct GemmArgs {
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0;
   float alpha = 1.f, beta = 0.f;
-  const float* a = nullptr; int64_t lda = 0;
-  const float* b = nullptr; int64_t ldb = 0;
+  TypedPtr a; int64_t lda = 0;
+  TypedPtr b; int64_t ldb = 0;
   float* c = nullptr; int64_t ldc = 0;
   int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;  // elements
 };
@@ -79,16 +101,16 @@ class Backend {
 
   virtual void gemm(const GemmArgs& args) = 0;
   // out[N,O] += bias[O] broadcast over rows
-  virtual void add_bias(float* out, const float* bias, int64_t n, int64_t o) = 0;
+  virtual void add_bias(float* out, TypedPtr bias, int64_t n, int64_t o) = 0;
   // dbias[O] += sum over rows of dout[N,O]
   virtual void bias_grad(float* dbias, const float* dout, int64_t n, int64_t o) = 0;
 
   // out[N,C] = (x - mean) * rstd * w + b; saves mean[N], rstd[N]
   virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* x,
-                                 const float* w, const float* b, int64_t n, int64_t c, float eps) = 0;
+                                 TypedPtr w, TypedPtr b, int64_t n, int64_t c, float eps) = 0;
   // dx[N,C] += ..., dw[C] += ..., db[C] += ...
   virtual void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
-                                  const float* w, const float* mean, const float* rstd, int64_t n,
+                                  TypedPtr w, const float* mean, const float* rstd, int64_t n,
                                   int64_t c) = 0;
   // GeLU, tanh approximation
   virtual void gelu_forward(float* out, const float* x, int64_t n) = 0;
@@ -119,7 +141,7 @@ class Backend {
 
   // Rows [first, first + rows) of a table (all of it, or this rank's vocabulary shard):
   // out[N,C] = table[ids[n] - first, :] for ids in that range, 0 for the others.
-  virtual void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t n, int64_t c,
+  virtual void embedding_forward(float* out, const int32_t* ids, TypedPtr table, int64_t n, int64_t c,
                                  int64_t first, int64_t rows) = 0;
   // dtable[ids[n] - first, :] += dout[n, :] for ids in [first, first + rows)
   virtual void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t n, int64_t c,
@@ -162,8 +184,12 @@ class Backend {
   // factor; 1 = unclipped), so clipping costs no separate pass over g.
   virtual void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
                      float beta2, float eps, float weight_decay, int64_t step, float grad_scale) = 0;
-  // dst (bf16/f16/f32) = cast(src) and back
+  // dst (bf16/f16/f32) = cast(src) and back, round to nearest even (inf where
+  // f16 overflows); the compute copy of the weights is made with it.
   virtual void cast(const Tensor& dst, const Tensor& src) = 0;
+  // Whether this backend runs the kernels above with 16-bit weights and GEMM
+  // inputs of `dtype` (`weft check` refuses a precision it cannot run).
+  virtual bool supports_compute_dtype(DType dtype) const = 0;
 };
 
 struct BackendEnv {

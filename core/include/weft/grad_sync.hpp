@@ -16,13 +16,24 @@
 
 namespace weft {
 
-// All params of this rank as views into two flat fp32 buffers.
+// All params of this rank as views into two flat buffers: the weights the
+// model computes with (fp32, or the precision's bf16/f16 compute copy) and
+// the fp32 gradients.
 struct FlatParams {
   std::vector<Param*> params;    // in buffer order
   std::vector<int64_t> offsets;  // element offset of params[i]
-  Tensor data;                   // [numel]
-  Tensor grad;                   // [numel]
+  Tensor data;                   // [numel], the compute dtype
+  Tensor grad;                   // [numel], f32
   int64_t numel = 0;
+  // With a 16-bit compute dtype the fp32 master weights belong to the
+  // data-parallel strategy: their initial values wait here (host, [numel])
+  // until its setup() took its share; then they are cleared.
+  std::vector<float> initial_master;
+  // The dtype gradients travel in over dp: f32, or the compute dtype when the
+  // precision's accumulate_grads_in_fp32 is false (cast before the reduction,
+  // summed in fp32 by the communicator, cast back).
+  DType grad_reduce_dtype = DType::F32;
+  bool mixed() const { return data.defined() && data.dtype() != DType::F32; }
   // Whether this rank counts the tp-replicated params in the gradient norm:
   // true on tp rank 0 only, so summing the norm over tp counts each logical
   // element once (sharded params on every rank, replicated ones once).
@@ -78,8 +89,10 @@ class DataParallel {
   // of the elements norm_ranges() selects, each counted once (before clipping);
   // the caller sums it over tp.
   virtual double finish_reduction() = 0;
-  // Applies the optimizer with grads scaled by `grad_scale` (clipping), then
-  // makes params consistent on every dp rank.
+  // Applies the optimizer with grads scaled by `grad_scale` (clipping, and
+  // 1 / loss scale under fp16), then makes params consistent on every dp
+  // rank. Mixed precision: the fp32 masters are updated and the compute copy
+  // (FlatParams::data) refreshed from them.
   virtual void step(double lr, double grad_scale, int64_t step) = 0;
   virtual int64_t optimizer_state_bytes() const = 0;
   // For estimates before anything is allocated: the share of the optimizer
@@ -88,6 +101,11 @@ class DataParallel {
   // Optimizer state by logical parameter for checkpoints: slot s of param p.
   virtual void read_state(const Param& param, int slot, float* out) = 0;
   virtual void write_state(const Param& param, int slot, const float* in) = 0;
+  // The fp32 (master) values of a parameter, for checkpoints: Param::data in
+  // fp32, the masters under mixed precision (collective over dp where they
+  // are sharded). write_master also sets the compute copy from them.
+  virtual void read_master(const Param& param, float* out) = 0;
+  virtual void write_master(const Param& param, const float* in) = 0;
 };
 
 template <>

@@ -30,14 +30,21 @@ Param make_param(std::string name, Shape full_shape, InitKind init, float init_s
 // last microbatch of the step and a hook is set.
 void grad_ready(Context& ctx, Param& param);
 
+// The weights a kernel reads: Param::data, fp32 or the precision's 16-bit
+// compute copy (docs/precision.md).
+inline TypedPtr weight_ptr(const Param& p) { return TypedPtr::of(p.data); }
+
 // The three products of a linear map y = x W^T with W [out, in] (PyTorch's
 // layout), over n rows; Linear and the GPT head's tied output layer use them.
-void linear_forward(Backend& be, float* y, const float* x, const float* w, int64_t n, int64_t in,
+// With 16-bit weights the fp32 activations x and dy are cast to the weights'
+// dtype first, so both GEMM inputs are 16-bit (outputs and accumulation fp32).
+void linear_forward(Backend& be, float* y, const float* x, TypedPtr w, int64_t n, int64_t in,
                     int64_t out);  // y[n,out] = x[n,in] @ W^T
-void linear_backward_input(Backend& be, float* dx, const float* dy, const float* w, int64_t n, int64_t in,
+void linear_backward_input(Backend& be, float* dx, const float* dy, TypedPtr w, int64_t n, int64_t in,
                            int64_t out);  // dx[n,in] = dy[n,out] @ W
+// `inputs`: the dtype dy and x are cast to (the weights' dtype).
 void linear_backward_weight(Backend& be, float* dw, const float* dy, const float* x, int64_t n, int64_t in,
-                            int64_t out);  // dW[out,in] += dy^T @ x
+                            int64_t out, DType inputs = DType::F32);  // dW[out,in] += dy^T @ x
 
 // y[..., out] = x[..., in] W^T + b; weight [out, in] as in PyTorch.
 // Params "<name>.weight" [out, in] (Normal, init_std), "<name>.bias" [out] (Zeros).

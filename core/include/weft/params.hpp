@@ -30,7 +30,14 @@ void init_param_host(const Param& param, uint64_t seed, float* out);
 // Allocates the flat buffers (MemCategory::Param / Grad, params in the given
 // order, no padding), points every param's data/grad at its view, initialises
 // the data (grads are zero). The Params must outlive the returned FlatParams.
-FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed);
+// With a 16-bit `compute` dtype the data buffer holds the initial values
+// rounded to it, and FlatParams::initial_master their fp32 values.
+FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed,
+                              DType compute = DType::F32);
+
+// `values[n]` (fp32, host) into a compute-dtype tensor of n elements: copied,
+// or rounded to bf16/f16 (round to nearest even) on the host.
+void copy_from_host_as(Backend& backend, const Tensor& dst, const float* values);
 
 // Sets every gradient to exactly 0 (also clears inf/nan).
 void zero_grads(FlatParams& flat, Backend& backend);

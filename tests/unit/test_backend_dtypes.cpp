@@ -1,0 +1,235 @@
+// The dtype contract of the CPU backend: every kernel that reads weights or
+// GEMM inputs, fed bf16 or f16, against the fp32 kernel. Two checks each:
+//  - exact: the 16-bit kernel gives the fp32 kernel's bits on the widened
+//    (16-bit-rounded) inputs, i.e. arithmetic is fp32 and widening is exact;
+//  - tolerance: against the fp32 kernel on the unrounded inputs, within the
+//    error the rounding of the inputs allows (unit roundoff u = 2^-8 for bf16,
+//    2^-11 for f16; bounds stated next to each test).
+// Odd sizes, 1 and 3 threads.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu_backend.hpp"
+#include "weft/half.hpp"
+
+namespace {
+
+using weft::CpuBackend;
+using weft::DType;
+using weft::TypedPtr;
+using Vec = std::vector<float>;
+using Half = std::vector<uint16_t>;
+
+Vec random_vec(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  Vec v(n);
+  for (float& x : v) x = dist(gen);
+  return v;
+}
+
+Half narrow(const Vec& v, DType dtype) {
+  Half h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = dtype == DType::BF16 ? weft::float_to_bf16(v[i]) : weft::float_to_f16(v[i]);
+  return h;
+}
+
+Vec widen(const Half& h, DType dtype) {
+  Vec v(h.size());
+  for (size_t i = 0; i < h.size(); ++i) v[i] = dtype == DType::BF16 ? weft::bf16_to_float(h[i]) : weft::f16_to_float(h[i]);
+  return v;
+}
+
+// Unit roundoff of a dtype's round to nearest.
+double roundoff(DType dtype) { return dtype == DType::BF16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11); }
+
+void expect_bits(const Vec& got, const Vec& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int misses = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0 && ++misses <= 5)
+      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs fp32 kernel " << want[i];
+  EXPECT_EQ(misses, 0) << what;
+}
+
+// |got - want| <= bound[i] for every element.
+void expect_within(const Vec& got, const Vec& want, const std::vector<double>& bound, const std::string& what) {
+  int misses = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <= bound[i]) && ++misses <= 5)
+      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs " << want[i] << " (bound " << bound[i] << ")";
+  EXPECT_EQ(misses, 0) << what;
+}
+
+class DTypeKernels : public ::testing::TestWithParam<std::tuple<int, DType>> {
+ protected:
+  CpuBackend be{std::get<0>(GetParam())};
+  DType dt = std::get<1>(GetParam());
+};
+
+// GEMM, every transpose, batched with strides and padded leading dimensions,
+// A and B each fp32 or 16-bit. Tolerance: each product a*b of rounded inputs
+// is off by at most (2u + u^2)|a||b|, so |C16 - C32| <= alpha (2u + u^2) sum|a||b|
+// plus fp32 rounding of the sums (k * 2^-24 sum|a||b|, generous).
+TEST_P(DTypeKernels, GemmMatchesFp32) {
+  const int64_t m = 7, n = 5, k = 13, batch = 2;
+  uint32_t seed = 3;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (int which = 1; which <= 3; ++which) {  // bit 0: A is 16-bit, bit 1: B is 16-bit
+        const bool a16 = which & 1, b16 = which & 2;
+        const int64_t a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
+        const int64_t lda = a_cols + 2, ldb = b_cols + 1, ldc = n + 3;
+        const int64_t sa = a_rows * lda + 1, sb = b_rows * ldb + 2, sc = m * ldc;
+        Vec a = random_vec(sa * batch, seed++), b = random_vec(sb * batch, seed++), c0 = random_vec(sc * batch, seed++);
+        Half ah = narrow(a, dt), bh = narrow(b, dt);
+        Vec aw = a16 ? widen(ah, dt) : a, bw = b16 ? widen(bh, dt) : b;
+        weft::GemmArgs g;
+        g.trans_a = ta, g.trans_b = tb, g.m = m, g.n = n, g.k = k, g.alpha = 0.5f, g.beta = 1.f;
+        g.lda = lda, g.ldb = ldb, g.ldc = ldc, g.batch = batch, g.stride_a = sa, g.stride_b = sb, g.stride_c = sc;
+        auto run = [&](TypedPtr pa, TypedPtr pb) {
+          Vec c = c0;
+          g.a = pa, g.b = pb, g.c = c.data();
+          be.gemm(g);
+          return c;
+        };
+        const std::string what = std::string("gemm ") + (ta ? "T" : "N") + (tb ? "T" : "N") + " " +
+                                 (a16 ? weft::dtype_name(dt) : "f32") + " x " + (b16 ? weft::dtype_name(dt) : "f32");
+        Vec got = run(a16 ? TypedPtr(ah.data(), dt) : TypedPtr(a.data()), b16 ? TypedPtr(bh.data(), dt) : TypedPtr(b.data()));
+        expect_bits(got, run(aw.data(), bw.data()), what + " (exact)");
+        Vec fp32 = run(a.data(), b.data());
+        std::vector<double> bound(got.size(), 0.0);
+        const double u = roundoff(dt);
+        for (int64_t bi = 0; bi < batch; ++bi)
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+              double s = 0;
+              for (int64_t p = 0; p < k; ++p)
+                s += std::fabs(ta ? a[bi * sa + p * lda + i] : a[bi * sa + i * lda + p]) *
+                     std::fabs(tb ? b[bi * sb + j * ldb + p] : b[bi * sb + p * ldb + j]);
+              bound[bi * sc + i * ldc + j] = 0.5 * (2 * u + u * u + k * std::ldexp(1.0, -23)) * s + 1e-6;
+            }
+        expect_within(got, fp32, bound, what + " (tolerance)");
+      }
+}
+
+// out += bias. Tolerance: |b16 - b| <= u|b|, plus one fp32 rounding of the sum.
+TEST_P(DTypeKernels, AddBiasMatchesFp32) {
+  const int64_t n = 9, o = 37;
+  Vec out0 = random_vec(n * o, 1), bias = random_vec(o, 2, -3.f, 3.f);
+  Half bh = narrow(bias, dt);
+  Vec bw = widen(bh, dt);
+  Vec got = out0, exact = out0, fp32 = out0;
+  be.add_bias(got.data(), TypedPtr(bh.data(), dt), n, o);
+  be.add_bias(exact.data(), bw.data(), n, o);
+  be.add_bias(fp32.data(), bias.data(), n, o);
+  expect_bits(got, exact, "add_bias (exact)");
+  std::vector<double> bound(got.size());
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < o; ++j)
+      bound[r * o + j] = roundoff(dt) * std::fabs(bias[j]) + std::ldexp(1.0, -23) * (std::fabs(fp32[r * o + j]) + 4);
+  expect_within(got, fp32, bound, "add_bias (tolerance)");
+}
+
+// LayerNorm forward with 16-bit weight and bias: out = xhat w + b, so the
+// output moves by at most u(|xhat||w| + |b|) (+ fp32 roundings). Statistics
+// (mean, rstd) do not depend on the weights: equal bits. Backward with a
+// 16-bit weight: dx moves by a relative u-sized amount of the terms
+// g = dout*w; dw and db do not read w (equal bits).
+TEST_P(DTypeKernels, LayerNormMatchesFp32) {
+  const int64_t n = 11, c = 53;
+  Vec x = random_vec(n * c, 5, -2.f, 2.f), w = random_vec(c, 6, 0.5f, 1.5f), b = random_vec(c, 7);
+  Half wh = narrow(w, dt), bh = narrow(b, dt);
+  Vec ww = widen(wh, dt), bw = widen(bh, dt);
+  Vec out16(n * c), outw(n * c), out32(n * c), m16(n), mw(n), m32(n), r16(n), rw(n), r32(n);
+  be.layernorm_forward(out16.data(), m16.data(), r16.data(), x.data(), TypedPtr(wh.data(), dt), TypedPtr(bh.data(), dt),
+                       n, c, 1e-5f);
+  be.layernorm_forward(outw.data(), mw.data(), rw.data(), x.data(), ww.data(), bw.data(), n, c, 1e-5f);
+  be.layernorm_forward(out32.data(), m32.data(), r32.data(), x.data(), w.data(), b.data(), n, c, 1e-5f);
+  expect_bits(out16, outw, "layernorm_forward (exact)");
+  expect_bits(m16, m32, "layernorm mean");
+  expect_bits(r16, r32, "layernorm rstd");
+  std::vector<double> bound(n * c);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < c; ++j) {
+      const double xhat = (x[r * c + j] - m32[r]) * r32[r];
+      bound[r * c + j] = roundoff(dt) * (std::fabs(xhat * w[j]) + std::fabs(b[j])) + 1e-6 * (1 + std::fabs(xhat));
+    }
+  expect_within(out16, out32, bound, "layernorm_forward (tolerance)");
+
+  Vec dout = random_vec(n * c, 8);
+  auto backward = [&](TypedPtr wp, Vec& dx, Vec& dw, Vec& db) {
+    dx.assign(n * c, 0.f), dw.assign(c, 0.f), db.assign(c, 0.f);
+    be.layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), wp, m32.data(), r32.data(), n, c);
+  };
+  Vec dx16, dw16, db16, dxw, dww, dbw, dx32, dw32, db32;
+  backward(TypedPtr(wh.data(), dt), dx16, dw16, db16);
+  backward(ww.data(), dxw, dww, dbw);
+  backward(w.data(), dx32, dw32, db32);
+  expect_bits(dx16, dxw, "layernorm_backward dx (exact)");
+  expect_bits(dw16, dw32, "layernorm_backward dw");
+  expect_bits(db16, db32, "layernorm_backward db");
+  // dx = rstd (g - mean g - xhat mean(g xhat)): each term of g moves by u|g|.
+  for (int64_t r = 0; r < n; ++r) {
+    double sum_g = 0;
+    for (int64_t j = 0; j < c; ++j) sum_g += std::fabs(dout[r * c + j] * w[j]);
+    for (int64_t j = 0; j < c; ++j) {
+      const double xhat = std::fabs((x[r * c + j] - m32[r]) * r32[r]);
+      bound[r * c + j] = r32[r] * roundoff(dt) * (std::fabs(dout[r * c + j] * w[j]) + (1 + xhat * 4) * sum_g / c) + 1e-5;
+    }
+  }
+  expect_within(dx16, dx32, bound, "layernorm_backward dx (tolerance)");
+}
+
+// Embedding rows of a 16-bit table (this rank's shard [first, first + rows)):
+// the rows widened exactly, ids off the shard give 0; vs fp32 within u|table|.
+TEST_P(DTypeKernels, EmbeddingMatchesFp32) {
+  const int64_t rows = 23, c = 19, first = 4, n = 17;
+  Vec table = random_vec(rows * c, 9);
+  Half th = narrow(table, dt);
+  Vec tw = widen(th, dt);
+  std::vector<int32_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((i * 7) % (rows + 8));  // some off-shard
+  Vec got(n * c, 7.f), exact(n * c, 7.f), fp32(n * c, 7.f);
+  be.embedding_forward(got.data(), ids.data(), TypedPtr(th.data(), dt), n, c, first, rows);
+  be.embedding_forward(exact.data(), ids.data(), tw.data(), n, c, first, rows);
+  be.embedding_forward(fp32.data(), ids.data(), table.data(), n, c, first, rows);
+  expect_bits(got, exact, "embedding_forward (exact)");
+  std::vector<double> bound(n * c);
+  for (int64_t i = 0; i < n * c; ++i) bound[i] = roundoff(dt) * std::fabs(fp32[i]);
+  expect_within(got, fp32, bound, "embedding_forward (tolerance)");
+}
+
+TEST_P(DTypeKernels, CastRoundTripAndSupport) {
+  EXPECT_TRUE(be.supports_compute_dtype(dt));
+  EXPECT_TRUE(be.supports_compute_dtype(DType::F32));
+  EXPECT_FALSE(be.supports_compute_dtype(DType::I32));
+  // cast f32 -> 16-bit -> f32 equals the scalar round to nearest even, odd length.
+  const int64_t n = 100003;
+  Vec x = random_vec(n, 11, -1000.f, 1000.f);
+  weft::Tensor src = be.alloc({n}, DType::F32, weft::MemCategory::Workspace);
+  weft::Tensor mid = be.alloc({n}, dt, weft::MemCategory::Workspace);
+  weft::Tensor back = be.alloc({n}, DType::F32, weft::MemCategory::Workspace);
+  be.copy_from_host(src, x.data());
+  be.cast(mid, src);
+  be.cast(back, mid);
+  Vec got(n);
+  be.copy_to_host(got.data(), back);
+  expect_bits(got, widen(narrow(x, dt), dt), "cast round trip");
+}
+
+INSTANTIATE_TEST_SUITE_P(Threads, DTypeKernels,
+                         ::testing::Combine(::testing::Values(1, 3), ::testing::Values(DType::BF16, DType::F16)),
+                         [](const auto& info) {
+                           return "t" + std::to_string(std::get<0>(info.param)) + "_" +
+                                  weft::dtype_name(std::get<1>(info.param));
+                         });
+
+}  // namespace
