@@ -363,7 +363,7 @@ plugin_refusal() {
 }
 plugin_refusal not-elf not-a-library.so "not a shared library (no ELF header)"
 plugin_refusal no-entry libfixture-no-entry.so "missing entry point 'weft_plugin_info'"
-plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 5, this weft expects 4"
+plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 6, this weft expects 5"
 plugin_refusal unresolved libfixture-unresolved.so "unresolved symbol: weft_fixture_missing_symbol"
 plugin_refusal throws libfixture-throws.so "registration failed: fixture refuses to register (needs /dev/fixture)"
 plugin_refusal throws-other libfixture-throws-other.so "registration failed"
@@ -389,7 +389,7 @@ expect_rc 2
 expect_one_error_line
 expect_no_crash
 expect_err_has "--set tokenizer.plugin=fixture-bad-abi: tokenizer.plugin: no tokenizer plugin named 'fixture-bad-abi'" \
-  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 5, this weft expects 4"
+  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 6, this weft expects 5"
 finish
 
 begin "check uses a fixture plugin from WEFT_PLUGIN_PATH"
@@ -446,6 +446,18 @@ refuse "sequence parallelism with seq_length not divisible by tensor" "$TINY" --
   "model.seq_length: seq_length 66 is not divisible by parallel.tensor 4 (sequence parallelism splits the sequence)"
 refuse "sequence parallelism with tensor 1" "$TINY" --set parallel.tensor_parallel.sequence_parallel=true -- \
   "parallel.tensor_parallel.sequence_parallel: sequence parallelism splits the sequence over the tensor-parallel ranks; it needs parallel.tensor > 1 (tensor is 1)"
+
+# ---- llama ---------------------------------------------------------------------------------------
+
+LLAMA=$SRC/examples/llama-tiny.toml
+refuse "llama heads not divisible by kv_heads" "$LLAMA" --set model.kv_heads=3 -- \
+  "--set model.kv_heads=3: model.kv_heads: heads 4 is not divisible by kv_heads 3"
+refuse "llama odd head dimension" "$LLAMA" --set model.hidden=120 --set model.heads=8 -- \
+  "model.heads: head dimension hidden / heads = 120 / 8 = 15 is odd; rotary embeddings rotate pairs, so it must be even"
+refuse "llama kv_heads not divisible by tensor" "$LLAMA" --set parallel.tensor=4 -- \
+  "model.kv_heads: kv_heads 2 is not divisible by parallel.tensor 4 (each tensor-parallel rank holds whole kv heads; they are not replicated)"
+refuse "llama expert parallelism" "$LLAMA" --set parallel.expert=2 --set parallel.data=2 -- \
+  "parallel.expert 2"
 
 # The origin page's example: a 4096 -> 16384 column-parallel Linear over 4 ranks holds [4096, 4096] each.
 begin "check prints each tensor-parallel rank's shards of the first block"
