@@ -103,6 +103,22 @@ class CpuBackend final : public Backend {
   void cast(const Tensor& dst, const Tensor& src) override;
   bool supports_compute_dtype(DType dtype) const override;
 
+  // Llama-family kernels (llama_kernels.cpp).
+  void rmsnorm_forward(float* out, float* rstd, const float* x, TypedPtr w, int64_t n, int64_t c,
+                       float eps) override;
+  void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, TypedPtr w, const float* rstd,
+                        int64_t n, int64_t c) override;
+  void rope_forward(float* out, const float* x, int64_t b, int64_t t, int64_t h, int64_t d, float theta) override;
+  void rope_backward(float* dx, const float* dout, int64_t b, int64_t t, int64_t h, int64_t d,
+                     float theta) override;
+  void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) override;
+  void swiglu_backward(float* dgate, float* dup, const float* gate, const float* up, const float* dout,
+                       int64_t n) override;
+  void gqa_pack(float* qkv, const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
+                int64_t kv, int64_t d) override;
+  void gqa_unpack(float* dq, float* dk, float* dv, const float* dqkv, int64_t b, int64_t t, int64_t h, int64_t kv,
+                  int64_t d) override;
+
   ThreadPool& pool() { return pool_; }
   bool vector_kernels() const { return avx2_; }  // the AVX2 + FMA builds run
 

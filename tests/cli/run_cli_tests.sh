@@ -463,6 +463,18 @@ refuse "sequence parallelism with seq_length not divisible by tensor" "$TINY" --
 refuse "sequence parallelism with tensor 1" "$TINY" --set parallel.tensor_parallel.sequence_parallel=true -- \
   "parallel.tensor_parallel.sequence_parallel: sequence parallelism splits the sequence over the tensor-parallel ranks; it needs parallel.tensor > 1 (tensor is 1)"
 
+# ---- llama ---------------------------------------------------------------------------------------
+
+LLAMA=$SRC/examples/llama-tiny.toml
+refuse "llama heads not divisible by kv_heads" "$LLAMA" --set model.kv_heads=3 -- \
+  "--set model.kv_heads=3: model.kv_heads: heads 4 is not divisible by kv_heads 3"
+refuse "llama odd head dimension" "$LLAMA" --set model.hidden=120 --set model.heads=8 -- \
+  "model.heads: head dimension hidden / heads = 120 / 8 = 15 is odd; rotary embeddings rotate pairs, so it must be even"
+refuse "llama kv_heads not divisible by tensor" "$LLAMA" --set parallel.tensor=4 -- \
+  "model.kv_heads: kv_heads 2 is not divisible by parallel.tensor 4 (each tensor-parallel rank holds whole kv heads; they are not replicated)"
+refuse "llama expert parallelism" "$LLAMA" --set parallel.expert=2 --set parallel.data=2 -- \
+  "parallel.expert 2"
+
 # The origin page's example: a 4096 -> 16384 column-parallel Linear over 4 ranks holds [4096, 4096] each.
 begin "check prints each tensor-parallel rank's shards of the first block"
 run -- check "$TINY" --set model.hidden=4096 --set model.heads=32 --set parallel.tensor=4

@@ -284,7 +284,7 @@ struct TrainedRun {
 // Trains gpt-tiny (global batch 8, micro 2, 10 steps) with `overrides`; with a
 // resume_from, continues that checkpoint. Keeps nothing on disk.
 TrainedRun train_tiny(const std::string& label, std::vector<std::string> overrides, const std::string& resume_from = "",
-               const std::string& keep_dir = "") {
+               const std::string& keep_dir = "", const std::string& example = "gpt-tiny") {
   fs::path out = keep_dir.empty() ? fs::temp_directory_path() / ("weft-tp-" + label + "-" + std::to_string(::getpid()))
                                   : fs::path(keep_dir);
   fs::remove_all(out);
@@ -293,7 +293,7 @@ TrainedRun train_tiny(const std::string& label, std::vector<std::string> overrid
                                    "batch.global=8", "batch.micro=2", "comm.plugin=local",
                                    "run.out_dir=" + out.string()};
   base.insert(base.end(), overrides.begin(), overrides.end());
-  weft::Recipe recipe = weft::load_recipe_for_run(std::string(WEFT_SOURCE_ROOT) + "/examples/gpt-tiny.toml", base,
+  weft::Recipe recipe = weft::load_recipe_for_run(std::string(WEFT_SOURCE_ROOT) + "/examples/" + example + ".toml", base,
                                                   shared_registry(), scan);
   weft::TrainArgs args;
   args.resume = !resume_from.empty();
@@ -324,7 +324,7 @@ double worst_loss_error(const Metrics& ref, const Metrics& m, int first_step) {
   return worst;
 }
 
-// Relative L2 difference of the final parameters (wte on its first 257 rows):
+// Relative L2 difference of the final parameters (the vocabulary tables on their first 257 rows):
 // of all of them as one vector, and the largest of a single tensor. The key
 // bias of attention has an exactly-zero gradient (a constant added to every
 // score of a row), so AdamW moves it by rounding noise in every layout; its
@@ -342,7 +342,8 @@ ParamError param_error(const Tensors& ref, const Tensors& got) {
     EXPECT_NE(it, got.end()) << name;
     if (it == got.end()) return {1, 1};
     const std::vector<float>& b = it->second;
-    const size_t n = name == "wte.weight" ? 257 * 128 : a.size();
+    const bool table = name == "wte.weight" || name == "embed.weight" || name == "head.weight";  // [Vp,128]
+    const size_t n = table ? 257 * 128 : a.size();
     EXPECT_GE(b.size(), n) << name;
     if (b.size() < n) return {1, 1};
     double diff = 0, norm = 0;
@@ -745,6 +746,37 @@ TEST(Dropout, EveryLayoutDropsTheSameElementsAsOneRank) {
     EXPECT_LE(param_err.whole, kRelTol) << c.label;
     std::printf("dropout %-10s max rel loss error %.3g, final params %.3g (without dropout: %.3g)\n", c.label.c_str(),
                 loss_err, param_err.whole, off_err);
+  }
+}
+
+// examples/llama-tiny.toml (grouped-query attention, untied head) and
+// examples/qwen2-tiny.toml (q/k/v biases, tied head) under tensor 2 (with and
+// without sequence parallelism), pipeline 2, data 2 x zero1 and tensor 2 x
+// pipeline 2 equal their single-rank runs.
+TEST(LlamaLayouts, TensorPipelineAndDataMatchTheSingleRankRun) {
+  struct Case {
+    std::string label;
+    std::vector<std::string> sets;
+  };
+  const std::vector<Case> cases = {
+      {"tp2", {"parallel.tensor=2"}},
+      {"tp2_sp", {"parallel.tensor=2", "parallel.tensor_parallel.sequence_parallel=true"}},
+      {"pp2_1f1b", {"parallel.pipeline=2", "parallel.pipeline_schedule.plugin=1f1b"}},
+      {"dp2_zero1", {"parallel.data=2", "parallel.data_parallel.plugin=zero1"}},
+      {"tp2_pp2", {"parallel.tensor=2", "parallel.pipeline=2"}},
+  };
+  for (const std::string example : {"llama-tiny", "qwen2-tiny"}) {
+    const TrainedRun ref = train_tiny(example + "-ref", {}, "", "", example);
+    for (const Case& c : cases) {
+      if (example == "qwen2-tiny" && c.label != "tp2_pp2" && c.label != "tp2_sp") continue;
+      TrainedRun run = train_tiny(example + "-" + c.label, c.sets, "", "", example);
+      const double loss_err = worst_loss_error(ref.metrics, run.metrics, 1);
+      const ParamError param_err = param_error(ref.final_params, run.final_params);
+      EXPECT_LE(loss_err, kRelTol) << example << " " << c.label;
+      EXPECT_LE(param_err.whole, kRelTol) << example << " " << c.label;
+      std::printf("%-12s %-10s max rel loss error %.3g, final params %.3g\n", example.c_str(), c.label.c_str(),
+                  loss_err, param_err.whole);
+    }
   }
 }
 

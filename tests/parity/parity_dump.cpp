@@ -6,7 +6,8 @@
 // Loads the plugins of the build tree BUILD_ROOT (<build>/{plugins,parallel,
 // models,optim}/*), resolves RECIPE with the overrides, builds a single-rank
 // model stack and writes into OUT_DIR:
-//   config.json          resolved sizes, optimizer and schedule settings, and
+//   config.json          resolved sizes, optimizer and schedule settings, every
+//                        [model] option as a TOML literal ("model_options"), and
 //                        every param's name, shape and weight_decay flag
 //   init.safetensors     every param at initialisation, by logical name, full shape
 //   batches.safetensors  "step<s>" [G, T+1] for s = 1..N: the tokens (as floats)
@@ -133,7 +134,10 @@ int run(const Args& args) {
   json params = json::array();
   for (weft::Param* p : stack.flat.params)
     params.push_back({{"name", p->name}, {"shape", p->full_shape}, {"weight_decay", p->weight_decay}});
+  json model_options = json::object();  // every [model] key as a TOML literal (model-specific options)
+  for (const auto& [key, entry] : mo.entries()) model_options[key] = weft::opt_value_str(entry.value);
   json cfg = {
+      {"model_options", model_options},
       {"model", {{"plugin", recipe.plugin("model")},
                  {"layers", mo.get_int("layers")},
                  {"hidden", mo.get_int("hidden")},

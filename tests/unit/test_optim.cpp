@@ -68,6 +68,16 @@ class RecordingBackend final : public weft::Backend {
   }
   void cast(const weft::Tensor&, const weft::Tensor&) override {}
   bool supports_compute_dtype(weft::DType) const override { return true; }
+  void rmsnorm_forward(float*, float*, const float*, weft::TypedPtr, int64_t, int64_t, float) override {}
+  void rmsnorm_backward(float*, float*, const float*, const float*, weft::TypedPtr, const float*, int64_t,
+                        int64_t) override {}
+  void rope_forward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
+  void rope_backward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
+  void swiglu_forward(float*, const float*, const float*, int64_t) override {}
+  void swiglu_backward(float*, float*, const float*, const float*, const float*, int64_t) override {}
+  void gqa_pack(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                int64_t) override {}
+  void gqa_unpack(float*, float*, float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t) override {}
 
   struct AdamwCall {
     float* p;

@@ -292,9 +292,10 @@ class Fp32OnlyBackend final : public weft::Backend {
                           const float*, int64_t, int64_t) override {}
   void gelu_forward(float*, const float*, int64_t) override {}
   void gelu_backward(float*, const float*, const float*, int64_t) override {}
-  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
+  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                         const weft::AttentionMask&) override {}
   void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,
-                          int64_t, int64_t) override {}
+                          int64_t, int64_t, const weft::AttentionMask&) override {}
   void embedding_forward(float*, const int32_t*, weft::TypedPtr, int64_t, int64_t, int64_t, int64_t) override {}
   void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
   void cross_entropy(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float) override {}
@@ -311,6 +312,16 @@ class Fp32OnlyBackend final : public weft::Backend {
   void adamw(float*, const float*, float*, float*, int64_t, float, float, float, float, float, int64_t,
              float) override {}
   void cast(const weft::Tensor&, const weft::Tensor&) override {}
+  void rmsnorm_forward(float*, float*, const float*, weft::TypedPtr, int64_t, int64_t, float) override {}
+  void rmsnorm_backward(float*, float*, const float*, const float*, weft::TypedPtr, const float*, int64_t,
+                        int64_t) override {}
+  void rope_forward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
+  void rope_backward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
+  void swiglu_forward(float*, const float*, const float*, int64_t) override {}
+  void swiglu_backward(float*, float*, const float*, const float*, const float*, int64_t) override {}
+  void gqa_pack(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                int64_t) override {}
+  void gqa_unpack(float*, float*, float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t) override {}
   bool supports_compute_dtype(weft::DType d) const override { return d == weft::DType::F32; }
 };
 

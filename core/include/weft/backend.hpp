@@ -190,6 +190,37 @@ class Backend {
   // Whether this backend runs the kernels above with 16-bit weights and GEMM
   // inputs of `dtype` (`weft check` refuses a precision it cannot run).
   virtual bool supports_compute_dtype(DType dtype) const = 0;
+
+  // ---- Llama-family kernels (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention)
+
+  // out[N,C] = x * rstd * w with rstd[N] = 1 / sqrt(mean(x^2) + eps) (saved for backward).
+  virtual void rmsnorm_forward(float* out, float* rstd, const float* x, TypedPtr w, int64_t n, int64_t c,
+                               float eps) = 0;
+  // dx[N,C] = gradient (overwritten), dw[C] += sum over rows of dout * x * rstd.
+  virtual void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, TypedPtr w,
+                                const float* rstd, int64_t n, int64_t c) = 0;
+  // Rotary position embedding on x[B,T,H,D] (D even), position = t, Hugging Face's
+  // rotate-half layout: for i < D/2, angle = t * theta^(-2i/D),
+  //   out[i] = x[i] cos - x[i+D/2] sin,  out[i+D/2] = x[i+D/2] cos + x[i] sin.
+  // out may alias x.
+  virtual void rope_forward(float* out, const float* x, int64_t b, int64_t t, int64_t h, int64_t d,
+                            float theta) = 0;
+  // dx = the transposed rotation of dout (same layout; dx may alias dout).
+  virtual void rope_backward(float* dx, const float* dout, int64_t b, int64_t t, int64_t h, int64_t d,
+                             float theta) = 0;
+  // SwiGLU: out[n] = silu(gate) * up, silu(g) = g / (1 + e^-g).
+  virtual void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) = 0;
+  // dgate, dup (overwritten) from dout.
+  virtual void swiglu_backward(float* dgate, float* dup, const float* gate, const float* up, const float* dout,
+                               int64_t n) = 0;
+  // Grouped-query attention through the fused kernel: q[B,T,H*D], k and v
+  // [B,T,KV*D] with KV dividing H -> qkv[B,T,3*H*D] (the attention_* layout),
+  // head i reading kv head i / (H/KV) (Hugging Face's repeat_kv).
+  virtual void gqa_pack(float* qkv, const float* q, const float* k, const float* v, int64_t b, int64_t t,
+                        int64_t h, int64_t kv, int64_t d) = 0;
+  // The transpose: dq, dk, dv (overwritten) from dqkv; dk and dv sum over the heads of their group.
+  virtual void gqa_unpack(float* dq, float* dk, float* dv, const float* dqkv, int64_t b, int64_t t, int64_t h,
+                          int64_t kv, int64_t d) = 0;
 };
 
 struct BackendEnv {

@@ -1,0 +1,400 @@
+#include "llama.hpp"
+
+#include <cmath>
+#include <string>
+
+#include "weft/error.hpp"
+
+namespace weft::llama {
+
+namespace {
+
+float* f32(const Tensor& t) { return t.data<float>(); }
+
+std::string num(int64_t v) { return std::to_string(v); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- options
+
+OptionSchema llama_schema() {
+  return {
+      opt_int("layers", 2, "number of transformer blocks (L)", 1, 1 << 14),
+      opt_int("hidden", 128, "model width (C)", 1, 1 << 20),
+      opt_int("heads", 4, "attention heads (H); must divide hidden, and hidden / heads must be even (RoPE)", 1,
+              1 << 20),
+      opt_int("kv_heads", 0,
+              "key/value heads (KV) of grouped-query attention; must divide heads (0 = heads: plain multi-head)", 0,
+              1 << 20),
+      opt_int("ffn_hidden", 0, "SwiGLU MLP width (F); 0 = 8 hidden / 3 rounded up to a multiple of 64", 0, 1 << 24),
+      opt_int("seq_length", 64, "maximum sequence length (T); positions are rotary, there is no position table", 1,
+              1 << 20),
+      opt_int("vocab_size", 0,
+              "vocabulary V (0 = the tokenizer's); larger only for token ids the tokenizer never makes "
+              "(synthetic data)",
+              0, 2147483647.0),
+      opt_int("vocab_pad_multiple", 64, "pad the vocabulary to a multiple of this (Vp)", 1, 1 << 20),
+      opt_float("init_std", 0.02, "std of the normal init of every weight matrix and table", 0.0),
+      opt_float("norm_eps", 1e-5, "RMSNorm epsilon (Llama 1e-5 or 1e-6, Qwen2 1e-6)", 0.0, 1.0),
+      opt_float("rope_theta", 10000.0, "RoPE base (Llama 2 10000, Llama 3 500000, Qwen2 1000000)", 1.0, 1e12),
+      opt_bool("qkv_bias", false, "biases on the q, k and v projections (Qwen2)"),
+      opt_bool("tie_embeddings", false, "the output head reads the token embedding (no head.weight)"),
+  };
+}
+
+LlamaConfig llama_config(const Options& o, int64_t vocab_size, const LayerProvider* layers) {
+  LlamaConfig c;
+  c.layers = o.get_int("layers");
+  c.hidden = o.get_int("hidden");
+  c.heads = o.get_int("heads");
+  c.kv_heads = o.get_int("kv_heads");
+  c.ffn_hidden = o.get_int("ffn_hidden");
+  c.seq_length = o.get_int("seq_length");
+  c.init_std = static_cast<float>(o.get_float("init_std"));
+  c.norm_eps = static_cast<float>(o.get_float("norm_eps"));
+  c.rope_theta = static_cast<float>(o.get_float("rope_theta"));
+  c.qkv_bias = o.get_bool("qkv_bias");
+  c.tie_embeddings = o.get_bool("tie_embeddings");
+  const int64_t pad = o.get_int("vocab_pad_multiple");
+  if (c.layers < 1) o.fail("layers", "layers " + num(c.layers) + " must be >= 1");
+  if (c.hidden < 1) o.fail("hidden", "hidden " + num(c.hidden) + " must be >= 1");
+  if (c.heads < 1) o.fail("heads", "heads " + num(c.heads) + " must be >= 1");
+  if (c.seq_length < 1) o.fail("seq_length", "seq_length " + num(c.seq_length) + " must be >= 1");
+  if (pad < 1) o.fail("vocab_pad_multiple", "vocab_pad_multiple " + num(pad) + " must be >= 1");
+  if (!(c.init_std > 0.f)) o.fail("init_std", "init_std " + std::to_string(c.init_std) + " must be > 0");
+  if (!(c.norm_eps > 0.f)) o.fail("norm_eps", "norm_eps " + std::to_string(c.norm_eps) + " must be > 0");
+  if (c.hidden % c.heads != 0)
+    o.fail("heads", "hidden " + num(c.hidden) + " is not divisible by heads " + num(c.heads));
+  if (c.head_dim() % 2 != 0)
+    o.fail("heads", "head dimension hidden / heads = " + num(c.hidden) + " / " + num(c.heads) + " = " +
+                        num(c.head_dim()) + " is odd; rotary embeddings rotate pairs, so it must be even");
+  if (c.kv_heads == 0) c.kv_heads = c.heads;
+  if (c.heads % c.kv_heads != 0)
+    o.fail("kv_heads", "heads " + num(c.heads) + " is not divisible by kv_heads " + num(c.kv_heads));
+  if (c.ffn_hidden == 0) c.ffn_hidden = (8 * c.hidden / 3 + 63) / 64 * 64;
+  const int64_t tp = layers ? layers->tp_size() : 1;
+  if (c.heads % tp != 0)
+    o.fail("heads", "heads " + num(c.heads) + " is not divisible by parallel.tensor " + num(tp) +
+                        " (each tensor-parallel rank holds whole heads)");
+  if (c.kv_heads % tp != 0)
+    o.fail("kv_heads", "kv_heads " + num(c.kv_heads) + " is not divisible by parallel.tensor " + num(tp) +
+                           " (each tensor-parallel rank holds whole kv heads; they are not replicated)");
+  if (c.ffn_hidden % tp != 0)
+    o.fail("ffn_hidden", "ffn_hidden " + num(c.ffn_hidden) + " is not divisible by parallel.tensor " + num(tp));
+  if (layers && layers->sequence_parallel() && c.seq_length % tp != 0)
+    o.fail("seq_length", "seq_length " + num(c.seq_length) + " is not divisible by parallel.tensor " + num(tp) +
+                             " (sequence parallelism splits the sequence)");
+  if (vocab_size < 1)
+    throw Error(o.section() + ": the tokenizer reports a vocabulary of " + num(vocab_size) +
+                " tokens; the model needs at least 1");
+  const int64_t own_vocab = o.get_int("vocab_size");
+  if (own_vocab != 0 && own_vocab < vocab_size)
+    o.fail("vocab_size", "vocab_size " + num(own_vocab) + " is smaller than the tokenizer's vocabulary of " +
+                             num(vocab_size));
+  c.vocab = own_vocab != 0 ? own_vocab : vocab_size;
+  if (pad > (int64_t{1} << 31) / tp)
+    o.fail("vocab_pad_multiple", "vocab_pad_multiple " + num(pad) + " x parallel.tensor " + num(tp) +
+                                     " exceeds the int32 token ids");
+  const int64_t multiple = pad * tp;  // every vocabulary shard a multiple of the pad (Megatron)
+  c.padded_vocab = (c.vocab + multiple - 1) / multiple * multiple;
+  return c;
+}
+
+// ---------------------------------------------------------------- RmsNorm
+
+RmsNorm::RmsNorm(std::string name, int64_t dim, float eps) : dim_(dim), eps_(eps) {
+  weight_ = nn::make_param(std::move(name) + ".weight", {dim}, InitKind::Ones, 0.f, false);
+}
+
+Tensor RmsNorm::forward(Context& ctx, const Tensor& x) {
+  WEFT_ASSERT(x.defined() && x.dtype() == DType::F32 && x.dim(-1) == dim_, "RmsNorm input must be [..., C] f32");
+  Backend& be = ctx.backend();
+  const int64_t n = x.numel() / dim_;
+  Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [..., C]
+  Tensor rstd = be.alloc_uninitialized({n}, DType::F32, MemCategory::Activation);     // [N]
+  if (n > 0) be.rmsnorm_forward(f32(y), f32(rstd), f32(x), nn::weight_ptr(weight_), n, dim_, eps_);
+  ctx.save(this, {x, rstd});
+  return y;
+}
+
+Tensor RmsNorm::backward(Context& ctx, const Tensor& dy) {
+  Backend& be = ctx.backend();
+  auto& saved = ctx.saved(this);
+  Tensor x = saved[0], rstd = saved[1];
+  WEFT_ASSERT(dy.numel() == x.numel(), "RmsNorm dy does not match its input");
+  const int64_t n = x.numel() / dim_;
+  Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);
+  if (n > 0)
+    be.rmsnorm_backward(f32(dx), f32(weight_.grad), f32(dy), f32(x), nn::weight_ptr(weight_), f32(rstd), n, dim_);
+  ctx.release(this);
+  nn::grad_ready(ctx, weight_);
+  return dx;
+}
+
+// ---------------------------------------------------------------- attention
+
+LlamaAttention::LlamaAttention(const std::string& name, const LlamaConfig& c, LayerProvider& layers)
+    : heads_(c.heads), kv_heads_(c.kv_heads), head_dim_(c.head_dim()), rope_theta_(c.rope_theta) {
+  const int64_t qw = c.heads * head_dim_, kvw = c.kv_heads * head_dim_;
+  q_ = layers.column_linear(LinearSpec{name + ".q", c.hidden, qw, c.qkv_bias, c.init_std});
+  k_ = layers.column_linear(LinearSpec{name + ".k", c.hidden, kvw, c.qkv_bias, c.init_std});
+  v_ = layers.column_linear(LinearSpec{name + ".v", c.hidden, kvw, c.qkv_bias, c.init_std});
+  o_ = layers.row_linear(LinearSpec{name + ".o", qw, c.hidden, false, c.init_std});
+}
+
+Tensor LlamaAttention::forward(Context& ctx, const Tensor& x) {
+  WEFT_ASSERT(x.shape().size() == 3, "attention input must be [B,T,C], got " + shape_str(x.shape()));
+  Backend& be = ctx.backend();
+  const int64_t d = head_dim_;
+  Tensor qkv, out, lse;
+  {
+    Tensor q = q_->forward(ctx, x);  // [B,T,h*D]: this rank's heads, the whole sequence
+    Tensor k = k_->forward(ctx, x);  // [B,T,kv*D]
+    Tensor v = v_->forward(ctx, x);  // [B,T,kv*D]
+    const int64_t b = q.dim(0), t = q.dim(1), h = q.dim(2) / d, kv = k.dim(2) / d;
+    qkv = be.alloc_uninitialized({b, t, 3 * h * d}, DType::F32, MemCategory::Activation);
+    out = be.alloc_uninitialized({b, t, h * d}, DType::F32, MemCategory::Activation);
+    lse = be.alloc_uninitialized({b, h, t}, DType::F32, MemCategory::Activation);
+    if (b * t > 0) {
+      be.rope_forward(f32(q), f32(q), b, t, h, d, rope_theta_);  // in place
+      be.rope_forward(f32(k), f32(k), b, t, kv, d, rope_theta_);
+      be.gqa_pack(f32(qkv), f32(q), f32(k), f32(v), b, t, h, kv, d);
+      be.attention_forward(f32(out), f32(lse), f32(qkv), b, t, h * d, h);
+    }
+  }
+  ctx.save(this, {qkv, out, lse});
+  return o_->forward(ctx, out);  // [B,T,C]
+}
+
+Tensor LlamaAttention::backward(Context& ctx, const Tensor& dy) {
+  Backend& be = ctx.backend();
+  const int64_t d = head_dim_;
+  Tensor dq, dk, dv;
+  {
+    Tensor dout = o_->backward(ctx, dy);  // [B,T,h*D]
+    auto& saved = ctx.saved(this);
+    const Tensor qkv = saved[0], out = saved[1], lse = saved[2];
+    ctx.release(this);
+    const int64_t b = qkv.dim(0), t = qkv.dim(1), h = lse.dim(1);
+    const int64_t kv = h * kv_heads_ / heads_;  // this rank's kv heads (both split evenly over tp)
+    WEFT_ASSERT(dout.numel() == out.numel(), "attention dy does not match its output");
+    Tensor dqkv = be.alloc_uninitialized(qkv.shape(), DType::F32, MemCategory::Workspace);  // [B,T,3*h*D]
+    dq = be.alloc_uninitialized({b, t, h * d}, DType::F32, MemCategory::Workspace);
+    dk = be.alloc_uninitialized({b, t, kv * d}, DType::F32, MemCategory::Workspace);
+    dv = be.alloc_uninitialized({b, t, kv * d}, DType::F32, MemCategory::Workspace);
+    if (b * t > 0) {
+      be.attention_backward(f32(dqkv), f32(dout), f32(qkv), f32(out), f32(lse), b, t, h * d, h);
+      be.gqa_unpack(f32(dq), f32(dk), f32(dv), f32(dqkv), b, t, h, kv, d);
+      be.rope_backward(f32(dq), f32(dq), b, t, h, d, rope_theta_);
+      be.rope_backward(f32(dk), f32(dk), b, t, kv, d, rope_theta_);
+    }
+  }
+  // The three projections read the same input: their input gradients add up.
+  Tensor dx = v_->backward(ctx, dv);
+  dv = Tensor();
+  Tensor dxk = k_->backward(ctx, dk);
+  be.accumulate(f32(dx), f32(dxk), dx.numel());
+  dxk = Tensor();
+  Tensor dxq = q_->backward(ctx, dq);
+  be.accumulate(f32(dx), f32(dxq), dx.numel());
+  return dx;
+}
+
+void LlamaAttention::collect_params(std::vector<Param*>& out) {
+  q_->collect_params(out);
+  k_->collect_params(out);
+  v_->collect_params(out);
+  o_->collect_params(out);
+}
+
+// ---------------------------------------------------------------- MLP
+
+SwiGluMlp::SwiGluMlp(const std::string& name, const LlamaConfig& c, LayerProvider& layers) {
+  gate_ = layers.column_linear(LinearSpec{name + ".gate", c.hidden, c.ffn_hidden, false, c.init_std});
+  up_ = layers.column_linear(LinearSpec{name + ".up", c.hidden, c.ffn_hidden, false, c.init_std});
+  down_ = layers.row_linear(LinearSpec{name + ".down", c.ffn_hidden, c.hidden, false, c.init_std});
+}
+
+Tensor SwiGluMlp::forward(Context& ctx, const Tensor& x) {
+  Backend& be = ctx.backend();
+  Tensor g = gate_->forward(ctx, x);  // [..., F/p]
+  Tensor u = up_->forward(ctx, x);    // [..., F/p]
+  Tensor a = be.alloc_uninitialized(g.shape(), DType::F32, MemCategory::Activation);  // silu(g) * u
+  if (g.numel() > 0) be.swiglu_forward(f32(a), f32(g), f32(u), g.numel());
+  ctx.save(this, {g, u});
+  return down_->forward(ctx, a);  // [..., C]
+}
+
+Tensor SwiGluMlp::backward(Context& ctx, const Tensor& dy) {
+  Backend& be = ctx.backend();
+  Tensor dg, du;
+  {
+    Tensor da = down_->backward(ctx, dy);  // [..., F/p]
+    auto& saved = ctx.saved(this);
+    const Tensor g = saved[0], u = saved[1];
+    ctx.release(this);
+    WEFT_ASSERT(da.numel() == g.numel(), "SwiGLU gradient does not match its activation");
+    dg = be.alloc_uninitialized(g.shape(), DType::F32, MemCategory::Workspace);
+    du = be.alloc_uninitialized(g.shape(), DType::F32, MemCategory::Workspace);
+    if (g.numel() > 0) be.swiglu_backward(f32(dg), f32(du), f32(g), f32(u), f32(da), g.numel());
+  }
+  Tensor dx = up_->backward(ctx, du);
+  du = Tensor();
+  Tensor dxg = gate_->backward(ctx, dg);
+  be.accumulate(f32(dx), f32(dxg), dx.numel());
+  return dx;
+}
+
+void SwiGluMlp::collect_params(std::vector<Param*>& out) {
+  gate_->collect_params(out);
+  up_->collect_params(out);
+  down_->collect_params(out);
+}
+
+// ---------------------------------------------------------------- block
+
+LlamaBlock::LlamaBlock(const std::string& name, const LlamaConfig& c, LayerProvider& layers)
+    : attn_norm_(name + ".attn_norm", c.hidden, c.norm_eps),
+      attn_(name + ".attn", c, layers),
+      mlp_norm_(name + ".mlp_norm", c.hidden, c.norm_eps),
+      mlp_(name + ".mlp", c, layers) {}
+
+Tensor LlamaBlock::forward(Context& ctx, const Tensor& x) {
+  Backend& be = ctx.backend();
+  Tensor x2 = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // x + attn(norm(x))
+  {
+    Tensor a = attn_.forward(ctx, attn_norm_.forward(ctx, x));
+    be.add(f32(x2), f32(x), f32(a), x.numel());
+  }
+  Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // x2 + mlp(norm(x2))
+  {
+    Tensor m = mlp_.forward(ctx, mlp_norm_.forward(ctx, x2));
+    be.add(f32(y), f32(x2), f32(m), x.numel());
+  }
+  return y;
+}
+
+Tensor LlamaBlock::backward(Context& ctx, const Tensor& dy) {
+  Backend& be = ctx.backend();
+  Tensor dx2 = mlp_norm_.backward(ctx, mlp_.backward(ctx, dy));  // fresh: the residual adds in place
+  be.accumulate(f32(dx2), f32(dy), dy.numel());
+  Tensor dx = attn_norm_.backward(ctx, attn_.backward(ctx, dx2));
+  be.accumulate(f32(dx), f32(dx2), dx2.numel());
+  return dx;
+}
+
+void LlamaBlock::collect_params(std::vector<Param*>& out) {
+  attn_norm_.collect_params(out);
+  attn_.collect_params(out);
+  mlp_norm_.collect_params(out);
+  mlp_.collect_params(out);
+}
+
+// ---------------------------------------------------------------- embedding, head
+
+LlamaEmbedding::LlamaEmbedding(const LlamaConfig& c, LayerProvider& layers)
+    : embed_(layers.embedding("embed", c.padded_vocab, c.hidden, c.init_std)) {
+  embed_->weight().vocab_rows = c.vocab;
+}
+
+LlamaHead::LlamaHead(const LlamaConfig& c, Param* tied, LayerProvider& layers)
+    : norm_("norm", c.hidden, c.norm_eps), tied_(tied) {
+  Param* table = tied;
+  if (!tied) {
+    // A table built like the embedding's (rows split over tp): the output layer reads its weight.
+    own_ = layers.embedding("head", c.padded_vocab, c.hidden, c.init_std);
+    own_->weight().vocab_rows = c.vocab;
+    table = &own_->weight();
+  }
+  output_ = layers.tied_output_loss(*table, c.vocab);
+}
+
+Tensor LlamaHead::forward(Context& ctx, const Tensor& x) {
+  Tensor out = output_->forward(ctx, norm_.forward(ctx, x));  // losses [B,T] | logits [B,T,Vp]
+  if (!ctx.targets.defined()) ctx.release(&norm_);            // eval / generation: no backward
+  return out;
+}
+
+Tensor LlamaHead::backward(Context& ctx, const Tensor& dy) {
+  Tensor dx = norm_.backward(ctx, output_->backward(ctx, dy));
+  if (own_) nn::grad_ready(ctx, own_->weight());  // a tied table is reported by the embedding
+  return dx;
+}
+
+void LlamaHead::collect_params(std::vector<Param*>& out) {
+  norm_.collect_params(out);
+  if (own_) own_->collect_params(out);
+}
+
+void LlamaHead::collect_shared_params(std::vector<Param*>& out) {
+  if (tied_) out.push_back(tied_);
+}
+
+// ---------------------------------------------------------------- model
+
+LlamaModel::LlamaModel(const LlamaConfig& config, LayerProvider* layers) : config_(config) {
+  const LlamaConfig& c = config_;
+  WEFT_ASSERT(c.layers >= 1 && c.hidden >= 1 && c.heads >= 1 && c.hidden % c.heads == 0 &&
+                  c.head_dim() % 2 == 0 && c.kv_heads >= 1 && c.heads % c.kv_heads == 0 && c.ffn_hidden >= 1,
+              "llama: invalid config");
+  WEFT_ASSERT(c.vocab >= 1 && c.padded_vocab >= c.vocab, "llama: invalid vocabulary sizes");
+  LayerProvider& provider = layers ? *layers : serial_;
+  tp_ = provider.tp_size();
+  sequence_parallel_ = provider.sequence_parallel();
+  WEFT_ASSERT(c.heads % tp_ == 0 && c.kv_heads % tp_ == 0 && c.ffn_hidden % tp_ == 0 && c.padded_vocab % tp_ == 0,
+              "llama: config does not split over tp");
+  embedding_ = std::make_unique<LlamaEmbedding>(c, provider);
+  for (int64_t i = 0; i < c.layers; ++i)
+    blocks_.push_back(std::make_unique<LlamaBlock>("blocks." + std::to_string(i), c, provider));
+  head_ = std::make_unique<LlamaHead>(c, c.tie_embeddings ? &embedding_->table() : nullptr, provider);
+}
+
+std::vector<Module*> LlamaModel::layers() {
+  std::vector<Module*> out{embedding_.get()};
+  for (auto& b : blocks_) out.push_back(b.get());
+  out.push_back(head_.get());
+  return out;
+}
+
+std::vector<Param*> LlamaModel::params() {
+  std::vector<Param*> out;
+  for (Module* m : layers()) m->collect_params(out);
+  return out;
+}
+
+ModelSummary LlamaModel::summary() const {
+  const LlamaConfig& c = config_;
+  const int64_t C = c.hidden, L = c.layers, T = c.seq_length, Vp = c.padded_vocab, H = c.heads, F = c.ffn_hidden;
+  const int64_t D = c.head_dim(), KV = c.kv_heads;
+  const int64_t attn = C * H * D + 2 * C * KV * D + H * D * C + (c.qkv_bias ? H * D + 2 * KV * D : 0);
+  const int64_t per_block = 2 * C + attn + 3 * C * F;
+  const int64_t table = Vp * C;
+  ModelSummary s;
+  s.params = table * (c.tie_embeddings ? 1 : 2) + L * per_block + C;
+  // 6 flops per matmul parameter per token (the embedding lookup is no matmul
+  // unless the head reads it), plus causal attention 6*L*T*H*D.
+  s.flops_per_token = 6 * (s.params - (c.tie_embeddings ? 0 : table)) + 6 * L * T * H * D;
+  // Saved fp32 activations per token on one tp rank (p), as the modules keep them:
+  //   per block: attn_norm in + rstd (C+1), q/k/v input (C), packed qkv (3HD/p), attention out (HD/p),
+  //              lse (H/p), mlp_norm in + rstd (C+1), gate/up input (C), gate, up (2F/p), down input (F/p)
+  //   head: norm in + rstd (C+1), output input (C), logits (Vp/p), loss (1); ids, targets (2 i32)
+  const int64_t p = tp_, norm = sequence_parallel_ ? (C + 1) / p : C + 1;
+  const int64_t block = 2 * norm + 2 * C + (4 * H * D + H + 3 * F) / p;
+  s.act_bytes_per_sample = (L * block + norm + C + Vp / p + 1 + 2) * T * 4;
+  s.seq_length = T;
+  s.hidden = C;
+  s.vocab = c.vocab;
+  s.padded_vocab = Vp;
+  return s;
+}
+
+std::unique_ptr<Model> make_llama(const Options& options, const ModelEnv& env) {
+  LlamaConfig config = llama_config(options, env.vocab_size, env.layers);
+  const int ep = env.parallel && env.parallel->topology ? env.parallel->topology->sizes.ep : 1;
+  if (ep > 1)
+    throw Error(options.section() + ": the llama model has no mixture-of-experts blocks in this version; "
+                "parallel.expert " + std::to_string(ep) + " needs them (set parallel.expert = 1)");
+  return std::make_unique<LlamaModel>(config, env.layers);
+}
+
+}  // namespace weft::llama
