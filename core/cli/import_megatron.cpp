@@ -588,6 +588,10 @@ void finish(ImportState& st, const DeepSpeedBatch& ds) {
   }
   for (const SourceDefault& def : kMegatronDefaults)
     d.set_default(def.target, def.value, std::string("Megatron's default (") + def.flag + " not given)");
+  // Conventions rather than flags: Megatron's iteration k applies the lr of
+  // position k - 1, and its GeLU is the exact (erf) one.
+  d.set_default("lr_schedule.step_of_lr", "previous", "Megatron's convention: iteration k applies the lr of step k - 1");
+  d.set_default("model.gelu", "erf", "Megatron's GeLU (exact, erf)");
   const DraftKey* data = d.find("data", "plugin");
   if (data && data->raw == "megatron") {
     d.set_default("eval.interval", "1000", "Megatron's default (--eval-interval not given)");

@@ -250,12 +250,14 @@ def test_imports(tmp):
     check("weft import deepspeed ds_config.json -- FLAGS writes the same recipe", same, r2.stderr[:300])
 
     # 3. A GPT-3 175B-style set (interleaved schedule, samples, blends, fp16 loss scaling).
-    r, path, text = import_megatron(tmp, "gpt3", GPT3_175B, ["--world", "1536"])
+    # World 1024 (128 nodes of 8): data 8, so the ramp-up's start and increment (16) are
+    # multiples of micro x data, as Megatron requires and weft checks.
+    r, path, text = import_megatron(tmp, "gpt3", GPT3_175B, ["--world", "1024"])
     if check("GPT-3 175B set: imported", r.returncode == 0, r.stderr[:400]):
         recipe = tomllib.loads(text)
         expect_keys("GPT-3 175B set", recipe, r.stderr, {
             "parallel.tensor": (8, "--tensor"), "parallel.pipeline": (16, "--pipeline"),
-            "parallel.data": (12, "--world"), "model.layers": (96, "--num-layers"),
+            "parallel.data": (8, "--world"), "model.layers": (96, "--num-layers"),
             "model.hidden": (12288, "--hidden-size"), "model.heads": (96, "--num-attention-heads"),
             "model.seq_length": (2048, "--seq-length"), "model.init_std": (0.006, "--init-method-std"),
             "batch.micro": (1, "--micro"), "batch.global": (1536, "--global"),
@@ -287,7 +289,7 @@ def test_imports(tmp):
               "# --max-position-embeddings 2048: the position embedding has seq_length = 2048 rows" in text)
         check("GPT-3 175B set: flags without effect are listed as ignored",
               "--use-flash-attn: ignored" in r.stderr and "--tensorboard-dir tb: ignored" in r.stderr, r.stderr)
-        checked("GPT-3 175B set", path, tmp, 1536, 128)
+        checked("GPT-3 175B set", path, tmp, 1024, 192)
 
     # 4. A Llama-style set: flags this GPT does not take are listed; --strict refuses them.
     r, path, text = import_megatron(tmp, "llama", LLAMA, ["--world", "8"])
