@@ -145,13 +145,7 @@ int run(const Args& args) {
                  {"seq_length", T},
                  {"init_std", mo.get_float("init_std")},
                  {"vocab", V},
-                 {"padded_vocab", Vp},
-                 {"moe_experts", mo.get_int("moe_experts")},
-                 {"moe_top_k", mo.get_int("moe_top_k")},
-                 {"moe_every", mo.get_int("moe_every")},
-                 {"moe_capacity_factor", mo.get_float("moe_capacity_factor")},
-                 {"moe_aux_loss_coef", mo.get_float("moe_aux_loss_coef")},
-                 {"moe_z_loss_coef", mo.get_float("moe_z_loss_coef")}}},
+                 {"padded_vocab", Vp}}},
       {"batch", {{"micro", recipe.options("batch").get_int("micro")}, {"global", G},
                  {"grad_accum", recipe.grad_accum}}},
       {"optimizer", {{"plugin", recipe.plugin("optimizer")},
@@ -168,6 +162,15 @@ int run(const Args& args) {
       {"steps", steps},
       {"params", params},
   };
+  if (mo.has("moe_experts")) {  // a model with mixture-of-experts options (gpt)
+    json& m = cfg["model"];
+    m["moe_experts"] = mo.get_int("moe_experts");
+    m["moe_top_k"] = mo.get_int("moe_top_k");
+    m["moe_every"] = mo.get_int("moe_every");
+    m["moe_capacity_factor"] = mo.get_float("moe_capacity_factor");
+    m["moe_aux_loss_coef"] = mo.get_float("moe_aux_loss_coef");
+    m["moe_z_loss_coef"] = mo.get_float("moe_z_loss_coef");
+  }
   {
     std::ofstream f(out + "config.json");
     f << cfg.dump(2) << "\n";
