@@ -12,6 +12,7 @@
 #include "cpu_backend.hpp"
 #include "lr_schedules.hpp"
 #include "sgd.hpp"
+#include "stub_backend.hpp"
 #include "weft/error.hpp"
 #include "weft/rng.hpp"
 
@@ -21,63 +22,16 @@ namespace {
 
 // A backend that only reports its device and records the adamw call; enough
 // to drive the optimizers' own logic without kernels.
-class RecordingBackend final : public weft::Backend {
+class RecordingBackend final : public StubBackend {
  public:
   explicit RecordingBackend(weft::Device device) : device_(device) {}
   std::string name() const override { return "recording"; }
   weft::Device device() const override { return device_; }
-  int threads() const override { return 1; }
-  weft::Tensor alloc(const weft::Shape&, weft::DType, weft::MemCategory) override { return {}; }
-  weft::Tensor alloc_uninitialized(const weft::Shape&, weft::DType, weft::MemCategory) override { return {}; }
-  weft::MemStats mem_stats() const override { return {}; }
-  void reset_peak() override {}
-  void copy_to_host(void*, const weft::Tensor&) override {}
-  void copy_from_host(const weft::Tensor&, const void*) override {}
-  void copy(const weft::Tensor&, const weft::Tensor&) override {}
-  void synchronize() override {}
-  void gemm(const weft::GemmArgs&) override {}
-  void add_bias(float*, weft::TypedPtr, int64_t, int64_t) override {}
-  void bias_grad(float*, const float*, int64_t, int64_t) override {}
-  void layernorm_forward(float*, float*, float*, const float*, weft::TypedPtr, weft::TypedPtr, int64_t, int64_t,
-                         float) override {}
-  void layernorm_backward(float*, float*, float*, const float*, const float*, weft::TypedPtr, const float*,
-                          const float*, int64_t, int64_t) override {}
-  void gelu_forward(float*, const float*, int64_t) override {}
-  void gelu_backward(float*, const float*, const float*, int64_t) override {}
-  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                         const weft::AttentionMask&) override {}
-  void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,
-                          int64_t, int64_t, const weft::AttentionMask&) override {}
-  void embedding_forward(float*, const int32_t*, weft::TypedPtr, int64_t, int64_t, int64_t, int64_t) override {}
-  void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
-  void cross_entropy(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float) override {}
-  void xent_shard_max(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t) override {}
-  void xent_shard_sum_exp(float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
-  void xent_shard_finish(float*, float*, const float*, const int32_t*, const float*, const float*, const float*,
-                         int64_t, int64_t, int64_t, int64_t, float) override {}
-  void add(float*, const float*, const float*, int64_t) override {}
-  void accumulate(float*, const float*, int64_t) override {}
-  void scale(float*, float, int64_t) override {}
-  void fill(float*, float, int64_t) override {}
-  double sum_squares(const float*, int64_t) override { return 0; }
-  double sum(const float*, int64_t) override { return 0; }
   void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, int64_t step, float grad_scale) override {
     calls++;
     last = {p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, step, grad_scale};
   }
-  void cast(const weft::Tensor&, const weft::Tensor&) override {}
-  bool supports_compute_dtype(weft::DType) const override { return true; }
-  void rmsnorm_forward(float*, float*, const float*, weft::TypedPtr, int64_t, int64_t, float) override {}
-  void rmsnorm_backward(float*, float*, const float*, const float*, weft::TypedPtr, const float*, int64_t,
-                        int64_t) override {}
-  void rope_forward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
-  void rope_backward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
-  void swiglu_forward(float*, const float*, const float*, int64_t) override {}
-  void swiglu_backward(float*, float*, const float*, const float*, const float*, int64_t) override {}
-  void gqa_pack(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                int64_t) override {}
-  void gqa_unpack(float*, float*, float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t) override {}
 
   struct AdamwCall {
     float* p;

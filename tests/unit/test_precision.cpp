@@ -19,6 +19,7 @@
 #include "loss_scaler.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
+#include "stub_backend.hpp"
 #include "trainer.hpp"
 #include "weft/error.hpp"
 #include "weft/loader.hpp"
@@ -270,58 +271,9 @@ TEST(Precision, Fp16ResumeRepeatsTheUninterruptedRun) {
 
 // A backend that computes in fp32 only (a stand-in for one without 16-bit
 // kernels): the precision is refused naming the plugin and the backend.
-class Fp32OnlyBackend final : public weft::Backend {
+class Fp32OnlyBackend final : public StubBackend {
  public:
   std::string name() const override { return "fp32-only"; }
-  weft::Device device() const override { return weft::Device::Host; }
-  int threads() const override { return 1; }
-  weft::Tensor alloc(const weft::Shape&, weft::DType, weft::MemCategory) override { return {}; }
-  weft::Tensor alloc_uninitialized(const weft::Shape&, weft::DType, weft::MemCategory) override { return {}; }
-  weft::MemStats mem_stats() const override { return {}; }
-  void reset_peak() override {}
-  void copy_to_host(void*, const weft::Tensor&) override {}
-  void copy_from_host(const weft::Tensor&, const void*) override {}
-  void copy(const weft::Tensor&, const weft::Tensor&) override {}
-  void synchronize() override {}
-  void gemm(const weft::GemmArgs&) override {}
-  void add_bias(float*, weft::TypedPtr, int64_t, int64_t) override {}
-  void bias_grad(float*, const float*, int64_t, int64_t) override {}
-  void layernorm_forward(float*, float*, float*, const float*, weft::TypedPtr, weft::TypedPtr, int64_t, int64_t,
-                         float) override {}
-  void layernorm_backward(float*, float*, float*, const float*, const float*, weft::TypedPtr, const float*,
-                          const float*, int64_t, int64_t) override {}
-  void gelu_forward(float*, const float*, int64_t) override {}
-  void gelu_backward(float*, const float*, const float*, int64_t) override {}
-  void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                         const weft::AttentionMask&) override {}
-  void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,
-                          int64_t, int64_t, const weft::AttentionMask&) override {}
-  void embedding_forward(float*, const int32_t*, weft::TypedPtr, int64_t, int64_t, int64_t, int64_t) override {}
-  void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
-  void cross_entropy(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float) override {}
-  void xent_shard_max(float*, float*, const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t) override {}
-  void xent_shard_sum_exp(float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t) override {}
-  void xent_shard_finish(float*, float*, const float*, const int32_t*, const float*, const float*, const float*,
-                         int64_t, int64_t, int64_t, int64_t, float) override {}
-  void add(float*, const float*, const float*, int64_t) override {}
-  void accumulate(float*, const float*, int64_t) override {}
-  void scale(float*, float, int64_t) override {}
-  void fill(float*, float, int64_t) override {}
-  double sum_squares(const float*, int64_t) override { return 0; }
-  double sum(const float*, int64_t) override { return 0; }
-  void adamw(float*, const float*, float*, float*, int64_t, float, float, float, float, float, int64_t,
-             float) override {}
-  void cast(const weft::Tensor&, const weft::Tensor&) override {}
-  void rmsnorm_forward(float*, float*, const float*, weft::TypedPtr, int64_t, int64_t, float) override {}
-  void rmsnorm_backward(float*, float*, const float*, const float*, weft::TypedPtr, const float*, int64_t,
-                        int64_t) override {}
-  void rope_forward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
-  void rope_backward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
-  void swiglu_forward(float*, const float*, const float*, int64_t) override {}
-  void swiglu_backward(float*, float*, const float*, const float*, const float*, int64_t) override {}
-  void gqa_pack(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                int64_t) override {}
-  void gqa_unpack(float*, float*, float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t) override {}
   bool supports_compute_dtype(weft::DType d) const override { return d == weft::DType::F32; }
 };
 
