@@ -47,18 +47,7 @@ VARIANTS = [
     ("llama_init002", ["model.init_std=0.02"], None),
 ]
 
-passed = failed = 0
-
-
-def report(ok, name, detail):
-    global passed, failed
-    passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
-    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
-
-
-def finish():
-    print(f"{passed} passed, {failed} failed", flush=True)
-    sys.exit(0 if failed == 0 and passed > 0 else 1)
+from parity_report import finish, report  # noqa: E402  (the script's folder is on sys.path)
 
 
 try:

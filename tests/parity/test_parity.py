@@ -65,22 +65,7 @@ VARIANTS = [
     ("moe_top1_drop_micro2", "moe_top1_drop", ["batch.micro=2"]),
 ]
 
-passed = 0
-failed = 0
-
-
-def report(ok, name, detail):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
-
-
-def finish():
-    print(f"{passed} passed, {failed} failed", flush=True)
-    sys.exit(0 if failed == 0 and passed > 0 else 1)
+from parity_report import finish, report  # noqa: E402  (the script's folder is on sys.path)
 
 
 try:

@@ -59,20 +59,7 @@ VARIANTS = [
      dict(style="cosine", warmup=3, init_lr=0.0, min_lr=1e-4, decay=STEPS, previous=True, rampup=(1, 1, 12))),
 ]
 
-passed = 0
-failed = 0
-
-
-def report(ok, name, detail):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
-
-
-def finish():
-    print(f"{passed} passed, {failed} failed", flush=True)
-    sys.exit(0 if failed == 0 and passed > 0 else 1)
+from parity_report import finish, report  # noqa: E402  (the script's folder is on sys.path)
 
 
 try:
