@@ -19,12 +19,14 @@ void check_f32(const Tensor& t, int64_t last_dim, const char* what) {
                   shape_str(t.shape()));
 }
 
-// x[0:n] (fp32) as GEMM input of `dtype`: x itself for f32, else a cast copy
-// that `keep` holds until the GEMM ran.
-TypedPtr gemm_input(Backend& be, const float* x, int64_t n, DType dtype, Tensor& keep) {
-  if (dtype == DType::F32) return x;
+// x[0:n] (fp32, or already `dtype`) as GEMM input of `dtype`: x itself when
+// it has that dtype, else a cast copy that `keep` holds until the GEMM ran.
+TypedPtr gemm_input(Backend& be, TypedPtr x, int64_t n, DType dtype, Tensor& keep) {
+  if (x.dtype == dtype) return x;
+  WEFT_ASSERT(x.dtype == DType::F32, std::string("linear: a GEMM input of dtype ") + dtype_name(x.dtype) +
+                                         " with weights of dtype " + dtype_name(dtype));
   auto view = std::make_shared<Storage>();  // non-owning: x belongs to the caller
-  view->data = const_cast<float*>(x);
+  view->data = const_cast<void*>(x.data);
   view->bytes = static_cast<size_t>(n) * sizeof(float);
   view->device = be.device();
   keep = be.alloc_uninitialized({n}, dtype, MemCategory::Workspace);
@@ -68,7 +70,7 @@ void grad_ready(Context& ctx, Param& param) {
 
 // ---------------------------------------------------------------- Linear
 
-void linear_forward(Backend& be, float* y, const float* x, TypedPtr w, int64_t n, int64_t in, int64_t out) {
+void linear_forward(Backend& be, float* y, TypedPtr x, TypedPtr w, int64_t n, int64_t in, int64_t out) {
   Tensor x16;
   GemmArgs g;
   g.trans_b = true;
@@ -79,7 +81,7 @@ void linear_forward(Backend& be, float* y, const float* x, TypedPtr w, int64_t n
   be.gemm(g);
 }
 
-void linear_backward_input(Backend& be, float* dx, const float* dy, TypedPtr w, int64_t n, int64_t in,
+void linear_backward_input(Backend& be, float* dx, TypedPtr dy, TypedPtr w, int64_t n, int64_t in,
                            int64_t out) {
   Tensor dy16;
   GemmArgs g;
@@ -90,7 +92,7 @@ void linear_backward_input(Backend& be, float* dx, const float* dy, TypedPtr w, 
   be.gemm(g);
 }
 
-void linear_backward_weight(Backend& be, float* dw, const float* dy, const float* x, int64_t n, int64_t in,
+void linear_backward_weight(Backend& be, float* dw, TypedPtr dy, TypedPtr x, int64_t n, int64_t in,
                             int64_t out, DType inputs) {
   Tensor dy16, x16;
   GemmArgs g;
@@ -101,6 +103,14 @@ void linear_backward_weight(Backend& be, float* dw, const float* dy, const float
   g.c = dw, g.ldc = in;
   g.beta = 1.f;
   be.gemm(g);
+}
+
+Tensor compute_copy(Backend& be, const Tensor& x, DType dtype, MemCategory category) {
+  if (x.dtype() == dtype) return x;
+  WEFT_ASSERT(x.dtype() == DType::F32, std::string("compute_copy of a ") + dtype_name(x.dtype()) + " tensor");
+  Tensor y = be.alloc_uninitialized(x.shape(), dtype, category);
+  if (x.numel() > 0) be.cast(y, x);
+  return y;
 }
 
 Linear::Linear(const LinearSpec& spec) : Linear(spec.name, spec.in, spec.out, spec.bias, spec.init_std) {}
@@ -117,26 +127,30 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / in_;
   Tensor y = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);  // [..., out]
+  // [..., in] in the compute dtype: what the GEMM reads and backward keeps (x itself in fp32)
+  Tensor xs = compute_copy(be, x, weight_.data.dtype(), MemCategory::Activation);
   if (n > 0) {
-    linear_forward(be, f32(y), f32(x), weight_ptr(weight_), n, in_, out_);
+    linear_forward(be, f32(y), TypedPtr::of(xs), weight_ptr(weight_), n, in_, out_);
     if (has_bias_) be.add_bias(f32(y), weight_ptr(bias_), n, out_);
   }
-  ctx.save(this, {x});
+  ctx.save(this, {xs});
   return y;
 }
 
 Tensor Linear::backward(Context& ctx, const Tensor& dy) {
   check_f32(dy, out_, "Linear dy");
   Backend& be = ctx.backend();
-  Tensor x = ctx.saved(this)[0];  // [..., in]
+  Tensor xs = ctx.saved(this)[0];  // [..., in], compute dtype
   const int64_t n = dy.numel() / out_;
-  WEFT_ASSERT(n * in_ == x.numel(), "Linear dy " + shape_str(dy.shape()) + " does not match input " +
-                                        shape_str(x.shape()));
-  Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
+  WEFT_ASSERT(n * in_ == xs.numel(), "Linear dy " + shape_str(dy.shape()) + " does not match input " +
+                                         shape_str(xs.shape()));
+  Tensor dx = be.alloc_uninitialized(xs.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
   if (n > 0) {
-    linear_backward_weight(be, f32(weight_.grad), f32(dy), f32(x), n, in_, out_, weight_.data.dtype());
+    const DType cdt = weight_.data.dtype();
+    Tensor dys = compute_copy(be, dy, cdt, MemCategory::Workspace);  // [..., out], cast once for both GEMMs
+    linear_backward_weight(be, f32(weight_.grad), TypedPtr::of(dys), TypedPtr::of(xs), n, in_, out_, cdt);
     if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_);
-    linear_backward_input(be, f32(dx), f32(dy), weight_ptr(weight_), n, in_, out_);
+    linear_backward_input(be, f32(dx), TypedPtr::of(dys), weight_ptr(weight_), n, in_, out_);
   }
   ctx.release(this);
   grad_ready(ctx, weight_);
@@ -194,8 +208,12 @@ Tensor TiedOutputLoss::forward(Context& ctx, const Tensor& x) {
   WEFT_ASSERT(x.shape().size() == 3, "tied output input must be [B,T,C], got " + shape_str(x.shape()));
   Backend& be = ctx.backend();
   const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
-  Tensor logits = be.alloc_uninitialized({b, t, vp}, DType::F32, MemCategory::Activation);  // [B,T,Vp]
-  if (n > 0) linear_forward(be, f32(logits), f32(x), weight_ptr(table_), n, c, vp);  // x @ table^T
+  const DType cdt = table_.data.dtype();
+  // [B,T,Vp]; a 16-bit mode keeps only its compute-dtype copy (below), so there it is scratch
+  Tensor logits = be.alloc_uninitialized({b, t, vp}, DType::F32,
+                                         cdt == DType::F32 ? MemCategory::Activation : MemCategory::Workspace);
+  Tensor xs = compute_copy(be, x, cdt, MemCategory::Activation);  // [B,T,C] in the compute dtype
+  if (n > 0) linear_forward(be, f32(logits), TypedPtr::of(xs), weight_ptr(table_), n, c, vp);  // x @ table^T
   if (!ctx.targets.defined()) return logits;  // eval / generation: no backward
   const Tensor& targets = ctx.targets;  // [B,T]
   WEFT_ASSERT(targets.dtype() == DType::I32 && targets.numel() == n,
@@ -207,21 +225,24 @@ Tensor TiedOutputLoss::forward(Context& ctx, const Tensor& x) {
   if (n > 0)
     be.cross_entropy(f32(losses), f32(logits), f32(logits), targets.data<int32_t>(), n, vocab_, vp,
                      ctx.dloss_scale);
-  ctx.save(this, {x, logits});  // logits now holds dlogits [B,T,Vp]
+  // logits now holds dlogits [B,T,Vp]; both backward GEMMs read it in the
+  // compute dtype, so a 16-bit mode keeps only that copy.
+  ctx.save(this, {xs, compute_copy(be, logits, cdt, MemCategory::Activation)});
   return losses;
 }
 
 Tensor TiedOutputLoss::backward(Context& ctx, const Tensor& /*dy: the loss is the end of the graph*/) {
   Backend& be = ctx.backend();
   auto& saved = ctx.saved(this);
-  const Tensor x = saved[0];        // [B,T,C]
-  const Tensor dlogits = saved[1];  // [B,T,Vp], from forward
+  const Tensor x = saved[0];        // [B,T,C], compute dtype
+  const Tensor dlogits = saved[1];  // [B,T,Vp], from forward, compute dtype
   ctx.release(this);
   const int64_t vp = table_.shape.at(0), c = table_.shape.at(1), n = x.dim(0) * x.dim(1);
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C]
   if (n > 0) {
-    linear_backward_input(be, f32(dx), f32(dlogits), weight_ptr(table_), n, c, vp);
-    linear_backward_weight(be, f32(table_.grad), f32(dlogits), f32(x), n, c, vp, table_.data.dtype());
+    linear_backward_input(be, f32(dx), TypedPtr::of(dlogits), weight_ptr(table_), n, c, vp);
+    linear_backward_weight(be, f32(table_.grad), TypedPtr::of(dlogits), TypedPtr::of(x), n, c, vp,
+                           table_.data.dtype());
   }
   return dx;
 }

@@ -551,6 +551,55 @@ TEST_F(NnTest, GptStepsTakeNoFreshBlocksAfterTheFirst) {
   EXPECT_GT(be.cache_hits(), hits + 20);  // and later steps reuse them
 }
 
+// Saved activations in the compute dtype (docs/precision.md): with 16-bit
+// weights every linear layer keeps the 16-bit copy of its input that its GEMM
+// reads, and the output layer keeps dlogits in 16 bits, so the bytes a
+// forward leaves for backward shrink, per token, by 2 bytes for each element of
+//   per block: ln1 out (C), ln2 out (C), gelu out (4C), less the attention
+//              output (C), which attention keeps in fp32 and proj in 16 bits too
+//   head:      lnf out (C), dlogits (Vp)
+// i.e. N (10 L C + 2 C + 2 Vp) bytes, N = B T tokens.
+TEST_F(NnTest, SixteenBitModesSaveLinearInputsAndDlogitsInSixteenBits) {
+  gpt::GptConfig c = tiny_gpt_config();
+  c.layers = 3;
+  c.hidden = 16;
+  c.heads = 2;
+  c.seq_length = 8;
+  const int64_t b = 2, n = b * c.seq_length;
+  std::map<DType, int64_t> saved;
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    gpt::GptModel model(c, nullptr);
+    FlatParams flat = materialize_params(model.params(), be, kTestSeed);
+    std::vector<Tensor> copies;  // the compute copy a precision mode makes
+    if (dt != DType::F32) {
+      for (Param* p : model.params()) {
+        Tensor h = be.alloc(p->shape, dt, MemCategory::Param);
+        be.cast(h, p->data);
+        p->data = h;
+        copies.push_back(h);
+      }
+    }
+    GptBatch batch = tiny_batch(be, 41, b, c.seq_length, c.vocab);
+    Context ctx(be, 0);
+    ctx.targets = batch.targets;
+    ctx.dloss_scale = 1.f / static_cast<float>(n);
+    const int64_t before = be.mem_stats().current[static_cast<int>(MemCategory::Activation)];
+    Tensor x = batch.ids;
+    for (Module* m : model.layers()) x = m->forward(ctx, x);
+    x = Tensor();  // the losses: not saved
+    saved[dt] = be.mem_stats().current[static_cast<int>(MemCategory::Activation)] - before;
+    Tensor d;
+    const auto layers = model.layers();
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) d = (*it)->backward(ctx, d);
+    EXPECT_EQ(be.mem_stats().current[static_cast<int>(MemCategory::Activation)], before)
+        << dtype_name(dt) << ": backward released every saved activation";
+  }
+  const int64_t C = c.hidden, L = c.layers, Vp = c.padded_vocab;
+  EXPECT_GT(saved[DType::F32], 0);
+  EXPECT_EQ(saved[DType::F32] - saved[DType::BF16], n * (10 * L * C + 2 * C + 2 * Vp));
+  EXPECT_EQ(saved[DType::F32] - saved[DType::F16], n * (10 * L * C + 2 * C + 2 * Vp));
+}
+
 TEST_F(NnTest, GptParamNamesAndShapes) {
   gpt::GptModel model(tiny_gpt_config(), nullptr);
   const int64_t C = 12;
