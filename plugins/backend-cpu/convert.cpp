@@ -1,5 +1,7 @@
 // The CPU backend's dtype conversions: widening bf16 / f16 kernel inputs to
-// fp32 (F16C where the CPU has it) and `cast` between f32 and bf16 / f16.
+// fp32 and `cast` between f32 and bf16 / f16, 8 or 16 elements at a time with
+// AVX2 (bf16) and F16C (f16) where the CPU has them, the same bits as the
+// scalar conversions of weft/half.hpp.
 #include "cpu_kernels.hpp"
 
 #include <immintrin.h>
@@ -31,6 +33,38 @@ __attribute__((target("avx,f16c"))) void f32_to_f16_f16c(uint16_t* dst, const fl
   for (; i < n; ++i) dst[i] = float_to_f16(src[i]);
 }
 
+WEFT_AVX2 void bf16_to_f32_avx2(float* dst, const uint16_t* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {  // bf16 is the top half of an fp32
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_slli_epi32(w, 16));
+  }
+  for (; i < n; ++i) dst[i] = bf16_to_float(src[i]);
+}
+
+// float_to_bf16 lane by lane: NaN -> quiet NaN (top bits | 0x40), else
+// (u + 0x7fff + bit 16 of u) >> 16 (round to nearest even, in uint32 as there).
+WEFT_AVX2 void f32_to_bf16_avx2(uint16_t* dst, const float* src, int64_t n) {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+  const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1), quiet = _mm256_set1_epi32(0x40);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256i r[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 8 * h));
+      const __m256i top = _mm256_srli_epi32(u, 16);
+      const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+      const __m256i rounded =
+          _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, _mm256_and_si256(top, one))), 16);
+      r[h] = _mm256_blendv_epi8(rounded, _mm256_or_si256(top, quiet), nan);
+    }
+    // packus works per 128-bit lane: [r0 0-3 | r1 0-3 | r0 4-7 | r1 4-7] -> in order
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r[0], r[1]), 0xd8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), packed);
+  }
+  for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
 // out[0:n] = the fp32 values at p (one row, on the calling thread).
 void widen_row(float* out, TypedPtr p, int64_t n) {
   if (p.dtype == DType::F32) {
@@ -48,7 +82,7 @@ void widen_row(float* out, TypedPtr p, int64_t n) {
 
 // The fp32 values of the n elements at p: p itself when they are fp32, else
 // widened into `scratch` (exact: every bf16 and f16 value is an fp32 value).
-const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& scratch, bool f16c) {
+const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& scratch, bool f16c, bool avx2) {
   if (p.dtype == DType::F32 || n <= 0) return static_cast<const float*>(p.data);
   WEFT_ASSERT(p.dtype == DType::BF16 || p.dtype == DType::F16,
               std::string("cpu backend: a kernel input of dtype ") + dtype_name(p.dtype) + " (f32, bf16, f16 only)");
@@ -57,7 +91,9 @@ const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& 
   float* dst = scratch.data();
   const bool bf16 = p.dtype == DType::BF16;
   pool.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
-    if (bf16) {
+    if (bf16 && avx2) {
+      bf16_to_f32_avx2(dst + i0, src + i0, i1 - i0);
+    } else if (bf16) {
       for (int64_t i = i0; i < i1; ++i) {  // bf16 is the top half of an fp32
         const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
         std::memcpy(dst + i, &u, sizeof u);
@@ -95,9 +131,19 @@ void CpuBackend::cast(const Tensor& dst, const Tensor& src) {
   if (from == to) {
     if (n > 0 && dst.raw() != src.raw()) std::memmove(dst.raw(), src.raw(), src.bytes());
   } else if (from == DType::F32 && to == DType::BF16) {
-    cast_loop(pool_, dst.data<uint16_t>(), src.data<float>(), n, float_to_bf16);
+    uint16_t* d = dst.data<uint16_t>();
+    const float* x = src.data<float>();
+    if (avx2_)
+      pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) { f32_to_bf16_avx2(d + i0, x + i0, i1 - i0); });
+    else
+      cast_loop(pool_, d, x, n, float_to_bf16);
   } else if (from == DType::BF16 && to == DType::F32) {
-    cast_loop(pool_, dst.data<float>(), src.data<uint16_t>(), n, bf16_to_float);
+    float* d = dst.data<float>();
+    const uint16_t* x = src.data<uint16_t>();
+    if (avx2_)
+      pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) { bf16_to_f32_avx2(d + i0, x + i0, i1 - i0); });
+    else
+      cast_loop(pool_, d, x, n, bf16_to_float);
   } else if (from == DType::F32 && to == DType::F16) {
     if (f16c_) {
       uint16_t* d = dst.data<uint16_t>();

@@ -31,11 +31,15 @@ inline int64_t row_grain(int64_t row_len) {
 // even, the same bits as float_to_f16 / f16_to_float).
 void f16_to_f32_f16c(float* dst, const uint16_t* src, int64_t n);
 void f32_to_f16_f16c(uint16_t* dst, const float* src, int64_t n);
+// AVX2: bf16 <-> f32, the same bits as bf16_to_float / float_to_bf16.
+WEFT_AVX2 void bf16_to_f32_avx2(float* dst, const uint16_t* src, int64_t n);
+WEFT_AVX2 void f32_to_bf16_avx2(uint16_t* dst, const float* src, int64_t n);
 // out[0:n] = the fp32 values at p (one row, on the calling thread).
 void widen_row(float* out, TypedPtr p, int64_t n);
 // The fp32 values of the n elements at p: p itself when they are fp32, else
 // widened into `scratch` (exact: every bf16 and f16 value is an fp32 value).
-const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& scratch, bool f16c);
+// f16c, avx2: the CPU's F16C and AVX2 conversions may be used.
+const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& scratch, bool f16c, bool avx2);
 
 // ---- Profile: per-kernel calls, wall time and flops (WEFT_CPU_PROFILE=1)
 

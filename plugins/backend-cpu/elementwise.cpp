@@ -45,7 +45,7 @@ WEFT_DISPATCH(bias_grad_cols,
 void CpuBackend::add_bias(float* out, TypedPtr bias_in, int64_t n, int64_t o) {
   OpTimer timer(profile_.get(), kOpAddBias);
   std::vector<float> wide;
-  const float* bias = widen(pool_, bias_in, o, wide, f16c_);
+  const float* bias = widen(pool_, bias_in, o, wide, f16c_, avx2_);
   pool_.parallel_for(n, row_grain(o), [&](int64_t r0, int64_t r1) {
     if (avx2_) return add_bias_rows_avx2(out, bias, r0, r1, o);
     add_bias_rows_generic(out, bias, r0, r1, o);

@@ -114,11 +114,11 @@ void CpuBackend::gemm(const GemmArgs& args) {
   g.a = widen(pool_, args.a,
               operand_extent(args.trans_a ? args.k : args.m, args.trans_a ? args.m : args.k, args.lda, args.batch,
                              args.stride_a),
-              wide_a, f16c_);
+              wide_a, f16c_, avx2_);
   g.b = widen(pool_, args.b,
               operand_extent(args.trans_b ? args.n : args.k, args.trans_b ? args.k : args.n, args.ldb, args.batch,
                              args.stride_b),
-              wide_b, f16c_);
+              wide_b, f16c_, avx2_);
   g.lda = args.lda, g.ldb = args.ldb;
   g.c = args.c, g.ldc = args.ldc;
   g.batch = args.batch, g.stride_a = args.stride_a, g.stride_b = args.stride_b, g.stride_c = args.stride_c;

@@ -225,6 +225,46 @@ TEST_P(DTypeKernels, CastRoundTripAndSupport) {
   expect_bits(got, widen(narrow(x, dt), dt), "cast round trip");
 }
 
+// The vector conversions (AVX2 for bf16, F16C for f16) against the scalar
+// ones of weft/half.hpp, bit for bit, in both directions: NaN (signalling
+// and quiet, both signs), infinities, zeros, subnormals, ties at the rounding
+// boundary, overflow to inf, and random bit patterns; lengths that leave
+// tails of every size. Also the baseline build (vector kernels off).
+TEST_P(DTypeKernels, CastMatchesTheScalarConversionsBitForBit) {
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7f800001u, 0xff800001u,
+                                0x7fc00000u, 0xffffffffu, 0x7fffffffu, 0x00000001u, 0x807fffffu, 0x3f808000u,
+                                0x3f818000u, 0x3f80c000u, 0x7f7fffffu, 0xff7fffffu, 0x477ff000u, 0x477fefffu,
+                                0x38800000u, 0x33800000u, 0x33000001u, 0x3f800000u, 0xbf7fff80u};
+  std::mt19937 gen(5);
+  while (bits.size() < 4099) bits.push_back(static_cast<uint32_t>(gen()));
+  for (bool vector_kernels : {true, false}) {
+    CpuBackend backend(std::get<0>(GetParam()), vector_kernels);
+    for (int64_t n : {int64_t{4099}, int64_t{16}, int64_t{15}, int64_t{7}, int64_t{1}}) {
+      Vec x(n);
+      std::memcpy(x.data(), bits.data(), n * sizeof(float));
+      weft::Tensor src = backend.alloc({n}, DType::F32, weft::MemCategory::Workspace);
+      weft::Tensor mid = backend.alloc({n}, dt, weft::MemCategory::Workspace);
+      weft::Tensor back = backend.alloc({n}, DType::F32, weft::MemCategory::Workspace);
+      backend.copy_from_host(src, x.data());
+      backend.cast(mid, src);
+      backend.cast(back, mid);
+      Half got16(n);
+      backend.copy_to_host(got16.data(), mid);
+      const Half want16 = narrow(x, dt);
+      const std::string what = std::string(vector_kernels ? "vector" : "baseline") + " n " + std::to_string(n);
+      int misses = 0;
+      for (int64_t i = 0; i < n; ++i)
+        if (got16[i] != want16[i] && ++misses <= 5)
+          ADD_FAILURE() << what << ": f32 bits " << std::hex << bits[i] << " -> " << got16[i] << ", scalar "
+                        << want16[i];
+      EXPECT_EQ(misses, 0) << what;
+      Vec got(n);
+      backend.copy_to_host(got.data(), back);
+      expect_bits(got, widen(want16, dt), what + " widening");
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Threads, DTypeKernels,
                          ::testing::Combine(::testing::Values(1, 3), ::testing::Values(DType::BF16, DType::F16)),
                          [](const auto& info) {
