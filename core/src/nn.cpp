@@ -393,10 +393,14 @@ MLP::MLP(std::string name, int64_t dim, LayerProvider& layers, float init_std, f
 
 Tensor MLP::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
-  Tensor h = fc_->forward(ctx, x);                                      // [..., 4c]
+  // GeLU's input [..., 4c] in the compute dtype (the fc weights'): what GeLU
+  // reads forward and backward, so a 16-bit mode keeps it at 2 bytes (h itself in fp32)
+  std::vector<Param*> fc_params;
+  fc_->collect_params(fc_params);
+  Tensor h = compute_copy(be, fc_->forward(ctx, x), fc_params.at(0)->data.dtype(), MemCategory::Activation);
   Tensor a = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Activation);  // [..., 4c] = gelu(h)
-  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_forward(f32(a), f32(h), h.numel());
-  if (h.numel() > 0 && !gelu_erf_) be.gelu_forward(f32(a), f32(h), h.numel());
+  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_forward(f32(a), TypedPtr::of(h), h.numel());
+  if (h.numel() > 0 && !gelu_erf_) be.gelu_forward(f32(a), TypedPtr::of(h), h.numel());
   ctx.save(this, {h});
   return proj_->forward(ctx, a);  // [..., C]
 }
@@ -407,8 +411,8 @@ Tensor MLP::backward(Context& ctx, const Tensor& dy) {
   Tensor h = ctx.saved(this)[0];
   WEFT_ASSERT(da.numel() == h.numel(), "MLP gradient does not match its hidden activation");
   Tensor dh = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Workspace);  // [..., 4c]
-  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_backward(f32(dh), f32(h), f32(da), h.numel());
-  if (h.numel() > 0 && !gelu_erf_) be.gelu_backward(f32(dh), f32(h), f32(da), h.numel());
+  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_backward(f32(dh), TypedPtr::of(h), f32(da), h.numel());
+  if (h.numel() > 0 && !gelu_erf_) be.gelu_backward(f32(dh), TypedPtr::of(h), f32(da), h.numel());
   ctx.release(this);
   h = Tensor();
   da = Tensor();

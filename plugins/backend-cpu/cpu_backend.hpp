@@ -64,8 +64,8 @@ class CpuBackend final : public Backend {
   void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
                           TypedPtr w, const float* mean, const float* rstd, int64_t n,
                           int64_t c) override;
-  void gelu_forward(float* out, const float* x, int64_t n) override;
-  void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) override;
+  void gelu_forward(float* out, TypedPtr x, int64_t n) override;
+  void gelu_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
 
   void attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c,
                          int64_t h, const AttentionMask& mask = {}) override;
@@ -73,8 +73,8 @@ class CpuBackend final : public Backend {
                           const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                           const AttentionMask& mask = {}) override;
   void dropout(float* x, int64_t b, int64_t t, int64_t c, const DropoutArgs& args) override;  // dropout.cpp
-  void gelu_erf_forward(float* out, const float* x, int64_t n) override;                      // gelu_erf.cpp
-  void gelu_erf_backward(float* dx, const float* x, const float* dout, int64_t n) override;
+  void gelu_erf_forward(float* out, TypedPtr x, int64_t n) override;                          // gelu_erf.cpp
+  void gelu_erf_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
 
   void embedding_forward(float* out, const int32_t* ids, TypedPtr table, int64_t n, int64_t c,
                          int64_t first, int64_t rows) override;

@@ -1,6 +1,7 @@
 // The CPU backend's elementwise kernels and reductions: bias add and its
-// gradient, GeLU (tanh form), add, accumulate, scale, fill, sum and sum of
-// squares (fixed blocks in double, independent of the thread count).
+// gradient, GeLU (tanh form; 16-bit inputs widened first), add, accumulate,
+// scale, fill, sum and sum of squares (fixed blocks in double, independent of
+// the thread count).
 #include "cpu_kernels.hpp"
 
 #include <immintrin.h>
@@ -117,16 +118,20 @@ WEFT_AVX2_FMA void gelu_backward_avx2(float* dx, const float* x, const float* do
 
 }  // namespace
 
-void CpuBackend::gelu_forward(float* out, const float* x, int64_t n) {
+void CpuBackend::gelu_forward(float* out, TypedPtr x_in, int64_t n) {
   OpTimer timer(profile_.get(), kOpGeluFwd);
+  std::vector<float> wide;
+  const float* x = widen(pool_, x_in, n, wide, f16c_, avx2_);  // [n] fp32
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     if (avx2_) return gelu_forward_avx2(out + i0, x + i0, i1 - i0);
     for (int64_t i = i0; i < i1; ++i) out[i] = x[i] * gelu_s(x[i]);
   });
 }
 
-void CpuBackend::gelu_backward(float* dx, const float* x, const float* dout, int64_t n) {
+void CpuBackend::gelu_backward(float* dx, TypedPtr x_in, const float* dout, int64_t n) {
   OpTimer timer(profile_.get(), kOpGeluBwd);
+  std::vector<float> wide;
+  const float* x = widen(pool_, x_in, n, wide, f16c_, avx2_);  // [n] fp32
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     if (avx2_) return gelu_backward_avx2(dx + i0, x + i0, dout + i0, i1 - i0);
     for (int64_t i = i0; i < i1; ++i) {

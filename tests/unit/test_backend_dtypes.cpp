@@ -138,6 +138,32 @@ TEST_P(DTypeKernels, AddBiasMatchesFp32) {
   expect_within(got, fp32, bound, "add_bias (tolerance)");
 }
 
+// GeLU (tanh and erf forms) of a 16-bit input: forward and backward give the
+// fp32 kernel's bits on the widened input (the tolerance against unrounded
+// inputs is the function's own sensitivity, not the kernel's: not checked).
+TEST_P(DTypeKernels, GeluOfSixteenBitInputsMatchesFp32OnWidenedInputs) {
+  const int64_t n = 4099;  // chunks and vector tails
+  const Vec x = random_vec(n, 3, -6.f, 6.f), dout = random_vec(n, 4);
+  const Half xh = narrow(x, dt);
+  const Vec xw = widen(xh, dt);
+  for (bool erf : {false, true}) {
+    Vec got(n), want(n), dgot(n), dwant(n);
+    if (erf) {
+      be.gelu_erf_forward(got.data(), TypedPtr(xh.data(), dt), n);
+      be.gelu_erf_forward(want.data(), xw.data(), n);
+      be.gelu_erf_backward(dgot.data(), TypedPtr(xh.data(), dt), dout.data(), n);
+      be.gelu_erf_backward(dwant.data(), xw.data(), dout.data(), n);
+    } else {
+      be.gelu_forward(got.data(), TypedPtr(xh.data(), dt), n);
+      be.gelu_forward(want.data(), xw.data(), n);
+      be.gelu_backward(dgot.data(), TypedPtr(xh.data(), dt), dout.data(), n);
+      be.gelu_backward(dwant.data(), xw.data(), dout.data(), n);
+    }
+    expect_bits(got, want, erf ? "gelu_erf_forward" : "gelu_forward");
+    expect_bits(dgot, dwant, erf ? "gelu_erf_backward" : "gelu_backward");
+  }
+}
+
 // LayerNorm forward with 16-bit weight and bias: out = xhat w + b, so the
 // output moves by at most u(|xhat||w| + |b|) (+ fp32 roundings). Statistics
 // (mean, rstd) do not depend on the weights: equal bits. Backward with a
