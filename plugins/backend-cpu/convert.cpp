@@ -110,10 +110,14 @@ const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& 
 }  // namespace cpu
 
 namespace {
-template <class Src, class Dst, class Conv>
-void cast_loop(ThreadPool& pool, Dst* dst, const Src* src, int64_t n, Conv conv) {
+// dst[0:n] = src converted on the pool: `vector_fn` over each chunk where the
+// CPU has its instructions (`vector`), else `scalar` element by element.
+template <class Src, class Dst, class VectorFn, class Scalar>
+void convert(ThreadPool& pool, Dst* dst, const Src* src, int64_t n, bool vector, VectorFn vector_fn,
+             Scalar scalar) {
   pool.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) dst[i] = conv(src[i]);
+    if (vector) return vector_fn(dst + i0, src + i0, i1 - i0);
+    for (int64_t i = i0; i < i1; ++i) dst[i] = scalar(src[i]);
   });
 }
 }  // namespace
@@ -131,35 +135,13 @@ void CpuBackend::cast(const Tensor& dst, const Tensor& src) {
   if (from == to) {
     if (n > 0 && dst.raw() != src.raw()) std::memmove(dst.raw(), src.raw(), src.bytes());
   } else if (from == DType::F32 && to == DType::BF16) {
-    uint16_t* d = dst.data<uint16_t>();
-    const float* x = src.data<float>();
-    if (avx2_)
-      pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) { f32_to_bf16_avx2(d + i0, x + i0, i1 - i0); });
-    else
-      cast_loop(pool_, d, x, n, float_to_bf16);
+    convert(pool_, dst.data<uint16_t>(), src.data<float>(), n, avx2_, f32_to_bf16_avx2, float_to_bf16);
   } else if (from == DType::BF16 && to == DType::F32) {
-    float* d = dst.data<float>();
-    const uint16_t* x = src.data<uint16_t>();
-    if (avx2_)
-      pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) { bf16_to_f32_avx2(d + i0, x + i0, i1 - i0); });
-    else
-      cast_loop(pool_, d, x, n, bf16_to_float);
+    convert(pool_, dst.data<float>(), src.data<uint16_t>(), n, avx2_, bf16_to_f32_avx2, bf16_to_float);
   } else if (from == DType::F32 && to == DType::F16) {
-    if (f16c_) {
-      uint16_t* d = dst.data<uint16_t>();
-      const float* x = src.data<float>();
-      pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) { f32_to_f16_f16c(d + i0, x + i0, i1 - i0); });
-    } else {
-      cast_loop(pool_, dst.data<uint16_t>(), src.data<float>(), n, float_to_f16);
-    }
+    convert(pool_, dst.data<uint16_t>(), src.data<float>(), n, f16c_, f32_to_f16_f16c, float_to_f16);
   } else if (from == DType::F16 && to == DType::F32) {
-    if (f16c_) {
-      float* d = dst.data<float>();
-      const uint16_t* x = src.data<uint16_t>();
-      pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) { f16_to_f32_f16c(d + i0, x + i0, i1 - i0); });
-    } else {
-      cast_loop(pool_, dst.data<float>(), src.data<uint16_t>(), n, f16_to_float);
-    }
+    convert(pool_, dst.data<float>(), src.data<uint16_t>(), n, f16c_, f16_to_f32_f16c, f16_to_float);
   } else {
     throw Error(std::string("cpu backend: cast from ") + dtype_name(from) + " to " + dtype_name(to) +
                 " is not supported (f32<->bf16, f32<->f16, same dtype)");

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
@@ -233,22 +234,28 @@ TEST_P(DTypeKernels, EmbeddingMatchesFp32) {
   expect_within(got, fp32, bound, "embedding_forward (tolerance)");
 }
 
+// x cast to `dtype` by the backend, and that cast back to f32.
+std::pair<Half, Vec> cast_both_ways(CpuBackend& backend, const Vec& x, DType dtype) {
+  const int64_t n = static_cast<int64_t>(x.size());
+  weft::Tensor src = backend.alloc({n}, DType::F32, weft::MemCategory::Workspace);
+  weft::Tensor mid = backend.alloc({n}, dtype, weft::MemCategory::Workspace);
+  weft::Tensor back = backend.alloc({n}, DType::F32, weft::MemCategory::Workspace);
+  backend.copy_from_host(src, x.data());
+  backend.cast(mid, src);
+  backend.cast(back, mid);
+  std::pair<Half, Vec> out{Half(n), Vec(n)};
+  backend.copy_to_host(out.first.data(), mid);
+  backend.copy_to_host(out.second.data(), back);
+  return out;
+}
+
 TEST_P(DTypeKernels, CastRoundTripAndSupport) {
   EXPECT_TRUE(be.supports_compute_dtype(dt));
   EXPECT_TRUE(be.supports_compute_dtype(DType::F32));
   EXPECT_FALSE(be.supports_compute_dtype(DType::I32));
   // cast f32 -> 16-bit -> f32 equals the scalar round to nearest even, odd length.
-  const int64_t n = 100003;
-  Vec x = random_vec(n, 11, -1000.f, 1000.f);
-  weft::Tensor src = be.alloc({n}, DType::F32, weft::MemCategory::Workspace);
-  weft::Tensor mid = be.alloc({n}, dt, weft::MemCategory::Workspace);
-  weft::Tensor back = be.alloc({n}, DType::F32, weft::MemCategory::Workspace);
-  be.copy_from_host(src, x.data());
-  be.cast(mid, src);
-  be.cast(back, mid);
-  Vec got(n);
-  be.copy_to_host(got.data(), back);
-  expect_bits(got, widen(narrow(x, dt), dt), "cast round trip");
+  const Vec x = random_vec(100003, 11, -1000.f, 1000.f);
+  expect_bits(cast_both_ways(be, x, dt).second, widen(narrow(x, dt), dt), "cast round trip");
 }
 
 // The vector conversions (AVX2 for bf16, F16C for f16) against the scalar
@@ -268,14 +275,7 @@ TEST_P(DTypeKernels, CastMatchesTheScalarConversionsBitForBit) {
     for (int64_t n : {int64_t{4099}, int64_t{16}, int64_t{15}, int64_t{7}, int64_t{1}}) {
       Vec x(n);
       std::memcpy(x.data(), bits.data(), n * sizeof(float));
-      weft::Tensor src = backend.alloc({n}, DType::F32, weft::MemCategory::Workspace);
-      weft::Tensor mid = backend.alloc({n}, dt, weft::MemCategory::Workspace);
-      weft::Tensor back = backend.alloc({n}, DType::F32, weft::MemCategory::Workspace);
-      backend.copy_from_host(src, x.data());
-      backend.cast(mid, src);
-      backend.cast(back, mid);
-      Half got16(n);
-      backend.copy_to_host(got16.data(), mid);
+      const auto [got16, back] = cast_both_ways(backend, x, dt);
       const Half want16 = narrow(x, dt);
       const std::string what = std::string(vector_kernels ? "vector" : "baseline") + " n " + std::to_string(n);
       int misses = 0;
@@ -284,9 +284,7 @@ TEST_P(DTypeKernels, CastMatchesTheScalarConversionsBitForBit) {
           ADD_FAILURE() << what << ": f32 bits " << std::hex << bits[i] << " -> " << got16[i] << ", scalar "
                         << want16[i];
       EXPECT_EQ(misses, 0) << what;
-      Vec got(n);
-      backend.copy_to_host(got.data(), back);
-      expect_bits(got, widen(want16, dt), what + " widening");
+      expect_bits(back, widen(want16, dt), what + " widening");
     }
   }
 }

@@ -520,6 +520,17 @@ GptBatch tiny_batch(Backend& be, uint64_t stream, int64_t b = 2, int64_t t = 5, 
   return {ids_to_device(be, {b, t}, ids), ids_to_device(be, {b, t}, tg)};
 }
 
+// The model's layers in order on one microbatch: per-token losses [B,T].
+Tensor forward_layers(Context& ctx, const std::vector<Module*>& layers, Tensor x) {
+  for (Module* m : layers) x = m->forward(ctx, x);
+  return x;
+}
+
+void backward_layers(Context& ctx, const std::vector<Module*>& layers) {
+  Tensor d;
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) d = (*it)->backward(ctx, d);
+}
+
 // After the first training step, every block of 64 KiB or more that a step
 // allocates (activations, workspace, logits) comes from the backend's block
 // cache: the steady state maps no fresh memory.
@@ -538,10 +549,8 @@ TEST_F(NnTest, GptStepsTakeNoFreshBlocksAfterTheFirst) {
     Context ctx(be, 0);
     ctx.targets = batch.targets;
     ctx.dloss_scale = 1.f / 256.f;
-    Tensor x = batch.ids;
-    for (Module* m : layers) x = m->forward(ctx, x);
-    Tensor d;
-    for (auto it = layers.rbegin(); it != layers.rend(); ++it) d = (*it)->backward(ctx, d);
+    forward_layers(ctx, layers, batch.ids);
+    backward_layers(ctx, layers);
   };
   step();
   const int64_t misses = be.cache_misses(), hits = be.cache_hits();
@@ -572,13 +581,11 @@ TEST_F(NnTest, SixteenBitModesSaveLinearInputsAndDlogitsInSixteenBits) {
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     gpt::GptModel model(c, nullptr);
     FlatParams flat = materialize_params(model.params(), be, kTestSeed);
-    std::vector<Tensor> copies;  // the compute copy a precision mode makes
     if (dt != DType::F32) {
-      for (Param* p : model.params()) {
+      for (Param* p : model.params()) {  // the compute copy a precision mode makes
         Tensor h = be.alloc(p->shape, dt, MemCategory::Param);
         be.cast(h, p->data);
         p->data = h;
-        copies.push_back(h);
       }
     }
     GptBatch batch = tiny_batch(be, 41, b, c.seq_length, c.vocab);
@@ -586,13 +593,9 @@ TEST_F(NnTest, SixteenBitModesSaveLinearInputsAndDlogitsInSixteenBits) {
     ctx.targets = batch.targets;
     ctx.dloss_scale = 1.f / static_cast<float>(n);
     const int64_t before = be.mem_stats().current[static_cast<int>(MemCategory::Activation)];
-    Tensor x = batch.ids;
-    for (Module* m : model.layers()) x = m->forward(ctx, x);
-    x = Tensor();  // the losses: not saved
+    forward_layers(ctx, model.layers(), batch.ids);  // the losses it returns are not saved
     saved[dt] = be.mem_stats().current[static_cast<int>(MemCategory::Activation)] - before;
-    Tensor d;
-    const auto layers = model.layers();
-    for (auto it = layers.rbegin(); it != layers.rend(); ++it) d = (*it)->backward(ctx, d);
+    backward_layers(ctx, model.layers());
     EXPECT_EQ(be.mem_stats().current[static_cast<int>(MemCategory::Activation)], before)
         << dtype_name(dt) << ": backward released every saved activation";
   }
