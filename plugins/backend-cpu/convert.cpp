@@ -80,17 +80,17 @@ void widen_row(float* out, TypedPtr p, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = f16_to_float(src[i]);
 }
 
-// The fp32 values of the n elements at p: p itself when they are fp32, else
-// widened into `scratch` (exact: every bf16 and f16 value is an fp32 value).
-const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& scratch, bool f16c, bool avx2) {
+}  // namespace cpu
+
+const float* CpuBackend::widen(TypedPtr p, int64_t n, Tensor& scratch) {
   if (p.dtype == DType::F32 || n <= 0) return static_cast<const float*>(p.data);
   WEFT_ASSERT(p.dtype == DType::BF16 || p.dtype == DType::F16,
               std::string("cpu backend: a kernel input of dtype ") + dtype_name(p.dtype) + " (f32, bf16, f16 only)");
-  scratch.resize(static_cast<size_t>(n));
+  scratch = alloc_uninitialized({n}, DType::F32, MemCategory::Workspace);  // [n]
   const uint16_t* src = static_cast<const uint16_t*>(p.data);
-  float* dst = scratch.data();
-  const bool bf16 = p.dtype == DType::BF16;
-  pool.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
+  float* dst = scratch.data<float>();
+  const bool bf16 = p.dtype == DType::BF16, avx2 = avx2_, f16c = f16c_;
+  pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     if (bf16 && avx2) {
       bf16_to_f32_avx2(dst + i0, src + i0, i1 - i0);
     } else if (bf16) {
@@ -106,8 +106,6 @@ const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& 
   });
   return dst;
 }
-
-}  // namespace cpu
 
 namespace {
 // dst[0:n] = src converted on the pool: `vector_fn` over each chunk where the

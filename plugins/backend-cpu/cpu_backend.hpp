@@ -143,6 +143,10 @@ class CpuBackend final : public Backend {
     int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
   };
   Tensor allocate(const Shape& shape, DType dtype, MemCategory category, bool zero);
+  // The fp32 values of the n elements at p (convert.cpp): p itself when they
+  // are fp32, else widened into `scratch`, a Workspace tensor from the block
+  // cache (exact: every bf16 and f16 value is an fp32 value).
+  const float* widen(TypedPtr p, int64_t n, Tensor& scratch);
   void gemm_serial(const Sgemm& g);
   void gemm_split_k(const Sgemm& g);
 

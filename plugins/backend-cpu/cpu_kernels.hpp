@@ -36,10 +36,6 @@ WEFT_AVX2 void bf16_to_f32_avx2(float* dst, const uint16_t* src, int64_t n);
 WEFT_AVX2 void f32_to_bf16_avx2(uint16_t* dst, const float* src, int64_t n);
 // out[0:n] = the fp32 values at p (one row, on the calling thread).
 void widen_row(float* out, TypedPtr p, int64_t n);
-// The fp32 values of the n elements at p: p itself when they are fp32, else
-// widened into `scratch` (exact: every bf16 and f16 value is an fp32 value).
-// f16c, avx2: the CPU's F16C and AVX2 conversions may be used.
-const float* widen(ThreadPool& pool, TypedPtr p, int64_t n, std::vector<float>& scratch, bool f16c, bool avx2);
 
 // ---- Profile: per-kernel calls, wall time and flops (WEFT_CPU_PROFILE=1)
 

@@ -45,8 +45,8 @@ WEFT_DISPATCH(bias_grad_cols,
 
 void CpuBackend::add_bias(float* out, TypedPtr bias_in, int64_t n, int64_t o) {
   OpTimer timer(profile_.get(), kOpAddBias);
-  std::vector<float> wide;
-  const float* bias = widen(pool_, bias_in, o, wide, f16c_, avx2_);
+  Tensor wide;
+  const float* bias = widen(bias_in, o, wide);
   pool_.parallel_for(n, row_grain(o), [&](int64_t r0, int64_t r1) {
     if (avx2_) return add_bias_rows_avx2(out, bias, r0, r1, o);
     add_bias_rows_generic(out, bias, r0, r1, o);
@@ -120,8 +120,8 @@ WEFT_AVX2_FMA void gelu_backward_avx2(float* dx, const float* x, const float* do
 
 void CpuBackend::gelu_forward(float* out, TypedPtr x_in, int64_t n) {
   OpTimer timer(profile_.get(), kOpGeluFwd);
-  std::vector<float> wide;
-  const float* x = widen(pool_, x_in, n, wide, f16c_, avx2_);  // [n] fp32
+  Tensor wide;
+  const float* x = widen(x_in, n, wide);  // [n] fp32
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     if (avx2_) return gelu_forward_avx2(out + i0, x + i0, i1 - i0);
     for (int64_t i = i0; i < i1; ++i) out[i] = x[i] * gelu_s(x[i]);
@@ -130,8 +130,8 @@ void CpuBackend::gelu_forward(float* out, TypedPtr x_in, int64_t n) {
 
 void CpuBackend::gelu_backward(float* dx, TypedPtr x_in, const float* dout, int64_t n) {
   OpTimer timer(profile_.get(), kOpGeluBwd);
-  std::vector<float> wide;
-  const float* x = widen(pool_, x_in, n, wide, f16c_, avx2_);  // [n] fp32
+  Tensor wide;
+  const float* x = widen(x_in, n, wide);  // [n] fp32
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
     if (avx2_) return gelu_backward_avx2(dx + i0, x + i0, dout + i0, i1 - i0);
     for (int64_t i = i0; i < i1; ++i) {

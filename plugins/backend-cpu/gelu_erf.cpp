@@ -18,8 +18,8 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 }  // namespace
 
 void CpuBackend::gelu_erf_forward(float* out, TypedPtr x_in, int64_t n) {
-  std::vector<float> wide;
-  const float* x = cpu::widen(pool_, x_in, n, wide, f16c_, avx2_);  // [n] fp32
+  Tensor wide;
+  const float* x = widen(x_in, n, wide);  // [n] fp32
   pool_.parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double v = x[i];
@@ -29,8 +29,8 @@ void CpuBackend::gelu_erf_forward(float* out, TypedPtr x_in, int64_t n) {
 }
 
 void CpuBackend::gelu_erf_backward(float* dx, TypedPtr x_in, const float* dout, int64_t n) {
-  std::vector<float> wide;
-  const float* x = cpu::widen(pool_, x_in, n, wide, f16c_, avx2_);  // [n] fp32
+  Tensor wide;
+  const float* x = widen(x_in, n, wide);  // [n] fp32
   pool_.parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double v = x[i];

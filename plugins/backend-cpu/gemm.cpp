@@ -106,26 +106,26 @@ int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, int64_t batch, in
 void CpuBackend::gemm(const GemmArgs& args) {
   WEFT_ASSERT(args.m >= 0 && args.n >= 0 && args.k >= 0 && args.batch >= 0, "gemm: negative size");
   if (args.m == 0 || args.n == 0 || args.batch == 0) return;
-  std::vector<float> wide_a, wide_b;
+  const double flops = 2.0 * static_cast<double>(args.m) * static_cast<double>(args.n) *
+                       static_cast<double>(args.k) * static_cast<double>(args.batch);
+  OpTimer timer(profile_.get(), static_cast<Op>(kOpGemmNN + 2 * args.trans_a + args.trans_b), flops);  // with the widening
+  Tensor wide_a, wide_b;
   Sgemm g;
   g.trans_a = args.trans_a, g.trans_b = args.trans_b;
   g.m = args.m, g.n = args.n, g.k = args.k;
   g.alpha = args.alpha, g.beta = args.beta;
-  g.a = widen(pool_, args.a,
+  g.a = widen(args.a,
               operand_extent(args.trans_a ? args.k : args.m, args.trans_a ? args.m : args.k, args.lda, args.batch,
                              args.stride_a),
-              wide_a, f16c_, avx2_);
-  g.b = widen(pool_, args.b,
+              wide_a);
+  g.b = widen(args.b,
               operand_extent(args.trans_b ? args.n : args.k, args.trans_b ? args.k : args.n, args.ldb, args.batch,
                              args.stride_b),
-              wide_b, f16c_, avx2_);
+              wide_b);
   g.lda = args.lda, g.ldb = args.ldb;
   g.c = args.c, g.ldc = args.ldc;
   g.batch = args.batch, g.stride_a = args.stride_a, g.stride_b = args.stride_b, g.stride_c = args.stride_c;
   WEFT_ASSERT(g.ldc >= g.n, "gemm: ldc < n");
-  const double flops = 2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) *
-                       static_cast<double>(g.batch);
-  OpTimer timer(profile_.get(), static_cast<Op>(kOpGemmNN + 2 * g.trans_a + g.trans_b), flops);
   if (g.k == 0) {  // C = beta * C
     for (int64_t bi = 0; bi < g.batch; ++bi) {
       float* c = g.c + bi * g.stride_c;

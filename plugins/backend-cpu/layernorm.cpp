@@ -123,9 +123,9 @@ WEFT_DISPATCH(layernorm_param_grad_cols,
 void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* x, TypedPtr w_in,
                                    TypedPtr b_in, int64_t n, int64_t c, float eps) {
   OpTimer timer(profile_.get(), kOpLnFwd);
-  std::vector<float> wide_w, wide_b;
-  const float* w = widen(pool_, w_in, c, wide_w, f16c_, avx2_);
-  const float* b = widen(pool_, b_in, c, wide_b, f16c_, avx2_);
+  Tensor wide_w, wide_b;
+  const float* w = widen(w_in, c, wide_w);
+  const float* b = widen(b_in, c, wide_b);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     if (avx2_) return layernorm_forward_rows_avx2(out, mean, rstd, x, w, b, r0, r1, c, eps);
     layernorm_forward_rows_generic(out, mean, rstd, x, w, b, r0, r1, c, eps);
@@ -135,8 +135,8 @@ void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const f
 void CpuBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
                                     TypedPtr w_in, const float* mean, const float* rstd, int64_t n, int64_t c) {
   OpTimer timer(profile_.get(), kOpLnBwd);
-  std::vector<float> wide_w;
-  const float* w = widen(pool_, w_in, c, wide_w, f16c_, avx2_);
+  Tensor wide_w;
+  const float* w = widen(w_in, c, wide_w);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     std::vector<float> tmp(2 * c);
     if (avx2_) return layernorm_backward_rows_avx2(dx, dout, x, w, mean, rstd, tmp.data(), r0, r1, c);
