@@ -11,12 +11,17 @@ namespace {
 
 float* f32(const Tensor& t) { return t.data<float>(); }
 
-void check_f32(const Tensor& t, int64_t last_dim, const char* what) {
+void check_shape(const Tensor& t, int64_t last_dim, const char* what) {
   WEFT_ASSERT(t.defined(), std::string(what) + ": undefined tensor");
-  WEFT_ASSERT(t.dtype() == DType::F32, std::string(what) + ": expected f32, got " + dtype_name(t.dtype()));
   WEFT_ASSERT(!t.shape().empty() && t.dim(-1) == last_dim,
               std::string(what) + ": expected last dim " + std::to_string(last_dim) + ", got " +
                   shape_str(t.shape()));
+}
+
+void check_f32(const Tensor& t, int64_t last_dim, const char* what) {
+  WEFT_ASSERT(t.defined(), std::string(what) + ": undefined tensor");
+  WEFT_ASSERT(t.dtype() == DType::F32, std::string(what) + ": expected f32, got " + dtype_name(t.dtype()));
+  check_shape(t, last_dim, what);
 }
 
 // x[0:n] (fp32, or already `dtype`) as GEMM input of `dtype`: x itself when
@@ -113,6 +118,12 @@ Tensor compute_copy(Backend& be, const Tensor& x, DType dtype, MemCategory categ
   return y;
 }
 
+DType weights_dtype(Module& m) {
+  std::vector<Param*> params;
+  m.collect_params(params);
+  return params.empty() || !params[0]->data.defined() ? DType::F32 : params[0]->data.dtype();
+}
+
 Linear::Linear(const LinearSpec& spec) : Linear(spec.name, spec.in, spec.out, spec.bias, spec.init_std) {}
 
 Linear::Linear(std::string name, int64_t in, int64_t out, bool bias, float init_std)
@@ -123,7 +134,9 @@ Linear::Linear(std::string name, int64_t in, int64_t out, bool bias, float init_
 }
 
 Tensor Linear::forward(Context& ctx, const Tensor& x) {
-  check_f32(x, in_, "Linear input");
+  // x: fp32, or already in the compute dtype (a copy several layers share)
+  if (x.defined() && x.dtype() == weight_.data.dtype()) check_shape(x, in_, "Linear input");
+  else check_f32(x, in_, "Linear input");
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / in_;
   Tensor y = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);  // [..., out]
@@ -395,9 +408,7 @@ Tensor MLP::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
   // GeLU's input [..., 4c] in the compute dtype (the fc weights'): what GeLU
   // reads forward and backward, so a 16-bit mode keeps it at 2 bytes (h itself in fp32)
-  std::vector<Param*> fc_params;
-  fc_->collect_params(fc_params);
-  Tensor h = compute_copy(be, fc_->forward(ctx, x), fc_params.at(0)->data.dtype(), MemCategory::Activation);
+  Tensor h = compute_copy(be, fc_->forward(ctx, x), weights_dtype(*fc_), MemCategory::Activation);
   Tensor a = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Activation);  // [..., 4c] = gelu(h)
   if (h.numel() > 0 && gelu_erf_) be.gelu_erf_forward(f32(a), TypedPtr::of(h), h.numel());
   if (h.numel() > 0 && !gelu_erf_) be.gelu_forward(f32(a), TypedPtr::of(h), h.numel());

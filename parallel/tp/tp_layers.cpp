@@ -88,7 +88,8 @@ ColumnParallelLinear::ColumnParallelLinear(const LinearSpec& spec, const TpGroup
 }
 
 Tensor ColumnParallelLinear::forward(Context& ctx, const Tensor& x) {
-  check_input(x, in_, weight_.name);
+  // x: fp32, or (without sequence parallelism) already in the compute dtype, a copy several layers share
+  if (group_.sequence_parallel || x.dtype() != weight_.data.dtype()) check_input(x, in_, weight_.name);
   Backend& be = ctx.backend();
   // [B,T,in] in the compute dtype: what the GEMM reads and backward keeps
   Tensor xf = nn::compute_copy(be, to_full_sequence(ctx, group_, x, MemCategory::Activation), weight_.data.dtype(),

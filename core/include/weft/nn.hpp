@@ -54,6 +54,8 @@ void linear_backward_weight(Backend& be, float* dw, TypedPtr dy, TypedPtr x, int
 // the same 16-bit values), so 16-bit modes keep those activations at half
 // the bytes (docs/precision.md).
 Tensor compute_copy(Backend& be, const Tensor& x, DType dtype, MemCategory category);
+// The dtype of the weights `m` computes with: its first parameter's (F32 without any).
+DType weights_dtype(Module& m);
 
 // y[..., out] = x[..., in] W^T + b; weight [out, in] as in PyTorch.
 // Params "<name>.weight" [out, in] (Normal, init_std), "<name>.bias" [out] (Zeros).
