@@ -81,12 +81,15 @@ def loadavg():
         return float(f.read().split()[0])
 
 
-def run_weft(weft, recipe, threads, steps, measure):
+def run_weft(weft, recipe, threads, steps, measure, extra=()):
+    """`extra`: more --set overrides (KEY=VALUE) after the bench's own."""
     out_dir = tempfile.mkdtemp(prefix="weft-bench-")
     try:
         cmd = [weft, "train", recipe, "--set", f"run.steps={steps}", "--set", "log.interval=1",
                "--set", f"run.out_dir={out_dir}", "--set", f"backend.threads={threads}",
                "--set", "checkpoint.interval=0", "--set", 'log.sinks=["jsonl"]']
+        for o in extra:
+            cmd += ["--set", o]
         rc, out, err, rss = run_child(cmd)
         if rc != 0:
             raise SystemExit(f"weft failed ({rc}): {' '.join(cmd)}\n{err[-2000:]}")

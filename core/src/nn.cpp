@@ -11,20 +11,27 @@ namespace {
 
 float* f32(const Tensor& t) { return t.data<float>(); }
 
-void check_f32(const Tensor& t, int64_t last_dim, const char* what) {
+void check_shape(const Tensor& t, int64_t last_dim, const char* what) {
   WEFT_ASSERT(t.defined(), std::string(what) + ": undefined tensor");
-  WEFT_ASSERT(t.dtype() == DType::F32, std::string(what) + ": expected f32, got " + dtype_name(t.dtype()));
   WEFT_ASSERT(!t.shape().empty() && t.dim(-1) == last_dim,
               std::string(what) + ": expected last dim " + std::to_string(last_dim) + ", got " +
                   shape_str(t.shape()));
 }
 
-// x[0:n] (fp32) as GEMM input of `dtype`: x itself for f32, else a cast copy
-// that `keep` holds until the GEMM ran.
-TypedPtr gemm_input(Backend& be, const float* x, int64_t n, DType dtype, Tensor& keep) {
-  if (dtype == DType::F32) return x;
+void check_f32(const Tensor& t, int64_t last_dim, const char* what) {
+  WEFT_ASSERT(t.defined(), std::string(what) + ": undefined tensor");
+  WEFT_ASSERT(t.dtype() == DType::F32, std::string(what) + ": expected f32, got " + dtype_name(t.dtype()));
+  check_shape(t, last_dim, what);
+}
+
+// x[0:n] (fp32, or already `dtype`) as GEMM input of `dtype`: x itself when
+// it has that dtype, else a cast copy that `keep` holds until the GEMM ran.
+TypedPtr gemm_input(Backend& be, TypedPtr x, int64_t n, DType dtype, Tensor& keep) {
+  if (x.dtype == dtype) return x;
+  WEFT_ASSERT(x.dtype == DType::F32, std::string("linear: a GEMM input of dtype ") + dtype_name(x.dtype) +
+                                         " with weights of dtype " + dtype_name(dtype));
   auto view = std::make_shared<Storage>();  // non-owning: x belongs to the caller
-  view->data = const_cast<float*>(x);
+  view->data = const_cast<void*>(x.data);
   view->bytes = static_cast<size_t>(n) * sizeof(float);
   view->device = be.device();
   keep = be.alloc_uninitialized({n}, dtype, MemCategory::Workspace);
@@ -68,7 +75,7 @@ void grad_ready(Context& ctx, Param& param) {
 
 // ---------------------------------------------------------------- Linear
 
-void linear_forward(Backend& be, float* y, const float* x, TypedPtr w, int64_t n, int64_t in, int64_t out) {
+void linear_forward(Backend& be, float* y, TypedPtr x, TypedPtr w, int64_t n, int64_t in, int64_t out) {
   Tensor x16;
   GemmArgs g;
   g.trans_b = true;
@@ -79,7 +86,7 @@ void linear_forward(Backend& be, float* y, const float* x, TypedPtr w, int64_t n
   be.gemm(g);
 }
 
-void linear_backward_input(Backend& be, float* dx, const float* dy, TypedPtr w, int64_t n, int64_t in,
+void linear_backward_input(Backend& be, float* dx, TypedPtr dy, TypedPtr w, int64_t n, int64_t in,
                            int64_t out) {
   Tensor dy16;
   GemmArgs g;
@@ -90,7 +97,7 @@ void linear_backward_input(Backend& be, float* dx, const float* dy, TypedPtr w, 
   be.gemm(g);
 }
 
-void linear_backward_weight(Backend& be, float* dw, const float* dy, const float* x, int64_t n, int64_t in,
+void linear_backward_weight(Backend& be, float* dw, TypedPtr dy, TypedPtr x, int64_t n, int64_t in,
                             int64_t out, DType inputs) {
   Tensor dy16, x16;
   GemmArgs g;
@@ -103,6 +110,20 @@ void linear_backward_weight(Backend& be, float* dw, const float* dy, const float
   be.gemm(g);
 }
 
+Tensor compute_copy(Backend& be, const Tensor& x, DType dtype, MemCategory category) {
+  if (x.dtype() == dtype) return x;
+  WEFT_ASSERT(x.dtype() == DType::F32, std::string("compute_copy of a ") + dtype_name(x.dtype()) + " tensor");
+  Tensor y = be.alloc_uninitialized(x.shape(), dtype, category);
+  if (x.numel() > 0) be.cast(y, x);
+  return y;
+}
+
+DType weights_dtype(Module& m) {
+  std::vector<Param*> params;
+  m.collect_params(params);
+  return params.empty() || !params[0]->data.defined() ? DType::F32 : params[0]->data.dtype();
+}
+
 Linear::Linear(const LinearSpec& spec) : Linear(spec.name, spec.in, spec.out, spec.bias, spec.init_std) {}
 
 Linear::Linear(std::string name, int64_t in, int64_t out, bool bias, float init_std)
@@ -113,30 +134,36 @@ Linear::Linear(std::string name, int64_t in, int64_t out, bool bias, float init_
 }
 
 Tensor Linear::forward(Context& ctx, const Tensor& x) {
-  check_f32(x, in_, "Linear input");
+  // x: fp32, or already in the compute dtype (a copy several layers share)
+  if (x.defined() && x.dtype() == weight_.data.dtype()) check_shape(x, in_, "Linear input");
+  else check_f32(x, in_, "Linear input");
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / in_;
   Tensor y = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);  // [..., out]
+  // [..., in] in the compute dtype: what the GEMM reads and backward keeps (x itself in fp32)
+  Tensor xs = compute_copy(be, x, weight_.data.dtype(), MemCategory::Activation);
   if (n > 0) {
-    linear_forward(be, f32(y), f32(x), weight_ptr(weight_), n, in_, out_);
+    linear_forward(be, f32(y), TypedPtr::of(xs), weight_ptr(weight_), n, in_, out_);
     if (has_bias_) be.add_bias(f32(y), weight_ptr(bias_), n, out_);
   }
-  ctx.save(this, {x});
+  ctx.save(this, {xs});
   return y;
 }
 
 Tensor Linear::backward(Context& ctx, const Tensor& dy) {
   check_f32(dy, out_, "Linear dy");
   Backend& be = ctx.backend();
-  Tensor x = ctx.saved(this)[0];  // [..., in]
+  Tensor xs = ctx.saved(this)[0];  // [..., in], compute dtype
   const int64_t n = dy.numel() / out_;
-  WEFT_ASSERT(n * in_ == x.numel(), "Linear dy " + shape_str(dy.shape()) + " does not match input " +
-                                        shape_str(x.shape()));
-  Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
+  WEFT_ASSERT(n * in_ == xs.numel(), "Linear dy " + shape_str(dy.shape()) + " does not match input " +
+                                         shape_str(xs.shape()));
+  Tensor dx = be.alloc_uninitialized(xs.shape(), DType::F32, MemCategory::Workspace);  // [..., in]
   if (n > 0) {
-    linear_backward_weight(be, f32(weight_.grad), f32(dy), f32(x), n, in_, out_, weight_.data.dtype());
+    const DType cdt = weight_.data.dtype();
+    Tensor dys = compute_copy(be, dy, cdt, MemCategory::Workspace);  // [..., out], cast once for both GEMMs
+    linear_backward_weight(be, f32(weight_.grad), TypedPtr::of(dys), TypedPtr::of(xs), n, in_, out_, cdt);
     if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_);
-    linear_backward_input(be, f32(dx), f32(dy), weight_ptr(weight_), n, in_, out_);
+    linear_backward_input(be, f32(dx), TypedPtr::of(dys), weight_ptr(weight_), n, in_, out_);
   }
   ctx.release(this);
   grad_ready(ctx, weight_);
@@ -194,8 +221,12 @@ Tensor TiedOutputLoss::forward(Context& ctx, const Tensor& x) {
   WEFT_ASSERT(x.shape().size() == 3, "tied output input must be [B,T,C], got " + shape_str(x.shape()));
   Backend& be = ctx.backend();
   const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
-  Tensor logits = be.alloc_uninitialized({b, t, vp}, DType::F32, MemCategory::Activation);  // [B,T,Vp]
-  if (n > 0) linear_forward(be, f32(logits), f32(x), weight_ptr(table_), n, c, vp);  // x @ table^T
+  const DType cdt = table_.data.dtype();
+  // [B,T,Vp]; a 16-bit mode keeps only its compute-dtype copy (below), so there it is scratch
+  Tensor logits = be.alloc_uninitialized({b, t, vp}, DType::F32,
+                                         cdt == DType::F32 ? MemCategory::Activation : MemCategory::Workspace);
+  Tensor xs = compute_copy(be, x, cdt, MemCategory::Activation);  // [B,T,C] in the compute dtype
+  if (n > 0) linear_forward(be, f32(logits), TypedPtr::of(xs), weight_ptr(table_), n, c, vp);  // x @ table^T
   if (!ctx.targets.defined()) return logits;  // eval / generation: no backward
   const Tensor& targets = ctx.targets;  // [B,T]
   WEFT_ASSERT(targets.dtype() == DType::I32 && targets.numel() == n,
@@ -207,21 +238,24 @@ Tensor TiedOutputLoss::forward(Context& ctx, const Tensor& x) {
   if (n > 0)
     be.cross_entropy(f32(losses), f32(logits), f32(logits), targets.data<int32_t>(), n, vocab_, vp,
                      ctx.dloss_scale);
-  ctx.save(this, {x, logits});  // logits now holds dlogits [B,T,Vp]
+  // logits now holds dlogits [B,T,Vp]; both backward GEMMs read it in the
+  // compute dtype, so a 16-bit mode keeps only that copy.
+  ctx.save(this, {xs, compute_copy(be, logits, cdt, MemCategory::Activation)});
   return losses;
 }
 
 Tensor TiedOutputLoss::backward(Context& ctx, const Tensor& /*dy: the loss is the end of the graph*/) {
   Backend& be = ctx.backend();
   auto& saved = ctx.saved(this);
-  const Tensor x = saved[0];        // [B,T,C]
-  const Tensor dlogits = saved[1];  // [B,T,Vp], from forward
+  const Tensor x = saved[0];        // [B,T,C], compute dtype
+  const Tensor dlogits = saved[1];  // [B,T,Vp], from forward, compute dtype
   ctx.release(this);
   const int64_t vp = table_.shape.at(0), c = table_.shape.at(1), n = x.dim(0) * x.dim(1);
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C]
   if (n > 0) {
-    linear_backward_input(be, f32(dx), f32(dlogits), weight_ptr(table_), n, c, vp);
-    linear_backward_weight(be, f32(table_.grad), f32(dlogits), f32(x), n, c, vp, table_.data.dtype());
+    linear_backward_input(be, f32(dx), TypedPtr::of(dlogits), weight_ptr(table_), n, c, vp);
+    linear_backward_weight(be, f32(table_.grad), TypedPtr::of(dlogits), TypedPtr::of(x), n, c, vp,
+                           table_.data.dtype());
   }
   return dx;
 }
@@ -372,10 +406,12 @@ MLP::MLP(std::string name, int64_t dim, LayerProvider& layers, float init_std, f
 
 Tensor MLP::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
-  Tensor h = fc_->forward(ctx, x);                                      // [..., 4c]
+  // GeLU's input [..., 4c] in the compute dtype (the fc weights'): what GeLU
+  // reads forward and backward, so a 16-bit mode keeps it at 2 bytes (h itself in fp32)
+  Tensor h = compute_copy(be, fc_->forward(ctx, x), weights_dtype(*fc_), MemCategory::Activation);
   Tensor a = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Activation);  // [..., 4c] = gelu(h)
-  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_forward(f32(a), f32(h), h.numel());
-  if (h.numel() > 0 && !gelu_erf_) be.gelu_forward(f32(a), f32(h), h.numel());
+  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_forward(f32(a), TypedPtr::of(h), h.numel());
+  if (h.numel() > 0 && !gelu_erf_) be.gelu_forward(f32(a), TypedPtr::of(h), h.numel());
   ctx.save(this, {h});
   return proj_->forward(ctx, a);  // [..., C]
 }
@@ -386,8 +422,8 @@ Tensor MLP::backward(Context& ctx, const Tensor& dy) {
   Tensor h = ctx.saved(this)[0];
   WEFT_ASSERT(da.numel() == h.numel(), "MLP gradient does not match its hidden activation");
   Tensor dh = be.alloc_uninitialized(h.shape(), DType::F32, MemCategory::Workspace);  // [..., 4c]
-  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_backward(f32(dh), f32(h), f32(da), h.numel());
-  if (h.numel() > 0 && !gelu_erf_) be.gelu_backward(f32(dh), f32(h), f32(da), h.numel());
+  if (h.numel() > 0 && gelu_erf_) be.gelu_erf_backward(f32(dh), TypedPtr::of(h), f32(da), h.numel());
+  if (h.numel() > 0 && !gelu_erf_) be.gelu_backward(f32(dh), TypedPtr::of(h), f32(da), h.numel());
   ctx.release(this);
   h = Tensor();
   da = Tensor();

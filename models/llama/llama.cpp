@@ -134,7 +134,11 @@ Tensor RmsNorm::backward(Context& ctx, const Tensor& dy) {
 // ---------------------------------------------------------------- attention
 
 LlamaAttention::LlamaAttention(const std::string& name, const LlamaConfig& c, LayerProvider& layers)
-    : heads_(c.heads), kv_heads_(c.kv_heads), head_dim_(c.head_dim()), rope_theta_(c.rope_theta) {
+    : heads_(c.heads),
+      kv_heads_(c.kv_heads),
+      head_dim_(c.head_dim()),
+      rope_theta_(c.rope_theta),
+      sequence_parallel_(layers.sequence_parallel()) {
   const int64_t qw = c.heads * head_dim_, kvw = c.kv_heads * head_dim_;
   q_ = layers.column_linear(LinearSpec{name + ".q", c.hidden, qw, c.qkv_bias, c.init_std});
   k_ = layers.column_linear(LinearSpec{name + ".k", c.hidden, kvw, c.qkv_bias, c.init_std});
@@ -148,9 +152,12 @@ Tensor LlamaAttention::forward(Context& ctx, const Tensor& x) {
   const int64_t d = head_dim_;
   Tensor qkv, out, lse;
   {
-    Tensor q = q_->forward(ctx, x);  // [B,T,h*D]: this rank's heads, the whole sequence
-    Tensor k = k_->forward(ctx, x);  // [B,T,kv*D]
-    Tensor v = v_->forward(ctx, x);  // [B,T,kv*D]
+    // [B,T,C]: cast once in a 16-bit mode, so q, k and v keep one 16-bit copy between them
+    const Tensor xs =
+        sequence_parallel_ ? x : nn::compute_copy(be, x, nn::weights_dtype(*q_), MemCategory::Activation);
+    Tensor q = q_->forward(ctx, xs);  // [B,T,h*D]: this rank's heads, the whole sequence
+    Tensor k = k_->forward(ctx, xs);  // [B,T,kv*D]
+    Tensor v = v_->forward(ctx, xs);  // [B,T,kv*D]
     const int64_t b = q.dim(0), t = q.dim(1), h = q.dim(2) / d, kv = k.dim(2) / d;
     qkv = be.alloc_uninitialized({b, t, 3 * h * d}, DType::F32, MemCategory::Activation);
     out = be.alloc_uninitialized({b, t, h * d}, DType::F32, MemCategory::Activation);
@@ -209,7 +216,8 @@ void LlamaAttention::collect_params(std::vector<Param*>& out) {
 
 // ---------------------------------------------------------------- MLP
 
-SwiGluMlp::SwiGluMlp(const std::string& name, const LlamaConfig& c, LayerProvider& layers) {
+SwiGluMlp::SwiGluMlp(const std::string& name, const LlamaConfig& c, LayerProvider& layers)
+    : sequence_parallel_(layers.sequence_parallel()) {
   gate_ = layers.column_linear(LinearSpec{name + ".gate", c.hidden, c.ffn_hidden, false, c.init_std});
   up_ = layers.column_linear(LinearSpec{name + ".up", c.hidden, c.ffn_hidden, false, c.init_std});
   down_ = layers.row_linear(LinearSpec{name + ".down", c.ffn_hidden, c.hidden, false, c.init_std});
@@ -217,8 +225,11 @@ SwiGluMlp::SwiGluMlp(const std::string& name, const LlamaConfig& c, LayerProvide
 
 Tensor SwiGluMlp::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
-  Tensor g = gate_->forward(ctx, x);  // [..., F/p]
-  Tensor u = up_->forward(ctx, x);    // [..., F/p]
+  // [..., C]: cast once in a 16-bit mode, so gate and up keep one 16-bit copy between them
+  const Tensor xs =
+      sequence_parallel_ ? x : nn::compute_copy(be, x, nn::weights_dtype(*gate_), MemCategory::Activation);
+  Tensor g = gate_->forward(ctx, xs);  // [..., F/p]
+  Tensor u = up_->forward(ctx, xs);    // [..., F/p]
   Tensor a = be.alloc_uninitialized(g.shape(), DType::F32, MemCategory::Activation);  // silu(g) * u
   if (g.numel() > 0) be.swiglu_forward(f32(a), f32(g), f32(u), g.numel());
   ctx.save(this, {g, u});

@@ -82,6 +82,7 @@ class LlamaAttention : public Module {
   int64_t heads_, kv_heads_, head_dim_;
   float rope_theta_;
   std::unique_ptr<Module> q_, k_, v_, o_;
+  bool sequence_parallel_ = false;  // q, k, v each gather their input
 };
 
 // down(silu(gate(x)) * up(x)).
@@ -94,6 +95,7 @@ class SwiGluMlp : public Module {
 
  private:
   std::unique_ptr<Module> gate_, up_, down_;
+  bool sequence_parallel_ = false;  // gate and up each gather their input
 };
 
 // x + attn(attn_norm(x)), then + mlp(mlp_norm(.)).

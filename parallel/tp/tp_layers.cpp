@@ -88,13 +88,16 @@ ColumnParallelLinear::ColumnParallelLinear(const LinearSpec& spec, const TpGroup
 }
 
 Tensor ColumnParallelLinear::forward(Context& ctx, const Tensor& x) {
-  check_input(x, in_, weight_.name);
+  // x: fp32, or (without sequence parallelism) already in the compute dtype, a copy several layers share
+  if (group_.sequence_parallel || x.dtype() != weight_.data.dtype()) check_input(x, in_, weight_.name);
   Backend& be = ctx.backend();
-  Tensor xf = to_full_sequence(ctx, group_, x, MemCategory::Activation);  // [B,T,in]
+  // [B,T,in] in the compute dtype: what the GEMM reads and backward keeps
+  Tensor xf = nn::compute_copy(be, to_full_sequence(ctx, group_, x, MemCategory::Activation), weight_.data.dtype(),
+                               MemCategory::Activation);
   const int64_t n = xf.numel() / in_;
   Tensor y = be.alloc_uninitialized(with_last(xf.shape(), out_local_), DType::F32, MemCategory::Activation);
   if (n > 0) {
-    nn::linear_forward(be, f32(y), f32(xf), nn::weight_ptr(weight_), n, in_, out_local_);
+    nn::linear_forward(be, f32(y), TypedPtr::of(xf), nn::weight_ptr(weight_), n, in_, out_local_);
     if (has_bias_) be.add_bias(f32(y), nn::weight_ptr(bias_), n, out_local_);
   }
   ctx.save(this, {xf});
@@ -104,15 +107,17 @@ Tensor ColumnParallelLinear::forward(Context& ctx, const Tensor& x) {
 Tensor ColumnParallelLinear::backward(Context& ctx, const Tensor& dy) {
   check_input(dy, out_local_, weight_.name + " dy");
   Backend& be = ctx.backend();
-  Tensor xf = ctx.saved(this)[0];  // [B,T,in]
+  Tensor xf = ctx.saved(this)[0];  // [B,T,in], compute dtype
   ctx.release(this);
   const int64_t n = dy.numel() / out_local_;
   WEFT_ASSERT(n * in_ == xf.numel(), weight_.name + ": dy " + shape_str(dy.shape()) + " does not match the input");
   Tensor dx = be.alloc_uninitialized(xf.shape(), DType::F32, MemCategory::Workspace);  // [B,T,in], partial over tp
   if (n > 0) {
-    nn::linear_backward_weight(be, f32(weight_.grad), f32(dy), f32(xf), n, in_, out_local_, weight_.data.dtype());
+    const DType cdt = weight_.data.dtype();
+    Tensor dys = nn::compute_copy(be, dy, cdt, MemCategory::Workspace);  // [B,T,out/p], cast once for both GEMMs
+    nn::linear_backward_weight(be, f32(weight_.grad), TypedPtr::of(dys), TypedPtr::of(xf), n, in_, out_local_, cdt);
     if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_local_);
-    nn::linear_backward_input(be, f32(dx), f32(dy), nn::weight_ptr(weight_), n, in_, out_local_);
+    nn::linear_backward_input(be, f32(dx), TypedPtr::of(dys), nn::weight_ptr(weight_), n, in_, out_local_);
   }
   nn::grad_ready(ctx, weight_);
   if (has_bias_) nn::grad_ready(ctx, bias_);
@@ -138,27 +143,30 @@ Tensor RowParallelLinear::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / in_local_;
   Tensor partial = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);
-  if (n > 0) nn::linear_forward(be, f32(partial), f32(x), nn::weight_ptr(weight_), n, in_local_, out_);
+  Tensor xs = nn::compute_copy(be, x, weight_.data.dtype(), MemCategory::Activation);  // [B,T,in/p], kept for backward
+  if (n > 0) nn::linear_forward(be, f32(partial), TypedPtr::of(xs), nn::weight_ptr(weight_), n, in_local_, out_);
   Tensor y = reduce_partial(ctx, group_, partial, MemCategory::Activation);  // [B,T,out] or sp [B,T/p,out]
   if (has_bias_ && y.numel() > 0) be.add_bias(f32(y), nn::weight_ptr(bias_), y.numel() / out_, out_);
-  ctx.save(this, {x});
+  ctx.save(this, {xs});
   return y;
 }
 
 Tensor RowParallelLinear::backward(Context& ctx, const Tensor& dy) {
   check_input(dy, out_, weight_.name + " dy");
   Backend& be = ctx.backend();
-  Tensor x = ctx.saved(this)[0];  // [B,T,in/p]
+  Tensor x = ctx.saved(this)[0];  // [B,T,in/p], compute dtype
   ctx.release(this);
   Tensor dyf = to_full_sequence(ctx, group_, dy, MemCategory::Workspace);  // [B,T,out]
   const int64_t n = dyf.numel() / out_;
   WEFT_ASSERT(n * in_local_ == x.numel(), weight_.name + ": dy " + shape_str(dy.shape()) + " does not match the input");
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [B,T,in/p]
   if (n > 0) {
-    nn::linear_backward_weight(be, f32(weight_.grad), f32(dyf), f32(x), n, in_local_, out_, weight_.data.dtype());
+    const DType cdt = weight_.data.dtype();
+    Tensor dys = nn::compute_copy(be, dyf, cdt, MemCategory::Workspace);  // [B,T,out], cast once for both GEMMs
+    nn::linear_backward_weight(be, f32(weight_.grad), TypedPtr::of(dys), TypedPtr::of(x), n, in_local_, out_, cdt);
     // Under sp this rank's rows only; the tp sum follows (grad_sums_over_tp).
     if (has_bias_ && dy.numel() > 0) be.bias_grad(f32(bias_.grad), f32(dy), dy.numel() / out_, out_);
-    nn::linear_backward_input(be, f32(dx), f32(dyf), nn::weight_ptr(weight_), n, in_local_, out_);
+    nn::linear_backward_input(be, f32(dx), TypedPtr::of(dys), nn::weight_ptr(weight_), n, in_local_, out_);
   }
   nn::grad_ready(ctx, weight_);
   if (has_bias_) nn::grad_ready(ctx, bias_);
@@ -217,10 +225,15 @@ Tensor VocabParallelOutputLoss::forward(Context& ctx, const Tensor& x) {
   const int64_t vs = table_.shape[0], c = table_.shape[1], first = group_.rank * vs;
   check_input(x, c, "output layer input");
   Backend& be = ctx.backend();
-  Tensor xf = to_full_sequence(ctx, group_, x, MemCategory::Activation);  // [B,T,C]
+  const DType cdt = table_.data.dtype();
+  // [B,T,C] in the compute dtype: what the GEMM reads and backward keeps
+  Tensor xf = nn::compute_copy(be, to_full_sequence(ctx, group_, x, MemCategory::Activation), cdt,
+                               MemCategory::Activation);
   const int64_t b = xf.dim(0), t = xf.dim(1), n = b * t;
-  Tensor logits = be.alloc_uninitialized({b, t, vs}, DType::F32, MemCategory::Activation);  // [B,T,Vp/p]
-  if (n > 0) nn::linear_forward(be, f32(logits), f32(xf), nn::weight_ptr(table_), n, c, vs);
+  // [B,T,Vp/p]; a 16-bit mode keeps only its compute-dtype copy (below), so there it is scratch
+  Tensor logits = be.alloc_uninitialized({b, t, vs}, DType::F32,
+                                         cdt == DType::F32 ? MemCategory::Activation : MemCategory::Workspace);
+  if (n > 0) nn::linear_forward(be, f32(logits), TypedPtr::of(xf), nn::weight_ptr(table_), n, c, vs);
   if (!ctx.targets.defined()) return gather_logits(be, logits);
   const Tensor& targets = ctx.targets;  // [B,T]
   WEFT_ASSERT(targets.dtype() == DType::I32 && targets.numel() == n,
@@ -238,20 +251,22 @@ Tensor VocabParallelOutputLoss::forward(Context& ctx, const Tensor& x) {
     be.xent_shard_finish(f32(losses), f32(logits), f32(logits), tg, f32(row_max), f32(sums) + n, f32(sums), n, vs,
                          first, vocab_, ctx.dloss_scale);
   }
-  ctx.save(this, {xf, logits});
+  // Both backward GEMMs read dlogits in the compute dtype: a 16-bit mode keeps only that copy.
+  ctx.save(this, {xf, nn::compute_copy(be, logits, cdt, MemCategory::Activation)});
   return losses;
 }
 
 Tensor VocabParallelOutputLoss::backward(Context& ctx, const Tensor& /*dy: the loss ends the graph*/) {
   Backend& be = ctx.backend();
   auto& saved = ctx.saved(this);
-  const Tensor xf = saved[0], dlogits = saved[1];  // [B,T,C], [B,T,Vp/p]
+  const Tensor xf = saved[0], dlogits = saved[1];  // [B,T,C], [B,T,Vp/p], compute dtype
   ctx.release(this);
   const int64_t vs = table_.shape[0], c = table_.shape[1], n = xf.dim(0) * xf.dim(1);
   Tensor dx = be.alloc_uninitialized(xf.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C], partial over tp
   if (n > 0) {
-    nn::linear_backward_input(be, f32(dx), f32(dlogits), nn::weight_ptr(table_), n, c, vs);
-    nn::linear_backward_weight(be, f32(table_.grad), f32(dlogits), f32(xf), n, c, vs, table_.data.dtype());
+    nn::linear_backward_input(be, f32(dx), TypedPtr::of(dlogits), nn::weight_ptr(table_), n, c, vs);
+    nn::linear_backward_weight(be, f32(table_.grad), TypedPtr::of(dlogits), TypedPtr::of(xf), n, c, vs,
+                               table_.data.dtype());
   }
   return reduce_partial(ctx, group_, dx, MemCategory::Workspace);
 }

@@ -64,8 +64,8 @@ class CpuBackend final : public Backend {
   void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
                           TypedPtr w, const float* mean, const float* rstd, int64_t n,
                           int64_t c) override;
-  void gelu_forward(float* out, const float* x, int64_t n) override;
-  void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) override;
+  void gelu_forward(float* out, TypedPtr x, int64_t n) override;
+  void gelu_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
 
   void attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c,
                          int64_t h, const AttentionMask& mask = {}) override;
@@ -73,8 +73,8 @@ class CpuBackend final : public Backend {
                           const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                           const AttentionMask& mask = {}) override;
   void dropout(float* x, int64_t b, int64_t t, int64_t c, const DropoutArgs& args) override;  // dropout.cpp
-  void gelu_erf_forward(float* out, const float* x, int64_t n) override;                      // gelu_erf.cpp
-  void gelu_erf_backward(float* dx, const float* x, const float* dout, int64_t n) override;
+  void gelu_erf_forward(float* out, TypedPtr x, int64_t n) override;                          // gelu_erf.cpp
+  void gelu_erf_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
 
   void embedding_forward(float* out, const int32_t* ids, TypedPtr table, int64_t n, int64_t c,
                          int64_t first, int64_t rows) override;
@@ -143,6 +143,10 @@ class CpuBackend final : public Backend {
     int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
   };
   Tensor allocate(const Shape& shape, DType dtype, MemCategory category, bool zero);
+  // The fp32 values of the n elements at p (convert.cpp): p itself when they
+  // are fp32, else widened into `scratch`, a Workspace tensor from the block
+  // cache (exact: every bf16 and f16 value is an fp32 value).
+  const float* widen(TypedPtr p, int64_t n, Tensor& scratch);
   void gemm_serial(const Sgemm& g);
   void gemm_split_k(const Sgemm& g);
 

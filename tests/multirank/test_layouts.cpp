@@ -1,5 +1,5 @@
 // Layout equivalence (docs/design.md) with comm-local, through the library API
-// (bf16 layouts: Bf16Layouts below, docs/precision.md):
+// (bf16 and fp16 layouts: HalfLayouts below, docs/precision.md):
 // examples/gpt-tiny.toml at a global batch of 8 for 10 fp32 steps under
 // dp in {1, 2, 4} x {ddp, zero1} x micro in {1, 2} gives the single-rank loss
 // at every step (rel 1e-5), and the metrics account for what each rank holds
@@ -154,27 +154,30 @@ std::vector<Layout> layouts() {
 INSTANTIATE_TEST_SUITE_P(GptTiny, LayoutEquivalence, ::testing::ValuesIn(layouts()),
                          [](const ::testing::TestParamInfo<Layout>& info) { return info.param.label(); });
 
-// ---------------------------------------------------------------- bf16
+// ---------------------------------------------------------------- bf16 and fp16
 //
-// Data 2 x {zero1, ddp with 16-bit gradient reduction} in bf16 against the
-// single-rank bf16 run: the loss within a relative 1e-3 at every step (the
-// sum over ranks rounds differently: GEMM inputs are bf16, one ulp 2^-8
-// relative; the fp32 layouts above agree to 1e-5), and rank 0's metrics show
-// what travels (docs/precision.md):
-//   mem_param_bytes = 2 N (the bf16 compute copy)
+// Data 2 x {zero1, ddp with 16-bit gradient reduction} in bf16 and in fp16
+// (dynamic loss scaling on, at its initial scale of 65536) against the
+// single-rank run in the same mode: the loss within a relative 1e-3 at every
+// step (the sum over ranks rounds differently: GEMM inputs are 16-bit, one
+// ulp 2^-8 relative in bf16, 2^-11 in fp16; the fp32 layouts above agree to
+// 1e-5), fp16's loss scale and skipped steps as in the single-rank run, and
+// rank 0's metrics show what travels (docs/precision.md):
+//   mem_param_bytes = 2 N (the 16-bit compute copy)
 //   mem_optim_bytes = 12 ceil(N / 2) zero1 (fp32 masters and both moments, sharded)
 //   comm_bytes      = zero1: (dp - 1) shard (4 + 2) + 2 ring(4): fp32 gradients
-//                     reduce-scattered, the bf16 weights all-gathered
+//                     reduce-scattered, the 16-bit weights all-gathered
 //                   = ddp, accumulate_grads_in_fp32 = false: ring(2 N) + ring(4):
-//                     the gradient bucket reduced in bf16
-// A 10-step bf16 run of gpt-tiny (global batch 8, micro 2) with `extra` overrides.
-Metrics train_bf16(const std::string& label, std::vector<std::string> extra) {
-  fs::path out = fs::temp_directory_path() / ("weft-multirank-bf16-" + label + "-" + std::to_string(::getpid()));
+//                     the gradient bucket reduced in 16 bits
+// A 10-step run of gpt-tiny (global batch 8, micro 2) in `precision` with `extra` overrides.
+Metrics train_half(const std::string& precision, const std::string& label, std::vector<std::string> extra) {
+  fs::path out = fs::temp_directory_path() /
+                 ("weft-multirank-" + precision + "-" + label + "-" + std::to_string(::getpid()));
   fs::remove_all(out);
   weft::PluginScan scan;
   std::vector<std::string> overrides = {"run.steps=" + std::to_string(kSteps), "log.interval=1", "log.sinks=jsonl",
                                         "batch.global=8", "batch.micro=2", "comm.plugin=local",
-                                        "precision.plugin=bf16", "run.out_dir=" + out.string()};
+                                        "precision.plugin=" + precision, "run.out_dir=" + out.string()};
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   weft::Recipe recipe = weft::load_recipe_for_run(std::string(WEFT_SOURCE_ROOT) + "/examples/gpt-tiny.toml",
                                                   overrides, shared_registry(), scan);
@@ -184,18 +187,42 @@ Metrics train_bf16(const std::string& label, std::vector<std::string> extra) {
   return m;
 }
 
-const Metrics& bf16_reference() {
-  static const Metrics ref = train_bf16("one-rank", {});
-  return ref;
+// The single-rank run of `precision`, trained once per process.
+const Metrics& half_reference(const std::string& precision) {
+  static std::map<std::string, Metrics> refs;
+  auto it = refs.find(precision);
+  if (it == refs.end()) it = refs.emplace(precision, train_half(precision, "one-rank", {})).first;
+  return it->second;
 }
 
-TEST(Bf16Layouts, DataParallelFollowsTheSingleRankBf16Run) {
-  auto train_dp = [](int dp, const std::string& plugin, bool fp32_grads) {
-    return train_bf16("dp" + std::to_string(dp) + plugin,
+// `m` follows `ref` within a relative 1e-3 at every step, with fp16's loss
+// scale (active: above 1) and skipped-step count equal; returns the largest
+// relative loss difference.
+double expect_follows(const Metrics& ref, const Metrics& m, const std::string& precision, const std::string& what) {
+  double worst = 0;
+  for (int s = 1; s <= kSteps; ++s) {
+    const double a = ref.at(s)["loss"].get<double>(), b = m.at(s)["loss"].get<double>();
+    worst = std::max(worst, std::abs(b - a) / std::abs(a));
+    EXPECT_LE(std::abs(b - a), 1e-3 * std::abs(a)) << precision << " " << what << " step " << s << ": " << b
+                                                   << " vs " << a;
+    if (precision != "fp16") continue;
+    EXPECT_GT(m.at(s)["loss_scale"].get<double>(), 1.0) << what << " step " << s;
+    EXPECT_EQ(m.at(s)["loss_scale"].get<double>(), ref.at(s)["loss_scale"].get<double>()) << what << " step " << s;
+    EXPECT_EQ(m.at(s)["skipped"].get<double>(), ref.at(s)["skipped"].get<double>()) << what << " step " << s;
+  }
+  return worst;
+}
+
+class HalfLayouts : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HalfLayouts, DataParallelFollowsTheSingleRankRun) {
+  const std::string precision = GetParam();
+  auto train_dp = [&](int dp, const std::string& plugin, bool fp32_grads) {
+    return train_half(precision, "dp" + std::to_string(dp) + plugin,
                       {"parallel.data=" + std::to_string(dp), "parallel.data_parallel.plugin=" + plugin,
                        std::string("precision.accumulate_grads_in_fp32=") + (fp32_grads ? "true" : "false")});
   };
-  const Metrics& ref = bf16_reference();
+  const Metrics& ref = half_reference(precision);
   const int64_t n = gpt_tiny_params(), shard = (n + 1) / 2;
   struct Case {
     std::string plugin;
@@ -206,35 +233,31 @@ TEST(Bf16Layouts, DataParallelFollowsTheSingleRankBf16Run) {
                         Case{"ddp", false, 12.0 * n, static_cast<double>(ring(2, 2 * n) + ring(2, 4))}}) {
     const Metrics m = train_dp(2, c.plugin, c.fp32_grads);
     ASSERT_EQ(m.size(), static_cast<size_t>(kSteps)) << c.plugin;
-    double worst = 0;
+    const double worst = expect_follows(ref, m, precision, "dp2 " + c.plugin);
     for (int s = 1; s <= kSteps; ++s) {
-      const double a = ref.at(s)["loss"].get<double>(), b = m.at(s)["loss"].get<double>();
-      worst = std::max(worst, std::abs(b - a) / std::abs(a));
-      EXPECT_LE(std::abs(b - a), 1e-3 * std::abs(a)) << c.plugin << " step " << s << ": " << b << " vs " << a;
       EXPECT_EQ(m.at(s)["mem_param_bytes"].get<double>(), 2.0 * n) << c.plugin;
       EXPECT_EQ(m.at(s)["mem_optim_bytes"].get<double>(), c.optim) << c.plugin;
       EXPECT_EQ(m.at(s)["comm_bytes"].get<double>(), c.comm) << c.plugin << " step " << s;
     }
-    std::printf("bf16 dp2 %-6s fp32 grads %d: max rel loss difference to one rank %.3g over %d steps\n",
-                c.plugin.c_str(), c.fp32_grads, worst, kSteps);
+    std::printf("%s dp2 %-6s fp32 grads %d: max rel loss difference to one rank %.3g over %d steps\n",
+                precision.c_str(), c.plugin.c_str(), c.fp32_grads, worst, kSteps);
   }
 }
 
-// Tensor 2 x pipeline 2 (sequence parallelism on) in bf16: the same loss as
-// the one-rank bf16 run within the same relative 1e-3 at every step.
-TEST(Bf16Layouts, TensorAndPipelineFollowTheSingleRankBf16Run) {
-  const Metrics& ref = bf16_reference();
-  const Metrics m = train_bf16("tp2pp2", {"parallel.tensor=2", "parallel.pipeline=2", "parallel.world=4",
-                                          "parallel.tensor_parallel.sequence_parallel=true"});
+// Tensor 2 x pipeline 2 (sequence parallelism on): the same loss as the
+// one-rank run in the same mode within the same relative 1e-3 at every step.
+TEST_P(HalfLayouts, TensorAndPipelineFollowTheSingleRankRun) {
+  const std::string precision = GetParam();
+  const Metrics m = train_half(precision, "tp2pp2", {"parallel.tensor=2", "parallel.pipeline=2", "parallel.world=4",
+                                                     "parallel.tensor_parallel.sequence_parallel=true"});
   ASSERT_EQ(m.size(), static_cast<size_t>(kSteps));
-  double worst = 0;
-  for (int s = 1; s <= kSteps; ++s) {
-    const double a = ref.at(s)["loss"].get<double>(), b = m.at(s)["loss"].get<double>();
-    worst = std::max(worst, std::abs(b - a) / std::abs(a));
-    EXPECT_LE(std::abs(b - a), 1e-3 * std::abs(a)) << "step " << s << ": " << b << " vs " << a;
-  }
-  std::printf("bf16 tp2 pp2 sp: max rel loss difference to one rank %.3g over %d steps\n", worst, kSteps);
+  const double worst = expect_follows(half_reference(precision), m, precision, "tp2 pp2 sp");
+  std::printf("%s tp2 pp2 sp: max rel loss difference to one rank %.3g over %d steps\n", precision.c_str(), worst,
+              kSteps);
 }
+
+INSTANTIATE_TEST_SUITE_P(Precision, HalfLayouts, ::testing::Values("bf16", "fp16"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 // ---------------------------------------------------------------- tensor parallelism
 //

@@ -27,8 +27,8 @@ class StubBackend : public weft::Backend {
                          float) override {}
   void layernorm_backward(float*, float*, float*, const float*, const float*, weft::TypedPtr, const float*,
                           const float*, int64_t, int64_t) override {}
-  void gelu_forward(float*, const float*, int64_t) override {}
-  void gelu_backward(float*, const float*, const float*, int64_t) override {}
+  void gelu_forward(float*, weft::TypedPtr, int64_t) override {}
+  void gelu_backward(float*, weft::TypedPtr, const float*, int64_t) override {}
   void attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t, int64_t,
                          const weft::AttentionMask&) override {}
   void attention_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t,

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
@@ -138,6 +139,32 @@ TEST_P(DTypeKernels, AddBiasMatchesFp32) {
   expect_within(got, fp32, bound, "add_bias (tolerance)");
 }
 
+// GeLU (tanh and erf forms) of a 16-bit input: forward and backward give the
+// fp32 kernel's bits on the widened input (the tolerance against unrounded
+// inputs is the function's own sensitivity, not the kernel's: not checked).
+TEST_P(DTypeKernels, GeluOfSixteenBitInputsMatchesFp32OnWidenedInputs) {
+  const int64_t n = 4099;  // chunks and vector tails
+  const Vec x = random_vec(n, 3, -6.f, 6.f), dout = random_vec(n, 4);
+  const Half xh = narrow(x, dt);
+  const Vec xw = widen(xh, dt);
+  for (bool erf : {false, true}) {
+    Vec got(n), want(n), dgot(n), dwant(n);
+    if (erf) {
+      be.gelu_erf_forward(got.data(), TypedPtr(xh.data(), dt), n);
+      be.gelu_erf_forward(want.data(), xw.data(), n);
+      be.gelu_erf_backward(dgot.data(), TypedPtr(xh.data(), dt), dout.data(), n);
+      be.gelu_erf_backward(dwant.data(), xw.data(), dout.data(), n);
+    } else {
+      be.gelu_forward(got.data(), TypedPtr(xh.data(), dt), n);
+      be.gelu_forward(want.data(), xw.data(), n);
+      be.gelu_backward(dgot.data(), TypedPtr(xh.data(), dt), dout.data(), n);
+      be.gelu_backward(dwant.data(), xw.data(), dout.data(), n);
+    }
+    expect_bits(got, want, erf ? "gelu_erf_forward" : "gelu_forward");
+    expect_bits(dgot, dwant, erf ? "gelu_erf_backward" : "gelu_backward");
+  }
+}
+
 // LayerNorm forward with 16-bit weight and bias: out = xhat w + b, so the
 // output moves by at most u(|xhat||w| + |b|) (+ fp32 roundings). Statistics
 // (mean, rstd) do not depend on the weights: equal bits. Backward with a
@@ -207,22 +234,59 @@ TEST_P(DTypeKernels, EmbeddingMatchesFp32) {
   expect_within(got, fp32, bound, "embedding_forward (tolerance)");
 }
 
+// x cast to `dtype` by the backend, and that cast back to f32.
+std::pair<Half, Vec> cast_both_ways(CpuBackend& backend, const Vec& x, DType dtype) {
+  const int64_t n = static_cast<int64_t>(x.size());
+  weft::Tensor src = backend.alloc({n}, DType::F32, weft::MemCategory::Workspace);
+  weft::Tensor mid = backend.alloc({n}, dtype, weft::MemCategory::Workspace);
+  weft::Tensor back = backend.alloc({n}, DType::F32, weft::MemCategory::Workspace);
+  backend.copy_from_host(src, x.data());
+  backend.cast(mid, src);
+  backend.cast(back, mid);
+  std::pair<Half, Vec> out{Half(n), Vec(n)};
+  backend.copy_to_host(out.first.data(), mid);
+  backend.copy_to_host(out.second.data(), back);
+  return out;
+}
+
 TEST_P(DTypeKernels, CastRoundTripAndSupport) {
   EXPECT_TRUE(be.supports_compute_dtype(dt));
   EXPECT_TRUE(be.supports_compute_dtype(DType::F32));
   EXPECT_FALSE(be.supports_compute_dtype(DType::I32));
   // cast f32 -> 16-bit -> f32 equals the scalar round to nearest even, odd length.
-  const int64_t n = 100003;
-  Vec x = random_vec(n, 11, -1000.f, 1000.f);
-  weft::Tensor src = be.alloc({n}, DType::F32, weft::MemCategory::Workspace);
-  weft::Tensor mid = be.alloc({n}, dt, weft::MemCategory::Workspace);
-  weft::Tensor back = be.alloc({n}, DType::F32, weft::MemCategory::Workspace);
-  be.copy_from_host(src, x.data());
-  be.cast(mid, src);
-  be.cast(back, mid);
-  Vec got(n);
-  be.copy_to_host(got.data(), back);
-  expect_bits(got, widen(narrow(x, dt), dt), "cast round trip");
+  const Vec x = random_vec(100003, 11, -1000.f, 1000.f);
+  expect_bits(cast_both_ways(be, x, dt).second, widen(narrow(x, dt), dt), "cast round trip");
+}
+
+// The vector conversions (AVX2 for bf16, F16C for f16) against the scalar
+// ones of weft/half.hpp, bit for bit, in both directions: NaN (signalling
+// and quiet, both signs), infinities, zeros, subnormals, ties at the rounding
+// boundary, overflow to inf, and random bit patterns; lengths that leave
+// tails of every size. Also the baseline build (vector kernels off).
+TEST_P(DTypeKernels, CastMatchesTheScalarConversionsBitForBit) {
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7f800001u, 0xff800001u,
+                                0x7fc00000u, 0xffffffffu, 0x7fffffffu, 0x00000001u, 0x807fffffu, 0x3f808000u,
+                                0x3f818000u, 0x3f80c000u, 0x7f7fffffu, 0xff7fffffu, 0x477ff000u, 0x477fefffu,
+                                0x38800000u, 0x33800000u, 0x33000001u, 0x3f800000u, 0xbf7fff80u};
+  std::mt19937 gen(5);
+  while (bits.size() < 4099) bits.push_back(static_cast<uint32_t>(gen()));
+  for (bool vector_kernels : {true, false}) {
+    CpuBackend backend(std::get<0>(GetParam()), vector_kernels);
+    for (int64_t n : {int64_t{4099}, int64_t{16}, int64_t{15}, int64_t{7}, int64_t{1}}) {
+      Vec x(n);
+      std::memcpy(x.data(), bits.data(), n * sizeof(float));
+      const auto [got16, back] = cast_both_ways(backend, x, dt);
+      const Half want16 = narrow(x, dt);
+      const std::string what = std::string(vector_kernels ? "vector" : "baseline") + " n " + std::to_string(n);
+      int misses = 0;
+      for (int64_t i = 0; i < n; ++i)
+        if (got16[i] != want16[i] && ++misses <= 5)
+          ADD_FAILURE() << what << ": f32 bits " << std::hex << bits[i] << " -> " << got16[i] << ", scalar "
+                        << want16[i];
+      EXPECT_EQ(misses, 0) << what;
+      expect_bits(back, widen(want16, dt), what + " widening");
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Threads, DTypeKernels,

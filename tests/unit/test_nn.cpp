@@ -520,6 +520,17 @@ GptBatch tiny_batch(Backend& be, uint64_t stream, int64_t b = 2, int64_t t = 5, 
   return {ids_to_device(be, {b, t}, ids), ids_to_device(be, {b, t}, tg)};
 }
 
+// The model's layers in order on one microbatch: per-token losses [B,T].
+Tensor forward_layers(Context& ctx, const std::vector<Module*>& layers, Tensor x) {
+  for (Module* m : layers) x = m->forward(ctx, x);
+  return x;
+}
+
+void backward_layers(Context& ctx, const std::vector<Module*>& layers) {
+  Tensor d;
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) d = (*it)->backward(ctx, d);
+}
+
 // After the first training step, every block of 64 KiB or more that a step
 // allocates (activations, workspace, logits) comes from the backend's block
 // cache: the steady state maps no fresh memory.
@@ -538,10 +549,8 @@ TEST_F(NnTest, GptStepsTakeNoFreshBlocksAfterTheFirst) {
     Context ctx(be, 0);
     ctx.targets = batch.targets;
     ctx.dloss_scale = 1.f / 256.f;
-    Tensor x = batch.ids;
-    for (Module* m : layers) x = m->forward(ctx, x);
-    Tensor d;
-    for (auto it = layers.rbegin(); it != layers.rend(); ++it) d = (*it)->backward(ctx, d);
+    forward_layers(ctx, layers, batch.ids);
+    backward_layers(ctx, layers);
   };
   step();
   const int64_t misses = be.cache_misses(), hits = be.cache_hits();
@@ -549,6 +558,51 @@ TEST_F(NnTest, GptStepsTakeNoFreshBlocksAfterTheFirst) {
   for (int i = 0; i < 3; ++i) step();
   EXPECT_EQ(be.cache_misses(), misses);
   EXPECT_GT(be.cache_hits(), hits + 20);  // and later steps reuse them
+}
+
+// Saved activations in the compute dtype (docs/precision.md): with 16-bit
+// weights every linear layer keeps the 16-bit copy of its input that its GEMM
+// reads, the MLP keeps GeLU's input in 16 bits and the output layer dlogits,
+// so the bytes a forward leaves for backward shrink, per token, by 2 bytes
+// for each element of
+//   per block: ln1 out (C), ln2 out (C), fc out = gelu in (4C), gelu out (4C),
+//              less the attention output (C), which attention keeps in fp32
+//              and proj in 16 bits too
+//   head:      lnf out (C), dlogits (Vp)
+// i.e. N (18 L C + 2 C + 2 Vp) bytes, N = B T tokens.
+TEST_F(NnTest, SixteenBitModesSaveLinearInputsAndDlogitsInSixteenBits) {
+  gpt::GptConfig c = tiny_gpt_config();
+  c.layers = 3;
+  c.hidden = 16;
+  c.heads = 2;
+  c.seq_length = 8;
+  const int64_t b = 2, n = b * c.seq_length;
+  std::map<DType, int64_t> saved;
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    gpt::GptModel model(c, nullptr);
+    FlatParams flat = materialize_params(model.params(), be, kTestSeed);
+    if (dt != DType::F32) {
+      for (Param* p : model.params()) {  // the compute copy a precision mode makes
+        Tensor h = be.alloc(p->shape, dt, MemCategory::Param);
+        be.cast(h, p->data);
+        p->data = h;
+      }
+    }
+    GptBatch batch = tiny_batch(be, 41, b, c.seq_length, c.vocab);
+    Context ctx(be, 0);
+    ctx.targets = batch.targets;
+    ctx.dloss_scale = 1.f / static_cast<float>(n);
+    const int64_t before = be.mem_stats().current[static_cast<int>(MemCategory::Activation)];
+    forward_layers(ctx, model.layers(), batch.ids);  // the losses it returns are not saved
+    saved[dt] = be.mem_stats().current[static_cast<int>(MemCategory::Activation)] - before;
+    backward_layers(ctx, model.layers());
+    EXPECT_EQ(be.mem_stats().current[static_cast<int>(MemCategory::Activation)], before)
+        << dtype_name(dt) << ": backward released every saved activation";
+  }
+  const int64_t C = c.hidden, L = c.layers, Vp = c.padded_vocab;
+  EXPECT_GT(saved[DType::F32], 0);
+  EXPECT_EQ(saved[DType::F32] - saved[DType::BF16], n * (18 * L * C + 2 * C + 2 * Vp));
+  EXPECT_EQ(saved[DType::F32] - saved[DType::F16], n * (18 * L * C + 2 * C + 2 * Vp));
 }
 
 TEST_F(NnTest, GptParamNamesAndShapes) {

@@ -5,8 +5,9 @@
 //
 // The dtype contract (docs/plugins.md): a precision mode keeps the weights the
 // model computes with in F32, BF16 or F16, and casts GEMM inputs to that
-// dtype. So GEMM inputs and every weight a kernel reads (bias, LayerNorm
-// weight and bias, embedding table) are TypedPtr: a pointer with its dtype.
+// dtype. So GEMM inputs, every weight a kernel reads (bias, LayerNorm
+// weight and bias, embedding table) and the activations kept for backward in
+// that dtype (GeLU's input) are TypedPtr: a pointer with its dtype.
 // Everything a kernel writes, and every other input (activations, gradients,
 // optimizer state), is fp32. Arithmetic is fp32 throughout (16-bit values are
 // widened on load): GEMMs accumulate in fp32, reductions, LayerNorm
@@ -112,14 +113,15 @@ class Backend {
   virtual void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
                                   TypedPtr w, const float* mean, const float* rstd, int64_t n,
                                   int64_t c) = 0;
-  // GeLU, tanh approximation
-  virtual void gelu_forward(float* out, const float* x, int64_t n) = 0;
-  virtual void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) = 0;  // dx = ...
+  // GeLU, tanh approximation: out[n] = gelu(x), dx[n] = gelu'(x) dout (overwritten).
+  // x is F32, BF16 or F16 (a 16-bit mode keeps GeLU's input in its compute dtype).
+  virtual void gelu_forward(float* out, TypedPtr x, int64_t n) = 0;
+  virtual void gelu_backward(float* dx, TypedPtr x, const float* dout, int64_t n) = 0;
   // Exact GeLU x * Phi(x) = x/2 (1 + erf(x / sqrt 2)) (model.gelu = "erf"); a backend without it refuses.
-  virtual void gelu_erf_forward(float* /*out*/, const float* /*x*/, int64_t /*n*/) {
+  virtual void gelu_erf_forward(float* /*out*/, TypedPtr /*x*/, int64_t /*n*/) {
     throw Error("backend '" + name() + "' has no exact (erf) GeLU kernel (set model.gelu = \"tanh\")");
   }
-  virtual void gelu_erf_backward(float* /*dx*/, const float* /*x*/, const float* /*dout*/, int64_t /*n*/) {
+  virtual void gelu_erf_backward(float* /*dx*/, TypedPtr /*x*/, const float* /*dout*/, int64_t /*n*/) {
     throw Error("backend '" + name() + "' has no exact (erf) GeLU kernel (set model.gelu = \"tanh\")");
   }
 

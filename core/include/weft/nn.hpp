@@ -36,15 +36,26 @@ inline TypedPtr weight_ptr(const Param& p) { return TypedPtr::of(p.data); }
 
 // The three products of a linear map y = x W^T with W [out, in] (PyTorch's
 // layout), over n rows; Linear and the GPT head's tied output layer use them.
-// With 16-bit weights the fp32 activations x and dy are cast to the weights'
-// dtype first, so both GEMM inputs are 16-bit (outputs and accumulation fp32).
-void linear_forward(Backend& be, float* y, const float* x, TypedPtr w, int64_t n, int64_t in,
+// With 16-bit weights the activations x and dy are GEMM inputs in the
+// weights' dtype: an fp32 x or dy is cast first (one already in that dtype,
+// from compute_copy, is read as it is), so both GEMM inputs are 16-bit
+// (outputs and accumulation fp32).
+void linear_forward(Backend& be, float* y, TypedPtr x, TypedPtr w, int64_t n, int64_t in,
                     int64_t out);  // y[n,out] = x[n,in] @ W^T
-void linear_backward_input(Backend& be, float* dx, const float* dy, TypedPtr w, int64_t n, int64_t in,
+void linear_backward_input(Backend& be, float* dx, TypedPtr dy, TypedPtr w, int64_t n, int64_t in,
                            int64_t out);  // dx[n,in] = dy[n,out] @ W
 // `inputs`: the dtype dy and x are cast to (the weights' dtype).
-void linear_backward_weight(Backend& be, float* dw, const float* dy, const float* x, int64_t n, int64_t in,
+void linear_backward_weight(Backend& be, float* dw, TypedPtr dy, TypedPtr x, int64_t n, int64_t in,
                             int64_t out, DType inputs = DType::F32);  // dW[out,in] += dy^T @ x
+
+// x (fp32) as a GEMM input of `dtype`, the compute dtype: x itself for F32,
+// else a cast copy of x's shape counted under `category`. A linear layer
+// saves this copy of its input for backward (the weight-gradient GEMM reads
+// the same 16-bit values), so 16-bit modes keep those activations at half
+// the bytes (docs/precision.md).
+Tensor compute_copy(Backend& be, const Tensor& x, DType dtype, MemCategory category);
+// The dtype of the weights `m` computes with: its first parameter's (F32 without any).
+DType weights_dtype(Module& m);
 
 // y[..., out] = x[..., in] W^T + b; weight [out, in] as in PyTorch.
 // Params "<name>.weight" [out, in] (Normal, init_std), "<name>.bias" [out] (Zeros).
