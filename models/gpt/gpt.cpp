@@ -56,6 +56,9 @@ OptionSchema gpt_schema() {
       opt_float("norm_eps", 1e-5, "LayerNorm epsilon", 0.0, 1.0),
       opt_string("gelu", "tanh", "GeLU of the MLP: \"tanh\" (GPT-2's approximation) or \"erf\" (exact, Megatron's)",
                  {"tanh", "erf"}),
+      opt_path("init_from", "",
+               "start from a Hugging Face GPT2LMHeadModel folder (config.json + model.safetensors, as weft export "
+               "writes it) instead of the random init; a resumed run takes its checkpoint instead"),
   };
 }
 
@@ -337,6 +340,58 @@ ModelSummary GptModel::summary() const {
   s.vocab = c.vocab;
   s.padded_vocab = Vp;
   return s;
+}
+
+HfLayout GptModel::hugging_face() const {
+  const GptConfig& c = config_;
+  if (c.moe_experts > 0)
+    throw Error("model.moe_experts " + std::to_string(c.moe_experts) +
+                ": GPT2LMHeadModel has no mixture-of-experts blocks (only dense models convert)");
+  if (!c.block.bias) throw Error("model.bias = false: GPT2LMHeadModel has biases on every Linear");
+  const std::string n = std::to_string(c.positions());
+  const std::string eps = hf_json_number(c.block.norm_eps);
+  const std::string hidden_drop = hf_json_number(c.block.hidden_dropout);
+  HfLayout h;
+  h.architecture = "GPT2LMHeadModel";
+  h.readable = {"GPT2LMHeadModel"};
+  h.config = {
+      {"model_type", "\"gpt2\""},
+      {"vocab_size", std::to_string(c.vocab), true, "", "vocab_size"},
+      {"n_embd", std::to_string(c.hidden), true, "", "hidden"},
+      {"n_layer", std::to_string(c.layers), true, "", "layers"},
+      {"n_head", std::to_string(c.heads), true, "", "heads"},
+      {"n_positions", n, true, "", c.max_positions > 0 ? "max_position_embeddings" : "seq_length"},
+      {"n_ctx", n},
+      {"n_inner", "null", true, "null"},
+      {"activation_function", c.block.gelu_erf ? "\"gelu\"" : "\"gelu_new\"", true, "\"gelu_new\"", "gelu"},
+      {"layer_norm_epsilon", eps, true, "1e-05", "norm_eps"},
+      {"tie_word_embeddings", c.untie ? "false" : "true", true, "true", "untie_embeddings"},
+      {"scale_attn_weights", "true", true, "true"},
+      {"scale_attn_by_inverse_layer_idx", "false", true, "false"},
+      {"embd_pdrop", hidden_drop},
+      {"resid_pdrop", hidden_drop},
+      {"attn_pdrop", hf_json_number(c.block.attention_dropout)},
+      {"initializer_range", hf_json_number(c.init_std)},
+      {"torch_dtype", "\"float32\""},
+  };
+  // Conv1D stores y = x W + b with W [in, out]: weft's [out, in] matrices transposed.
+  h.tensors.push_back({"wte.weight", "transformer.wte.weight", false, c.vocab});
+  h.tensors.push_back({"wpe.weight", "transformer.wpe.weight"});
+  for (int64_t i = 0; i < c.layers; ++i) {
+    const std::string w = "blocks." + std::to_string(i) + ".", hf = "transformer.h." + std::to_string(i) + ".";
+    for (const char* b : {"weight", "bias"}) {
+      h.tensors.push_back({w + "ln1." + b, hf + "ln_1." + b});
+      h.tensors.push_back({w + "attn.qkv." + b, hf + "attn.c_attn." + b, b[0] == 'w'});  // q | k | v along out
+      h.tensors.push_back({w + "attn.proj." + b, hf + "attn.c_proj." + b, b[0] == 'w'});
+      h.tensors.push_back({w + "ln2." + b, hf + "ln_2." + b});
+      h.tensors.push_back({w + "mlp.fc." + b, hf + "mlp.c_fc." + b, b[0] == 'w'});
+      h.tensors.push_back({w + "mlp.proj." + b, hf + "mlp.c_proj." + b, b[0] == 'w'});
+    }
+  }
+  h.tensors.push_back({"lnf.weight", "transformer.ln_f.weight"});
+  h.tensors.push_back({"lnf.bias", "transformer.ln_f.bias"});
+  if (c.untie) h.tensors.push_back({"output.weight", "lm_head.weight", false, c.vocab});
+  return h;
 }
 
 std::unique_ptr<Model> make_gpt(const Options& options, const ModelEnv& env) {

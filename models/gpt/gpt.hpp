@@ -104,6 +104,8 @@ class GptModel : public Model {
   std::vector<Module*> layers() override;
   std::vector<Param*> params() override;
   ModelSummary summary() const override;
+  // GPT2LMHeadModel (docs/checkpoints.md): Conv1D matrices transposed, the tables' V rows.
+  HfLayout hugging_face() const override;
 
   const GptConfig& config() const { return config_; }
   GptEmbedding& embedding() { return *embedding_; }
