@@ -49,8 +49,11 @@ MoeMLP::MoeMLP(const MoeSpec& spec, LayerProvider& layers)
   WEFT_ASSERT(spec.ep >= 1 && spec.experts % spec.ep == 0 && spec.ep_rank >= 0 && spec.ep_rank < spec.ep,
               spec.name + ": experts must split evenly over the ep ranks");
   for (int64_t e = 0; e < spec.experts; ++e) {
-    experts_.push_back(std::make_unique<MLP>(spec.name + ".experts." + std::to_string(e), spec.dim, layers,
-                                             spec.init_std, spec.proj_init_std));
+    const std::string name = spec.name + ".experts." + std::to_string(e);
+    if (spec.make_expert)
+      experts_.push_back(spec.make_expert(name, layers));
+    else
+      experts_.push_back(std::make_unique<MLP>(name, spec.dim, layers, spec.init_std, spec.proj_init_std));
     std::vector<Param*> params;
     experts_.back()->collect_params(params);
     for (Param* p : params) {
@@ -144,7 +147,7 @@ Tensor MoeMLP::forward(Context& ctx, const Tensor& x) {
   Tensor xd = to_device(be, {R, C}, xg, MemCategory::Activation);  // [R,C]
 
   // Experts: the rows travel to their experts' ranks; each local expert runs
-  // one MLP (two GEMMs) over its rows [R',C]; the outputs come back [R,C].
+  // its MLP over its rows [R',C]; the outputs come back [R,C].
   r->layout = plan(r->rows_of_expert);
   Tensor xe = to_experts(r->layout, xd);  // [R',C], kept by the experts' Linears
   const std::vector<int64_t> local_rows = r->layout.local_rows();

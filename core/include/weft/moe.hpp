@@ -2,8 +2,9 @@
 //   router   z = x Wr^T, Wr [E, C] ("<name>.router.weight", no bias)
 //   gate     p = softmax(z); each token picks its top-k experts and weighs
 //            them by p renormalised over those k (Mixtral's convention)
-//   experts  E MLPs of the dense MLP's shape ("<name>.experts.<e>.fc.*",
-//            ".proj.*"), each run as one GEMM per Linear over its tokens
+//   experts  E MLPs ("<name>.experts.<e>.*") of the shape the model chooses
+//            (MoeSpec::make_expert: GPT-2's fc/proj by default, Llama's
+//            gate/up/down SwiGLU), each run as one GEMM per Linear over its tokens
 //   capacity with capacity_factor f > 0 an expert takes at most
 //            ceil(f k N / E) assignments of a microbatch's N tokens, slot 0 of
 //            every token first; the rest are dropped (their share of the
@@ -23,6 +24,7 @@
 // R routed rows of this rank's tokens, R' rows its experts receive.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +47,9 @@ struct MoeSpec {
   float init_std = 0.02f, proj_init_std = 0.02f;
   int ep = 1, ep_rank = 0;           // expert-parallel size and this rank's place
   Dispatcher* dispatcher = nullptr;  // required when ep > 1
+  // Builds expert e's MLP [..., C] -> [..., C] named `name` ("<spec.name>.experts.<e>");
+  // null: nn::MLP (C -> 4C -> C, GeLU, biases, init_std / proj_init_std).
+  std::function<std::unique_ptr<Module>(const std::string& name, LayerProvider& layers)> make_expert;
 };
 
 class MoeMLP : public Module {
@@ -67,7 +72,7 @@ class MoeMLP : public Module {
   Tensor to_tokens(const DispatchLayout& layout, const Tensor& rows);
   MoeSpec spec_;
   Linear router_;                                 // C -> E
-  std::vector<std::unique_ptr<MLP>> experts_;     // E of C -> 4C -> C
+  std::vector<std::unique_ptr<Module>> experts_;  // E expert MLPs [..., C] -> [..., C]
 };
 
 }  // namespace weft::nn
