@@ -18,6 +18,8 @@
 //   blocks.{i}.attn.o.weight [C,H*D]
 //   blocks.{i}.mlp_norm.weight [C]
 //   blocks.{i}.mlp.gate.weight [F,C], blocks.{i}.mlp.up.weight [F,C], blocks.{i}.mlp.down.weight [C,F]
+//   or, in a mixture-of-experts block (moe_experts = E > 0, weft/moe.hpp):
+//   blocks.{i}.mlp.router.weight [E,C], blocks.{i}.mlp.experts.{e}.{gate,up,down}.weight as above
 //   norm.weight [C]
 //   head.weight [Vp,C]                 (absent with tie_embeddings)
 // Tensor parallelism: q, k, v, gate, up column-parallel (whole heads per
@@ -49,6 +51,11 @@ struct LlamaConfig {
   float rope_theta = 10000.f;
   bool qkv_bias = false;
   bool tie_embeddings = false;
+  // Mixture of experts (weft/moe.hpp, as gpt's): blocks i with i % moe_every == 0 when moe_experts > 0
+  // get E SwiGLU experts of width F.
+  int64_t moe_experts = 0, moe_top_k = 2, moe_every = 1;
+  double moe_capacity_factor = 0, moe_aux_loss_coef = 0.01, moe_z_loss_coef = 0;
+  bool is_moe_block(int64_t i) const { return moe_experts > 0 && i % moe_every == 0; }
   int64_t head_dim() const { return hidden / heads; }
 };
 
@@ -96,10 +103,10 @@ class SwiGluMlp : public Module {
   std::unique_ptr<Module> gate_, up_, down_;
 };
 
-// x + attn(attn_norm(x)), then + mlp(mlp_norm(.)).
+// x + attn(attn_norm(x)), then + mlp(mlp_norm(.)); mlp a SwiGluMlp or an MoeMLP of them.
 class LlamaBlock : public Module {
  public:
-  LlamaBlock(const std::string& name, const LlamaConfig& c, LayerProvider& layers);
+  LlamaBlock(const std::string& name, const LlamaConfig& c, LayerProvider& layers, std::unique_ptr<Module> mlp);
   Tensor forward(Context& ctx, const Tensor& x) override;
   Tensor backward(Context& ctx, const Tensor& dy) override;
   void collect_params(std::vector<Param*>& out) override;
@@ -108,7 +115,7 @@ class LlamaBlock : public Module {
   RmsNorm attn_norm_;
   LlamaAttention attn_;
   RmsNorm mlp_norm_;
-  SwiGluMlp mlp_;
+  std::unique_ptr<Module> mlp_;
 };
 
 // Layer 0: embed.weight [Vp,C] (rows split over tp).
@@ -143,14 +150,19 @@ class LlamaHead : public Module {
 
 class LlamaModel : public Model {
  public:
-  LlamaModel(const LlamaConfig& config, LayerProvider* layers);
+  // `parallel` places the experts of MoE blocks (null: one ep rank).
+  LlamaModel(const LlamaConfig& config, LayerProvider* layers, const ParallelEnv* parallel = nullptr);
   std::vector<Module*> layers() override;
   std::vector<Param*> params() override;
   ModelSummary summary() const override;
+  // LlamaForCausalLM, or Qwen2ForCausalLM with qkv_bias (docs/checkpoints.md); dense models only.
+  HfLayout hugging_face() const override;
   const LlamaConfig& config() const { return config_; }
 
  private:
+  std::unique_ptr<Module> mlp(int64_t i, LayerProvider& layers) const;  // block i's MLP
   LlamaConfig config_;
+  const ParallelEnv* parallel_ = nullptr;
   int tp_ = 1;
   bool sequence_parallel_ = false;
   nn::SerialLayerProvider serial_;
