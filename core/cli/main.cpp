@@ -74,8 +74,9 @@ int run(int argc, char** argv) {
   eval->add_option("--text", text_file, "text file")->required();
 
   CLI::App* export_cmd = app.add_subcommand(
-      "export", "write a checkpoint as a Hugging Face transformers folder (config.json + model.safetensors) that "
-                "GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM load; [model] init_from reads it back");
+      "export", "write a checkpoint as a Hugging Face transformers folder (config.json + model.safetensors, fp32) in "
+                "the layout its model plugin gives, which transformers loads as it is; [model] init_from reads it "
+                "back");
   std::string export_checkpoint, export_format = "hf", export_out;
   export_cmd->add_option("--checkpoint", export_checkpoint, "checkpoint directory (or a run's out_dir: its latest)")
       ->required();
