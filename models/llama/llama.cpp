@@ -19,7 +19,7 @@ std::string num(int64_t v) { return std::to_string(v); }
 // ---------------------------------------------------------------- options
 
 OptionSchema llama_schema() {
-  return {
+  OptionSchema schema = {
       opt_int("layers", 2, "number of transformer blocks (L)", 1, 1 << 14),
       opt_int("hidden", 128, "model width (C)", 1, 1 << 20),
       opt_int("heads", 4, "attention heads (H); must divide hidden, and hidden / heads must be even (RoPE)", 1,
@@ -40,22 +40,15 @@ OptionSchema llama_schema() {
       opt_float("rope_theta", 10000.0, "RoPE base (Llama 2 10000, Llama 3 500000, Qwen2 1000000)", 1.0, 1e12),
       opt_bool("qkv_bias", false, "biases on the q, k and v projections (Qwen2)"),
       opt_bool("tie_embeddings", false, "the output head reads the token embedding (no head.weight)"),
-      opt_int("moe_experts", 0, "experts E of the mixture-of-experts MLPs, each a SwiGLU of width ffn_hidden "
-              "(0 = dense MLPs only)", 0, 1024),
-      opt_int("moe_top_k", 2, "experts per token (k), weighted by the router probabilities renormalised over them",
-              1, 1024),
-      opt_int("moe_every", 1, "blocks i with i % moe_every == 0 get an MoE MLP", 1, 1 << 20),
-      opt_float("moe_capacity_factor", 0.0,
-                "capacity per expert = ceil(factor x k x tokens / E) per microbatch, slot 0 first; 0 = dropless",
-                0.0, 1e6),
-      opt_float("moe_aux_loss_coef", 0.01, "load-balancing loss coefficient (Switch/GShard: coef E sum f_i P_i)",
-                0.0, 1e6),
-      opt_float("moe_z_loss_coef", 0.0, "router z-loss coefficient (coef mean logsumexp(z)^2)", 0.0, 1e6),
       opt_path("init_from", "",
                "start from a Hugging Face LlamaForCausalLM / Qwen2ForCausalLM folder (config.json + "
                "model.safetensors, as weft export writes it) instead of the random init; a resumed run takes its "
                "checkpoint instead"),
   };
+  const OptionSchema moe =
+      nn::moe_schema("experts E of the mixture-of-experts MLPs, each a SwiGLU of width ffn_hidden (0 = dense MLPs only)");
+  schema.insert(schema.end() - 1, moe.begin(), moe.end());  // before init_from
+  return schema;
 }
 
 LlamaConfig llama_config(const Options& o, int64_t vocab_size, const LayerProvider* layers) {
@@ -108,19 +101,7 @@ LlamaConfig llama_config(const Options& o, int64_t vocab_size, const LayerProvid
     o.fail("vocab_size", "vocab_size " + num(own_vocab) + " is smaller than the tokenizer's vocabulary of " +
                              num(vocab_size));
   c.vocab = own_vocab != 0 ? own_vocab : vocab_size;
-  c.moe_experts = o.get_int("moe_experts");
-  c.moe_top_k = o.get_int("moe_top_k");
-  c.moe_every = o.get_int("moe_every");
-  c.moe_capacity_factor = o.get_float("moe_capacity_factor");
-  c.moe_aux_loss_coef = o.get_float("moe_aux_loss_coef");
-  c.moe_z_loss_coef = o.get_float("moe_z_loss_coef");
-  if (c.moe_experts > 0 && c.moe_top_k > c.moe_experts)
-    o.fail("moe_top_k", "moe_top_k " + num(c.moe_top_k) + " exceeds moe_experts " + num(c.moe_experts));
-  // Under sequence parallelism each tp rank routes other tokens, while an
-  // expert's tp-sharded Linears need the same rows on every tp rank (as gpt).
-  if (c.moe_experts > 0 && layers && layers->sequence_parallel())
-    o.fail("moe_experts", "mixture-of-experts blocks with sequence parallelism are not available in this version "
-                          "(set parallel.tensor_parallel.sequence_parallel = false)");
+  c.moe = nn::read_moe_options(o, layers);
   if (pad > (int64_t{1} << 31) / tp)
     o.fail("vocab_pad_multiple", "vocab_pad_multiple " + num(pad) + " x parallel.tensor " + num(tp) +
                                      " exceeds the int32 token ids");
@@ -366,21 +347,8 @@ void LlamaHead::collect_shared_params(std::vector<Param*>& out) {
 std::unique_ptr<Module> LlamaModel::mlp(int64_t i, LayerProvider& layers) const {
   const LlamaConfig& c = config_;
   const std::string name = "blocks." + std::to_string(i) + ".mlp";
-  if (!c.is_moe_block(i)) return std::make_unique<SwiGluMlp>(name, c, layers);
-  nn::MoeSpec spec;
-  spec.name = name;
-  spec.dim = c.hidden;
-  spec.experts = c.moe_experts;
-  spec.top_k = c.moe_top_k;
-  spec.capacity_factor = c.moe_capacity_factor;
-  spec.aux_loss_coef = c.moe_aux_loss_coef;
-  spec.z_loss_coef = c.moe_z_loss_coef;
-  spec.init_std = c.init_std;
-  if (parallel_ && parallel_->topology) {
-    spec.ep = parallel_->topology->sizes.ep;
-    spec.ep_rank = parallel_->topology->coords.ep;
-    spec.dispatcher = parallel_->dispatcher;
-  }
+  if (!c.moe.is_moe_block(i)) return std::make_unique<SwiGluMlp>(name, c, layers);
+  nn::MoeSpec spec = nn::moe_spec(c.moe, name, c.hidden, c.init_std, c.init_std, parallel_);
   spec.make_expert = [c](const std::string& expert, LayerProvider& l) -> std::unique_ptr<Module> {
     return std::make_unique<SwiGluMlp>(expert, c, l);
   };
@@ -433,11 +401,11 @@ ModelSummary LlamaModel::summary() const {
   // An MoE block holds E SwiGLU experts (3CF each) and a router [E, C] instead
   // of one MLP; a token runs through k of them.
   for (int64_t i = 0; i < L; ++i) {
-    if (!c.is_moe_block(i)) continue;
+    if (!c.moe.is_moe_block(i)) continue;
     ++s.moe_layers;
-    s.moe_experts = c.moe_experts;
-    s.params += (c.moe_experts - 1) * 3 * C * F + c.moe_experts * C;
-    s.flops_per_token += 6 * ((c.moe_top_k - 1) * 3 * C * F + c.moe_experts * C);
+    s.moe_experts = c.moe.experts;
+    s.params += (c.moe.experts - 1) * 3 * C * F + c.moe.experts * C;
+    s.flops_per_token += 6 * ((c.moe.top_k - 1) * 3 * C * F + c.moe.experts * C);
   }
   // Saved fp32 activations per token on one tp rank (p), as the modules keep them:
   //   per block: attn_norm in + rstd (C+1), q/k/v input (C), packed qkv (3HD/p), attention out (HD/p),
@@ -455,8 +423,8 @@ ModelSummary LlamaModel::summary() const {
 
 HfLayout LlamaModel::hugging_face() const {
   const LlamaConfig& c = config_;
-  if (c.moe_experts > 0)
-    throw Error("model.moe_experts " + num(c.moe_experts) +
+  if (c.moe.experts > 0)
+    throw Error("model.moe_experts " + num(c.moe.experts) +
                 ": LlamaForCausalLM and Qwen2ForCausalLM have no mixture-of-experts blocks (only dense models "
                 "convert)");
   const bool qwen2 = c.qkv_bias;  // Qwen2 is Llama with q, k, v biases
@@ -510,10 +478,7 @@ HfLayout LlamaModel::hugging_face() const {
 
 std::unique_ptr<Model> make_llama(const Options& options, const ModelEnv& env) {
   LlamaConfig config = llama_config(options, env.vocab_size, env.layers);
-  const int ep = env.parallel && env.parallel->topology ? env.parallel->topology->sizes.ep : 1;
-  if (config.moe_experts > 0 && config.moe_experts % ep != 0)
-    options.fail("moe_experts", "moe_experts " + num(config.moe_experts) + " is not divisible by parallel.expert " +
-                                    num(ep));
+  nn::check_moe_split(config.moe, options, env.parallel);
   return std::make_unique<LlamaModel>(config, env.layers, env.parallel);
 }
 

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "weft/model.hpp"
+#include "weft/moe.hpp"
 #include "weft/nn.hpp"
 
 namespace weft::llama {
@@ -51,11 +52,7 @@ struct LlamaConfig {
   float rope_theta = 10000.f;
   bool qkv_bias = false;
   bool tie_embeddings = false;
-  // Mixture of experts (weft/moe.hpp, as gpt's): blocks i with i % moe_every == 0 when moe_experts > 0
-  // get E SwiGLU experts of width F.
-  int64_t moe_experts = 0, moe_top_k = 2, moe_every = 1;
-  double moe_capacity_factor = 0, moe_aux_loss_coef = 0.01, moe_z_loss_coef = 0;
-  bool is_moe_block(int64_t i) const { return moe_experts > 0 && i % moe_every == 0; }
+  nn::MoeOptions moe;  // mixture-of-experts MLPs (weft/moe.hpp): blocks moe.is_moe_block(i) get E SwiGLU experts
   int64_t head_dim() const { return hidden / heads; }
 };
 
