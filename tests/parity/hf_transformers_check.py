@@ -14,8 +14,6 @@ rel 1e-4. Without transformers it prints one line and exits 77 (a skip).
 
 import os
 import sys
-import tempfile
-import traceback
 
 try:
     import transformers
@@ -26,36 +24,21 @@ except Exception as e:  # noqa: BLE001
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
-from parity_report import finish, report  # noqa: E402
-from test_hf_interop import TOL_LOGITS, VARIANTS, export_and_dump, rel_err  # noqa: E402
+from parity_report import report  # noqa: E402
+from test_hf_interop import TOL_LOGITS, export_and_dump, for_each_variant, rel_err  # noqa: E402
 
 
-def main():
-    if len(sys.argv) != 4:
-        print("usage: hf_transformers_check.py PARITY_DUMP BUILD_ROOT SOURCE_DIR", file=sys.stderr)
-        sys.exit(2)
-    dump_exe, build_root, source_dir = (os.path.abspath(a) for a in sys.argv[1:])
-    weft = os.path.join(build_root, "weft")
-    torch.set_num_threads(2)
-    print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    with tempfile.TemporaryDirectory(prefix="weft-hf-transformers-") as work:
-        for label, recipe, overrides in VARIANTS:
-            try:
-                _, hf, cfg, _, ids, weft_logits = export_and_dump(label, os.path.join(source_dir, recipe), overrides,
-                                                                  dump_exe, build_root, weft, work)
-                arch = cfg["architectures"][0]
-                cls = getattr(transformers, arch)
-                model = cls.from_pretrained(hf, torch_dtype=torch.float32, attn_implementation="eager").eval()
-                with torch.no_grad():
-                    logits = model(ids).logits
-                err = rel_err(weft_logits, logits)
-                report(err <= TOL_LOGITS, f"{label} {arch}.from_pretrained logits vs weft's",
-                       f"rel {err:.3e} (tol {TOL_LOGITS:.0e})")
-            except Exception:  # noqa: BLE001
-                traceback.print_exc()
-                report(False, label, "raised")
-    finish()
+def check_variant(label, recipe, overrides, dump_exe, build_root, weft, work):
+    _, hf, cfg, _, ids, weft_logits = export_and_dump(label, recipe, overrides, dump_exe, build_root, weft, work)
+    arch = cfg["architectures"][0]
+    model = getattr(transformers, arch).from_pretrained(hf, torch_dtype=torch.float32,
+                                                        attn_implementation="eager").eval()
+    with torch.no_grad():
+        logits = model(ids).logits
+    err = rel_err(weft_logits, logits)
+    report(err <= TOL_LOGITS, f"{label} {arch}.from_pretrained logits vs weft's", f"rel {err:.3e} (tol {TOL_LOGITS:.0e})")
 
 
 if __name__ == "__main__":
-    main()
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    for_each_variant("hf_transformers_check.py", check_variant)

@@ -210,17 +210,19 @@ def check_variant(label, recipe, overrides, dump_exe, build_root, weft, work):
            f"(tol {TOL_LOGITS:.0e})")
 
 
-def main():
+def for_each_variant(script, check):
+    """The scripts' main: check(label, recipe, overrides, dump_exe, build_root, weft, work) for every variant, then
+    the tally (a variant that raises fails)."""
     if len(sys.argv) != 4:
-        print("usage: test_hf_interop.py PARITY_DUMP BUILD_ROOT SOURCE_DIR", file=sys.stderr)
+        print(f"usage: {script} PARITY_DUMP BUILD_ROOT SOURCE_DIR", file=sys.stderr)
         sys.exit(2)
     dump_exe, build_root, source_dir = (os.path.abspath(a) for a in sys.argv[1:])
     weft = os.path.join(build_root, "weft")
     torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory(prefix="weft-hf-interop-") as work:
+    with tempfile.TemporaryDirectory(prefix="weft-hf-") as work:
         for label, recipe, overrides in VARIANTS:
             try:
-                check_variant(label, os.path.join(source_dir, recipe), overrides, dump_exe, build_root, weft, work)
+                check(label, os.path.join(source_dir, recipe), overrides, dump_exe, build_root, weft, work)
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
                 report(False, label, "raised")
@@ -228,4 +230,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    for_each_variant("test_hf_interop.py", check_variant)
