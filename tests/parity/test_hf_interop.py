@@ -25,6 +25,8 @@ Exits 1 when anything failed (torch missing counts as a failure).
 import json
 import math
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -208,6 +210,36 @@ def check_variant(label, recipe, overrides, dump_exe, build_root, weft, work):
     err = rel_err(weft_logits, logits)
     report(err <= TOL_LOGITS, f"{label} logits of the folder read as {arch} vs weft's", f"rel {err:.3e} "
            f"(tol {TOL_LOGITS:.0e})")
+    if label == "llama_gqa":
+        check_bf16_folder(label, recipe, hf, tensors, dump_exe, build_root, work)
+
+
+def check_bf16_folder(label, recipe, hf, tensors, dump_exe, build_root, work):
+    """A BF16 copy of the folder (torch's round to nearest even, as transformers saves bf16 models): init_from
+    loads each value widened to the float32 torch gives."""
+    bf16 = os.path.join(work, "hf-bf16-" + label)
+    os.makedirs(bf16)
+    shutil.copy(os.path.join(hf, "config.json"), bf16)
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, x in tensors.items():
+        raw = x.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(x.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(os.path.join(bf16, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+    dump = os.path.join(work, "dump-bf16-" + label)
+    run([dump_exe, build_root, recipe, dump, "--steps", "1", "--set", f"model.init_from={bf16}"], work)
+    loaded, _ = read_safetensors(os.path.join(dump, "init.safetensors"))
+    names = {"model.embed_tokens.weight": "embed.weight", "lm_head.weight": "head.weight",
+             "model.norm.weight": "norm.weight", "model.layers.1.self_attn.k_proj.weight": "blocks.1.attn.k.weight",
+             "model.layers.0.mlp.down_proj.weight": "blocks.0.mlp.down.weight"}
+    bad = [w for h, w in names.items()
+           if not torch.equal(loaded[w][:tensors[h].shape[0]], tensors[h].to(torch.bfloat16).float())]
+    report(not bad, f"{label} init_from a BF16 folder widens its values exactly",
+           f"differ: {bad}" if bad else f"{len(names)} tensors checked")
 
 
 def for_each_variant(script, check):
