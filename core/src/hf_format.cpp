@@ -188,17 +188,23 @@ void read_hf_folder(const std::string& dir, const HfLayout& layout, FlatParams& 
   }
 }
 
-std::string load_init_from(const Recipe& recipe, Model& model, FlatParams& flat, DataParallel* dp, Backend& backend) {
+bool check_init_from(const Recipe& recipe, Model& model, HfLayout& layout, std::string& dir) {
   const Options& options = recipe.options("model");
-  if (!options.has("init_from") || options.get_string("init_from").empty()) return "";
-  const std::string dir = options.get_string("init_from");
-  HfLayout layout;
+  if (!options.has("init_from") || options.get_string("init_from").empty()) return false;
+  dir = options.get_string("init_from");
   try {
     layout = model.hugging_face();
     check_hf_folder(dir, layout, model.params(), recipe.plugin("model"));
   } catch (const Error& e) {
     options.fail("init_from", e.what());
   }
+  return true;
+}
+
+std::string load_init_from(const Recipe& recipe, Model& model, FlatParams& flat, DataParallel* dp, Backend& backend) {
+  HfLayout layout;
+  std::string dir;
+  if (!check_init_from(recipe, model, layout, dir)) return "";
   read_hf_folder(dir, layout, flat, dp, backend);
   return dir;
 }

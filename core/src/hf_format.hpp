@@ -33,6 +33,11 @@ void check_hf_folder(const std::string& dir, const HfLayout& layout, const std::
 void read_hf_folder(const std::string& dir, const HfLayout& layout, FlatParams& flat, DataParallel* dp,
                     Backend& backend);
 
+// `[model] init_from`: when the recipe sets it, checks the folder against
+// `model` (check_hf_folder; refusals name model.init_from) and returns its
+// Hugging Face layout with the folder in `dir`; false when the recipe has none.
+bool check_init_from(const Recipe& recipe, Model& model, HfLayout& layout, std::string& dir);
+
 // `[model] init_from`: when the recipe sets it, checks the folder against the
 // model (check_hf_folder; refusals name model.init_from) and loads this
 // rank's parameters from it (read_hf_folder). Returns the folder, or "" when

@@ -1390,6 +1390,8 @@ hf_refused() {  # hf_refused NAME EXPECTED...: train from the copy must be refus
 }
 hf_copy; hf_config hidden_size 64
 hf_refused "a config.json of another size" "$TMP/hfbad/config.json: hidden_size 64, the recipe's model has 128 (model.hidden)"
+refuse "init_from of another size" "$LLAMA" --set "model.init_from=$TMP/hfbad" -- \
+  "model.init_from: $TMP/hfbad/config.json: hidden_size 64, the recipe's model has 128 (model.hidden)"
 hf_copy; hf_config num_key_value_heads 4
 hf_refused "other kv heads" "num_key_value_heads 4, the recipe's model has 2 (model.kv_heads)"
 hf_copy; hf_config rope_theta 500000.0
