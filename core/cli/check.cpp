@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "commands.hpp"
+#include "hf_format.hpp"
 #include "memory_estimate.hpp"
 #include "runtime.hpp"
 
@@ -51,6 +52,13 @@ void build_checked_run(CheckedRun& run, const Recipe& recipe, const Registry& re
   run.parallel.backend = run.backend.get();
   ModelFacts facts{run.tokenizer.get(), run.estimate.summary, run.estimate.has_experts};
   build_run_parts(run.parts, recipe, registry, facts, run.parallel);
+  // [model] init_from: the folder's config.json and tensor shapes against the model (no data read).
+  const Options& model = recipe.options("model");
+  if (model.has("init_from") && !model.get_string("init_from").empty()) {
+    HfLayout layout;
+    std::string dir;
+    check_init_from(recipe, *build_serial_model(recipe, registry), layout, dir);
+  }
 }
 
 // The data line: what one epoch holds (the counts the dataset knows) and how

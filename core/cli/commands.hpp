@@ -41,6 +41,8 @@ int cmd_plan(const RecipeArgs& args, int world, double memory_gb, const std::str
 int cmd_train(const RecipeArgs& args, bool resume, const std::string& resume_dir, bool overwrite,
               bool override_schedule = false);
 int cmd_eval(const std::vector<std::string>& checkpoints, const std::string& text_file);
+// weft export: a checkpoint as a Hugging Face folder (export.cpp); format "hf".
+int cmd_export(const std::string& checkpoint, const std::string& format, const std::string& out_dir);
 // Writes an SVG of the runs' metrics.jsonl curves to `out`.
 int cmd_plot(const std::vector<std::string>& run_dirs, const std::string& out);
 // weft preprocess: JSON lines to a Megatron indexed dataset (preprocess.cpp).

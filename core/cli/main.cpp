@@ -1,4 +1,4 @@
-// weft: train, check, plugins, eval, generate, plot, preprocess, data. Refused input (weft::Error,
+// weft: train, check, plugins, eval, export, generate, plot, preprocess, data. Refused input (weft::Error,
 // usage errors) prints one line and exits 2; anything else exits 1.
 #include <CLI/CLI.hpp>
 #include <malloc.h>
@@ -72,6 +72,18 @@ int run(int argc, char** argv) {
                    "checkpoint directory (or a run's out_dir); several give one JSON line each")
       ->required();
   eval->add_option("--text", text_file, "text file")->required();
+
+  CLI::App* export_cmd = app.add_subcommand(
+      "export", "write a checkpoint as a Hugging Face transformers folder (config.json + model.safetensors, fp32) in "
+                "the layout its model plugin gives, which transformers loads as it is; [model] init_from reads it "
+                "back");
+  std::string export_checkpoint, export_format = "hf", export_out;
+  export_cmd->add_option("--checkpoint", export_checkpoint, "checkpoint directory (or a run's out_dir: its latest)")
+      ->required();
+  export_cmd->add_option("--format", export_format, "output format: hf (Hugging Face transformers)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"hf"}));
+  export_cmd->add_option("out", export_out, "the folder to write (created if missing)")->required();
 
   // CLI::Range lets nan through (every comparison with nan is false).
   CLI::Validator finite(
@@ -176,6 +188,7 @@ int run(int argc, char** argv) {
   if (check->parsed()) return weft::cli::cmd_check(recipe_args, check_json);
   if (plugins->parsed()) return weft::cli::cmd_plugins(plugin_name);
   if (eval->parsed()) return weft::cli::cmd_eval(eval_checkpoints, text_file);
+  if (export_cmd->parsed()) return weft::cli::cmd_export(export_checkpoint, export_format, export_out);
   if (plot->parsed()) return weft::cli::cmd_plot(plot_dirs, plot_out);
   if (generate->parsed()) return weft::cli::cmd_generate(checkpoint, prompt, tokens, temperature, top_k, seed);
   if (preprocess->parsed()) return weft::cli::cmd_preprocess(recipe_args, pre);

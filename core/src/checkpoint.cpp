@@ -62,30 +62,11 @@ std::vector<float> gather_logical(Backend& backend, Communicator* tp, const Para
   return full;
 }
 
-// The logical tensor `name` of `file` as this rank's shard of `p`. A padded
-// vocabulary of another size keeps the rows both have (the rest stay 0).
+// The logical tensor `name` of `file` as this rank's shard of `p`.
 std::vector<float> read_shard(const SafetensorsReader& file, const std::string& path, const std::string& name,
                               const Param& p) {
   if (!file.has(name)) throw Error(path + ": missing tensor '" + name + "'");
-  const Shape& saved = file.shape(name);
-  std::vector<float> full = file.read(name);
-  if (saved != p.full_shape) {
-    const bool other_padding = p.vocab_rows > 0 && saved.size() == p.full_shape.size() && !saved.empty() &&
-                               saved[0] >= p.vocab_rows &&
-                               std::equal(saved.begin() + 1, saved.end(), p.full_shape.begin() + 1);
-    if (!other_padding)
-      throw Error(path + ": '" + name + "' has shape " + shape_str(saved) + ", the model expects " +
-                  shape_str(p.full_shape));
-    const int64_t row = shape_numel(saved) / saved[0];
-    std::vector<float> resized(shape_numel(p.full_shape), 0.f);
-    const int64_t rows = std::min(saved[0], p.full_shape[0]);
-    std::copy(full.begin(), full.begin() + rows * row, resized.begin());
-    full = std::move(resized);
-  }
-  if (!tp_sharded(p)) return full;
-  std::vector<float> local(shape_numel(p.shape));
-  slice_shard_host(p, full.data(), local.data());
-  return local;
+  return logical_to_shard(p, file.shape(name), file.read(name), path + ": '" + name + "'");
 }
 
 // Moves a stage's logical tensor to the writer's stage (0) over pp; returns it on the writer.
@@ -120,6 +101,26 @@ std::vector<float> to_ep_root(Backend& backend, const CheckpointGroups& g, const
 }
 
 }  // namespace
+
+std::vector<float> logical_to_shard(const Param& p, const Shape& saved, std::vector<float> full,
+                                    const std::string& what) {
+  if (saved != p.full_shape) {
+    const bool other_padding = p.vocab_rows > 0 && saved.size() == p.full_shape.size() && !saved.empty() &&
+                               saved[0] >= p.vocab_rows &&
+                               std::equal(saved.begin() + 1, saved.end(), p.full_shape.begin() + 1);
+    if (!other_padding)
+      throw Error(what + " has shape " + shape_str(saved) + ", the model expects " + shape_str(p.full_shape));
+    const int64_t row = shape_numel(saved) / saved[0];
+    std::vector<float> resized(shape_numel(p.full_shape), 0.f);
+    const int64_t rows = std::min(saved[0], p.full_shape[0]);
+    std::copy(full.begin(), full.begin() + rows * row, resized.begin());
+    full = std::move(resized);
+  }
+  if (!tp_sharded(p)) return full;
+  std::vector<float> local(shape_numel(p.shape));
+  slice_shard_host(p, full.data(), local.data());
+  return local;
+}
 
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
                              FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,

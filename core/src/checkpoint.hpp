@@ -86,6 +86,12 @@ CheckpointMeta read_checkpoint_meta(const std::string& step_dir);
 // rank taking its shard of the logical tensor, so any layout loads any other.
 // Logical shapes must match, except a padded vocabulary (Param::vocab_rows):
 // the common rows load, rows the file lacks start at 0.
+// A logical tensor of `saved` shape (fp32, row-major) as this rank's shard of
+// `p`; a padded vocabulary of another size keeps the rows both have (the rest
+// 0). Throws weft::Error "<what> has shape [..], the model expects [..]".
+std::vector<float> logical_to_shard(const Param& p, const Shape& saved, std::vector<float> full,
+                                    const std::string& what);
+
 CheckpointMeta read_checkpoint(const std::string& step_dir, FlatParams& flat, DataParallel* dp, int state_slots,
                                Backend& backend);
 

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "weft/error.hpp"
+#include "weft/topology.hpp"
 
 namespace weft::nn {
 
@@ -23,6 +24,66 @@ Tensor to_device(Backend& be, const Shape& shape, const std::vector<float>& v, M
 }
 
 }  // namespace
+
+OptionSchema moe_schema(const std::string& experts_doc) {
+  return {
+      opt_int("moe_experts", 0, experts_doc, 0, 1024),
+      opt_int("moe_top_k", 2, "experts per token (k), weighted by the router probabilities renormalised over them",
+              1, 1024),
+      opt_int("moe_every", 1, "blocks i with i % moe_every == 0 get an MoE MLP", 1, 1 << 20),
+      opt_float("moe_capacity_factor", 0.0,
+                "capacity per expert = ceil(factor x k x tokens / E) per microbatch, slot 0 first; 0 = dropless",
+                0.0, 1e6),
+      opt_float("moe_aux_loss_coef", 0.01, "load-balancing loss coefficient (Switch/GShard: coef E sum f_i P_i)",
+                0.0, 1e6),
+      opt_float("moe_z_loss_coef", 0.0, "router z-loss coefficient (coef mean logsumexp(z)^2)", 0.0, 1e6),
+  };
+}
+
+MoeOptions read_moe_options(const Options& o, const LayerProvider* layers) {
+  MoeOptions m;
+  m.experts = o.get_int("moe_experts");
+  m.top_k = o.get_int("moe_top_k");
+  m.every = o.get_int("moe_every");
+  m.capacity_factor = o.get_float("moe_capacity_factor");
+  m.aux_loss_coef = o.get_float("moe_aux_loss_coef");
+  m.z_loss_coef = o.get_float("moe_z_loss_coef");
+  if (m.experts > 0 && m.top_k > m.experts)
+    o.fail("moe_top_k", "moe_top_k " + std::to_string(m.top_k) + " exceeds moe_experts " + std::to_string(m.experts));
+  // Under sequence parallelism each tp rank routes other tokens, while an
+  // expert's tp-sharded Linears need the same rows on every tp rank.
+  if (m.experts > 0 && layers && layers->sequence_parallel())
+    o.fail("moe_experts", "mixture-of-experts blocks with sequence parallelism are not available in this version "
+                          "(set parallel.tensor_parallel.sequence_parallel = false)");
+  return m;
+}
+
+void check_moe_split(const MoeOptions& m, const Options& o, const ParallelEnv* parallel) {
+  const int ep = parallel && parallel->topology ? parallel->topology->sizes.ep : 1;
+  if (m.experts > 0 && m.experts % ep != 0)
+    o.fail("moe_experts", "moe_experts " + std::to_string(m.experts) + " is not divisible by parallel.expert " +
+                              std::to_string(ep));
+}
+
+MoeSpec moe_spec(const MoeOptions& m, const std::string& name, int64_t dim, float init_std, float proj_init_std,
+                 const ParallelEnv* parallel) {
+  MoeSpec spec;
+  spec.name = name;
+  spec.dim = dim;
+  spec.experts = m.experts;
+  spec.top_k = m.top_k;
+  spec.capacity_factor = m.capacity_factor;
+  spec.aux_loss_coef = m.aux_loss_coef;
+  spec.z_loss_coef = m.z_loss_coef;
+  spec.init_std = init_std;
+  spec.proj_init_std = proj_init_std;
+  if (parallel && parallel->topology) {
+    spec.ep = parallel->topology->sizes.ep;
+    spec.ep_rank = parallel->topology->coords.ep;
+    spec.dispatcher = parallel->dispatcher;
+  }
+  return spec;
+}
 
 // One assignment (token -> expert) that an expert ran, in expert order.
 struct MoeMLP::Routing {
@@ -49,8 +110,11 @@ MoeMLP::MoeMLP(const MoeSpec& spec, LayerProvider& layers)
   WEFT_ASSERT(spec.ep >= 1 && spec.experts % spec.ep == 0 && spec.ep_rank >= 0 && spec.ep_rank < spec.ep,
               spec.name + ": experts must split evenly over the ep ranks");
   for (int64_t e = 0; e < spec.experts; ++e) {
-    experts_.push_back(std::make_unique<MLP>(spec.name + ".experts." + std::to_string(e), spec.dim, layers,
-                                             spec.init_std, spec.proj_init_std));
+    const std::string name = spec.name + ".experts." + std::to_string(e);
+    if (spec.make_expert)
+      experts_.push_back(spec.make_expert(name, layers));
+    else
+      experts_.push_back(std::make_unique<MLP>(name, spec.dim, layers, spec.init_std, spec.proj_init_std));
     std::vector<Param*> params;
     experts_.back()->collect_params(params);
     for (Param* p : params) {
@@ -144,7 +208,7 @@ Tensor MoeMLP::forward(Context& ctx, const Tensor& x) {
   Tensor xd = to_device(be, {R, C}, xg, MemCategory::Activation);  // [R,C]
 
   // Experts: the rows travel to their experts' ranks; each local expert runs
-  // one MLP (two GEMMs) over its rows [R',C]; the outputs come back [R,C].
+  // its MLP over its rows [R',C]; the outputs come back [R,C].
   r->layout = plan(r->rows_of_expert);
   Tensor xe = to_experts(r->layout, xd);  // [R',C], kept by the experts' Linears
   const std::vector<int64_t> local_rows = r->layout.local_rows();

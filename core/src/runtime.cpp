@@ -225,13 +225,24 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   if (!stack.precision->accumulate_grads_in_fp32()) stack.flat.grad_reduce_dtype = stack.precision->compute_dtype();
 }
 
-CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry,
-                                           PluginScan& scan, Recipe& recipe_out) {
-  std::string step_dir = resolve_checkpoint_dir(path);
+Recipe load_checkpoint_recipe(const std::string& step_dir, Registry& registry, PluginScan& scan) {
   std::vector<std::string> one_rank = {"parallel.tensor=1", "parallel.pipeline=1", "parallel.data=1",
                                        "parallel.expert=1", "parallel.world=1", "batch.global=auto"};
   for (std::string& o : one_rank_options(step_dir + "/recipe.toml")) one_rank.push_back(std::move(o));
-  recipe_out = load_recipe_for_run(step_dir + "/recipe.toml", one_rank, registry, scan);
+  return load_recipe_for_run(step_dir + "/recipe.toml", one_rank, registry, scan);
+}
+
+std::unique_ptr<Model> build_serial_model(const Recipe& recipe, const Registry& registry) {
+  ModelEnv menv;  // no layer provider: the model's own serial Linears; no parallel env: one expert rank
+  menv.vocab_size = make_tokenizer(recipe, registry)->vocab_size();
+  menv.seed = static_cast<uint64_t>(recipe.options("run").get_int("seed"));
+  return registry.factory<Model>(recipe.plugin("model"))(recipe.options("model"), menv);
+}
+
+CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& path, Registry& registry,
+                                           PluginScan& scan, Recipe& recipe_out) {
+  std::string step_dir = resolve_checkpoint_dir(path);
+  recipe_out = load_checkpoint_recipe(step_dir, registry, scan);
   stack.topology = make_topology(1, 0, recipe_out.sizes);
   BackendEnv env;
   env.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

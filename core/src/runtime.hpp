@@ -96,6 +96,14 @@ std::unique_ptr<Precision> make_precision(const Recipe& recipe, const Registry& 
 // `parallel` carries this rank's topology and group communicators (null for one rank).
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env);
 
+// The recipe saved with a checkpoint, resolved for one rank (the sizes and
+// the options that only make sense on several set to one rank's).
+Recipe load_checkpoint_recipe(const std::string& step_dir, Registry& registry, PluginScan& scan);
+
+// The recipe's model as one rank builds it (serial layers, one expert rank),
+// its parameters not materialised: what `weft export` asks for its layout.
+std::unique_ptr<Model> build_serial_model(const Recipe& recipe, const Registry& registry);
+
 // A single-rank stack for eval/generate from a checkpoint folder (any layout
 // it was saved under); returns the checkpoint's step and data position.
 CheckpointMeta build_stack_from_checkpoint(ModelStack& stack, const std::string& step_dir, Registry& registry,

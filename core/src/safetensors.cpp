@@ -13,6 +13,7 @@
 
 #include "weft/error.hpp"
 #include "weft/file.hpp"
+#include "weft/half.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -267,6 +268,23 @@ std::vector<float> SafetensorsReader::read(const std::string& name) const {
   } catch (const Error&) {
     throw Error(path_ + ": offset " + std::to_string(e.begin) + ": tensor '" + name + "' is truncated");
   }
+  return out;
+}
+
+std::vector<float> SafetensorsReader::read_widened(const std::string& name) const {
+  const Entry& e = entry(name);
+  if (e.dtype == "F32") return read(name);
+  if (e.dtype != "BF16" && e.dtype != "F16")
+    throw Error(path_ + ": tensor '" + name + "' is " + e.dtype + ", expected F32, BF16 or F16");
+  std::vector<uint16_t> half(shape_numel(e.shape));
+  try {
+    InputFile(path_).read_exact(e.begin, half.data(), e.end - e.begin);
+  } catch (const Error&) {
+    throw Error(path_ + ": offset " + std::to_string(e.begin) + ": tensor '" + name + "' is truncated");
+  }
+  std::vector<float> out(half.size());
+  const bool bf16 = e.dtype == "BF16";
+  for (size_t i = 0; i < half.size(); ++i) out[i] = bf16 ? bf16_to_float(half[i]) : f16_to_float(half[i]);
   return out;
 }
 

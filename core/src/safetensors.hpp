@@ -59,6 +59,9 @@ class SafetensorsReader {
   const Shape& shape(const std::string& name) const;
   std::vector<std::string> names() const;
   std::vector<float> read(const std::string& name) const;  // F32 tensors only
+  // F32, BF16 or F16 tensors as F32 (16-bit values widened exactly).
+  std::vector<float> read_widened(const std::string& name) const;
+  const std::string& dtype(const std::string& name) const { return entry(name).dtype; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:

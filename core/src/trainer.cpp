@@ -14,6 +14,7 @@
 
 #include "batch_rampup.hpp"
 #include "checkpoint.hpp"
+#include "hf_format.hpp"
 #include "expert_data_parallel.hpp"
 #include "logging.hpp"
 #include "run_parts.hpp"
@@ -441,6 +442,11 @@ void RankTrainer::run() {
     if (rank0) log_->info("{}: no checkpoint yet; starting from step 0", out_dir_);
   } else if (!args_.overwrite) {
     refuse_used_out_dir(out_dir_);
+  }
+  // A fresh run may start from a Hugging Face folder; a resume's checkpoint wins.
+  if (dir.empty()) {
+    std::string from = load_init_from(recipe_, *stack_.model, stack_.flat, dp_.get(), *stack_.backend);
+    if (!from.empty() && rank0) log_->info("initialised the parameters from {}", from);
   }
   // Every rank has decided how to start before rank 0 changes out_dir.
   world_.barrier();

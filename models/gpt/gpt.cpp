@@ -18,7 +18,7 @@ float* f32(const Tensor& t) { return t.data<float>(); }
 // ---------------------------------------------------------------- options
 
 OptionSchema gpt_schema() {
-  return {
+  OptionSchema schema = {
       // Upper bounds keep every size product (parameters, flops, activation bytes) below 2^63.
       opt_int("layers", 2, "number of transformer blocks (L)", 1, 1 << 14),
       opt_int("hidden", 128, "model width (C)", 1, 1 << 20),
@@ -30,16 +30,6 @@ OptionSchema gpt_schema() {
               0, 2147483647.0),
       opt_int("vocab_pad_multiple", 64, "pad the vocabulary to a multiple of this (Vp)", 1, 1 << 20),
       opt_float("init_std", 0.02, "std of the normal init; residual projections use init_std/sqrt(2L)", 0.0),
-      opt_int("moe_experts", 0, "experts E of the mixture-of-experts MLPs (0 = dense MLPs only)", 0, 1024),
-      opt_int("moe_top_k", 2, "experts per token (k), weighted by the router probabilities renormalised over them",
-              1, 1024),
-      opt_int("moe_every", 1, "blocks i with i % moe_every == 0 get an MoE MLP", 1, 1 << 20),
-      opt_float("moe_capacity_factor", 0.0,
-                "capacity per expert = ceil(factor x k x tokens / E) per microbatch, slot 0 first; 0 = dropless",
-                0.0, 1e6),
-      opt_float("moe_aux_loss_coef", 0.01, "load-balancing loss coefficient (Switch/GShard: coef E sum f_i P_i)",
-                0.0, 1e6),
-      opt_float("moe_z_loss_coef", 0.0, "router z-loss coefficient (coef mean logsumexp(z)^2)", 0.0, 1e6),
       opt_string("recompute", "none",
                  "activation recomputation: full = a block keeps only its input and reruns its forward in "
                  "backward; selective = none here (the fused attention never keeps the score matrix)",
@@ -56,7 +46,13 @@ OptionSchema gpt_schema() {
       opt_float("norm_eps", 1e-5, "LayerNorm epsilon", 0.0, 1.0),
       opt_string("gelu", "tanh", "GeLU of the MLP: \"tanh\" (GPT-2's approximation) or \"erf\" (exact, Megatron's)",
                  {"tanh", "erf"}),
+      opt_path("init_from", "",
+               "start from a Hugging Face GPT2LMHeadModel folder (config.json + model.safetensors, as weft export "
+               "writes it) instead of the random init; a resumed run takes its checkpoint instead"),
   };
+  const OptionSchema moe = nn::moe_schema("experts E of the mixture-of-experts MLPs (0 = dense MLPs only)");
+  schema.insert(schema.begin() + 7, moe.begin(), moe.end());  // after init_std, as before
+  return schema;
 }
 
 GptConfig gpt_config(const Options& o, int64_t vocab_size, const LayerProvider* layers) {
@@ -92,20 +88,7 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size, const LayerProvider* 
   if (c.recompute_layers > c.layers)
     o.fail("recompute_layers", "recompute_layers " + std::to_string(c.recompute_layers) + " exceeds layers " +
                                    std::to_string(c.layers));
-  c.moe_experts = o.get_int("moe_experts");
-  c.moe_top_k = o.get_int("moe_top_k");
-  c.moe_every = o.get_int("moe_every");
-  c.moe_capacity_factor = o.get_float("moe_capacity_factor");
-  c.moe_aux_loss_coef = o.get_float("moe_aux_loss_coef");
-  c.moe_z_loss_coef = o.get_float("moe_z_loss_coef");
-  if (c.moe_experts > 0 && c.moe_top_k > c.moe_experts)
-    o.fail("moe_top_k", "moe_top_k " + std::to_string(c.moe_top_k) + " exceeds moe_experts " +
-                            std::to_string(c.moe_experts));
-  // Under sequence parallelism each tp rank routes other tokens, while an
-  // expert's tp-sharded Linears need the same rows on every tp rank.
-  if (c.moe_experts > 0 && layers && layers->sequence_parallel())
-    o.fail("moe_experts", "mixture-of-experts blocks with sequence parallelism are not available in this version "
-                          "(set parallel.tensor_parallel.sequence_parallel = false)");
+  c.moe = nn::read_moe_options(o, layers);
   const int64_t own_vocab = o.get_int("vocab_size");
   if (own_vocab != 0 && own_vocab < vocab_size)
     o.fail("vocab_size", "vocab_size " + std::to_string(own_vocab) + " is smaller than the tokenizer's vocabulary of " +
@@ -124,10 +107,10 @@ GptConfig gpt_config(const Options& o, int64_t vocab_size, const LayerProvider* 
     o.fail("max_position_embeddings", "max_position_embeddings " + std::to_string(c.max_positions) +
                                           " is smaller than seq_length " + std::to_string(c.seq_length));
   if (!(c.block.norm_eps > 0.f)) o.fail("norm_eps", "must be > 0");
-  if (c.moe_experts > 0 && (!c.block.bias || c.block.gelu_erf))
+  if (c.moe.experts > 0 && (!c.block.bias || c.block.gelu_erf))
     o.fail(c.block.bias ? "gelu" : "bias",
            "mixture-of-experts MLPs keep their biases and the tanh GeLU in this version (moe_experts " +
-               std::to_string(c.moe_experts) + ")");
+               std::to_string(c.moe.experts) + ")");
   if (pad > (int64_t{1} << 31) / tp)
     o.fail("vocab_pad_multiple", "vocab_pad_multiple " + std::to_string(pad) + " x parallel.tensor " +
                                      std::to_string(tp) + " exceeds the int32 token ids");
@@ -240,22 +223,9 @@ void GptHead::collect_params(std::vector<Param*>& out) {
 // Block i's MLP when it is a mixture of experts; null: the dense MLP.
 std::unique_ptr<Module> GptModel::moe_mlp(int64_t i, LayerProvider& layers, float proj_std) const {
   const GptConfig& c = config_;
-  if (!c.is_moe_block(i)) return nullptr;
-  nn::MoeSpec spec;
-  spec.name = "blocks." + std::to_string(i) + ".mlp";
-  spec.dim = c.hidden;
-  spec.experts = c.moe_experts;
-  spec.top_k = c.moe_top_k;
-  spec.capacity_factor = c.moe_capacity_factor;
-  spec.aux_loss_coef = c.moe_aux_loss_coef;
-  spec.z_loss_coef = c.moe_z_loss_coef;
-  spec.init_std = c.init_std;
-  spec.proj_init_std = proj_std;
-  if (parallel_ && parallel_->topology) {
-    spec.ep = parallel_->topology->sizes.ep;
-    spec.ep_rank = parallel_->topology->coords.ep;
-    spec.dispatcher = parallel_->dispatcher;
-  }
+  if (!c.moe.is_moe_block(i)) return nullptr;
+  const nn::MoeSpec spec =
+      nn::moe_spec(c.moe, "blocks." + std::to_string(i) + ".mlp", c.hidden, c.init_std, proj_std, parallel_);
   return std::make_unique<nn::MoeMLP>(spec, layers);
 }
 
@@ -311,11 +281,11 @@ ModelSummary GptModel::summary() const {
   // of one MLP; a token runs through k of them.
   const int64_t mlp = 8 * C * C + 5 * C;
   for (int64_t i = 0; i < L; ++i) {
-    if (!c.is_moe_block(i)) continue;
+    if (!c.moe.is_moe_block(i)) continue;
     ++s.moe_layers;
-    s.moe_experts = c.moe_experts;
-    s.params += (c.moe_experts - 1) * mlp + c.moe_experts * C;
-    s.flops_per_token += 6 * ((c.moe_top_k - 1) * mlp + c.moe_experts * C);
+    s.moe_experts = c.moe.experts;
+    s.params += (c.moe.experts - 1) * mlp + c.moe.experts * C;
+    s.flops_per_token += 6 * ((c.moe.top_k - 1) * mlp + c.moe.experts * C);
   }
   // Saved fp32 activations per token on one rank of tp (p), as the modules keep them:
   //   per block: ln1 in + mean/rstd (C+2), qkv in (C), qkv (3C/p), attn out (C/p), lse (H/p),
@@ -339,13 +309,62 @@ ModelSummary GptModel::summary() const {
   return s;
 }
 
+HfLayout GptModel::hugging_face() const {
+  const GptConfig& c = config_;
+  if (c.moe.experts > 0)
+    throw Error("model.moe_experts " + std::to_string(c.moe.experts) +
+                ": GPT2LMHeadModel has no mixture-of-experts blocks (only dense models convert)");
+  if (!c.block.bias) throw Error("model.bias = false: GPT2LMHeadModel has biases on every Linear");
+  const std::string n = std::to_string(c.positions());
+  const std::string eps = hf_json_number(c.block.norm_eps);
+  const std::string hidden_drop = hf_json_number(c.block.hidden_dropout);
+  HfLayout h;
+  h.architecture = "GPT2LMHeadModel";
+  h.readable = {"GPT2LMHeadModel"};
+  h.config = {
+      {"model_type", "\"gpt2\""},
+      {"vocab_size", std::to_string(c.vocab), true, "", "vocab_size"},
+      {"n_embd", std::to_string(c.hidden), true, "", "hidden"},
+      {"n_layer", std::to_string(c.layers), true, "", "layers"},
+      {"n_head", std::to_string(c.heads), true, "", "heads"},
+      {"n_positions", n, true, "", c.max_positions > 0 ? "max_position_embeddings" : "seq_length"},
+      {"n_ctx", n},
+      {"n_inner", "null", true, "null"},
+      {"activation_function", c.block.gelu_erf ? "\"gelu\"" : "\"gelu_new\"", true, "\"gelu_new\"", "gelu"},
+      {"layer_norm_epsilon", eps, true, "1e-05", "norm_eps"},
+      {"tie_word_embeddings", c.untie ? "false" : "true", true, "true", "untie_embeddings"},
+      {"scale_attn_weights", "true", true, "true"},
+      {"scale_attn_by_inverse_layer_idx", "false", true, "false"},
+      {"embd_pdrop", hidden_drop},
+      {"resid_pdrop", hidden_drop},
+      {"attn_pdrop", hf_json_number(c.block.attention_dropout)},
+      {"initializer_range", hf_json_number(c.init_std)},
+      {"torch_dtype", "\"float32\""},
+  };
+  // Conv1D stores y = x W + b with W [in, out]: weft's [out, in] matrices transposed.
+  h.tensors.push_back({"wte.weight", "transformer.wte.weight", false, c.vocab});
+  h.tensors.push_back({"wpe.weight", "transformer.wpe.weight"});
+  for (int64_t i = 0; i < c.layers; ++i) {
+    const std::string w = "blocks." + std::to_string(i) + ".", hf = "transformer.h." + std::to_string(i) + ".";
+    for (const char* b : {"weight", "bias"}) {
+      h.tensors.push_back({w + "ln1." + b, hf + "ln_1." + b});
+      h.tensors.push_back({w + "attn.qkv." + b, hf + "attn.c_attn." + b, b[0] == 'w'});  // q | k | v along out
+      h.tensors.push_back({w + "attn.proj." + b, hf + "attn.c_proj." + b, b[0] == 'w'});
+      h.tensors.push_back({w + "ln2." + b, hf + "ln_2." + b});
+      h.tensors.push_back({w + "mlp.fc." + b, hf + "mlp.c_fc." + b, b[0] == 'w'});
+      h.tensors.push_back({w + "mlp.proj." + b, hf + "mlp.c_proj." + b, b[0] == 'w'});
+    }
+  }
+  h.tensors.push_back({"lnf.weight", "transformer.ln_f.weight"});
+  h.tensors.push_back({"lnf.bias", "transformer.ln_f.bias"});
+  if (c.untie) h.tensors.push_back({"output.weight", "lm_head.weight", false, c.vocab});
+  return h;
+}
+
 std::unique_ptr<Model> make_gpt(const Options& options, const ModelEnv& env) {
   GptConfig config = gpt_config(options, env.vocab_size, env.layers);
   config.block.seed = env.seed;  // keys the dropout masks
-  const int ep = env.parallel && env.parallel->topology ? env.parallel->topology->sizes.ep : 1;
-  if (config.moe_experts > 0 && config.moe_experts % ep != 0)
-    options.fail("moe_experts", "moe_experts " + std::to_string(config.moe_experts) +
-                                    " is not divisible by parallel.expert " + std::to_string(ep));
+  nn::check_moe_split(config.moe, options, env.parallel);
   return std::make_unique<GptModel>(config, env.layers, env.parallel);
 }
 

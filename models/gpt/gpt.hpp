@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "weft/model.hpp"
+#include "weft/moe.hpp"
 #include "weft/nn.hpp"
 
 namespace weft::gpt {
@@ -30,10 +31,7 @@ struct GptConfig {
   int64_t vocab = 0;        // V, from the tokenizer
   int64_t padded_vocab = 0; // Vp, V rounded up to vocab_pad_multiple x tensor
   float init_std = 0.02f;
-  // Mixture of experts (weft/moe.hpp): blocks i with i % moe_every == 0 when moe_experts > 0.
-  int64_t moe_experts = 0, moe_top_k = 2, moe_every = 1;
-  double moe_capacity_factor = 0, moe_aux_loss_coef = 0.01, moe_z_loss_coef = 0;
-  bool is_moe_block(int64_t i) const { return moe_experts > 0 && i % moe_every == 0; }
+  nn::MoeOptions moe;  // mixture-of-experts MLPs (weft/moe.hpp): blocks i with moe.is_moe_block(i)
   // Activation recomputation: "full" recomputes the first recompute_layers blocks
   // (0 = all) in backward; "selective" and "none" keep every activation.
   std::string recompute = "none";
@@ -104,6 +102,8 @@ class GptModel : public Model {
   std::vector<Module*> layers() override;
   std::vector<Param*> params() override;
   ModelSummary summary() const override;
+  // GPT2LMHeadModel (docs/checkpoints.md): Conv1D matrices transposed, the tables' V rows.
+  HfLayout hugging_face() const override;
 
   const GptConfig& config() const { return config_; }
   GptEmbedding& embedding() { return *embedding_; }

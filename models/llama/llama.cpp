@@ -4,6 +4,7 @@
 #include <string>
 
 #include "weft/error.hpp"
+#include "weft/moe.hpp"
 
 namespace weft::llama {
 
@@ -18,7 +19,7 @@ std::string num(int64_t v) { return std::to_string(v); }
 // ---------------------------------------------------------------- options
 
 OptionSchema llama_schema() {
-  return {
+  OptionSchema schema = {
       opt_int("layers", 2, "number of transformer blocks (L)", 1, 1 << 14),
       opt_int("hidden", 128, "model width (C)", 1, 1 << 20),
       opt_int("heads", 4, "attention heads (H); must divide hidden, and hidden / heads must be even (RoPE)", 1,
@@ -39,7 +40,15 @@ OptionSchema llama_schema() {
       opt_float("rope_theta", 10000.0, "RoPE base (Llama 2 10000, Llama 3 500000, Qwen2 1000000)", 1.0, 1e12),
       opt_bool("qkv_bias", false, "biases on the q, k and v projections (Qwen2)"),
       opt_bool("tie_embeddings", false, "the output head reads the token embedding (no head.weight)"),
+      opt_path("init_from", "",
+               "start from a Hugging Face LlamaForCausalLM / Qwen2ForCausalLM folder (config.json + "
+               "model.safetensors, as weft export writes it) instead of the random init; a resumed run takes its "
+               "checkpoint instead"),
   };
+  const OptionSchema moe =
+      nn::moe_schema("experts E of the mixture-of-experts MLPs, each a SwiGLU of width ffn_hidden (0 = dense MLPs only)");
+  schema.insert(schema.end() - 1, moe.begin(), moe.end());  // before init_from
+  return schema;
 }
 
 LlamaConfig llama_config(const Options& o, int64_t vocab_size, const LayerProvider* layers) {
@@ -92,6 +101,7 @@ LlamaConfig llama_config(const Options& o, int64_t vocab_size, const LayerProvid
     o.fail("vocab_size", "vocab_size " + num(own_vocab) + " is smaller than the tokenizer's vocabulary of " +
                              num(vocab_size));
   c.vocab = own_vocab != 0 ? own_vocab : vocab_size;
+  c.moe = nn::read_moe_options(o, layers);
   if (pad > (int64_t{1} << 31) / tp)
     o.fail("vocab_pad_multiple", "vocab_pad_multiple " + num(pad) + " x parallel.tensor " + num(tp) +
                                      " exceeds the int32 token ids");
@@ -264,11 +274,12 @@ void SwiGluMlp::collect_params(std::vector<Param*>& out) {
 
 // ---------------------------------------------------------------- block
 
-LlamaBlock::LlamaBlock(const std::string& name, const LlamaConfig& c, LayerProvider& layers)
+LlamaBlock::LlamaBlock(const std::string& name, const LlamaConfig& c, LayerProvider& layers,
+                       std::unique_ptr<Module> mlp)
     : attn_norm_(name + ".attn_norm", c.hidden, c.norm_eps),
       attn_(name + ".attn", c, layers),
       mlp_norm_(name + ".mlp_norm", c.hidden, c.norm_eps),
-      mlp_(name + ".mlp", c, layers) {}
+      mlp_(std::move(mlp)) {}
 
 Tensor LlamaBlock::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
@@ -279,7 +290,7 @@ Tensor LlamaBlock::forward(Context& ctx, const Tensor& x) {
   }
   Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // x2 + mlp(norm(x2))
   {
-    Tensor m = mlp_.forward(ctx, mlp_norm_.forward(ctx, x2));
+    Tensor m = mlp_->forward(ctx, mlp_norm_.forward(ctx, x2));
     be.add(f32(y), f32(x2), f32(m), x.numel());
   }
   return y;
@@ -287,7 +298,7 @@ Tensor LlamaBlock::forward(Context& ctx, const Tensor& x) {
 
 Tensor LlamaBlock::backward(Context& ctx, const Tensor& dy) {
   Backend& be = ctx.backend();
-  Tensor dx2 = mlp_norm_.backward(ctx, mlp_.backward(ctx, dy));  // fresh: the residual adds in place
+  Tensor dx2 = mlp_norm_.backward(ctx, mlp_->backward(ctx, dy));  // fresh: the residual adds in place
   be.accumulate(f32(dx2), f32(dy), dy.numel());
   Tensor dx = attn_norm_.backward(ctx, attn_.backward(ctx, dx2));
   be.accumulate(f32(dx), f32(dx2), dx2.numel());
@@ -298,7 +309,7 @@ void LlamaBlock::collect_params(std::vector<Param*>& out) {
   attn_norm_.collect_params(out);
   attn_.collect_params(out);
   mlp_norm_.collect_params(out);
-  mlp_.collect_params(out);
+  mlp_->collect_params(out);
 }
 
 // ---------------------------------------------------------------- embedding, head
@@ -343,7 +354,20 @@ void LlamaHead::collect_shared_params(std::vector<Param*>& out) {
 
 // ---------------------------------------------------------------- model
 
-LlamaModel::LlamaModel(const LlamaConfig& config, LayerProvider* layers) : config_(config) {
+// Block i's MLP: SwiGLU, or a mixture of SwiGLU experts of the same width.
+std::unique_ptr<Module> LlamaModel::mlp(int64_t i, LayerProvider& layers) const {
+  const LlamaConfig& c = config_;
+  const std::string name = "blocks." + std::to_string(i) + ".mlp";
+  if (!c.moe.is_moe_block(i)) return std::make_unique<SwiGluMlp>(name, c, layers);
+  nn::MoeSpec spec = nn::moe_spec(c.moe, name, c.hidden, c.init_std, c.init_std, parallel_);
+  spec.make_expert = [c](const std::string& expert, LayerProvider& l) -> std::unique_ptr<Module> {
+    return std::make_unique<SwiGluMlp>(expert, c, l);
+  };
+  return std::make_unique<nn::MoeMLP>(spec, layers);
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& config, LayerProvider* layers, const ParallelEnv* parallel)
+    : config_(config), parallel_(parallel) {
   const LlamaConfig& c = config_;
   WEFT_ASSERT(c.layers >= 1 && c.hidden >= 1 && c.heads >= 1 && c.hidden % c.heads == 0 &&
                   c.head_dim() % 2 == 0 && c.kv_heads >= 1 && c.heads % c.kv_heads == 0 && c.ffn_hidden >= 1,
@@ -356,7 +380,7 @@ LlamaModel::LlamaModel(const LlamaConfig& config, LayerProvider* layers) : confi
               "llama: config does not split over tp");
   embedding_ = std::make_unique<LlamaEmbedding>(c, provider);
   for (int64_t i = 0; i < c.layers; ++i)
-    blocks_.push_back(std::make_unique<LlamaBlock>("blocks." + std::to_string(i), c, provider));
+    blocks_.push_back(std::make_unique<LlamaBlock>("blocks." + std::to_string(i), c, provider, mlp(i, provider)));
   head_ = std::make_unique<LlamaHead>(c, c.tie_embeddings ? &embedding_->table() : nullptr, provider);
 }
 
@@ -385,6 +409,15 @@ ModelSummary LlamaModel::summary() const {
   // 6 flops per matmul parameter per token (the embedding lookup is no matmul
   // unless the head reads it), plus causal attention 6*L*T*H*D.
   s.flops_per_token = 6 * (s.params - (c.tie_embeddings ? 0 : table)) + 6 * L * T * H * D;
+  // An MoE block holds E SwiGLU experts (3CF each) and a router [E, C] instead
+  // of one MLP; a token runs through k of them.
+  for (int64_t i = 0; i < L; ++i) {
+    if (!c.moe.is_moe_block(i)) continue;
+    ++s.moe_layers;
+    s.moe_experts = c.moe.experts;
+    s.params += (c.moe.experts - 1) * 3 * C * F + c.moe.experts * C;
+    s.flops_per_token += 6 * ((c.moe.top_k - 1) * 3 * C * F + c.moe.experts * C);
+  }
   // Saved fp32 activations per token on one tp rank (p), as the modules keep them:
   //   per block: attn_norm in + rstd (C+1), q/k/v input (C), packed qkv (3HD/p), attention out (HD/p),
   //              lse (H/p), mlp_norm in + rstd (C+1), gate/up input (C), gate, up (2F/p), down input (F/p)
@@ -399,13 +432,65 @@ ModelSummary LlamaModel::summary() const {
   return s;
 }
 
+HfLayout LlamaModel::hugging_face() const {
+  const LlamaConfig& c = config_;
+  if (c.moe.experts > 0)
+    throw Error("model.moe_experts " + num(c.moe.experts) +
+                ": LlamaForCausalLM and Qwen2ForCausalLM have no mixture-of-experts blocks (only dense models "
+                "convert)");
+  const bool qwen2 = c.qkv_bias;  // Qwen2 is Llama with q, k, v biases
+  HfLayout h;
+  h.architecture = qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+  h.readable = {"LlamaForCausalLM", "Qwen2ForCausalLM"};
+  const std::string heads = num(c.heads);
+  h.config = {
+      {"model_type", qwen2 ? "\"qwen2\"" : "\"llama\""},
+      {"vocab_size", num(c.vocab), true, "", "vocab_size"},
+      {"hidden_size", num(c.hidden), true, "", "hidden"},
+      {"intermediate_size", num(c.ffn_hidden), true, "", "ffn_hidden"},
+      {"num_hidden_layers", num(c.layers), true, "", "layers"},
+      {"num_attention_heads", heads, true, "", "heads"},
+      {"num_key_value_heads", num(c.kv_heads), true, heads, "kv_heads"},
+      {"head_dim", num(c.head_dim()), true, num(c.head_dim()), "heads"},
+      {"hidden_act", "\"silu\"", true, "\"silu\""},
+      {"rms_norm_eps", hf_json_number(c.norm_eps), true, "1e-06", "norm_eps"},
+      {"rope_theta", hf_json_number(c.rope_theta), true, "10000.0", "rope_theta"},
+      {"rope_scaling", "null", true, "null"},
+      {"max_position_embeddings", num(c.seq_length)},
+      {"tie_word_embeddings", c.tie_embeddings ? "true" : "false", true, "false", "tie_embeddings"},
+      {"attention_dropout", "0.0"},
+      {"initializer_range", hf_json_number(c.init_std)},
+      {"torch_dtype", "\"float32\""},
+  };
+  if (qwen2) {
+    h.config.push_back({"use_sliding_window", "false", true, "false"});
+  } else {
+    h.config.push_back({"attention_bias", "false", true, "false", "qkv_bias"});
+    h.config.push_back({"mlp_bias", "false", true, "false"});
+  }
+  // nn.Linear's [out, in] on both sides: no transposes; RoPE is rotate-half on both sides: no q/k permutation.
+  h.tensors.push_back({"embed.weight", "model.embed_tokens.weight", false, c.vocab});
+  for (int64_t i = 0; i < c.layers; ++i) {
+    const std::string w = "blocks." + num(i) + ".", hf = "model.layers." + num(i) + ".";
+    h.tensors.push_back({w + "attn_norm.weight", hf + "input_layernorm.weight"});
+    for (const char* p : {"q", "k", "v"}) {
+      h.tensors.push_back({w + "attn." + p + ".weight", hf + "self_attn." + p + "_proj.weight"});
+      if (c.qkv_bias) h.tensors.push_back({w + "attn." + p + ".bias", hf + "self_attn." + p + "_proj.bias"});
+    }
+    h.tensors.push_back({w + "attn.o.weight", hf + "self_attn.o_proj.weight"});
+    h.tensors.push_back({w + "mlp_norm.weight", hf + "post_attention_layernorm.weight"});
+    for (const char* p : {"gate", "up", "down"})
+      h.tensors.push_back({w + "mlp." + p + ".weight", hf + "mlp." + p + "_proj.weight"});
+  }
+  h.tensors.push_back({"norm.weight", "model.norm.weight"});
+  if (!c.tie_embeddings) h.tensors.push_back({"head.weight", "lm_head.weight", false, c.vocab});
+  return h;
+}
+
 std::unique_ptr<Model> make_llama(const Options& options, const ModelEnv& env) {
   LlamaConfig config = llama_config(options, env.vocab_size, env.layers);
-  const int ep = env.parallel && env.parallel->topology ? env.parallel->topology->sizes.ep : 1;
-  if (ep > 1)
-    throw Error(options.section() + ": the llama model has no mixture-of-experts blocks in this version; "
-                "parallel.expert " + std::to_string(ep) + " needs them (set parallel.expert = 1)");
-  return std::make_unique<LlamaModel>(config, env.layers);
+  nn::check_moe_split(config.moe, options, env.parallel);
+  return std::make_unique<LlamaModel>(config, env.layers, env.parallel);
 }
 
 }  // namespace weft::llama

@@ -18,6 +18,8 @@
 //   blocks.{i}.attn.o.weight [C,H*D]
 //   blocks.{i}.mlp_norm.weight [C]
 //   blocks.{i}.mlp.gate.weight [F,C], blocks.{i}.mlp.up.weight [F,C], blocks.{i}.mlp.down.weight [C,F]
+//   or, in a mixture-of-experts block (moe_experts = E > 0, weft/moe.hpp):
+//   blocks.{i}.mlp.router.weight [E,C], blocks.{i}.mlp.experts.{e}.{gate,up,down}.weight as above
 //   norm.weight [C]
 //   head.weight [Vp,C]                 (absent with tie_embeddings)
 // Tensor parallelism: q, k, v, gate, up column-parallel (whole heads per
@@ -31,6 +33,7 @@
 #include <vector>
 
 #include "weft/model.hpp"
+#include "weft/moe.hpp"
 #include "weft/nn.hpp"
 
 namespace weft::llama {
@@ -49,6 +52,7 @@ struct LlamaConfig {
   float rope_theta = 10000.f;
   bool qkv_bias = false;
   bool tie_embeddings = false;
+  nn::MoeOptions moe;  // mixture-of-experts MLPs (weft/moe.hpp): blocks moe.is_moe_block(i) get E SwiGLU experts
   int64_t head_dim() const { return hidden / heads; }
 };
 
@@ -98,10 +102,10 @@ class SwiGluMlp : public Module {
   bool sequence_parallel_ = false;  // gate and up each gather their input
 };
 
-// x + attn(attn_norm(x)), then + mlp(mlp_norm(.)).
+// x + attn(attn_norm(x)), then + mlp(mlp_norm(.)); mlp a SwiGluMlp or an MoeMLP of them.
 class LlamaBlock : public Module {
  public:
-  LlamaBlock(const std::string& name, const LlamaConfig& c, LayerProvider& layers);
+  LlamaBlock(const std::string& name, const LlamaConfig& c, LayerProvider& layers, std::unique_ptr<Module> mlp);
   Tensor forward(Context& ctx, const Tensor& x) override;
   Tensor backward(Context& ctx, const Tensor& dy) override;
   void collect_params(std::vector<Param*>& out) override;
@@ -110,7 +114,7 @@ class LlamaBlock : public Module {
   RmsNorm attn_norm_;
   LlamaAttention attn_;
   RmsNorm mlp_norm_;
-  SwiGluMlp mlp_;
+  std::unique_ptr<Module> mlp_;
 };
 
 // Layer 0: embed.weight [Vp,C] (rows split over tp).
@@ -145,14 +149,19 @@ class LlamaHead : public Module {
 
 class LlamaModel : public Model {
  public:
-  LlamaModel(const LlamaConfig& config, LayerProvider* layers);
+  // `parallel` places the experts of MoE blocks (null: one ep rank).
+  LlamaModel(const LlamaConfig& config, LayerProvider* layers, const ParallelEnv* parallel = nullptr);
   std::vector<Module*> layers() override;
   std::vector<Param*> params() override;
   ModelSummary summary() const override;
+  // LlamaForCausalLM, or Qwen2ForCausalLM with qkv_bias (docs/checkpoints.md); dense models only.
+  HfLayout hugging_face() const override;
   const LlamaConfig& config() const { return config_; }
 
  private:
+  std::unique_ptr<Module> mlp(int64_t i, LayerProvider& layers) const;  // block i's MLP
   LlamaConfig config_;
+  const ParallelEnv* parallel_ = nullptr;
   int tp_ = 1;
   bool sequence_parallel_ = false;
   nn::SerialLayerProvider serial_;

@@ -379,7 +379,7 @@ plugin_refusal() {
 }
 plugin_refusal not-elf not-a-library.so "not a shared library (no ELF header)"
 plugin_refusal no-entry libfixture-no-entry.so "missing entry point 'weft_plugin_info'"
-plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 5, this weft expects 4"
+plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 6, this weft expects 5"
 plugin_refusal unresolved libfixture-unresolved.so "unresolved symbol: weft_fixture_missing_symbol"
 plugin_refusal throws libfixture-throws.so "registration failed: fixture refuses to register (needs /dev/fixture)"
 plugin_refusal throws-other libfixture-throws-other.so "registration failed"
@@ -405,7 +405,7 @@ expect_rc 2
 expect_one_error_line
 expect_no_crash
 expect_err_has "--set tokenizer.plugin=fixture-bad-abi: tokenizer.plugin: no tokenizer plugin named 'fixture-bad-abi'" \
-  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 5, this weft expects 4"
+  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 6, this weft expects 5"
 finish
 
 begin "check uses a fixture plugin from WEFT_PLUGIN_PATH"
@@ -472,8 +472,12 @@ refuse "llama odd head dimension" "$LLAMA" --set model.hidden=120 --set model.he
   "model.heads: head dimension hidden / heads = 120 / 8 = 15 is odd; rotary embeddings rotate pairs, so it must be even"
 refuse "llama kv_heads not divisible by tensor" "$LLAMA" --set parallel.tensor=4 -- \
   "model.kv_heads: kv_heads 2 is not divisible by parallel.tensor 4 (each tensor-parallel rank holds whole kv heads; they are not replicated)"
-refuse "llama expert parallelism" "$LLAMA" --set parallel.expert=2 --set parallel.data=2 -- \
-  "parallel.expert 2"
+refuse "llama dense model with expert parallelism" "$LLAMA" --set parallel.expert=2 --set parallel.data=2 -- \
+  "has no expert parameters; a dense model needs expert = 1"
+refuse "llama experts not divisible by expert" "$LLAMA" --set model.moe_experts=3 --set model.moe_top_k=1 \
+  --set parallel.expert=2 --set parallel.data=2 -- "model.moe_experts: moe_experts 3 is not divisible by parallel.expert 2"
+refuse "llama top_k above experts" "$LLAMA" --set model.moe_experts=2 --set model.moe_top_k=3 -- \
+  "model.moe_top_k: moe_top_k 3 exceeds moe_experts 2"
 
 # The origin page's example: a 4096 -> 16384 column-parallel Linear over 4 ranks holds [4096, 4096] each.
 begin "check prints each tensor-parallel rank's shards of the first block"
@@ -1295,6 +1299,117 @@ expect_no_crash
 out_or_err_has "stopped by run.exit_duration_mins after step 1 of 4"
 [ "$(cat "$TMP/exit-duration/checkpoints/latest" 2>/dev/null)" = "step_1" ] || problem "latest is not step_1"
 finish
+
+# ---- Hugging Face folders: weft export --format hf, [model] init_from -----------------------------
+
+LLAMA=$SRC/examples/llama-tiny.toml
+HFRUN=$TMP/hf-run
+HF=$TMP/hf
+begin "export writes config.json and model.safetensors by Hugging Face names"
+run -- train "$LLAMA" --set run.steps=1 --set "run.out_dir=$HFRUN"
+expect_rc 0
+run -- export --checkpoint "$HFRUN" --format hf "$HF"
+expect_rc 0
+expect_no_crash
+expect_out_has "as LlamaForCausalLM to $HF"
+python3 - "$HF" <<'PY' || problem "the folder's config.json or tensor names are not Llama's"
+import json, struct, sys
+d = sys.argv[1]
+c = json.load(open(d + "/config.json"))
+assert c["architectures"] == ["LlamaForCausalLM"] and c["model_type"] == "llama", c
+assert (c["vocab_size"], c["hidden_size"], c["num_hidden_layers"], c["num_key_value_heads"]) == (257, 128, 4, 2), c
+assert c["tie_word_embeddings"] is False and c["torch_dtype"] == "float32", c
+with open(d + "/model.safetensors", "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    h = json.loads(f.read(n))
+assert h["__metadata__"]["format"] == "pt", h["__metadata__"]
+assert h["model.embed_tokens.weight"]["shape"] == [257, 128], h["model.embed_tokens.weight"]
+assert h["lm_head.weight"]["shape"] == [257, 128]
+assert h["model.layers.3.self_attn.k_proj.weight"]["shape"] == [64, 128]
+assert "model.norm.weight" in h and not any(k.startswith("blocks.") for k in h)
+PY
+finish
+
+begin "init_from starts a run from the exported folder"
+run -- train "$LLAMA" --set run.steps=2 --set run.exit_interval=1 --set "run.out_dir=$TMP/hf-init" \
+  --set "model.init_from=$HF"
+expect_rc 0
+expect_no_crash
+out_or_err_has "initialised the parameters from $HF"
+finish
+
+begin "a resume ignores init_from: the checkpoint wins"
+run -- train "$LLAMA" --set run.steps=2 --set run.exit_interval=1 --set "run.out_dir=$TMP/hf-init" \
+  --set "model.init_from=$TMP/no-such" --resume
+expect_rc 0
+expect_no_crash
+out_or_err_has "resumed from $TMP/hf-init/checkpoints/step_1 at step 1"
+[ "$(cat "$TMP/hf-init/checkpoints/latest" 2>/dev/null)" = "step_2" ] || problem "the resumed run did not reach step_2"
+finish
+
+begin "a llama with SwiGLU experts trains under expert parallelism"
+run -- train "$LLAMA" --set run.steps=1 --set "run.out_dir=$TMP/hf-moe" --set model.moe_experts=4 \
+  --set parallel.data=2 --set parallel.expert=2
+expect_rc 0
+expect_no_crash
+finish
+refuse_run "export refuses a mixture-of-experts model" "model.moe_experts 4: LlamaForCausalLM and Qwen2ForCausalLM have no mixture-of-experts blocks" -- \
+  export --checkpoint "$TMP/hf-moe" --format hf "$TMP/hf-moe-out"
+
+# Damaged copies of the folder, each refused before the run starts.
+hf_copy() {
+  rm -rf "$TMP/hfbad"
+  cp -r "$HF" "$TMP/hfbad"
+}
+hf_config() {  # hf_config KEY JSON: sets a key of the copy's config.json
+  python3 - "$TMP/hfbad/config.json" "$1" "$2" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c[sys.argv[2]] = json.loads(sys.argv[3])
+json.dump(c, open(sys.argv[1], "w"))
+PY
+}
+hf_tensors() {  # hf_tensors PYTHON: edits the header dict h of the copy's model.safetensors (data kept)
+  python3 - "$TMP/hfbad/model.safetensors" "$1" <<'PY'
+import json, struct, sys
+p = sys.argv[1]
+raw = open(p, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+exec(sys.argv[2])
+head = json.dumps(h).encode()
+head += b" " * (-len(head) % 8)
+open(p, "wb").write(struct.pack("<Q", len(head)) + head + raw[8 + n:])
+PY
+}
+hf_refused() {  # hf_refused NAME EXPECTED...: train from the copy must be refused
+  local name=$1
+  shift
+  refuse_run "init_from refuses $name" "model.init_from: " "$@" -- \
+    train "$LLAMA" --set run.steps=1 --set "run.out_dir=$TMP/hf-bad-run" --set "model.init_from=$TMP/hfbad"
+}
+hf_copy; hf_config hidden_size 64
+hf_refused "a config.json of another size" "$TMP/hfbad/config.json: hidden_size 64, the recipe's model has 128 (model.hidden)"
+refuse "init_from of another size" "$LLAMA" --set "model.init_from=$TMP/hfbad" -- \
+  "model.init_from: $TMP/hfbad/config.json: hidden_size 64, the recipe's model has 128 (model.hidden)"
+hf_copy; hf_config num_key_value_heads 4
+hf_refused "other kv heads" "num_key_value_heads 4, the recipe's model has 2 (model.kv_heads)"
+hf_copy; hf_config rope_theta 500000.0
+hf_refused "another RoPE base" "rope_theta 500000.0, the recipe's model has 10000.0 (model.rope_theta)"
+hf_copy; hf_config architectures '["MistralForCausalLM"]'
+hf_refused "an unsupported architecture" \
+  "unsupported architecture 'MistralForCausalLM' (the llama model reads LlamaForCausalLM, Qwen2ForCausalLM)"
+hf_copy; hf_config architectures '["Qwen2ForCausalLM"]'
+hf_refused "Qwen2 for a model without q/k/v biases" "architecture 'Qwen2ForCausalLM', the recipe's llama model is LlamaForCausalLM"
+hf_copy; hf_tensors 'h["model.layers.0.mlp.up_proj.weight"]["shape"] = [128, 256]'
+hf_refused "a tensor of another shape" \
+  "model.safetensors: 'model.layers.0.mlp.up_proj.weight' has shape [128,256], the model expects [256,128]"
+hf_copy; hf_tensors 'h["model.layers.1.attn_renamed"] = h.pop("model.layers.1.self_attn.q_proj.weight")'
+hf_refused "a missing tensor" "model.safetensors: missing tensor 'model.layers.1.self_attn.q_proj.weight' (weft's blocks.1.attn.q.weight)"
+hf_copy; rm "$TMP/hfbad/config.json"
+hf_refused "a folder without config.json" "config.json"
+refuse_run "init_from names the file of gpt's model" "model.init_from: " "unsupported architecture 'LlamaForCausalLM' (the gpt model reads GPT2LMHeadModel)" -- \
+  train "$TINY" --set run.steps=1 --set "run.out_dir=$TMP/hf-gpt-run" --set "model.init_from=$HF"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "weft/loader.hpp"
+#include "hf_format.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
 #include "trainer.hpp"
@@ -800,6 +801,117 @@ TEST(LlamaLayouts, TensorPipelineAndDataMatchTheSingleRankRun) {
       std::printf("%-12s %-10s max rel loss error %.3g, final params %.3g\n", example.c_str(), c.label.c_str(),
                   loss_err, param_err.whole);
     }
+  }
+}
+
+// Llama with mixture-of-experts MLPs of SwiGLU experts (llama-tiny, 4 experts,
+// top-2 in every other block, capacity 1) under expert 2 inside data 2 (both
+// dispatchers, ddp and zero1) and at tensor 2 x expert 2 gives the
+// single-rank run (as ExpertParallelLayouts for gpt).
+TEST(LlamaExpertParallelLayouts, ExpertTwoMatchesTheSingleRankRun) {
+  const std::vector<std::string> moe = {"model.moe_experts=4", "model.moe_top_k=2", "model.moe_every=2",
+                                        "model.moe_capacity_factor=1.0", "model.moe_z_loss_coef=0.001"};
+  const TrainedRun ref = train_tiny("llama-moe-ref", moe, "", "", "llama-tiny");
+  struct Case {
+    std::string label;
+    std::vector<std::string> sets;
+  };
+  const std::vector<Case> cases = {
+      {"ep2_dp2_alltoall_ddp", {"parallel.data=2", "parallel.expert=2"}},
+      {"ep2_dp2_allgather_zero1",
+       {"parallel.data=2", "parallel.expert=2", "parallel.expert_parallel.plugin=allgather",
+        "parallel.data_parallel.plugin=zero1"}},
+      {"ep2_tp2_dp2_alltoall_zero1",
+       {"parallel.tensor=2", "parallel.data=2", "parallel.expert=2", "parallel.data_parallel.plugin=zero1"}},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> sets = moe;
+    sets.insert(sets.end(), c.sets.begin(), c.sets.end());
+    TrainedRun run = train_tiny("llama-moe-" + c.label, sets, "", "", "llama-tiny");
+    expect_moe_run_matches(ref, run, "llama " + c.label);
+  }
+}
+
+// Hugging Face folders (docs/checkpoints.md): a trained checkpoint of
+// gpt-tiny (tied; and untied), llama-tiny (untied head) and qwen2-tiny (q/k/v
+// biases, tied head) exported with write_hf_folder, then read back by
+// [model] init_from on one rank, at tensor 2 x pipeline 2 and at data 2 x
+// zero1. The first step runs at lr 0 (a warm-up from 0 with step_of_lr =
+// previous), so the step-1 checkpoint holds the loaded weights: bit for bit
+// the exported checkpoint's (the vocabulary's padding rows, which the folder
+// lacks, are 0); and every layout's first loss equals the single-rank one.
+TEST(HfInterop, ExportThenInitFromGivesTheCheckpointUnderEveryLayout) {
+  struct Example {
+    std::string label, example;
+    std::vector<std::string> sets;
+  };
+  const int64_t V = 257;  // the byte tokenizer's vocabulary
+  const std::vector<Example> examples = {{"gpt", "gpt-tiny", {}},
+                                         {"gpt-untied", "gpt-tiny", {"model.untie_embeddings=true"}},
+                                         {"llama", "llama-tiny", {}},
+                                         {"qwen2", "qwen2-tiny", {}}};
+  const std::vector<std::pair<std::string, std::vector<std::string>>> layouts = {
+      {"one-rank", {}},
+      {"tp2_pp2", {"parallel.tensor=2", "parallel.pipeline=2"}},
+      {"dp2_zero1", {"parallel.data=2", "parallel.data_parallel.plugin=zero1"}},
+  };
+  for (const Example& ex : examples) {
+    const fs::path saved = fs::temp_directory_path() / ("weft-hf-src-" + ex.label + "-" + std::to_string(::getpid()));
+    const fs::path hf = fs::temp_directory_path() / ("weft-hf-" + ex.label + "-" + std::to_string(::getpid()));
+    const TrainedRun src = train_tiny("hf-src-" + ex.label, ex.sets, "", saved.string(), ex.example);
+    {
+      weft::Registry& registry = shared_registry();
+      weft::PluginScan scan;
+      const std::string step = weft::resolve_checkpoint_dir(saved.string());
+      const weft::Recipe recipe = weft::load_checkpoint_recipe(step, registry, scan);
+      const auto model = weft::build_serial_model(recipe, registry);
+      weft::write_hf_folder(hf.string(), model->hugging_face(), step + "/model.safetensors");
+    }
+    double first_loss = 0;
+    for (const auto& [layout, layout_sets] : layouts) {
+      const std::string label = ex.label + "-" + layout;
+      const fs::path out = fs::temp_directory_path() / ("weft-hf-run-" + label + "-" + std::to_string(::getpid()));
+      fs::remove_all(out);
+      std::vector<std::string> sets = {"run.steps=1", "log.interval=1", "log.sinks=jsonl", "batch.global=8",
+                                       "batch.micro=2", "comm.plugin=local", "run.out_dir=" + out.string(),
+                                       "model.init_from=" + hf.string(), "lr_schedule.warmup_steps=100",
+                                       "lr_schedule.step_of_lr=previous", "lr_schedule.warmup_init_lr=0"};
+      sets.insert(sets.end(), ex.sets.begin(), ex.sets.end());
+      sets.insert(sets.end(), layout_sets.begin(), layout_sets.end());
+      weft::PluginScan scan;
+      weft::Recipe recipe = weft::load_recipe_for_run(std::string(WEFT_SOURCE_ROOT) + "/examples/" + ex.example +
+                                                          ".toml",
+                                                      sets, shared_registry(), scan);
+      weft::train(recipe, shared_registry(), weft::TrainArgs{});
+      const Metrics m = read_metrics(out / "metrics.jsonl");
+      ASSERT_TRUE(m.count(1)) << label;
+      const double loss = m.at(1)["loss"].get<double>();
+      if (layout == "one-rank") first_loss = loss;
+      EXPECT_LE(std::abs(loss - first_loss) / first_loss, kRelTol) << label;
+      weft::SafetensorsReader got((out / "checkpoints" / "step_1" / "model.safetensors").string());
+      EXPECT_EQ(got.names().size(), src.final_params.size()) << label;
+      int64_t differ = 0, padding_nonzero = 0;
+      for (const auto& [name, want] : src.final_params) {
+        ASSERT_TRUE(got.has(name)) << label << " " << name;
+        const std::vector<float> values = got.read(name);
+        const weft::Shape& shape = got.shape(name);
+        // A vocabulary table [Vp, C]: the folder holds its first V rows.
+        const bool table = shape.size() == 2 && shape[0] % 64 == 0 && shape[0] > V &&
+                           (name == "wte.weight" || name == "embed.weight" || name == "head.weight" ||
+                            name == "output.weight");
+        const size_t real = table ? static_cast<size_t>(V * shape[1]) : values.size();
+        ASSERT_LE(real, want.size()) << label << " " << name;
+        for (size_t i = 0; i < real; ++i) differ += values[i] != want[i];
+        for (size_t i = real; i < values.size(); ++i) padding_nonzero += values[i] != 0.f;
+      }
+      EXPECT_EQ(differ, 0) << label << ": elements that differ from the exported checkpoint";
+      EXPECT_EQ(padding_nonzero, 0) << label << ": padding rows not 0";
+      std::printf("hf %-22s step-1 loss %.9g, %lld elements differ\n", label.c_str(), loss,
+                  static_cast<long long>(differ));
+      fs::remove_all(out);
+    }
+    fs::remove_all(saved);
+    fs::remove_all(hf);
   }
 }
 

@@ -112,10 +112,11 @@ class MoE(nn.Module):
     z = b mean_t logsumexp(z_t)^2; forward() leaves their sum in self.loss.
     """
 
-    def __init__(self, hidden, experts, top_k, capacity_factor, aux_coef, z_coef):
+    def __init__(self, hidden, experts, top_k, capacity_factor, aux_coef, z_coef, make_expert=None):
+        """make_expert() builds one expert [.., C] -> [.., C]; None: GPT-2's MLP(hidden)."""
         super().__init__()
         self.router = nn.Linear(hidden, experts, bias=False)
-        self.experts = nn.ModuleList([MLP(hidden) for _ in range(experts)])
+        self.experts = nn.ModuleList([make_expert() if make_expert else MLP(hidden) for _ in range(experts)])
         self.E, self.k, self.f, self.a, self.b = experts, top_k, capacity_factor, aux_coef, z_coef
         self.loss = torch.zeros(())
 

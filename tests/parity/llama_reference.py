@@ -11,6 +11,11 @@ softmax scaled by 1/sqrt(D); final RMSNorm; logits = x @ W^T over all Vp rows
 with W the head's own table or, tied, the embedding's; cross entropy over the
 first V columns.
 
+A mixture-of-experts block (moe_experts E > 0, blocks i % moe_every == 0)
+replaces the MLP with gpt2_reference.MoE (router, top-k, capacity, aux and z
+losses) over E SwiGLU experts of width F ("mlp.router.weight",
+"mlp.experts.<e>.{gate,up,down}.weight").
+
 Parameter names equal weft's logical names (embed.weight,
 blocks.0.attn.q.weight, ...), so weights load from weft's safetensors by name.
 Everything is float32.
@@ -20,6 +25,8 @@ import math
 
 import torch
 import torch.nn as nn
+
+from gpt2_reference import MoE
 
 
 class RMSNorm(nn.Module):
@@ -84,12 +91,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, moe=False):
         super().__init__()
-        self.attn_norm = RMSNorm(c["hidden"], c["norm_eps"])
-        self.attn = Attention(c["hidden"], c["heads"], c["kv_heads"], c["qkv_bias"], c["rope_theta"])
-        self.mlp_norm = RMSNorm(c["hidden"], c["norm_eps"])
-        self.mlp = MLP(c["hidden"], c["ffn_hidden"])
+        C, F = c["hidden"], c["ffn_hidden"]
+        self.attn_norm = RMSNorm(C, c["norm_eps"])
+        self.attn = Attention(C, c["heads"], c["kv_heads"], c["qkv_bias"], c["rope_theta"])
+        self.mlp_norm = RMSNorm(C, c["norm_eps"])
+        if moe:
+            self.mlp = MoE(C, c["moe_experts"], c["moe_top_k"], c["moe_capacity_factor"], c["moe_aux_loss_coef"],
+                           c["moe_z_loss_coef"], make_expert=lambda: MLP(C, F))
+        else:
+            self.mlp = MLP(C, F)
 
     def forward(self, x):
         h = x + self.attn(self.attn_norm(x))
@@ -98,13 +110,15 @@ class Block(nn.Module):
 
 class Llama(nn.Module):
     """c: hidden, heads, kv_heads, ffn_hidden, layers, norm_eps, rope_theta, qkv_bias,
-    tie_embeddings, vocab (V), padded_vocab (Vp)."""
+    tie_embeddings, vocab (V), padded_vocab (Vp); optionally moe_experts (0 = dense),
+    moe_top_k, moe_every, moe_capacity_factor, moe_aux_loss_coef, moe_z_loss_coef."""
 
     def __init__(self, c):
         super().__init__()
         self.V, Vp, C = c["vocab"], c["padded_vocab"], c["hidden"]
         self.embed = nn.Embedding(Vp, C)
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c["layers"]))
+        E, every = c.get("moe_experts", 0), c.get("moe_every", 1)
+        self.blocks = nn.ModuleList(Block(c, E > 0 and i % every == 0) for i in range(c["layers"]))
         self.norm = RMSNorm(C, c["norm_eps"])
         self.tied = c["tie_embeddings"]
         if not self.tied:
@@ -116,6 +130,10 @@ class Llama(nn.Module):
             x = b(x)
         w = self.embed.weight if self.tied else self.head.weight
         return self.norm(x) @ w.t()  # [B, T, Vp]
+
+    def moe_loss(self):
+        """The MoE blocks' aux + z losses of the last forward (0 for a dense model)."""
+        return sum((b.mlp.loss for b in self.blocks if isinstance(b.mlp, MoE)), torch.zeros(()))
 
     def token_losses(self, logits, targets):
         V = self.V

@@ -9,7 +9,8 @@
 //   config.json          resolved sizes, optimizer and schedule settings, every
 //                        [model] option as a TOML literal ("model_options"), and
 //                        every param's name, shape and weight_decay flag
-//   init.safetensors     every param at initialisation, by logical name, full shape
+//   init.safetensors     every param at initialisation (or as [model] init_from loaded it), by logical name,
+//                        full shape
 //   batches.safetensors  "step<s>" [G, T+1] for s = 1..N: the tokens (as floats)
 //                        of dataset samples (s-1)*G .. s*G-1, the trainer's order
 //   step1.safetensors    for the batch of step 1 run as one microbatch of G samples:
@@ -35,6 +36,7 @@
 #include <vector>
 
 #include "weft/loader.hpp"
+#include "hf_format.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
 #include "weft/dataset.hpp"
@@ -116,6 +118,7 @@ int run(const Args& args) {
   weft::BackendEnv env;
   env.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   weft::build_model_stack(stack, recipe, registry, env);
+  weft::load_init_from(recipe, *stack.model, stack.flat, nullptr, *stack.backend);  // [model] init_from, if set
   weft::Backend& be = *stack.backend;
   weft::Model& model = *stack.model;
   const weft::ModelSummary summary = model.summary();

@@ -4,7 +4,8 @@
 
 For each variant of llama-parity.toml (grouped-query attention with an untied
 head; Qwen2's shape with q/k/v biases, one kv head, a tied head, eps 1e-6 and
-RoPE base 1e6; the first again at init_std 0.02):
+RoPE base 1e6; the first again at init_std 0.02; mixture-of-experts MLPs of
+SwiGLU experts, top-2 and top-1 with capacity drops):
 1. PARITY_DUMP writes weft's initial params, the token batches of steps 1..10
    and, for the batch of step 1, weft's logits, per-token losses, mean loss
    and every param's gradient (dloss_scale = 1/(G*T)).
@@ -40,12 +41,19 @@ STEPS = 10
 
 QWEN2 = ["model.qkv_bias=true", "model.tie_embeddings=true", "model.kv_heads=1", "model.norm_eps=1e-6",
          "model.rope_theta=1000000.0"]
+MOE = ["model.moe_experts=4", "model.moe_z_loss_coef=0.001"]
 # (label, overrides, train: None or the batch.micro values to train with)
 VARIANTS = [
     ("llama_gqa", [], [4, 2]),
     ("qwen2", QWEN2, [4]),
     ("llama_init002", ["model.init_std=0.02"], None),
+    # SwiGLU experts: top-2 in every other block (10 steps), and top-1 with capacity drops in every
+    # block (step 1 only: over 10 steps a token at the capacity cut-off goes to another expert in
+    # weft than in torch after step 4, a discrete flip that rounding decides, not a difference).
+    ("llama_moe_top2", MOE + ["model.moe_top_k=2", "model.moe_every=2"], [4, 2]),
+    ("llama_moe_top1_drop", MOE + ["model.moe_top_k=1", "model.moe_capacity_factor=0.5"], None),
 ]
+MOE_KEYS = ("moe_experts", "moe_top_k", "moe_every", "moe_capacity_factor", "moe_aux_loss_coef", "moe_z_loss_coef")
 
 from parity_report import finish, report  # noqa: E402  (the script's folder is on sys.path)
 
@@ -85,6 +93,7 @@ def model_config(cfg):
     o = {k: tomllib.loads(f"x = {v}")["x"] for k, v in cfg["model_options"].items()}
     c = dict(cfg["model"])
     c.update({k: o[k] for k in ("kv_heads", "ffn_hidden", "norm_eps", "rope_theta", "qkv_bias", "tie_embeddings")})
+    c.update({k: o[k] for k in MOE_KEYS if k in o})
     if c["kv_heads"] == 0:
         c["kv_heads"] = c["heads"]
     return c
@@ -115,7 +124,10 @@ def check_step1(cfg, dump, label):
     logits = model(ids)
     losses = model.token_losses(logits, targets)
     loss = losses.mean()
-    loss.backward()
+    moe_loss = model.moe_loss()  # aux + z losses, weight 1 for one microbatch of the whole batch
+    (loss + moe_loss).backward()
+    if mc.get("moe_experts", 0) > 0:
+        check_close(f"{label} step1 MoE aux + z loss", step1["moe_loss"], moe_loss.detach().reshape(1), TOL_LOGITS)
     check_close(f"{label} step1 logits [G,T,Vp]", step1["logits"], logits.detach(), TOL_LOGITS)
     check_close(f"{label} step1 per-token losses", step1["losses"], losses.detach(), TOL_LOGITS)
     check_close(f"{label} step1 mean loss", step1["loss"], loss.detach().reshape(1), TOL_LOGITS)
@@ -143,7 +155,7 @@ def torch_train(mc, oc, G, init, batches, micro):
         for m0 in range(0, G, micro):
             chunk = tok[m0:m0 + micro]
             l = model.token_losses(model(chunk[:, :T]), chunk[:, 1:])
-            (l.sum() / (G * T)).backward()
+            (l.sum() / (G * T) + model.moe_loss() * (len(chunk) / G)).backward()
             total += l.detach().double().sum().item()
         losses.append(total / (G * T))
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), oc["clip_grad_norm"])))

@@ -795,6 +795,15 @@ TEST(RecipeOption, KnowsCoreAndPluginKeysAndNothingElse) {
   ASSERT_NE(tensor, nullptr);
   EXPECT_EQ(tensor->type, weft::OptType::Int);
   EXPECT_NE(weft::recipe_option(r, "model", "", "layers"), nullptr);            // default plugin gpt
+  // A Hugging Face folder to start from (a path), in both model plugins; llama's SwiGLU experts.
+  for (const char* model : {"gpt", "llama"}) {
+    const weft::OptionSpec* init_from = weft::recipe_option(r, "model", model, "init_from");
+    ASSERT_NE(init_from, nullptr) << model;
+    EXPECT_TRUE(init_from->is_path) << model;
+    for (const char* key : {"moe_experts", "moe_top_k", "moe_every", "moe_capacity_factor", "moe_aux_loss_coef",
+                            "moe_z_loss_coef"})
+      EXPECT_NE(weft::recipe_option(r, "model", model, key), nullptr) << model << " " << key;
+  }
   EXPECT_NE(weft::recipe_option(r, "lr_schedule", "cosine", "min_lr"), nullptr);
   EXPECT_NE(weft::recipe_option(r, "parallel.data_parallel", "zero1", "bucket_mb"), nullptr);
   EXPECT_EQ(weft::recipe_option(r, "model", "", "no_such_key"), nullptr);

@@ -115,6 +115,21 @@ TEST(Safetensors, RoundTripAndLayout) {
     EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
 }
 
+// read_widened: BF16 and F16 values (1.5, -2, 0.1 rounded) widen exactly to F32; read() stays F32-only.
+TEST(Safetensors, ReadWidenedTakesBf16AndF16) {
+  const std::string bf16 = std::string("\xc0\x3f\x00\xc0\xcd\x3d", 6);  // 0x3fc0 0xc000 0x3dcd
+  const std::string f16 = std::string("\x00\x3e\x00\xc0\x66\x2e", 6);   // 0x3e00 0xc000 0x2e66
+  const fs::path p = temp_file("widen.safetensors");
+  write_bytes(p, with_header(R"({"a":{"dtype":"BF16","shape":[3],"data_offsets":[0,6]},)"
+                             R"("b":{"dtype":"F16","shape":[3],"data_offsets":[6,12]}})",
+                             bf16 + f16));
+  weft::SafetensorsReader r(p.string());
+  EXPECT_EQ(r.dtype("a"), "BF16");
+  EXPECT_EQ(r.read_widened("a"), (std::vector<float>{1.5f, -2.f, 0.10009765625f}));
+  EXPECT_EQ(r.read_widened("b"), (std::vector<float>{1.5f, -2.f, 0.0999755859375f}));
+  EXPECT_THROW(r.read("a"), weft::Error);
+}
+
 TEST(Safetensors, DamagedFilesAreRefusedWithPathAndOffset) {
   fs::path p = temp_file("bad.safetensors");
   write_bytes(p, "abc");

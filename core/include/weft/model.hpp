@@ -3,11 +3,13 @@
 // layer returns per-token losses [B,T] and reads ctx.targets.
 #pragma once
 
+#include <charconv>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "weft/error.hpp"
 #include "weft/layers.hpp"
 #include "weft/module.hpp"
 #include "weft/options.hpp"
@@ -27,12 +29,46 @@ struct ModelSummary {
   int64_t padded_vocab = 0;
 };
 
+// Hugging Face transformers' form of a model (docs/checkpoints.md): what
+// `weft export --format hf` writes (config.json, model.safetensors) and
+// `[model] init_from` reads back. The model says it; the core knows no names.
+struct HfTensor {
+  std::string param;       // weft's logical name
+  std::string hf;          // Hugging Face's name
+  bool transpose = false;  // a matrix stored [in, out] (GPT-2's Conv1D): hf = param^T
+  int64_t rows = 0;        // > 0: only the first `rows` rows (the V real rows of a padded [Vp, C] table)
+};
+struct HfConfigEntry {
+  std::string key;
+  std::string json;         // the value as JSON text: 128, 1e-05, "silu", ["LlamaForCausalLM"]
+  bool must_match = false;  // init_from refuses a config.json whose value differs
+  std::string absent;       // must_match: the value Hugging Face assumes when the key is missing ("" = required)
+  std::string option;       // the [model] option it comes from, named in refusals ("" = none)
+};
+struct HfLayout {
+  std::string architecture;           // config.json "architectures"[0], e.g. "LlamaForCausalLM"
+  std::vector<std::string> readable;  // the architectures this model plugin reads (init_from)
+  std::vector<HfConfigEntry> config;  // config.json after "architectures", in this order
+  std::vector<HfTensor> tensors;      // model.safetensors, in this order
+};
+
+// A float as the shortest JSON number that reads back to it: 1e-05, 10000.0.
+inline std::string hf_json_number(float v) {
+  char buf[32];
+  std::string s(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
 class Model {
  public:
   virtual ~Model() = default;
   virtual std::vector<Module*> layers() = 0;
   virtual std::vector<Param*> params() = 0;  // this rank's, declaration order
   virtual ModelSummary summary() const = 0;
+  // This model as Hugging Face lays it out; throws weft::Error (one line: why
+  // not, e.g. mixture-of-experts blocks) when it has no such form.
+  virtual HfLayout hugging_face() const { throw Error("this model has no Hugging Face form"); }
 };
 
 struct ModelEnv {
