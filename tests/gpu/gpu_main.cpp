@@ -1,0 +1,19 @@
+// main() of the gpu suite's test executables: where no CUDA device is
+// visible, one line says why and the executable exits 77 (meson's "skipped"),
+// so a machine without a GPU reports SKIP, not a pass and not a failure.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+int main(int argc, char** argv) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    std::printf("SKIP %s: no CUDA device (%s)\n", argc > 0 ? argv[0] : "gpu test",
+                e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found 0 devices");
+    return 77;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
