@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -788,6 +789,10 @@ class CudaTraining : public ::testing::Test {
     bool interval_set = false;
     for (const std::string& o : overrides) interval_set |= o.rfind("checkpoint.interval=", 0) == 0;
     if (!interval_set) overrides.push_back("checkpoint.interval=0");
+    // On cuda, debug mode: every kernel checked as it finishes, and buffers
+    // taken uninitialised start as NaN, so a read of unwritten memory shows in the loss.
+    if (std::find(overrides.begin(), overrides.end(), "backend.plugin=cuda") != overrides.end())
+      overrides.push_back("backend.debug=true");
     overrides.insert(overrides.begin(),
                      {"data.files=[\"" + source_ + "/docs/design.md\", \"" + source_ + "/docs/plugins.md\", \"" +
                           source_ + "/docs/recipes.md\"]",
