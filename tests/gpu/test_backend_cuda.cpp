@@ -443,8 +443,9 @@ TEST_F(CudaVsCpu, GeluTanhAndErf) {
 
 // ---------------------------------------------------------------- attention
 //
-// Forward: out rel 1e-4 abs 2e-6, lse abs 1e-5 (fp32 sums in another order).
-// Backward, from the CPU's out and lse: dqkv rel 1e-4 abs 2e-5.
+// Forward: out rel 1e-4 abs 1e-5, lse abs 1e-5 (fp32 sums in another order,
+// expf against the CPU's exp). Backward, from the CPU's out and lse: dqkv rel
+// 1e-4 abs 5e-5 (sums of terms of either sign). A bug is off by O(1).
 
 struct AttnCase {
   int64_t b, t, c, h;
@@ -488,14 +489,14 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchCpu) {
   const std::string what = "attention b" + std::to_string(a.b) + " t" + std::to_string(a.t) + " c" +
                            std::to_string(a.c) + " h" + std::to_string(a.h) + (a.docs ? " docs" : "") +
                            " dropout " + std::to_string(a.dropout);
-  expect_close(down(og), down(oc), 1e-4, 2e-6, what + " out");
+  expect_close(down(og), down(oc), 1e-4, 1e-5, what + " out");
   expect_close(down(lg), down(lc), 0, 1e-5, what + " lse");
   Vec dout = random_vec(n * a.c, 21);
   Tensor dg = g(dout), dc = c(dout), out_g = g(down(oc)), lse_g = g(down(lc));
   Tensor dqg = poisoned(n * 3 * a.c), dqc = cpu_out(n * 3 * a.c);
   gpu->attention_backward(f(dqg), f(dg), f(qg), f(out_g), f(lse_g), a.b, a.t, a.c, a.h, mask(true));
   cpu->attention_backward(f(dqc), f(dc), f(qc), f(oc), f(lc), a.b, a.t, a.c, a.h, mask(false));
-  expect_close(down(dqg), down(dqc), 1e-4, 2e-5, what + " dqkv");
+  expect_close(down(dqg), down(dqc), 1e-4, 5e-5, what + " dqkv");
 }
 
 TEST_F(CudaVsCpu, AttentionRefusesHeadsOverTheLimit) {
