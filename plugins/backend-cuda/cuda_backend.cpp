@@ -358,7 +358,8 @@ void CudaBackend::add_bias(float* out, TypedPtr bias, int64_t n, int64_t o) {
 
 void CudaBackend::bias_grad(float* dbias, const float* dout, int64_t n, int64_t o) {
   use_device();
-  cuda::launch_bias_grad(dbias, dout, n, o, kStream);
+  Tensor work = scratch(2 * cuda::col_chunks(n) * o);  // [chunks, O] doubles
+  cuda::launch_bias_grad(dbias, dout, reinterpret_cast<double*>(work.raw()), n, o, kStream);
   check_launch("bias_grad");
 }
 
@@ -373,8 +374,9 @@ void CudaBackend::layernorm_forward(float* out, float* mean, float* rstd, const 
 void CudaBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, TypedPtr w,
                                      const float* mean, const float* rstd, int64_t n, int64_t c) {
   use_device();
-  cuda::launch_layernorm_backward(dx, dw, db, dout, x, w.data, weight_type(w, "layernorm_backward"), mean, rstd, n, c,
-                                  kStream);
+  Tensor work = scratch(4 * cuda::col_chunks(n) * c);  // [2, chunks, C] doubles
+  cuda::launch_layernorm_backward(dx, dw, db, dout, x, w.data, weight_type(w, "layernorm_backward"), mean, rstd,
+                                  reinterpret_cast<double*>(work.raw()), n, c, kStream);
   check_launch("layernorm_backward");
 }
 
@@ -583,7 +585,9 @@ void CudaBackend::rmsnorm_forward(float* out, float* rstd, const float* x, Typed
 void CudaBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, TypedPtr w,
                                    const float* rstd, int64_t n, int64_t c) {
   use_device();
-  cuda::launch_rmsnorm_backward(dx, dw, dout, x, w.data, weight_type(w, "rmsnorm_backward"), rstd, n, c, kStream);
+  Tensor work = scratch(2 * cuda::col_chunks(n) * c);  // [chunks, C] doubles
+  cuda::launch_rmsnorm_backward(dx, dw, dout, x, w.data, weight_type(w, "rmsnorm_backward"), rstd,
+                                reinterpret_cast<double*>(work.raw()), n, c, kStream);
   check_launch("rmsnorm_backward");
 }
 

@@ -4,9 +4,10 @@
 // - row kernels use one block of kRowThreads per row; reductions are fixed
 //   trees (warp shuffles, then one warp over the warps' results), so a result
 //   depends only on the shape, never on timing (deterministic);
-// - column reductions (bias and norm weight gradients, the embedding
-//   gradient) give each column to one thread that walks the rows in order:
-//   no atomics, the CPU backend's order;
+// - column reductions (bias and norm weight gradients) sum fixed chunks of
+//   rows per column in double, then the chunks in order; the embedding
+//   gradient gives each column to one thread that walks the rows in order
+//   (repeated ids never race): no atomics anywhere;
 // - sums run in double where the CPU backend's do;
 // - the attention kernels give each (batch, head, row) to one warp with an
 //   online softmax over the keys: no [T,T] buffer exists.
@@ -195,13 +196,32 @@ __global__ void add_bias_kernel(float* out, const void* bias, int wt, int64_t n,
   WEFT_GRID_STRIDE(e, n * o) out[e] += load_w(bias, wt, e % o);
 }
 
-// One thread per column, rows in order, in double.
-__global__ void bias_grad_kernel(float* dbias, const float* dout, int64_t n, int64_t o) {
+// Column sums, pass 1: work[chunk, j] = sum over the chunk's rows of dout[r, j], in double.
+// Grid: (column blocks, chunks).
+__global__ void bias_grad_partial_kernel(double* work, const float* dout, int64_t n, int64_t o, int64_t rows) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+  if (j >= o) return;
+  const int64_t r0 = chunk * rows, r1 = r0 + rows < n ? r0 + rows : n;
+  double acc = 0.0;
+  for (int64_t r = r0; r < r1; ++r) acc += dout[r * o + j];
+  work[chunk * o + j] = acc;
+}
+// Pass 2: out0[j] += sum over the chunks of work[0] in order; with out1 also
+// out1[j] += the same over work[1] (work is [1 or 2, chunks, O]).
+__global__ void col_finish_kernel(float* out0, float* out1, const double* work, int64_t chunks, int64_t o) {
   WEFT_GRID_STRIDE(j, o) {
-    double acc = 0.0;
-    for (int64_t r = 0; r < n; ++r) acc += dout[r * o + j];
-    dbias[j] += static_cast<float>(acc);
+    double s0 = 0.0, s1 = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      s0 += work[c * o + j];
+      if (out1) s1 += work[(chunks + c) * o + j];
+    }
+    out0[j] += static_cast<float>(s0);
+    if (out1) out1[j] += static_cast<float>(s1);
   }
+}
+
+dim3 col_grid(int64_t o, int64_t chunks) {
+  return dim3(static_cast<unsigned>((o + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
 }
 
 // One block per row [C]: mean and variance in double (two passes, as the CPU backend).
@@ -253,20 +273,21 @@ __global__ void layernorm_backward_dx_kernel(float* dx, const float* dout, const
   }
 }
 
-// dw[j] += sum_r dout * xhat, db[j] += sum_r dout: one thread per column, rows in order, in double.
-__global__ void layernorm_backward_dwdb_kernel(float* dw, float* db, const float* dout, const float* x,
-                                               const float* mean, const float* rstd, int64_t n, int64_t c) {
-  WEFT_GRID_STRIDE(j, c) {
-    double aw = 0.0, ab = 0.0;
-    for (int64_t r = 0; r < n; ++r) {
-      const float xhat = (x[r * c + j] - mean[r]) * rstd[r];
-      const float d = dout[r * c + j];
-      aw += static_cast<double>(d) * xhat;
-      ab += d;
-    }
-    dw[j] += static_cast<float>(aw);
-    db[j] += static_cast<float>(ab);
+// LayerNorm column sums, pass 1: work[0][chunk, j] = sum dout * xhat, work[1][chunk, j] = sum dout, in double.
+__global__ void layernorm_dwdb_partial_kernel(double* work, const float* dout, const float* x, const float* mean,
+                                              const float* rstd, int64_t n, int64_t c, int64_t rows, int64_t chunks) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+  if (j >= c) return;
+  const int64_t r0 = chunk * rows, r1 = r0 + rows < n ? r0 + rows : n;
+  double aw = 0.0, ab = 0.0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float xhat = (x[r * c + j] - mean[r]) * rstd[r];
+    const float d = dout[r * c + j];
+    aw += static_cast<double>(d) * xhat;
+    ab += d;
   }
+  work[chunk * c + j] = aw;
+  work[(chunks + chunk) * c + j] = ab;
 }
 
 // GeLU (tanh form) through the logistic function, as the CPU backend:
@@ -699,14 +720,15 @@ __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const f
   for (int64_t j = threadIdx.x; j < c; j += blockDim.x) dr[j] = rs * load_w(w, wt, j) * gr[j] - k * xr[j];
 }
 
-// dw[j] += sum over rows of dout * x * rstd: one thread per column, rows in order, in double.
-__global__ void rmsnorm_backward_dw_kernel(float* dw, const float* dout, const float* x, const float* rstd, int64_t n,
-                                           int64_t c) {
-  WEFT_GRID_STRIDE(j, c) {
-    double acc = 0.0;
-    for (int64_t r = 0; r < n; ++r) acc += static_cast<double>(dout[r * c + j]) * x[r * c + j] * rstd[r];
-    dw[j] += static_cast<float>(acc);
-  }
+// RMSNorm column sums, pass 1: work[chunk, j] = sum over the chunk's rows of dout * x * rstd, in double.
+__global__ void rmsnorm_dw_partial_kernel(double* work, const float* dout, const float* x, const float* rstd,
+                                          int64_t n, int64_t c, int64_t rows) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+  if (j >= c) return;
+  const int64_t r0 = chunk * rows, r1 = r0 + rows < n ? r0 + rows : n;
+  double acc = 0.0;
+  for (int64_t r = r0; r < r1; ++r) acc += static_cast<double>(dout[r * c + j]) * x[r * c + j] * rstd[r];
+  work[chunk * c + j] = acc;
 }
 
 // One thread per rotated pair (b, t, h, i < D/2); angles in double as the CPU backend's tables.
@@ -797,8 +819,11 @@ void launch_cast_from_f32(uint16_t* dst, const float* src, int wt, int64_t n, cu
 void launch_add_bias(float* out, const void* bias, int wt, int64_t n, int64_t o, cudaStream_t s) {
   if (n * o > 0) add_bias_kernel<<<blocks_for(n * o), kThreads, 0, s>>>(out, bias, wt, n, o);
 }
-void launch_bias_grad(float* dbias, const float* dout, int64_t n, int64_t o, cudaStream_t s) {
-  if (o > 0) bias_grad_kernel<<<blocks_for(o), kThreads, 0, s>>>(dbias, dout, n, o);
+void launch_bias_grad(float* dbias, const float* dout, double* work, int64_t n, int64_t o, cudaStream_t s) {
+  if (o <= 0 || n <= 0) return;
+  const int64_t chunks = col_chunks(n);
+  bias_grad_partial_kernel<<<col_grid(o, chunks), kThreads, 0, s>>>(work, dout, n, o, col_chunk_rows(n));
+  col_finish_kernel<<<blocks_for(o), kThreads, 0, s>>>(dbias, nullptr, work, chunks, o);
 }
 void launch_layernorm_forward(float* out, float* mean, float* rstd, const float* x, const void* w, int wt_w,
                               const void* b, int wt_b, int64_t n, int64_t c, float eps, cudaStream_t s) {
@@ -807,11 +832,14 @@ void launch_layernorm_forward(float* out, float* mean, float* rstd, const float*
                                                                               c, eps);
 }
 void launch_layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const void* w,
-                               int wt_w, const float* mean, const float* rstd, int64_t n, int64_t c, cudaStream_t s) {
-  if (n > 0)
-    layernorm_backward_dx_kernel<<<static_cast<unsigned>(n), kRowThreads, 0, s>>>(dx, dout, x, w, wt_w, mean, rstd,
-                                                                                  c);
-  if (c > 0) layernorm_backward_dwdb_kernel<<<blocks_for(c), kThreads, 0, s>>>(dw, db, dout, x, mean, rstd, n, c);
+                               int wt_w, const float* mean, const float* rstd, double* work, int64_t n, int64_t c,
+                               cudaStream_t s) {
+  if (n <= 0 || c <= 0) return;
+  layernorm_backward_dx_kernel<<<static_cast<unsigned>(n), kRowThreads, 0, s>>>(dx, dout, x, w, wt_w, mean, rstd, c);
+  const int64_t chunks = col_chunks(n);
+  layernorm_dwdb_partial_kernel<<<col_grid(c, chunks), kThreads, 0, s>>>(work, dout, x, mean, rstd, n, c,
+                                                                         col_chunk_rows(n), chunks);
+  col_finish_kernel<<<blocks_for(c), kThreads, 0, s>>>(dw, db, work, chunks, c);
 }
 void launch_gelu_forward(float* out, const float* x, int64_t n, cudaStream_t s) {
   if (n > 0) gelu_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(out, x, n);
@@ -910,10 +938,12 @@ void launch_rmsnorm_forward(float* out, float* rstd, const float* x, const void*
   if (n > 0) rmsnorm_forward_kernel<<<static_cast<unsigned>(n), kRowThreads, 0, s>>>(out, rstd, x, w, wt, c, eps);
 }
 void launch_rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const void* w, int wt,
-                             const float* rstd, int64_t n, int64_t c, cudaStream_t s) {
-  if (n > 0)
-    rmsnorm_backward_dx_kernel<<<static_cast<unsigned>(n), kRowThreads, 0, s>>>(dx, dout, x, w, wt, rstd, c);
-  if (c > 0) rmsnorm_backward_dw_kernel<<<blocks_for(c), kThreads, 0, s>>>(dw, dout, x, rstd, n, c);
+                             const float* rstd, double* work, int64_t n, int64_t c, cudaStream_t s) {
+  if (n <= 0 || c <= 0) return;
+  rmsnorm_backward_dx_kernel<<<static_cast<unsigned>(n), kRowThreads, 0, s>>>(dx, dout, x, w, wt, rstd, c);
+  const int64_t chunks = col_chunks(n);
+  rmsnorm_dw_partial_kernel<<<col_grid(c, chunks), kThreads, 0, s>>>(work, dout, x, rstd, n, c, col_chunk_rows(n));
+  col_finish_kernel<<<blocks_for(c), kThreads, 0, s>>>(dw, nullptr, work, chunks, c);
 }
 void launch_rope(float* out, const float* x, int64_t b, int64_t t, int64_t h, int64_t d, float theta, float sign,
                  cudaStream_t s) {

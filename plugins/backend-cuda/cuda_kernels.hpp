@@ -29,14 +29,25 @@ void launch_widen(float* dst, const void* src, int wt, int64_t n, cudaStream_t s
 // dst[n] (bf16 or f16 bits) = round to nearest even of src[n]
 void launch_cast_from_f32(uint16_t* dst, const float* src, int wt, int64_t n, cudaStream_t s);
 
+// ---- column sums (bias and norm weight gradients) in two passes: partial
+// sums in double over fixed chunks of rows ([chunks, O] workspace), then the
+// chunks in order; the result depends only on the shape.
+inline int64_t col_chunk_rows(int64_t n) {
+  const int64_t by_count = (n + 65534) / 65535;  // at most 65535 chunks (a grid's y dimension)
+  return by_count > 256 ? by_count : 256;
+}
+inline int64_t col_chunks(int64_t n) { return n <= 0 ? 1 : (n + col_chunk_rows(n) - 1) / col_chunk_rows(n); }
+
 // ---- bias, LayerNorm, GeLU
 void launch_add_bias(float* out, const void* bias, int wt, int64_t n, int64_t o, cudaStream_t s);  // out[N,O] += bias[O]
-void launch_bias_grad(float* dbias, const float* dout, int64_t n, int64_t o, cudaStream_t s);      // dbias[O] += colsum
+// dbias[O] += column sums of dout[N,O]; work: col_chunks(n) * o doubles
+void launch_bias_grad(float* dbias, const float* dout, double* work, int64_t n, int64_t o, cudaStream_t s);
 void launch_layernorm_forward(float* out, float* mean, float* rstd, const float* x, const void* w, int wt_w,
                               const void* b, int wt_b, int64_t n, int64_t c, float eps, cudaStream_t s);
-// dx[N,C] += ...; dw[C] += ...; db[C] += ...
+// dx[N,C] += ...; dw[C] += ...; db[C] += ...; work: 2 * col_chunks(n) * c doubles
 void launch_layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const void* w,
-                               int wt_w, const float* mean, const float* rstd, int64_t n, int64_t c, cudaStream_t s);
+                               int wt_w, const float* mean, const float* rstd, double* work, int64_t n, int64_t c,
+                               cudaStream_t s);
 void launch_gelu_forward(float* out, const float* x, int64_t n, cudaStream_t s);
 void launch_gelu_backward(float* dx, const float* x, const float* dout, int64_t n, cudaStream_t s);
 void launch_gelu_erf_forward(float* out, const float* x, int64_t n, cudaStream_t s);
@@ -91,9 +102,9 @@ void launch_adamw(float* p, const float* g, float* m, float* v, int64_t n, const
 // ---- Llama family
 void launch_rmsnorm_forward(float* out, float* rstd, const float* x, const void* w, int wt, int64_t n, int64_t c,
                             float eps, cudaStream_t s);
-// dx overwritten, dw[C] += ...
+// dx overwritten, dw[C] += ...; work: col_chunks(n) * c doubles
 void launch_rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const void* w, int wt,
-                             const float* rstd, int64_t n, int64_t c, cudaStream_t s);
+                             const float* rstd, double* work, int64_t n, int64_t c, cudaStream_t s);
 // sign +1 forward, -1 backward (the transposed rotation); out may alias x
 void launch_rope(float* out, const float* x, int64_t b, int64_t t, int64_t h, int64_t d, float theta, float sign,
                  cudaStream_t s);

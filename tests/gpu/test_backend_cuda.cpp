@@ -352,18 +352,20 @@ TEST_F(CudaVsCpu, GemmTf32OptionRunsWithinTf32Tolerance) {
 // double on both backends, rel 1e-6.
 TEST_P(CudaWeights, AddBiasExactAndBiasGrad) {
   const DType dt = GetParam();
-  const int64_t n = 67, o = 45;
-  Vec x = random_vec(n * o, 1), bias = random_vec(o, 2);
-  Weight w = weight(bias, dt);
-  Tensor xg = g(x), xc = c(x);
-  gpu->add_bias(f(xg), w.g(), n, o);
-  cpu->add_bias(f(xc), w.c(), n, o);
-  expect_exact(down(xg), down(xc), std::string("add_bias ") + dname(dt));
-  Vec db0 = random_vec(o, 3), dout = random_vec(n * o, 4);
-  Tensor dbg = g(db0), dbc = c(db0), dg = g(dout), dc = c(dout);
-  gpu->bias_grad(f(dbg), f(dg), n, o);
-  cpu->bias_grad(f(dbc), f(dc), n, o);
-  expect_close(down(dbg), down(dbc), 1e-6, 1e-7, "bias_grad");
+  for (int64_t n : {int64_t{67}, int64_t{1000}}) {  // one chunk of rows and four (cuda_kernels.hpp)
+    const int64_t o = 45;
+    Vec x = random_vec(n * o, 1), bias = random_vec(o, 2);
+    Weight w = weight(bias, dt);
+    Tensor xg = g(x), xc = c(x);
+    gpu->add_bias(f(xg), w.g(), n, o);
+    cpu->add_bias(f(xc), w.c(), n, o);
+    expect_exact(down(xg), down(xc), std::string("add_bias ") + dname(dt));
+    Vec db0 = random_vec(o, 3), dout = random_vec(n * o, 4);
+    Tensor dbg = g(db0), dbc = c(db0), dg = g(dout), dc = c(dout);
+    gpu->bias_grad(f(dbg), f(dg), n, o);
+    cpu->bias_grad(f(dbc), f(dc), n, o);
+    expect_close(down(dbg), down(dbc), 1e-6, 1e-7, "bias_grad n=" + std::to_string(n));
+  }
 }
 
 // LayerNorm forward: statistics in double on both, outputs rel 1e-5 abs 1e-6.
@@ -371,8 +373,7 @@ TEST_P(CudaWeights, AddBiasExactAndBiasGrad) {
 // sums in double) rel 1e-5 abs 1e-5.
 TEST_P(CudaWeights, LayerNormForwardBackward) {
   const DType dt = GetParam();
-  for (int64_t c_ : {int64_t{33}, int64_t{768}, int64_t{1025}}) {
-    const int64_t n = 19;
+  for (auto [n, c_] : {std::pair<int64_t, int64_t>{19, 33}, {19, 768}, {7, 1025}, {700, 65}}) {
     Vec x = random_vec(n * c_, 5, -2.f, 3.f), w = random_vec(c_, 6, 0.5f, 1.5f), b = random_vec(c_, 7);
     Weight wg = weight(w, dt), bg = weight(b, dt);
     Tensor xg = g(x), xc = c(x);
@@ -380,7 +381,7 @@ TEST_P(CudaWeights, LayerNormForwardBackward) {
     Tensor oc = cpu_out(n * c_), mc = cpu_out(n), rc = cpu_out(n);
     gpu->layernorm_forward(f(og), f(mg), f(rg), f(xg), wg.g(), bg.g(), n, c_, 1e-5f);
     cpu->layernorm_forward(f(oc), f(mc), f(rc), f(xc), wg.c(), bg.c(), n, c_, 1e-5f);
-    const std::string what = std::string("layernorm ") + dname(dt) + " c=" + std::to_string(c_);
+    const std::string what = std::string("layernorm ") + dname(dt) + " n=" + std::to_string(n) + " c=" + std::to_string(c_);
     expect_close(down(og), down(oc), 1e-5, 1e-6, what + " out");
     expect_close(down(mg), down(mc), 1e-6, 1e-7, what + " mean");
     expect_close(down(rg), down(rc), 1e-6, 1e-7, what + " rstd");
@@ -400,7 +401,7 @@ TEST_P(CudaWeights, LayerNormForwardBackward) {
 // RMSNorm: as LayerNorm (dx is overwritten here, so poisoned).
 TEST_P(CudaWeights, RmsNormForwardBackward) {
   const DType dt = GetParam();
-  const int64_t n = 21, c_ = 130;
+  const int64_t n = 531, c_ = 130;  // three chunks of rows for dw
   Vec x = random_vec(n * c_, 12, -2.f, 2.f), w = random_vec(c_, 13, 0.5f, 1.5f);
   Weight wg = weight(w, dt);
   Tensor xg = g(x), xc = c(x), og = poisoned(n * c_), rg = poisoned(n), oc = cpu_out(n * c_), rc = cpu_out(n);
