@@ -64,7 +64,7 @@ suite comm_nccl "$build/tests/multirank/test_comm_nccl" 60
 
 # ---- 2. and 3. weft train: the last logged step's loss and tokens/s
 field() {  # field KEY FILE: the value of "KEY" in the last JSON line of FILE
-  tail -n1 "$2" 2>/dev/null | grep -o "\"$1\":[^,}]*" | head -n1 | cut -d: -f2
+  tail -n1 "$2" 2>/dev/null | grep -o "\"$1\": *[^,}]*" | head -n1 | cut -d: -f2 | tr -d ' '
 }
 train() {  # train NAME LIMIT ARGS...: one run; sets loss and tps
   local name=$1 limit=$2
@@ -88,14 +88,14 @@ train() {  # train NAME LIMIT ARGS...: one run; sets loss and tps
 echo "== weft train gpt-tiny, 30 steps, cpu and cuda"
 if train tiny-cpu 120 --set run.steps=30 --set backend.plugin=cpu; then
   cpu_loss=$loss cpu_tps=$tps
-  row "gpt-tiny 30 steps, cpu" "loss $cpu_loss, $(printf '%.0f' "$cpu_tps") tokens/s"
+  row "gpt-tiny 30 steps, cpu" "loss $(printf '%.6f' "$cpu_loss"), $(printf '%.0f' "$cpu_tps") tokens/s"
 else
   cpu_loss="" && row "gpt-tiny 30 steps, cpu" "FAILED (log above)"
 fi
 if train tiny-cuda 120 --set run.steps=30 --set backend.plugin=cuda; then
   rel=""
   [[ -n $cpu_loss ]] && rel=$(awk -v a="$loss" -v b="$cpu_loss" 'BEGIN { d = a - b; if (d < 0) d = -d; printf "%.2e", d / b }')
-  row "gpt-tiny 30 steps, cuda" "loss $loss, $(printf '%.0f' "$tps") tokens/s${rel:+, rel diff to cpu $rel}"
+  row "gpt-tiny 30 steps, cuda" "loss $(printf '%.6f' "$loss"), $(printf '%.0f' "$tps") tokens/s${rel:+, rel diff to cpu $rel}"
 else
   row "gpt-tiny 30 steps, cuda" "FAILED (log above)"
 fi
@@ -107,7 +107,7 @@ for mode in "fp32|" "tf32|--set backend.tf32=true" "bf16|--set precision.plugin=
   label=${mode%%|*} extra=${mode#*|}
   # shellcheck disable=SC2086
   if train "bench-$label" 90 "${bench[@]}" $extra; then
-    row "bench 12x768 T1024 B8, $label" "$(printf '%.0f' "$tps") tokens/s (loss $loss)"
+    row "bench 12x768 T1024 B8, $label" "$(printf '%.0f' "$tps") tokens/s (loss $(printf '%.4f' "$loss"))"
   else
     row "bench 12x768 T1024 B8, $label" "FAILED (log above)"
   fi
