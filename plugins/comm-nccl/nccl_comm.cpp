@@ -420,11 +420,15 @@ std::unique_ptr<Work> NcclCommunicator::broadcast(const Tensor& buf, int root) {
   return work;
 }
 
-void NcclCommunicator::barrier() { host_->barrier(); }
+void NcclCommunicator::barrier() {
+  p2p_->flush();  // a peer may be waiting for a queued send while this rank waits in the barrier
+  host_->barrier();
+}
 
 std::unique_ptr<weft::Communicator> NcclCommunicator::split(int color, int key) {
   // The host split agrees on membership with a timeout; every member then
-  // enters ncclCommSplit, which blocks until all of them did.
+  // enters ncclCommSplit, which blocks until all of them did (queued sends go first).
+  p2p_->flush();
   std::unique_ptr<weft::Communicator> host_sub = host_->split(color, key);
   auto* mpi_sub = static_cast<mpi::MpiCommunicator*>(host_sub.get());
   cuda_check(cudaSetDevice(state_->device), "cudaSetDevice");

@@ -14,7 +14,10 @@
 // Point-to-point: send() and recv() only queue their operation. The queued
 // sends and receives are launched together, in one ncclGroupStart/End (the
 // idea of torch's batch_isend_irecv), when a Work of any of them is waited
-// on or polled, or before the communicator's next collective. Separate
+// on or polled, or before the communicator's next collective, barrier or
+// split. (So a pipeline stage's sends start at its next wait: correct, with
+// no cycle of sends and receives on two streams, but a stage that only sends
+// for a while starts them late.) Separate
 // groups per operation deadlock on one stream (a receive posted before the
 // matching send on both ranks blocks the stream the send is queued behind)
 // and a rank's send to itself is invalid unless the receive is in its group.
