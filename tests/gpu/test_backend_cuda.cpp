@@ -9,7 +9,8 @@
 // Tolerances are written next to each test; "exact" means bit for bit.
 //
 // Training: gpt-tiny on cuda (fp32, TF32 off) follows the CPU backend's loss
-// at rel 1e-4 for each of 20 steps; bf16 on cuda follows bf16 on cpu at 1%;
+// at rel 1e-4 for each of 20 steps; bf16 on cuda follows bf16 on cpu at rel
+// 1e-3 and fp32 at 2%;
 // checkpoints written on one backend resume on the other.
 //
 // WEFT_BUILD_ROOT and WEFT_SOURCE_ROOT in the environment override the
@@ -843,11 +844,17 @@ TEST_F(CudaTraining, GptTinyFp32FollowsCpuFor20Steps) {
     EXPECT_EQ(gpu.at(1).at(key).get<double>(), cpu.at(1).at(key).get<double>()) << key;
 }
 
-// bf16 (bf16 compute copy, fp32 masters): within 1% of bf16 on the CPU backend at every step.
+// bf16 (bf16 compute copy, fp32 masters): within rel 1e-3 of bf16 on the CPU
+// backend at every step (the bf16 layouts' criterion in tests/multirank:
+// the same products, summed in another order, can round a weight's bf16
+// copy the other way), and within the precision tolerance of docs/precision.md
+// (2%) of fp32 on the CPU.
 TEST_F(CudaTraining, GptTinyBf16FollowsCpuBf16) {
   auto cpu = train({"run.steps=20", "backend.plugin=cpu", "precision.plugin=bf16"}, "bf16-cpu");
+  auto cpu32 = train({"run.steps=20", "backend.plugin=cpu"}, "bf16-cpu-fp32");
   auto gpu = train({"run.steps=20", "backend.plugin=cuda", "precision.plugin=bf16"}, "bf16-cuda");
-  expect_losses_close(gpu, cpu, 1, 20, 1e-2, "cuda bf16 vs cpu bf16");
+  expect_losses_close(gpu, cpu, 1, 20, 1e-3, "cuda bf16 vs cpu bf16");
+  expect_losses_close(gpu, cpu32, 1, 20, 2e-2, "cuda bf16 vs cpu fp32");
 }
 
 // A checkpoint written by the CUDA backend resumes on the CPU backend and one
