@@ -14,12 +14,19 @@
 #   tests/gpu/device_check.sh [BUILD_DIR]     (default: ./build of this repository)
 #
 # Run from the repository (the source tree: recipes, docs used as training
-# text); BUILD_DIR may be a build tree carried to the GPU machine. The data is
-# the repository's own docs, so no corpus needs installing there.
+# text); BUILD_DIR may be a build tree carried to the GPU machine (an env.sh
+# next to it is sourced first). The data is the repository's own docs, so no
+# corpus needs installing there.
 set -uo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=$(cd "${1:-$src/build}" && pwd) || { echo "no build directory ${1:-$src/build}"; exit 2; }
 weft=$build/weft
+# A build tree packed for another machine carries an env.sh beside it (the
+# library path of its libraries and of the machine's CUDA and NCCL).
+if [[ -f $build/../env.sh ]]; then
+  # shellcheck disable=SC1091
+  source "$build/../env.sh"
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export WEFT_BUILD_ROOT=$build WEFT_SOURCE_ROOT=$src
