@@ -10,6 +10,8 @@
 #      positions, batch 8) for a few steps on cuda in fp32, with TF32 and in
 #      bf16: tokens/s of the last step.
 # A short table comes last. Details of anything that failed are printed above it.
+# Each part has a time limit (120 + 30 + 2 x 45 + 3 x 40 s at most); a normal
+# run takes a fraction of that.
 #
 #   tests/gpu/device_check.sh [BUILD_DIR]     (default: ./build of this repository)
 #
@@ -66,8 +68,8 @@ suite() {
     row "suite $name" "${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped (exit $rc)"
   fi
 }
-suite backend_cuda "$build/tests/gpu/test_backend_cuda" 200
-suite comm_nccl "$build/tests/multirank/test_comm_nccl" 60
+suite backend_cuda "$build/tests/gpu/test_backend_cuda" 120
+suite comm_nccl "$build/tests/multirank/test_comm_nccl" 30
 
 # ---- 2. and 3. weft train: the last logged step's loss and tokens/s
 field() {  # field KEY FILE: the value of "KEY" in the last JSON line of FILE
@@ -93,13 +95,13 @@ train() {  # train NAME LIMIT ARGS...: one run; sets loss and tps
 }
 
 echo "== weft train gpt-tiny, 30 steps, cpu and cuda"
-if train tiny-cpu 120 --set run.steps=30 --set backend.plugin=cpu; then
+if train tiny-cpu 45 --set run.steps=30 --set backend.plugin=cpu; then
   cpu_loss=$loss cpu_tps=$tps
   row "gpt-tiny 30 steps, cpu" "loss $(printf '%.6f' "$cpu_loss"), $(printf '%.0f' "$cpu_tps") tokens/s"
 else
   cpu_loss="" && row "gpt-tiny 30 steps, cpu" "FAILED (log above)"
 fi
-if train tiny-cuda 120 --set run.steps=30 --set backend.plugin=cuda; then
+if train tiny-cuda 45 --set run.steps=30 --set backend.plugin=cuda; then
   rel=""
   [[ -n $cpu_loss ]] && rel=$(awk -v a="$loss" -v b="$cpu_loss" 'BEGIN { d = a - b; if (d < 0) d = -d; printf "%.2e", d / b }')
   row "gpt-tiny 30 steps, cuda" "loss $(printf '%.6f' "$loss"), $(printf '%.0f' "$tps") tokens/s${rel:+, rel diff to cpu $rel}"
@@ -113,7 +115,7 @@ bench=(--set run.steps=6 --set model.layers=12 --set model.hidden=768 --set mode
 for mode in "fp32|" "tf32|--set backend.tf32=true" "bf16|--set precision.plugin=bf16"; do
   label=${mode%%|*} extra=${mode#*|}
   # shellcheck disable=SC2086
-  if train "bench-$label" 90 "${bench[@]}" $extra; then
+  if train "bench-$label" 40 "${bench[@]}" $extra; then
     row "bench 12x768 T1024 B8, $label" "$(printf '%.0f' "$tps") tokens/s (loss $(printf '%.4f' "$loss"))"
   else
     row "bench 12x768 T1024 B8, $label" "FAILED (log above)"
