@@ -49,7 +49,7 @@ suite() {
     return
   fi
   echo "== suite $name ($exe)"
-  timeout "$limit" "$exe" --gtest_color=no >"$tmp/$name.log" 2>&1
+  timeout -s KILL "$limit" "$exe" --gtest_color=no >"$tmp/$name.log" 2>&1
   local rc=$? log=$tmp/$name.log
   local passed failed skipped
   passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) tests\?\..*/\1/p' "$log" | tail -n1)
@@ -57,7 +57,7 @@ suite() {
   skipped=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) tests\?, listed below.*/\1/p' "$log" | tail -n1)
   if [[ $rc == 77 ]]; then
     row "suite $name" "SKIPPED: $(head -n1 "$log")"
-  elif [[ $rc == 124 ]]; then
+  elif [[ $rc == 137 ]]; then  # killed at the limit (weft and gtest get SIGKILL: weft would checkpoint on SIGTERM)
     tail -n 30 "$log"
     row "suite $name" "TIMED OUT after ${limit}s (${passed:-0} passed before)"
   else
@@ -80,12 +80,13 @@ train() {  # train NAME LIMIT ARGS...: one run; sets loss and tps
   shift 2
   loss="" tps=""
   local out=$tmp/$name
-  timeout "$limit" "$weft" train "$src/examples/gpt-tiny.toml" \
+  timeout -s KILL "$limit" "$weft" train "$src/examples/gpt-tiny.toml" \
     --set "data.files=[\"$src/docs/design.md\", \"$src/docs/plugins.md\", \"$src/docs/recipes.md\", \"$src/docs/distributed.md\"]" \
     --set data.documents=blank-line --set log.interval=1 --set checkpoint.interval=0 \
     --set "run.out_dir=$out" "$@" >"$tmp/$name.log" 2>&1
   local rc=$?
   if [[ $rc != 0 ]]; then
+    [[ $rc == 137 ]] && echo "== $name: killed after ${limit}s"
     echo "== $name failed (exit $rc):"
     tail -n 20 "$tmp/$name.log"
     return 1
