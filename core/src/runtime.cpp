@@ -200,6 +200,12 @@ std::unique_ptr<Precision> make_precision(const Recipe& recipe, const Registry& 
 void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& registry, const BackendEnv& env) {
   stack.parallel.topology = &stack.topology;
   stack.backend = make_backend(recipe, registry, env);
+  // comm-local and comm-mpi move host memory: a GPU backend's tensors need a device communicator.
+  const std::string comm = recipe.plugin("comm");
+  if (stack.backend->device() != Device::Host && recipe.world > 1 && (comm == "local" || comm == "mpi"))
+    throw Error("backend '" + stack.backend->name() + "' keeps its tensors on the GPU, but comm '" + comm +
+                "' moves host memory only: with " + std::to_string(recipe.world) +
+                " ranks use comm.plugin = \"nccl\" (one process per GPU under mpirun)");
   stack.precision = make_precision(recipe, registry, *stack.backend);
   stack.parallel.backend = stack.backend.get();
   stack.tokenizer = make_tokenizer(recipe, registry);

@@ -83,11 +83,86 @@ std::shared_ptr<NcclState> make_state(ncclComm_t comm, int device) {
   return st;
 }
 
+// When an operation is done on the GPU: its event, recorded on the state's
+// stream once the operation is launched (at once for a collective; for a
+// send or receive when its queue is flushed). Shared by the Works of one batch.
+struct Completion {
+  cudaEvent_t event = nullptr;
+  Completion() = default;
+  Completion(const Completion&) = delete;
+  Completion& operator=(const Completion&) = delete;
+  ~Completion() {
+    if (event) cudaEventDestroy(event);
+  }
+};
+
+// Records a new event on the state's stream into `c`.
+void record_completion(NcclState& state, Completion& c) {
+  cuda_check(cudaEventCreateWithFlags(&c.event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  cuda_check(cudaEventRecord(c.event, state.stream), "cudaEventRecord");
+}
+
+// Makes the state's stream wait for the work queued so far on the legacy
+// default stream (where the backends' kernels run).
+void after_legacy_stream(NcclState& state) {
+  cuda_check(cudaSetDevice(state.device), "cudaSetDevice");
+  cuda_check(cudaEventRecord(state.ready, cudaStreamLegacy), "cudaEventRecord");
+  cuda_check(cudaStreamWaitEvent(state.stream, state.ready, 0), "cudaStreamWaitEvent");
+}
+
+}  // namespace
+
+// The sends and receives queued since the last flush: one batch, one Completion.
+struct P2pQueue {
+  struct Op {
+    bool send;
+    Tensor buf;
+    int peer;
+  };
+  std::shared_ptr<NcclState> state;
+  std::vector<Op> ops;
+  std::shared_ptr<Completion> batch = std::make_shared<Completion>();  // what the queued ops complete with
+
+  explicit P2pQueue(std::shared_ptr<NcclState> s) : state(std::move(s)) {}
+
+  // Launches every queued op in one group (in the order queued; NCCL matches
+  // a peer's sends and receives in order) and starts the next batch.
+  void flush() {
+    if (ops.empty()) return;
+    if (state->aborted) throw Error("send/recv: the NCCL communicator was aborted after an earlier failure");
+    after_legacy_stream(*state);
+    nccl_check(ncclGroupStart(), "ncclGroupStart");
+    for (const Op& op : ops) {
+      if (op.send)
+        nccl_check(ncclSend(op.buf.raw(), op.buf.numel(), nccl_type(op.buf.dtype()), op.peer, state->comm,
+                            state->stream),
+                   "ncclSend");
+      else
+        nccl_check(ncclRecv(op.buf.raw(), op.buf.numel(), nccl_type(op.buf.dtype()), op.peer, state->comm,
+                            state->stream),
+                   "ncclRecv");
+    }
+    nccl_check(ncclGroupEnd(), "ncclGroupEnd (a batch of " + std::to_string(ops.size()) + " sends and receives)");
+    record_completion(*state, *batch);
+    ops.clear();
+    batch = std::make_shared<Completion>();
+  }
+};
+
+namespace {
+
 class NcclWork : public Work {
  public:
-  NcclWork(std::shared_ptr<mpi::MpiContext> ctx, std::shared_ptr<NcclState> state, cudaEvent_t event,
-           mpi::MpiContext::WaitFor what, std::vector<Tensor> keep)
-      : ctx_(std::move(ctx)), state_(std::move(state)), event_(event), what_(std::move(what)), keep_(std::move(keep)) {}
+  // `queue`: for a send or receive, the queue that launches it (null for a collective).
+  NcclWork(std::shared_ptr<mpi::MpiContext> ctx, std::shared_ptr<NcclState> state,
+           std::shared_ptr<Completion> completion, std::shared_ptr<P2pQueue> queue, mpi::MpiContext::WaitFor what,
+           std::vector<Tensor> keep)
+      : ctx_(std::move(ctx)),
+        state_(std::move(state)),
+        completion_(std::move(completion)),
+        queue_(std::move(queue)),
+        what_(std::move(what)),
+        keep_(std::move(keep)) {}
 
   ~NcclWork() override {
     if (!done_) {
@@ -101,7 +176,6 @@ class NcclWork : public Work {
       }
       if (!waited) bury(std::move(keep_));
     }
-    cudaEventDestroy(event_);
   }
 
   void wait() override {
@@ -128,11 +202,12 @@ class NcclWork : public Work {
  private:
   bool poll() {
     if (state_->aborted) throw Error(what_.op + ": the NCCL communicator was aborted after a failure");
+    if (!completion_->event) queue_->flush();  // a queued send or receive: launch its batch now
     ncclResult_t async = ncclSuccess;
     nccl_check(ncclCommGetAsyncError(state_->comm, &async), what_.op);
     if (async != ncclSuccess && async != ncclInProgress)
       throw Error(what_.op + ": NCCL reported " + ncclGetErrorString(async));
-    cudaError_t q = cudaEventQuery(event_);
+    cudaError_t q = cudaEventQuery(completion_->event);
     if (q == cudaSuccess) return true;
     if (q != cudaErrorNotReady) cuda_check(q, what_.op);
     return false;
@@ -140,7 +215,8 @@ class NcclWork : public Work {
 
   std::shared_ptr<mpi::MpiContext> ctx_;
   std::shared_ptr<NcclState> state_;
-  cudaEvent_t event_;
+  std::shared_ptr<Completion> completion_;
+  std::shared_ptr<P2pQueue> queue_;
   mpi::MpiContext::WaitFor what_;
   std::vector<Tensor> keep_;
   bool done_ = false;
@@ -164,6 +240,7 @@ NcclCommunicator::NcclCommunicator(mpi::MpiCommunicator* host, std::unique_ptr<w
     : host_(host),
       host_owner_(std::move(host_owner)),
       state_(std::move(state)),
+      p2p_(std::make_shared<P2pQueue>(state_)),
       id_(host->id() ^ 0x6e63636c5f636f6dULL),
       timeout_s_(timeout_s) {}
 
@@ -216,14 +293,21 @@ mpi::MpiContext::WaitFor NcclCommunicator::p2p(const std::string& op, int peer) 
 template <class F>
 std::unique_ptr<Work> NcclCommunicator::launch(mpi::MpiContext::WaitFor what, std::vector<Tensor> keep, F enqueue) {
   if (state_->aborted) throw Error(what.op + ": the NCCL communicator was aborted after an earlier failure");
-  cuda_check(cudaSetDevice(state_->device), "cudaSetDevice");
-  cuda_check(cudaEventRecord(state_->ready, cudaStreamLegacy), "cudaEventRecord");
-  cuda_check(cudaStreamWaitEvent(state_->stream, state_->ready, 0), "cudaStreamWaitEvent");
+  p2p_->flush();  // queued sends and receives go first, in the order the rank issued them
+  after_legacy_stream(*state_);
   enqueue();
-  cudaEvent_t done = nullptr;
-  cuda_check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-  cuda_check(cudaEventRecord(done, state_->stream), "cudaEventRecord");
-  return std::make_unique<NcclWork>(host_->context(), state_, done, std::move(what), std::move(keep));
+  auto done = std::make_shared<Completion>();
+  record_completion(*state_, *done);
+  return std::make_unique<NcclWork>(host_->context(), state_, std::move(done), nullptr, std::move(what),
+                                    std::move(keep));
+}
+
+std::unique_ptr<Work> NcclCommunicator::queue_p2p(mpi::MpiContext::WaitFor what, bool send, const Tensor& buf,
+                                                  int peer) {
+  if (state_->aborted) throw Error(what.op + ": the NCCL communicator was aborted after an earlier failure");
+  p2p_->ops.push_back(P2pQueue::Op{send, buf, peer});
+  return std::make_unique<NcclWork>(host_->context(), state_, p2p_->batch, p2p_, std::move(what),
+                                    std::vector<Tensor>{buf});
 }
 
 std::unique_ptr<Work> NcclCommunicator::all_reduce(const Tensor& buf, ReduceOp op) {
@@ -307,15 +391,12 @@ std::unique_ptr<Work> NcclCommunicator::all_to_all_v(const Tensor& in, const std
   return work;
 }
 
+// send and recv only queue (see nccl_comm.hpp): the batch launches when one
+// of its Works is waited on or polled, or before the next collective.
 std::unique_ptr<Work> NcclCommunicator::send(const Tensor& buf, int peer, int /*tag: NCCL matches in order*/) {
   require_device(buf, "send");
   if (peer < 0 || peer >= size()) throw Error("send: peer " + std::to_string(peer) + " is not a rank");
-  mpi::MpiContext::WaitFor w = p2p("send to rank ", peer);
-  auto work = launch(std::move(w), {buf}, [&] {
-    nccl_check(ncclGroupStart(), "ncclGroupStart");
-    nccl_check(ncclSend(buf.raw(), buf.numel(), nccl_type(buf.dtype()), peer, state_->comm, state_->stream), "ncclSend");
-    nccl_check(ncclGroupEnd(), "ncclGroupEnd");
-  });
+  auto work = queue_p2p(p2p("send to rank ", peer), true, buf, peer);
   bytes_sent_ += static_cast<int64_t>(buf.bytes());
   return work;
 }
@@ -323,12 +404,7 @@ std::unique_ptr<Work> NcclCommunicator::send(const Tensor& buf, int peer, int /*
 std::unique_ptr<Work> NcclCommunicator::recv(const Tensor& buf, int peer, int /*tag*/) {
   require_device(buf, "recv");
   if (peer < 0 || peer >= size()) throw Error("recv: peer " + std::to_string(peer) + " is not a rank");
-  mpi::MpiContext::WaitFor w = p2p("recv from rank ", peer);
-  return launch(std::move(w), {buf}, [&] {
-    nccl_check(ncclGroupStart(), "ncclGroupStart");
-    nccl_check(ncclRecv(buf.raw(), buf.numel(), nccl_type(buf.dtype()), peer, state_->comm, state_->stream), "ncclRecv");
-    nccl_check(ncclGroupEnd(), "ncclGroupEnd");
-  });
+  return queue_p2p(p2p("recv from rank ", peer), false, buf, peer);
 }
 
 std::unique_ptr<Work> NcclCommunicator::broadcast(const Tensor& buf, int root) {
@@ -344,11 +420,15 @@ std::unique_ptr<Work> NcclCommunicator::broadcast(const Tensor& buf, int root) {
   return work;
 }
 
-void NcclCommunicator::barrier() { host_->barrier(); }
+void NcclCommunicator::barrier() {
+  p2p_->flush();  // a peer may be waiting for a queued send while this rank waits in the barrier
+  host_->barrier();
+}
 
 std::unique_ptr<weft::Communicator> NcclCommunicator::split(int color, int key) {
   // The host split agrees on membership with a timeout; every member then
-  // enters ncclCommSplit, which blocks until all of them did.
+  // enters ncclCommSplit, which blocks until all of them did (queued sends go first).
+  p2p_->flush();
   std::unique_ptr<weft::Communicator> host_sub = host_->split(color, key);
   auto* mpi_sub = static_cast<mpi::MpiCommunicator*>(host_sub.get());
   cuda_check(cudaSetDevice(state_->device), "cudaSetDevice");

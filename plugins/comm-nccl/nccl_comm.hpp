@@ -10,6 +10,17 @@
 // this communicator's own non-blocking stream; its Work records a CUDA event
 // there. wait() polls the event and ncclCommGetAsyncError until done or the
 // timeout; a failed or timed-out communicator is aborted (ncclCommAbort).
+//
+// Point-to-point: send() and recv() only queue their operation. The queued
+// sends and receives are launched together, in one ncclGroupStart/End (the
+// idea of torch's batch_isend_irecv), when a Work of any of them is waited
+// on or polled, or before the communicator's next collective, barrier or
+// split. (So a pipeline stage's sends start at its next wait: correct, with
+// no cycle of sends and receives on two streams, but a stage that only sends
+// for a while starts them late.) Separate
+// groups per operation deadlock on one stream (a receive posted before the
+// matching send on both ranks blocks the stream the send is queued behind)
+// and a rank's send to itself is invalid unless the receive is in its group.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -25,6 +36,8 @@
 namespace weft::nccl {
 
 // One NCCL communicator and its stream, shared with the Works it started.
+struct P2pQueue;  // queued sends and receives (nccl_comm.cpp)
+
 struct NcclState {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
@@ -63,15 +76,19 @@ class NcclCommunicator : public weft::Communicator {
                    std::shared_ptr<NcclState> state, double timeout_s);
   mpi::MpiContext::WaitFor collective(const char* op);
   mpi::MpiContext::WaitFor p2p(const std::string& op, int peer);
-  // Runs `enqueue` (NCCL calls on the state's stream) after the legacy
-  // stream's pending work; returns a Work waiting for it.
+  // Launches the queued sends and receives, then runs `enqueue` (NCCL calls
+  // on the state's stream) after the legacy stream's pending work; returns a
+  // Work waiting for it.
   template <class F>
   std::unique_ptr<Work> launch(mpi::MpiContext::WaitFor what, std::vector<Tensor> keep, F enqueue);
   void count_ring(double bytes);
+  // Queues a send (or receive) of buf with peer; its Work launches the queue when waited on or polled.
+  std::unique_ptr<Work> queue_p2p(mpi::MpiContext::WaitFor what, bool send, const Tensor& buf, int peer);
 
   mpi::MpiCommunicator* host_;
   std::unique_ptr<weft::Communicator> host_owner_;  // null for the world (owned by the launcher)
   std::shared_ptr<NcclState> state_;
+  std::shared_ptr<P2pQueue> p2p_;  // shared with the Works of queued operations
   uint64_t id_;
   double timeout_s_;
   int64_t bytes_sent_ = 0;

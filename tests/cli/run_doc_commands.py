@@ -6,8 +6,8 @@ that start with `weft` or `mpirun`; a span's recipe placeholder R or RECIPE
 becomes examples/gpt-tiny.toml, and a span with any other placeholder (NAME,
 DIR, ...) is left out. Build steps (deps.sh, meson, ninja, python3) are not
 weft commands and are skipped, as are srun (no Slurm here), nccl (needs a
-GPU) and mpirun where it is not installed; but a page that shows an nccl
-command while the build has no backend besides `cpu` fails, since no
+GPU, as does cuda) and mpirun where it is not installed; but a page that shows
+an nccl or cuda command while the build has no backend besides `cpu` fails, since no
 machine can run it. Every `train` gets
 --set run.steps=2 so the whole page set runs in about a minute on 2 cores, and
 --overwrite unless it resumes (several examples train into the same runs/ folder).
@@ -60,7 +60,7 @@ def to_argv(command, inline):
         return None, "not a weft command"
     if words[0] == "srun":
         return None, "needs Slurm"
-    if "nccl" in command:
+    if "nccl" in command or "cuda" in command:
         return None, "needs a GPU"
     if words[0] == "mpirun" and not shutil.which("mpirun"):
         return None, "mpirun is not installed"

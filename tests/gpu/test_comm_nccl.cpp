@@ -98,4 +98,48 @@ TEST(CommNccl, CollectivesOnDeviceTensors) {
   });
 }
 
+// Sends and receives are queued and launched as one group (nccl_comm.hpp):
+// a receive posted before its send on every rank, a rank sending to itself
+// (world 1), a queue flushed by the next collective, and one launched by
+// polling done() all complete.
+TEST(CommNccl, QueuedSendRecvBatches) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  weft::LaunchInfo env = weft::mpi::detect_launch_env();
+  int world = env.external ? env.world : 1;
+  weft::nccl::NcclLauncher launcher(60.0);
+  launcher.run(world, [&](weft::Communicator& c, const weft::LaunchInfo&) {
+    const int n = c.size(), r = c.rank(), next = (r + 1) % n, prev = (r + n - 1) % n;
+    weft::Tensor tx = device_floats(64), rx = device_floats(64), a = device_floats(8);
+    upload(tx, std::vector<float>(64, static_cast<float>(10 + r)));
+    upload(a, std::vector<float>(8, 1.0f));
+    // 1. recv first, then send; the all_reduce launches the queued pair before itself.
+    auto recv = c.recv(rx, prev, 0);
+    auto send = c.send(tx, next, 0);
+    c.all_reduce(a, weft::ReduceOp::Sum)->wait();
+    recv->wait();
+    send->wait();
+    EXPECT_EQ(download(rx)[63], static_cast<float>(10 + prev));
+    EXPECT_EQ(download(a)[0], static_cast<float>(n));
+    // 2. the receive's done() launches the batch; then the send is already done.
+    upload(tx, std::vector<float>(64, static_cast<float>(20 + r)));
+    auto s2 = c.send(tx, next, 0);
+    auto r2 = c.recv(rx, prev, 0);
+    while (!r2->done()) {
+    }
+    s2->wait();
+    EXPECT_EQ(download(rx)[0], static_cast<float>(20 + prev));
+    // 3. several messages to one peer keep their order.
+    weft::Tensor tx2 = device_floats(4), rx2 = device_floats(4);
+    upload(tx2, std::vector<float>(4, static_cast<float>(30 + r)));
+    auto ra = c.recv(rx, prev, 0), rb = c.recv(rx2, prev, 1);
+    auto sa = c.send(tx, next, 0), sb = c.send(tx2, next, 1);
+    rb->wait();
+    ra->wait();
+    sa->wait();
+    sb->wait();
+    EXPECT_EQ(download(rx)[0], static_cast<float>(20 + prev));
+    EXPECT_EQ(download(rx2)[0], static_cast<float>(30 + prev));
+  });
+}
+
 }  // namespace
