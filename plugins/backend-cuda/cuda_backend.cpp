@@ -380,27 +380,27 @@ void CudaBackend::layernorm_backward(float* dx, float* dw, float* db, const floa
   check_launch("layernorm_backward");
 }
 
-void CudaBackend::gelu_forward(float* out, const float* x, int64_t n) {
+void CudaBackend::gelu_forward(float* out, TypedPtr x, int64_t n) {
   use_device();
-  cuda::launch_gelu_forward(out, x, n, kStream);
+  cuda::launch_gelu_forward(out, x.data, weight_type(x, "gelu_forward"), n, kStream);
   check_launch("gelu_forward");
 }
 
-void CudaBackend::gelu_backward(float* dx, const float* x, const float* dout, int64_t n) {
+void CudaBackend::gelu_backward(float* dx, TypedPtr x, const float* dout, int64_t n) {
   use_device();
-  cuda::launch_gelu_backward(dx, x, dout, n, kStream);
+  cuda::launch_gelu_backward(dx, x.data, weight_type(x, "gelu_backward"), dout, n, kStream);
   check_launch("gelu_backward");
 }
 
-void CudaBackend::gelu_erf_forward(float* out, const float* x, int64_t n) {
+void CudaBackend::gelu_erf_forward(float* out, TypedPtr x, int64_t n) {
   use_device();
-  cuda::launch_gelu_erf_forward(out, x, n, kStream);
+  cuda::launch_gelu_erf_forward(out, x.data, weight_type(x, "gelu_erf_forward"), n, kStream);
   check_launch("gelu_erf_forward");
 }
 
-void CudaBackend::gelu_erf_backward(float* dx, const float* x, const float* dout, int64_t n) {
+void CudaBackend::gelu_erf_backward(float* dx, TypedPtr x, const float* dout, int64_t n) {
   use_device();
-  cuda::launch_gelu_erf_backward(dx, x, dout, n, kStream);
+  cuda::launch_gelu_erf_backward(dx, x.data, weight_type(x, "gelu_erf_backward"), dout, n, kStream);
   check_launch("gelu_erf_backward");
 }
 

@@ -71,10 +71,10 @@ class CudaBackend final : public Backend {
                          int64_t c, float eps) override;
   void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, TypedPtr w,
                           const float* mean, const float* rstd, int64_t n, int64_t c) override;
-  void gelu_forward(float* out, const float* x, int64_t n) override;
-  void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) override;
-  void gelu_erf_forward(float* out, const float* x, int64_t n) override;
-  void gelu_erf_backward(float* dx, const float* x, const float* dout, int64_t n) override;
+  void gelu_forward(float* out, TypedPtr x, int64_t n) override;
+  void gelu_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
+  void gelu_erf_forward(float* out, TypedPtr x, int64_t n) override;
+  void gelu_erf_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
   void attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c, int64_t h,
                          const AttentionMask& mask = {}) override;
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,

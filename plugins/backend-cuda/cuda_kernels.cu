@@ -297,29 +297,30 @@ constexpr float kGeluB = 0.044715f;
 __device__ __forceinline__ float gelu_s(float v) {
   return 1.f / (1.f + expf(-2.f * (kGeluA * (v + kGeluB * v * v * v))));
 }
-__global__ void gelu_forward_kernel(float* out, const float* x, int64_t n) {
+// x is f32, bf16 or f16 (wt): 16-bit modes keep GeLU's saved input 16-bit.
+__global__ void gelu_forward_kernel(float* out, const void* x, int wt, int64_t n) {
   WEFT_GRID_STRIDE(i, n) {
-    const float v = x[i];
+    const float v = load_w(x, wt, i);
     out[i] = v * gelu_s(v);
   }
 }
-__global__ void gelu_backward_kernel(float* dx, const float* x, const float* dout, int64_t n) {
+__global__ void gelu_backward_kernel(float* dx, const void* x, int wt, const float* dout, int64_t n) {
   WEFT_GRID_STRIDE(i, n) {
-    const float v = x[i], s = gelu_s(v);
+    const float v = load_w(x, wt, i), s = gelu_s(v);
     const float du = kGeluA * (1.f + 3.f * kGeluB * v * v);
     dx[i] = (s + 2.f * v * s * (1.f - s) * du) * dout[i];
   }
 }
 // Exact GeLU in double, as the CPU backend.
-__global__ void gelu_erf_forward_kernel(float* out, const float* x, int64_t n) {
+__global__ void gelu_erf_forward_kernel(float* out, const void* x, int wt, int64_t n) {
   WEFT_GRID_STRIDE(i, n) {
-    const double v = x[i];
+    const double v = load_w(x, wt, i);
     out[i] = static_cast<float>(0.5 * v * (1.0 + erf(v * 0.70710678118654752440)));
   }
 }
-__global__ void gelu_erf_backward_kernel(float* dx, const float* x, const float* dout, int64_t n) {
+__global__ void gelu_erf_backward_kernel(float* dx, const void* x, int wt, const float* dout, int64_t n) {
   WEFT_GRID_STRIDE(i, n) {
-    const double v = x[i];
+    const double v = load_w(x, wt, i);
     const double cdf = 0.5 * (1.0 + erf(v * 0.70710678118654752440));
     const double pdf = 0.39894228040143267794 * exp(-0.5 * v * v);
     dx[i] = static_cast<float>((cdf + v * pdf) * dout[i]);
@@ -841,17 +842,17 @@ void launch_layernorm_backward(float* dx, float* dw, float* db, const float* dou
                                                                          col_chunk_rows(n), chunks);
   col_finish_kernel<<<blocks_for(c), kThreads, 0, s>>>(dw, db, work, chunks, c);
 }
-void launch_gelu_forward(float* out, const float* x, int64_t n, cudaStream_t s) {
-  if (n > 0) gelu_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(out, x, n);
+void launch_gelu_forward(float* out, const void* x, int wt, int64_t n, cudaStream_t s) {
+  if (n > 0) gelu_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(out, x, wt, n);
 }
-void launch_gelu_backward(float* dx, const float* x, const float* dout, int64_t n, cudaStream_t s) {
-  if (n > 0) gelu_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(dx, x, dout, n);
+void launch_gelu_backward(float* dx, const void* x, int wt, const float* dout, int64_t n, cudaStream_t s) {
+  if (n > 0) gelu_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(dx, x, wt, dout, n);
 }
-void launch_gelu_erf_forward(float* out, const float* x, int64_t n, cudaStream_t s) {
-  if (n > 0) gelu_erf_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(out, x, n);
+void launch_gelu_erf_forward(float* out, const void* x, int wt, int64_t n, cudaStream_t s) {
+  if (n > 0) gelu_erf_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(out, x, wt, n);
 }
-void launch_gelu_erf_backward(float* dx, const float* x, const float* dout, int64_t n, cudaStream_t s) {
-  if (n > 0) gelu_erf_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(dx, x, dout, n);
+void launch_gelu_erf_backward(float* dx, const void* x, int wt, const float* dout, int64_t n, cudaStream_t s) {
+  if (n > 0) gelu_erf_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(dx, x, wt, dout, n);
 }
 
 namespace {

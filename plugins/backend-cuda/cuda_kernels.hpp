@@ -48,10 +48,10 @@ void launch_layernorm_forward(float* out, float* mean, float* rstd, const float*
 void launch_layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const void* w,
                                int wt_w, const float* mean, const float* rstd, double* work, int64_t n, int64_t c,
                                cudaStream_t s);
-void launch_gelu_forward(float* out, const float* x, int64_t n, cudaStream_t s);
-void launch_gelu_backward(float* dx, const float* x, const float* dout, int64_t n, cudaStream_t s);
-void launch_gelu_erf_forward(float* out, const float* x, int64_t n, cudaStream_t s);
-void launch_gelu_erf_backward(float* dx, const float* x, const float* dout, int64_t n, cudaStream_t s);
+void launch_gelu_forward(float* out, const void* x, int wt, int64_t n, cudaStream_t s);
+void launch_gelu_backward(float* dx, const void* x, int wt, const float* dout, int64_t n, cudaStream_t s);
+void launch_gelu_erf_forward(float* out, const void* x, int wt, int64_t n, cudaStream_t s);
+void launch_gelu_erf_backward(float* dx, const void* x, int wt, const float* dout, int64_t n, cudaStream_t s);
 
 // ---- attention: qkv[B,T,3C], out[B,T,C], lse[B,H,T], hs = C/H <= kAttnMaxHeadSize
 inline constexpr int64_t kAttnMaxHeadSize = 256;
