@@ -20,6 +20,8 @@ std::unordered_map<std::string, int32_t> read_vocab_json(const std::string& path
     doc = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     throw Error(path + ": not JSON (byte " + std::to_string(e.byte) + ")");
+  } catch (const nlohmann::json::exception&) {  // a number past the range of double (1e999)
+    throw Error(path + ": not JSON (a number out of range)");
   }
   if (!doc.is_object()) throw Error(path + ": expected a JSON object of token -> id at $");
   std::unordered_map<std::string, int32_t> vocab;

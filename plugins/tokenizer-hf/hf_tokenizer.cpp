@@ -156,6 +156,8 @@ HfTokenizer::HfTokenizer(const std::string& path, const std::string& eot) : path
     doc = Json::parse(text);
   } catch (const Json::parse_error& e) {
     throw Error(path + ": not JSON (byte " + std::to_string(e.byte) + ")");
+  } catch (const Json::exception&) {  // a number past the range of double (1e999)
+    throw Error(path + ": not JSON (a number out of range)");
   }
   const Where w{path_};
   if (!doc.is_object()) w.fail("$", "expected an object");

@@ -1,6 +1,10 @@
 // Seeded mutation fuzzing of the readers of files other tools write
 // (docs/reliability.md): the recipe parser (with includes), the safetensors
-// reader and checkpoint meta.json. Each target starts from the committed
+// reader, checkpoint meta.json, a Hugging Face tokenizer.json (tokenizer hf:
+// byte-level BPE with a split regex, NFC and an added token; encode and decode
+// run on every accepted mutant) and a Megatron indexed dataset's .idx and .bin
+// (data megatron: 8 documents of uint16 tokens written as tests/data/mmidx.py
+// writes them; every accepted mutant's samples are read). Each target starts from the committed
 // seed corpus (tests/fuzz/corpus/) and runs a fixed number of mutants —
 // bit flips, byte changes, inserted and deleted runs, truncations, splices of
 // two seeds, and numbers replaced by extreme ones — so every CI run checks the
@@ -20,6 +24,7 @@
 #include "checkpoint.hpp"
 #include "runtime.hpp"
 #include "safetensors.hpp"
+#include "weft/dataset.hpp"
 #include "weft/error.hpp"
 #include "weft/loader.hpp"
 #include "weft/recipe.hpp"
@@ -138,7 +143,7 @@ TEST_F(Fuzz, RecipeParser) {
     weft::PluginScan s;
     weft::load_recipe_for_run((dir_ / "r.toml").string(), {}, registry, s);
   });
-  EXPECT_TRUE(t.findings.empty()) << t.findings.front();
+  for (const std::string& f : t.findings) ADD_FAILURE() << f;
   EXPECT_GT(t.refused, 0);
 }
 
@@ -148,7 +153,7 @@ TEST_F(Fuzz, SafetensorsReader) {
     weft::SafetensorsReader r((dir_ / "m.safetensors").string());
     for (const std::string& name : r.names()) r.read(name);
   });
-  EXPECT_TRUE(t.findings.empty()) << t.findings.front();
+  for (const std::string& f : t.findings) ADD_FAILURE() << f;
   EXPECT_GT(t.refused, 0);
 }
 
@@ -157,9 +162,69 @@ TEST_F(Fuzz, CheckpointMeta) {
     write_file(dir_ / "meta.json", bytes);
     weft::read_checkpoint_meta(dir_.string());
   });
-  EXPECT_TRUE(t.findings.empty()) << t.findings.front();
+  for (const std::string& f : t.findings) ADD_FAILURE() << f;
   EXPECT_GT(t.refused, 0);
 }
+
+// A recipe for the tokenizer and data targets: the tiny recipe with its
+// [tokenizer] or [data] section replaced (files relative to the recipe).
+weft::Recipe recipe_with(const fs::path& dir, const std::string& section, const std::string& body,
+                         weft::Registry& registry) {
+  std::string text = read_file(fs::path(FUZZ_CORPUS) / "recipe-tiny.toml");
+  const size_t at = text.find("[" + section + "]"), end = text.find("\n[", at + 1);
+  text.replace(at, end - at, "[" + section + "]\n" + body + "\n");
+  write_file(dir / "r.toml", text);
+  weft::PluginScan scan;
+  weft::load_plugin_dirs(registry, weft::build_tree_plugin_dirs(WEFT_BUILD_ROOT), scan);
+  return weft::load_recipe_for_run((dir / "r.toml").string(), {}, registry, scan);
+}
+
+TEST_F(Fuzz, HfTokenizerJson) {
+  weft::Registry registry;
+  write_file(dir_ / "t.json", read_file(fs::path(FUZZ_CORPUS) / "tokenizer.json"));
+  const weft::Recipe recipe = recipe_with(dir_, "tokenizer", "plugin = \"hf\"\nfile = \"t.json\"", registry);
+  const std::string text = "Hello there, the hell's 42 \xc3\xa9t\xc3\xa9\n\n  <|endoftext|>tail \xf0\x9f\x98\x80";
+  Tally t = fuzz("tokenizer", seeds({"tokenizer.json"}), [&](const std::string& bytes) {
+    write_file(dir_ / "t.json", bytes);
+    std::unique_ptr<weft::Tokenizer> tok = weft::make_tokenizer(recipe, registry);
+    const std::vector<int32_t> ids = tok->encode(text);
+    for (int32_t id : ids)
+      if (id < 0 || id >= tok->vocab_size()) throw std::logic_error("token id " + std::to_string(id) + " outside the vocabulary");
+    tok->decode(ids);
+  });
+  for (const std::string& f : t.findings) ADD_FAILURE() << f;
+  EXPECT_GT(t.refused, 0);
+}
+
+// Mutants of `file` ("idx" or "bin") beside the other, intact, file.
+void fuzz_indexed(const fs::path& dir, const std::string& file) {
+  weft::Registry registry;
+  write_file(dir / "d.idx", read_file(fs::path(FUZZ_CORPUS) / "tiny.idx"));
+  write_file(dir / "d.bin", read_file(fs::path(FUZZ_CORPUS) / "tiny.bin"));
+  const weft::Recipe recipe =
+      recipe_with(dir, "data", "plugin = \"megatron\"\npaths = [\"d\"]\nsplit = \"1,0,0\"", registry);
+  std::unique_ptr<weft::Tokenizer> tok = weft::make_tokenizer(recipe, registry);
+  weft::DatasetEnv env;
+  env.tokenizer = tok.get();
+  env.seq_length = 64;
+  env.vocab_size = 256;
+  Tally t = fuzz("megatron ." + file, seeds({"tiny." + file}), [&](const std::string& bytes) {
+    write_file(dir / ("d." + file), bytes);
+    std::unique_ptr<weft::Dataset> data = registry.factory<weft::Dataset>("megatron")(recipe.options("data"), env);
+    std::vector<int32_t> tokens(env.seq_length + 1);
+    const int64_t n = data->size();
+    for (int64_t i : {int64_t(0), n / 2, n - 1, n}) {  // n: the next epoch's first sample
+      data->sample(i, tokens.data());
+      for (int32_t id : tokens)
+        if (id < 0 || id >= env.vocab_size) throw std::logic_error("token " + std::to_string(id) + " outside the vocabulary");
+    }
+  });
+  for (const std::string& f : t.findings) ADD_FAILURE() << f;
+  EXPECT_GT(t.refused, 0);
+}
+
+TEST_F(Fuzz, MegatronIdx) { fuzz_indexed(dir_, "idx"); }
+TEST_F(Fuzz, MegatronBin) { fuzz_indexed(dir_, "bin"); }
 
 }  // namespace
 

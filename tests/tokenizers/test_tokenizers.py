@@ -200,6 +200,8 @@ def malformed_hf(tmp):
                                                    "behavior": "Isolated"}}, "cannot compile"),
         ("added token without id", {**good, "added_tokens": [{"content": "<x>"}]}, "$.added_tokens[0]"),
         ("no end-of-text token", {**good, "added_tokens": []}, "no end-of-text token"),
+        # found by the fuzz suite: the JSON library's range error escaped as an internal error
+        ("a number past the range of double", json.dumps(good).replace('"he": 256', '"he": 1e999'), "not JSON"),
     ]
     good_path = os.path.join(tmp, "small.json")
     with open(good_path, "w") as f:
