@@ -8,9 +8,11 @@
 #      (fp32, TF32 off): the last step's losses side by side;
 #   3. a benchmark: a GPT-2-small-shaped model (12 layers, 768 wide, 1024
 #      positions, batch 8) for a few steps on cuda in fp32, with TF32 and in
-#      bf16: tokens/s of the last step.
+#      bf16: tokens/s of the last step;
+#   4. where Python has transformers: the folders `weft export --format hf`
+#      writes, loaded with from_pretrained, logits against weft's.
 # A short table comes last. Details of anything that failed are printed above it.
-# Each part has a time limit (120 + 30 + 2 x 45 + 3 x 40 s at most); a normal
+# Each part has a time limit (120 + 30 + 2 x 45 + 3 x 40 + 120 s at most); a normal
 # run takes a fraction of that.
 #
 #   tests/gpu/device_check.sh [BUILD_DIR]     (default: ./build of this repository)
@@ -122,6 +124,18 @@ for mode in "fp32|" "tf32|--set backend.tf32=true" "bf16|--set precision.plugin=
     row "bench 12x768 T1024 B8, $label" "FAILED (log above)"
   fi
 done
+
+# ---- 4. exported Hugging Face folders in transformers itself (docs/checkpoints.md), where it is installed
+echo "== transformers: weft export --format hf folders loaded with from_pretrained"
+if timeout 120 python3 "$src/tests/parity/hf_transformers_check.py" "$build/tests/parity/parity_dump" "$build" \
+     "$src/tests/parity" >"$tmp/hf.log" 2>&1; then
+  row "hf export in transformers" "$(tail -n1 "$tmp/hf.log")"
+else
+  rc=$?
+  cat "$tmp/hf.log"
+  if [[ $rc -eq 77 ]]; then row "hf export in transformers" "skipped (transformers not installed)"
+  else row "hf export in transformers" "FAILED (log above)"; fi
+fi
 
 echo
 echo "== device check summary ($(( $(date +%s) - start )) s; GPU: ${gpu:-unknown})"
