@@ -28,7 +28,7 @@ UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 
 WEFT_SANITIZER=ThreadSanitizer
 meson setup build-tsan "${common[@]}" -Db_sanitize=thread >/dev/null
-ninja -C build-tsan weft tests/test_dispatch tests/multirank/test_failures \
+ninja -C build-tsan weft tests/test_dispatch tests/multirank/test_failures tests/multirank/fixture/libweft-fixture-fail-at.so \
   $(cd build-tsan && ninja -t targets all | grep -o '^[^:]*\.so' | grep -v '\.p/' | grep -E '^(plugins|parallel|models|optim)/' | sort -u | tr '\n' ' ')
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   meson test -C build-tsan --no-rebuild --print-errorlogs --timeout-multiplier 4 dispatch failures
