@@ -27,9 +27,10 @@ std::unordered_map<std::string, int32_t> read_vocab_json(const std::string& path
   std::unordered_map<std::string, int32_t> vocab;
   for (auto it = doc.begin(); it != doc.end(); ++it) {
     const auto& v = it.value();
-    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= (int64_t(1) << 31))
+    // Ids index a table of vocab_size entries: 2^24 bounds it far above any real vocabulary.
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= (int64_t(1) << 24))
       throw Error(path + ": " + nlohmann::json(it.key()).dump() + " at $[" + nlohmann::json(it.key()).dump() +
-                  "]: expected a token id (an integer in [0, 2^31))");
+                  "]: expected a token id (an integer in [0, 2^24))");
     vocab.emplace(it.key(), v.get<int32_t>());
   }
   return vocab;

@@ -13,8 +13,10 @@
 // is a finding. The count of refused and accepted mutants is printed.
 //
 // usage: fuzz_inputs [ITERATIONS per target]   (default 3000)
+// WEFT_FUZZ_FINDINGS=DIR keeps each finding's input as DIR/TARGET-INDEX.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -109,6 +111,8 @@ Tally fuzz(const std::string& name, const std::vector<std::string>& seeds,
       ++t.refused;
     } catch (const std::exception& e) {
       t.findings.push_back("mutant " + std::to_string(i) + ": " + typeid(e).name() + ": " + e.what());
+      if (const char* keep = std::getenv("WEFT_FUZZ_FINDINGS"))  // a folder to keep findings in, to reproduce
+        write_file(fs::path(keep) / (name + "-" + std::to_string(i)), input);
     }
   }
   std::printf("%-12s %d mutants: %d refused with weft::Error, %d accepted, %zu findings\n", name.c_str(),

@@ -202,6 +202,8 @@ def malformed_hf(tmp):
         ("no end-of-text token", {**good, "added_tokens": []}, "no end-of-text token"),
         # found by the fuzz suite: the JSON library's range error escaped as an internal error
         ("a number past the range of double", json.dumps(good).replace('"he": 256', '"he": 1e999'), "not JSON"),
+        ("a token id of 2^30 (a table of gigabytes)", {**good, "model": {**good["model"], "vocab": {**vocab, "he": 1 << 30}}},
+         "$.model.vocab[\"he\"]"),
     ]
     good_path = os.path.join(tmp, "small.json")
     with open(good_path, "w") as f:
