@@ -39,10 +39,14 @@ int64_t meta_int(const json& m, const std::string& key, int64_t max, const std::
   return it->get<int64_t>();
 }
 
-std::vector<float> to_host(Backend& backend, const Tensor& t) {
+void copy_to_host_f32(Backend& backend, const Tensor& t, float* out) {
   WEFT_ASSERT(t.dtype() == DType::F32, std::string("checkpoint: reading a ") + dtype_name(t.dtype()) + " tensor as f32");
+  backend.copy_to_host(out, t);
+}
+
+std::vector<float> to_host(Backend& backend, const Tensor& t) {
   std::vector<float> out(t.numel());
-  backend.copy_to_host(out.data(), t);
+  copy_to_host_f32(backend, t, out.data());
   return out;
 }
 
@@ -124,15 +128,16 @@ std::vector<float> logical_to_shard(const Param& p, const Shape& saved, std::vec
 
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
                              FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
-                             const CheckpointGroups& g) {
-  auto commit = collect_checkpoint(out_dir, meta, recipe, flat, dp, state_slots, backend, writer, g, false);
+                             const CheckpointGroups& g, std::shared_ptr<AlignedBytesPool> buffers) {
+  auto commit = collect_checkpoint(out_dir, meta, recipe, flat, dp, state_slots, backend, writer, g, false, buffers);
   return writer ? commit() : (fs::path(out_dir) / "checkpoints" / step_name(meta.step)).string();
 }
 
 std::function<std::string()> collect_checkpoint(const std::string& out_dir, const CheckpointMeta& meta,
                                                 const Recipe& recipe, FlatParams& flat, DataParallel* dp,
                                                 int state_slots, Backend& backend, bool writer,
-                                                const CheckpointGroups& g, bool buffered) {
+                                                const CheckpointGroups& g, bool buffered,
+                                                std::shared_ptr<AlignedBytesPool> buffers) {
   // Optimizer state may be sharded over dp (zero1), tensors over tp, layers
   // over pipeline stages: collecting them is collective, so every rank walks
   // every parameter of the model in the same order.
@@ -165,11 +170,12 @@ std::function<std::string()> collect_checkpoint(const std::string& out_dir, cons
       for (int s = 0; dp && s < state_slots; ++s) state_layout.push_back({p->name + ".slot" + std::to_string(s), p->full_shape});
     }
     const std::map<std::string, std::string> format{{"format", "weft"}};
+    if (!buffers) buffers = std::make_shared<AlignedBytesPool>();  // one pool for both files
     model_file = std::make_shared<SafetensorsWriter>((tmp_dir / "model.safetensors").string(), params_layout, format,
-                                                     buffered);
+                                                     buffered, buffers);
     if (dp)
       state_file = std::make_shared<SafetensorsWriter>((tmp_dir / "optimizer.safetensors").string(), state_layout,
-                                                       format, buffered);
+                                                       format, buffered, buffers);
   }
   int tag = 0;
   for (size_t i = 0; i < all.size(); ++i) {
@@ -178,19 +184,42 @@ std::function<std::string()> collect_checkpoint(const std::string& out_dir, cons
     const bool stage_holds = owner == g.stage;
     const bool mine = stage_holds && (!p->expert || p->ep_owner == g.ep_rank);
     const int64_t numel = shape_numel(p->full_shape);
-    std::vector<float> values;
-    if (mine) {
-      std::vector<float> local(p->data.numel());
+    // The writer's own whole tensors (no shards to gather, nothing to receive)
+    // go from the backend straight into the file's buffer: no further copy
+    // on their way to the disk.
+    const bool direct = writer && mine && !tp_sharded(*p) && owner == 0 && (!p->expert || p->ep_owner == 0);
+    if (direct) {
+      AlignedBytes buffer = model_file->next_buffer();
+      float* out = reinterpret_cast<float*>(buffer.data());
       if (dp)
-        dp->read_master(*p, local.data());  // fp32 masters under mixed precision
+        dp->read_master(*p, out);  // fp32 masters under mixed precision
       else
-        local = to_host(backend, p->data);
-      values = gather_logical(backend, g.tp, *p, std::move(local));
+        copy_to_host_f32(backend, p->data, out);
+      model_file->write(p->name, std::move(buffer));
+      tag += 2;
+    } else {
+      std::vector<float> values;
+      if (mine) {
+        std::vector<float> local(p->data.numel());
+        if (dp)
+          dp->read_master(*p, local.data());
+        else
+          local = to_host(backend, p->data);
+        values = gather_logical(backend, g.tp, *p, std::move(local));
+      }
+      values = to_ep_root(backend, g, *p, stage_holds, tag++ % 32749, std::move(values), numel);
+      values = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(values), numel);
+      if (writer) model_file->write(p->name, values);
     }
-    values = to_ep_root(backend, g, *p, stage_holds, tag++ % 32749, std::move(values), numel);
-    values = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(values), numel);
-    if (writer) model_file->write(p->name, values);
     for (int s = 0; dp && s < state_slots; ++s) {
+      const std::string name = p->name + ".slot" + std::to_string(s);
+      if (direct) {
+        AlignedBytes buffer = state_file->next_buffer();
+        dp->read_state(*p, s, reinterpret_cast<float*>(buffer.data()));
+        state_file->write(name, std::move(buffer));
+        tag += 2;
+        continue;
+      }
       std::vector<float> slot;
       if (mine) {
         std::vector<float> local(p->data.numel());
@@ -199,7 +228,7 @@ std::function<std::string()> collect_checkpoint(const std::string& out_dir, cons
       }
       slot = to_ep_root(backend, g, *p, stage_holds, tag++ % 32749, std::move(slot), numel);
       slot = to_writer_stage(backend, g, owner, tag++ % 32749, std::move(slot), numel);
-      if (writer) state_file->write(p->name + ".slot" + std::to_string(s), slot);
+      if (writer) state_file->write(name, slot);
     }
   }
   if (!writer) return {};

@@ -8,10 +8,12 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "durable_file.hpp"
 #include "weft/comm.hpp"
 #include "weft/grad_sync.hpp"
 #include "weft/recipe.hpp"
@@ -50,9 +52,10 @@ struct CheckpointGroups {
 // tp and the stages' tensors are collected collectively: tensors are saved
 // whole, once, by logical name); only the `writer` (global rank 0) writes
 // files. The caller holds a barrier before `publish_latest`. Returns the step folder.
+// `buffers`: host buffers kept from one save to the next (the writer's; may be null).
 std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& meta, const Recipe& recipe,
                              FlatParams& flat, DataParallel* dp, int state_slots, Backend& backend, bool writer,
-                             const CheckpointGroups& groups = {});
+                             const CheckpointGroups& groups = {}, std::shared_ptr<AlignedBytesPool> buffers = nullptr);
 
 // The same in two halves, for saves written while training goes on
 // (checkpoint.async): every rank calls collect_checkpoint (collective); the
@@ -63,7 +66,8 @@ std::string write_checkpoint(const std::string& out_dir, const CheckpointMeta& m
 std::function<std::string()> collect_checkpoint(const std::string& out_dir, const CheckpointMeta& meta,
                                                 const Recipe& recipe, FlatParams& flat, DataParallel* dp,
                                                 int state_slots, Backend& backend, bool writer,
-                                                const CheckpointGroups& groups, bool buffered);
+                                                const CheckpointGroups& groups, bool buffered,
+                                                std::shared_ptr<AlignedBytesPool> buffers = nullptr);
 // Points checkpoints/latest at step_N and removes the oldest beyond `keep` (0 = keep all).
 // Only folders named exactly step_N count; anything else is left alone.
 void publish_latest(const std::string& out_dir, int64_t step, int64_t keep);

@@ -24,18 +24,18 @@ namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 
+}  // namespace
+
+namespace {
+
 void write_all_sync(const std::string& path, const std::vector<std::pair<const char*, size_t>>& chunks) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) throw Error(path + ": cannot create file: " + std::strerror(errno));
-  bool ok = true;
-  for (const auto& [data, size] : chunks)
-    if (size && std::fwrite(data, 1, size, f) != size) ok = false;
-  ok = std::fflush(f) == 0 && ok;
-  ok = ::fsync(fileno(f)) == 0 && ok;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok) {
+  try {
+    DurableFile file(path);
+    for (const auto& [data, size] : chunks) file.append(data, size);
+    file.finish();
+  } catch (const Error&) {
     std::remove(path.c_str());
-    throw Error(path + ": write failed: " + std::strerror(errno));
+    throw;
   }
 }
 
@@ -78,71 +78,128 @@ void write_safetensors(const std::string& path, const std::vector<NamedArray>& t
   if (ec) throw Error(path + ": cannot rename into place: " + ec.message());
 }
 
+constexpr uint64_t kMaxQueuedBytes = 64u << 20;
+
 SafetensorsWriter::SafetensorsWriter(std::string path, const std::vector<std::pair<std::string, Shape>>& layout,
-                                     const std::map<std::string, std::string>& metadata, bool buffered)
-    : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())), layout_(layout), buffered_(buffered) {
+                                     const std::map<std::string, std::string>& metadata, bool buffered,
+                                     std::shared_ptr<AlignedBytesPool> pool)
+    : path_(std::move(path)),
+      tmp_(path_ + ".tmp." + std::to_string(::getpid())),
+      layout_(layout),
+      buffered_(buffered),
+      pool_(pool ? std::move(pool) : std::make_shared<AlignedBytesPool>()) {
   json header = json::object();
   uint64_t offset = 0;
   for (const auto& [name, shape] : layout_) {
     const uint64_t bytes = static_cast<uint64_t>(shape_numel(shape)) * sizeof(float);
     header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
+    offsets_.push_back(offset);
     offset += bytes;
   }
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text += ' ';  // align the data to 8 bytes
-  if (!buffered_) {
-    file_ = std::fopen(tmp_.c_str(), "wb");
-    if (!file_) throw Error(tmp_ + ": cannot create file: " + std::strerror(errno));
-  }
+  for (uint64_t& o : offsets_) o += 8 + text.size();
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
-  put(len, 8);
-  put(text.data(), text.size());
+  file_ = std::make_unique<DurableFile>(tmp_);
+  try {
+    file_->append(len, 8);
+    file_->append(text.data(), text.size());
+  } catch (const Error&) {
+    file_.reset();
+    std::remove(tmp_.c_str());
+    throw;
+  }
+  bytes_ = 8 + text.size();
+  thread_ = std::thread([this] { run(); });
 }
 
 SafetensorsWriter::~SafetensorsWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_ = true;
+    error_ = error_.empty() ? "abandoned" : error_;  // run() drops what is still queued
+  }
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
   if (!file_) return;
-  std::fclose(file_);
+  file_.reset();
   std::remove(tmp_.c_str());
 }
 
-void SafetensorsWriter::put(const void* data, size_t size) {
-  if (buffered_) {
-    buffer_.append(static_cast<const char*>(data), size);
-    written_ += size;
-    return;
+void SafetensorsWriter::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    changed_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+    if (queue_.empty()) return;
+    AlignedBytes item = std::move(queue_.front());
+    queue_.pop_front();
+    if (error_.empty()) {
+      lock.unlock();
+      std::string failure;
+      try {
+        file_->append(item.data(), item.size());
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      lock.lock();
+      if (error_.empty()) error_ = failure;
+    }
+    queued_bytes_ -= item.size();
+    if (!buffered_) pool_->give(std::move(item));
+    changed_.notify_all();
   }
-  if (size && std::fwrite(data, 1, size, file_) != size)
-    throw Error(tmp_ + ": write failed after " + std::to_string(written_) + " bytes: " + std::strerror(errno));
-  written_ += size;
+}
+
+AlignedBytes SafetensorsWriter::next_buffer() {
+  WEFT_ASSERT(next_ < layout_.size(), "safetensors writer: " + path_ + " has no tensor left to write");
+  const size_t size = static_cast<size_t>(shape_numel(layout_[next_].second)) * sizeof(float);
+  const size_t misalign = offsets_[next_] % kDiskBlock;
+  std::unique_lock<std::mutex> lock(mutex_);
+  // Wait for the disk while more than kMaxQueuedBytes are queued (not when
+  // buffered); then a written buffer is free to take the tensor.
+  changed_.wait(lock, [&] {
+    return !error_.empty() || buffered_ || queue_.empty() || queued_bytes_ + size <= kMaxQueuedBytes;
+  });
+  if (!error_.empty()) throw Error(error_);
+  lock.unlock();
+  return pool_->take(size, misalign);
+}
+
+void SafetensorsWriter::write(const std::string& name, AlignedBytes values) {
+  WEFT_ASSERT(next_ < layout_.size() && layout_[next_].first == name &&
+                  values.size() == static_cast<size_t>(shape_numel(layout_[next_].second)) * sizeof(float),
+              "safetensors writer: " + name + " is not the next tensor of the layout");
+  ++next_;
+  bytes_ += values.size();
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!error_.empty()) throw Error(error_);
+  queued_bytes_ += values.size();
+  queue_.push_back(std::move(values));
+  changed_.notify_all();
 }
 
 void SafetensorsWriter::write(const std::string& name, const std::vector<float>& values) {
   WEFT_ASSERT(next_ < layout_.size() && layout_[next_].first == name &&
                   static_cast<int64_t>(values.size()) == shape_numel(layout_[next_].second),
               "safetensors writer: " + name + " is not the next tensor of the layout");
-  ++next_;
-  put(values.data(), values.size() * sizeof(float));
+  AlignedBytes buffer = next_buffer();
+  std::memcpy(buffer.data(), values.data(), buffer.size());
+  write(name, std::move(buffer));
 }
 
 void SafetensorsWriter::finish() {
   WEFT_ASSERT(next_ == layout_.size(), "safetensors writer: " + path_ + " finished before its last tensor");
-  if (buffered_) {
-    file_ = std::fopen(tmp_.c_str(), "wb");
-    if (!file_) throw Error(tmp_ + ": cannot create file: " + std::strerror(errno));
-    if (!buffer_.empty() && std::fwrite(buffer_.data(), 1, buffer_.size(), file_) != buffer_.size())
-      throw Error(tmp_ + ": write failed: " + std::strerror(errno));  // the destructor removes it
-    std::string().swap(buffer_);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_ = true;
   }
-  bool ok = std::fflush(file_) == 0;
-  ok = ::fsync(fileno(file_)) == 0 && ok;
-  ok = std::fclose(file_) == 0 && ok;
-  file_ = nullptr;
-  if (!ok) {
-    std::remove(tmp_.c_str());
-    throw Error(tmp_ + ": write failed: " + std::strerror(errno));
-  }
+  changed_.notify_all();
+  thread_.join();
+  if (!error_.empty()) throw Error(error_);  // the destructor removes the file
+  file_->finish();
+  file_.reset();
   std::error_code ec;
   fs::rename(tmp_, path_, ec);
   if (ec) {

@@ -122,6 +122,8 @@ class RankTrainer {
   std::vector<std::pair<std::string, double>> moe_metrics_;  // appended to each logged record
   int64_t skipped_steps_ = 0;  // steps without an update (run.on_nan = "skip")
   std::future<void> pending_save_;  // rank 0: the checkpoint being written (checkpoint.async)
+  // rank 0: host buffers a save's tensors land in, kept for the next save
+  std::shared_ptr<AlignedBytesPool> save_buffers_ = std::make_shared<AlignedBytesPool>();
   int64_t pending_step_ = 0;        // its step (every rank; 0 = none)
   std::vector<std::string> tied_names_;  // params tied across stages (both copies sum their gradients)
   std::vector<int32_t> host_tokens_;     // [B, T+1]
@@ -576,7 +578,10 @@ void RankTrainer::run() {
     const bool stop = stop_why != kGoOn;
     bool save = stop || step == steps_ || (ckpt_interval > 0 && step % ckpt_interval == 0);
     if (save) {
-      CheckpointMeta meta{step, consumed_, seed};
+      CheckpointMeta meta;
+      meta.step = step;
+      meta.samples_consumed = consumed_;
+      meta.seed = seed;
       meta.global_batch = global_;
       meta.schedule = lr_schedule_->settings();
       meta.precision_state = stack_.precision->state();
@@ -584,7 +589,7 @@ void RankTrainer::run() {
       if (recipe_.options("checkpoint").get_bool("async")) {
         wait_for_save();  // a second save waits for the first
         auto commit = collect_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
-                                         *stack_.backend, rank0, checkpoint_groups(), /*buffered=*/true);
+                                         *stack_.backend, rank0, checkpoint_groups(), /*buffered=*/true, save_buffers_);
         if (rank0)
           pending_save_ = std::async(std::launch::async, [this, commit, step, keep, saving] {
             const std::string dir = commit();
@@ -596,7 +601,7 @@ void RankTrainer::run() {
         std::string dir;
         try {
           dir = write_checkpoint(out_dir_, meta, recipe_, stack_.flat, dp_.get(), optimizer_->state_slots(),
-                                 *stack_.backend, rank0, checkpoint_groups());
+                                 *stack_.backend, rank0, checkpoint_groups(), save_buffers_);
         } catch (const Error& e) {
           throw Error(std::string(e.what()) + "; the checkpoint of step " + std::to_string(step) +
                       " was not written, the last complete one is " + last_checkpoint_or_none());

@@ -3,7 +3,10 @@
 // path and the offset.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
 #include <sys/stat.h>
+
+#include <csignal>
 
 #include <cstring>
 #include <filesystem>
@@ -147,4 +150,114 @@ TEST(Safetensors, DamagedFilesAreRefusedWithPathAndOffset) {
   EXPECT_NE(error_of(p.string()).find("tensor 'x'"), std::string::npos) << error_of(p.string());
   EXPECT_NE(error_of((p.parent_path() / "missing.safetensors").string()).find("cannot open"), std::string::npos);
   fs::remove_all(p.parent_path());
+}
+
+// ---- the streaming writer ---------------------------------------------------------------------
+
+namespace {
+
+// Values no two tensors share, so a misplaced byte shows.
+std::vector<float> pattern(size_t n, int tensor) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(tensor * 1000003 + static_cast<int>(i % 999983)) * 0.5f;
+  return v;
+}
+
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// Writes `sizes` (floats per tensor) through the writer, tensor i through
+// next_buffer() when i is even and from a std::vector when odd, and checks
+// the file against bytes assembled here: the header the file declares (its
+// offsets contiguous, in layout order) followed by every tensor's bytes.
+void check_stream(const fs::path& p, const std::vector<size_t>& sizes, bool buffered,
+                  std::shared_ptr<weft::AlignedBytesPool> pool) {
+  std::vector<std::pair<std::string, weft::Shape>> layout;
+  for (size_t i = 0; i < sizes.size(); ++i)
+    layout.push_back({"t" + std::to_string(i), {static_cast<int64_t>(sizes[i])}});
+  std::string expected_data;
+  {
+    weft::SafetensorsWriter w(p.string(), layout, {{"format", "weft"}}, buffered, pool);
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      std::vector<float> v = pattern(sizes[i], static_cast<int>(i));
+      expected_data.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+      if (i % 2 == 0) {
+        weft::AlignedBytes b = w.next_buffer();
+        ASSERT_EQ(b.size(), v.size() * sizeof(float));
+        std::memcpy(b.data(), v.data(), b.size());
+        w.write(layout[i].first, std::move(b));
+      } else {
+        w.write(layout[i].first, v);
+      }
+    }
+    w.finish();
+  }
+  const std::string bytes = file_bytes(p);
+  ASSERT_GE(bytes.size(), 8u);
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  ASSERT_LE(8 + n, bytes.size());
+  auto header = nlohmann::json::parse(bytes.substr(8, n));
+  uint64_t at = 0;
+  for (const auto& [name, shape] : layout) {
+    auto off = header.at(name).at("data_offsets").get<std::vector<uint64_t>>();
+    EXPECT_EQ(off[0], at) << name;
+    at = off[1];
+  }
+  ASSERT_EQ(bytes.size(), 8 + n + expected_data.size());
+  EXPECT_TRUE(bytes.compare(8 + n, std::string::npos, expected_data) == 0) << p;
+  weft::SafetensorsReader r(p.string());
+  EXPECT_EQ(r.read("t" + std::to_string(sizes.size() - 1)), pattern(sizes.back(), static_cast<int>(sizes.size() - 1)));
+}
+
+}  // namespace
+
+// Sizes around the 4 KiB block, the 1 MiB staging buffer and the 64 MiB the
+// writer lets queue: one float, odd sizes that leave every tensor at another
+// offset within a block, a tensor past the queue limit.
+TEST(SafetensorsWriter, StreamsTheBytesOfEveryTensorInOrder) {
+  const std::vector<size_t> sizes = {1, 1023, 1024, 1025, 262143, 262145, 3, (17u << 20) + 7, 5, 600000, 1};
+  auto pool = std::make_shared<weft::AlignedBytesPool>();
+  check_stream(temp_file("stream.safetensors"), sizes, false, pool);
+  EXPECT_GT(pool->kept_bytes(), 0u);  // written buffers came back for the next save
+  // A second save from the same pool, then a buffered one (nothing waits for the disk).
+  check_stream(temp_file("stream2.safetensors"), sizes, false, pool);
+  check_stream(temp_file("stream3.safetensors"), sizes, true, nullptr);
+  // tmpfs may refuse O_DIRECT: the writer falls back to ordinary writes.
+  if (fs::is_directory("/dev/shm")) {
+    fs::path shm = fs::path("/dev/shm") / ("weft-st-" + std::to_string(::getpid()) + ".safetensors");
+    check_stream(shm, {1, 1025, 262145, 7}, false, pool);
+    fs::remove(shm);
+  }
+  for (const auto& e : fs::directory_iterator(temp_file("x").parent_path()))
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+}
+
+// A write the disk refuses (a file-size limit, as a full disk) surfaces as
+// weft::Error naming the file, and the unfinished file is removed.
+TEST(SafetensorsWriter, AFailedWriteIsReportedAndLeavesNoFile) {
+  fs::path p = temp_file("limited.safetensors");
+  struct rlimit old {};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = old;
+  small.rlim_cur = 1 << 20;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string error;
+  try {
+    weft::SafetensorsWriter w(p.string(), {{"a", {1 << 20}}, {"b", {1 << 20}}});
+    w.write("a", pattern(1 << 20, 0));
+    w.write("b", pattern(1 << 20, 1));
+    w.finish();
+  } catch (const weft::Error& e) {
+    error = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  EXPECT_NE(error.find("write failed"), std::string::npos) << error;
+  EXPECT_NE(error.find(p.string() + ".tmp."), std::string::npos) << error;
+  for (const auto& e : fs::directory_iterator(p.parent_path()))
+    EXPECT_EQ(e.path().filename().string().find("limited"), std::string::npos) << e.path();
 }
