@@ -202,7 +202,7 @@ std::vector<MemoryVariant> memory_variants(const Recipe& recipe) {
 
 RankMemory variant_memory(const MemoryVariant& v, const ModelEstimate& est, int dp) {
   return rank_memory(est.local_params, est.optimizer_slots, v.optim_share(est, dp), est.act_fp32_bytes,
-                     precision_bytes(v.precision));
+                     est.act16_bytes, precision_bytes(v.precision));
 }
 
 // GiB from 1 GiB up, MiB below.

@@ -85,7 +85,7 @@ void estimate_layout(Layout& l, const RecipeArgs& args, int world, const std::st
       const int rank = stage * l.tp * l.dp;  // tensor 0, data 0 of the stage
       const ModelEstimate est = estimate_model(recipe, plugins.registry, rank);
       const RankMemory mem = rank_memory(est.local_params, est.optimizer_slots, est.optim_share, est.act_fp32_bytes,
-                                         bytes);
+                                         est.act16_bytes, bytes);
       CommInput in;
       in.tp = l.tp, in.pp = l.pp, in.dp = l.dp;
       in.stage_blocks = est.stage_blocks;
@@ -96,7 +96,7 @@ void estimate_layout(Layout& l, const RecipeArgs& args, int world, const std::st
       in.hidden = est.summary.hidden;
       in.sequence_parallel = sp;
       in.grad_bytes = bytes.grad;
-      in.act_bytes = bytes.act;
+      in.act_bytes = 4;  // activations between layers and stages are fp32 in every mode
       const CommBytes comm = step_comm_bytes(in);
       if (stage == 0 || mem.total() > l.mem.total()) l.mem = mem, l.worst_stage = stage;
       if (stage == 0 || comm.total() > l.comm.total()) l.comm = comm;

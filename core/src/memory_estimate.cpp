@@ -12,19 +12,19 @@ PrecisionBytes precision_bytes(const std::string& precision) {
   if (precision == "bf16" || precision == "fp16") {
     b.weight = 2;  // the model computes with 16-bit weights
     b.master = 4;  // the data-parallel strategy keeps fp32 masters with the optimizer state
-    b.act = 2;
+    b.compute16 = true;
   }
   return b;
 }
 
 RankMemory rank_memory(int64_t local_params, int slots, double optim_share, double act_fp32_bytes,
-                       const PrecisionBytes& precision) {
+                       double act16_bytes, const PrecisionBytes& precision) {
   const double n = static_cast<double>(local_params);
   RankMemory m;
   m.param = precision.weight * n;
   m.grad = precision.grad * n;
   m.optim = (precision.master + precision.per_slot * slots) * n * optim_share;
-  m.act = act_fp32_bytes * precision.act / 4.0;
+  m.act = precision.compute16 ? act16_bytes : act_fp32_bytes;
   return m;
 }
 

@@ -12,10 +12,12 @@ namespace weft {
 // Bytes each parameter costs under a precision mode (docs/distributed.md):
 //   fp32:        weights 4, gradients 4, optimizer 4 per state slot
 //   bf16, fp16:  weights 2, gradients 4 (fp32), optimizer 4 (fp32 master) + 4 per slot
-// Activations are kept in the compute dtype (act_bytes per element).
+// Activations: the model's own figures for an fp32 or a 16-bit compute dtype
+// (ModelSummary), picked by `compute16`.
 struct PrecisionBytes {
   std::string name;
-  double weight = 4, grad = 4, master = 0, per_slot = 4, act = 4;
+  double weight = 4, grad = 4, master = 0, per_slot = 4;
+  bool compute16 = false;  // bf16, fp16
 };
 // The table above for "fp32", "bf16" and "fp16"; any other name gets the fp32
 // figures (precision_known says whether the name is in the table).
@@ -30,10 +32,10 @@ struct RankMemory {
 // One rank's memory: `local_params` elements held, `slots` optimizer state
 // tensors per element (AdamW: 2), `optim_share` the fraction of the optimizer
 // state the data-parallel strategy keeps on one rank (ddp 1, zero1 1/data),
-// `act_fp32_bytes` the saved activations of the schedule's microbatches in
-// flight counted at 4 bytes per element.
+// `act_fp32_bytes` and `act16_bytes` the saved activations of the schedule's
+// microbatches in flight with an fp32 and a 16-bit compute dtype.
 RankMemory rank_memory(int64_t local_params, int slots, double optim_share, double act_fp32_bytes,
-                       const PrecisionBytes& precision);
+                       double act16_bytes, const PrecisionBytes& precision);
 
 // ring_p(x) = 2 (p-1)/p x: what one rank sends in a ring all-reduce of x bytes.
 double ring_bytes(int p, double bytes);

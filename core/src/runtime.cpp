@@ -130,9 +130,13 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
   }
   const double share = std::min(1.0, static_cast<double>(blocks) / static_cast<double>(model_layers));
   est.in_flight = schedule->in_flight(stage, recipe.sizes.pp, static_cast<int>(recipe.grad_accum));
-  est.act_fp32_bytes = static_cast<double>(est.summary.act_bytes_per_sample) *
-                       recipe.options("batch").get_int("micro") * share * est.in_flight;
+  const double samples_in_flight = static_cast<double>(recipe.options("batch").get_int("micro")) * share * est.in_flight;
+  const int64_t act16 = est.summary.act16_bytes_per_sample > 0 ? est.summary.act16_bytes_per_sample
+                                                                : est.summary.act_bytes_per_sample;
+  est.act_fp32_bytes = static_cast<double>(est.summary.act_bytes_per_sample) * samples_in_flight;
+  est.act16_bytes = static_cast<double>(act16) * samples_in_flight;
   const RankMemory mem = rank_memory(est.local_params, est.optimizer_slots, est.optim_share, est.act_fp32_bytes,
+                                     est.act16_bytes,
                                      precision_bytes(recipe.plugin("precision")));
   est.param_bytes = mem.param;
   est.grad_bytes = mem.grad;

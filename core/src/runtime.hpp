@@ -40,7 +40,8 @@ struct ModelEstimate {
   // precisions and data-parallel strategies can be estimated for the same rank.
   int optimizer_slots = 0;        // state tensors per parameter (AdamW 2)
   double optim_share = 1;         // the rank's share of the optimizer state (zero1: 1/data)
-  double act_fp32_bytes = 0;      // saved activations in flight, 4 bytes per element
+  double act_fp32_bytes = 0;      // saved activations in flight, fp32 compute dtype
+  double act16_bytes = 0;         // the same with a 16-bit compute dtype (bf16, fp16)
   int64_t stage_blocks = 0;       // transformer blocks of the rank's stage (all its chunks)
   DType compute = DType::F32;  // the precision's compute dtype (params' bytes)
   std::vector<LocalParam> params;  // the rank's, declaration order

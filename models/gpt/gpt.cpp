@@ -287,21 +287,28 @@ ModelSummary GptModel::summary() const {
     s.params += (c.moe.experts - 1) * mlp + c.moe.experts * C;
     s.flops_per_token += 6 * ((c.moe.top_k - 1) * mlp + c.moe.experts * C);
   }
-  // Saved fp32 activations per token on one rank of tp (p), as the modules keep them:
+  // Saved activations per token on one rank of tp (p), as the modules keep them:
   //   per block: ln1 in + mean/rstd (C+2), qkv in (C), qkv (3C/p), attn out (C/p), lse (H/p),
   //              ln2 in + mean/rstd (C+2), fc in (C), fc out (4C/p), gelu out (4C/p)
   //   head: lnf in + mean/rstd (C+2), lnf out (C), logits (Vp/p), loss (1); ids, targets (2 i32)
   // Sequence parallelism keeps the LayerNorm inputs and statistics on T/p tokens.
+  // A 16-bit compute dtype keeps the linear inputs (qkv in, fc in, lnf out, and
+  // a copy of attn out beside the fp32 one), GeLU's input and output and
+  // dlogits (in place of the logits) in 2 bytes; the rest stays fp32.
   const int64_t p = tp_, ln = sequence_parallel_ ? (C + 2) / p : C + 2;
+  const int64_t block = 2 * ln + 2 * C + (12 * C + H) / p;
+  const int64_t block16 = 4 * (2 * ln + (4 * C + H) / p) + 2 * (2 * C + 9 * C / p);  // bytes
   // A recomputed block keeps only its input (C, or C/p under sequence parallelism),
   // plus one block's activations while it is recomputed.
-  const int64_t block = 2 * ln + 2 * C + (12 * C + H) / p;
   int64_t blocks = 0, recomputed = 0;
   for (int64_t i = 0; i < L; ++i) c.recomputes(i) ? ++recomputed : ++blocks;
   const int64_t kept_input = sequence_parallel_ ? C / p : C;
   const int64_t per_token = blocks * block + recomputed * kept_input + (recomputed > 0 ? block : 0) + ln + C +
                             Vp / p + 1 + 2;
+  const int64_t per_token16 = blocks * block16 + 4 * recomputed * kept_input + (recomputed > 0 ? block16 : 0) +
+                              4 * (ln + 1 + 2) + 2 * (C + Vp / p);
   s.act_bytes_per_sample = per_token * T * 4;
+  s.act16_bytes_per_sample = per_token16 * T;
   s.seq_length = T;
   s.hidden = C;
   s.vocab = c.vocab;

@@ -418,13 +418,18 @@ ModelSummary LlamaModel::summary() const {
     s.params += (c.moe.experts - 1) * 3 * C * F + c.moe.experts * C;
     s.flops_per_token += 6 * ((c.moe.top_k - 1) * 3 * C * F + c.moe.experts * C);
   }
-  // Saved fp32 activations per token on one tp rank (p), as the modules keep them:
+  // Saved activations per token on one tp rank (p), as the modules keep them:
   //   per block: attn_norm in + rstd (C+1), q/k/v input (C), packed qkv (3HD/p), attention out (HD/p),
   //              lse (H/p), mlp_norm in + rstd (C+1), gate/up input (C), gate, up (2F/p), down input (F/p)
   //   head: norm in + rstd (C+1), output input (C), logits (Vp/p), loss (1); ids, targets (2 i32)
+  // A 16-bit compute dtype keeps the linear inputs (q/k/v input, gate/up input,
+  // down input, output input, and a copy of the attention output beside the
+  // fp32 one) and dlogits (in place of the logits) in 2 bytes; the rest stays fp32.
   const int64_t p = tp_, norm = sequence_parallel_ ? (C + 1) / p : C + 1;
   const int64_t block = 2 * norm + 2 * C + (4 * H * D + H + 3 * F) / p;
+  const int64_t block16 = 4 * (2 * norm + (4 * H * D + H + 2 * F) / p) + 2 * (2 * C + (H * D + F) / p);  // bytes
   s.act_bytes_per_sample = (L * block + norm + C + Vp / p + 1 + 2) * T * 4;
+  s.act16_bytes_per_sample = (L * block16 + 4 * (norm + 1 + 2) + 2 * (C + Vp / p)) * T;
   s.seq_length = T;
   s.hidden = C;
   s.vocab = c.vocab;

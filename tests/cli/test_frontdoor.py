@@ -427,24 +427,30 @@ def gpt_layout(C, L, T, H, Vp, p, S):
     return stages
 
 
-def act_bytes_per_sample(C, L, T, H, Vp, p, recompute_blocks=0):
-    """Saved fp32 activations of one sequence, all layers, per tensor rank (docs/distributed.md)."""
+def act_bytes_per_sample(C, L, T, H, Vp, p, recompute_blocks=0, compute16=False):
+    """Saved activation bytes of one sequence, all layers, per tensor rank (docs/distributed.md)."""
     ln = C + 2
-    block = 2 * ln + 2 * C + (12 * C + H) // p
+    if compute16:  # linear inputs, GeLU's input and output, dlogits in 2 bytes; the rest fp32
+        block = 4 * (2 * ln + (4 * C + H) // p) + 2 * (2 * C + 9 * C // p)
+        head = 4 * (ln + 1 + 2) + 2 * (C + Vp // p)
+    else:
+        block = 4 * (2 * ln + 2 * C + (12 * C + H) // p)
+        head = 4 * (ln + C + Vp // p + 1 + 2)
     kept = L - recompute_blocks
-    per_token = kept * block + recompute_blocks * C + (block if recompute_blocks else 0) + ln + C + Vp // p + 1 + 2
-    return per_token * T * 4
+    per_token = kept * block + recompute_blocks * 4 * C + (block if recompute_blocks else 0) + head
+    return per_token * T
 
 
-BYTES = {"fp32": (4, 4, 8, 4), "bf16": (2, 4, 12, 2)}  # weights, grads, optimizer (AdamW), activations
+BYTES = {"fp32": (4, 4, 8), "bf16": (2, 4, 12)}  # weights, grads, optimizer (AdamW)
 
 
 def expected_memory(cfg, precision, zero1, stage, micro, accum, recompute_blocks=0):
     C, L, T, H, Vp, p, S, D = (cfg[k] for k in ("C", "L", "T", "H", "Vp", "p", "S", "D"))
     params, _, layers = gpt_layout(C, L, T, H, Vp, p, S)[stage]
-    w, g, o, a = BYTES[precision]
+    w, g, o = BYTES[precision]
     in_flight = min(S - stage, accum)  # 1F1B
-    act = act_bytes_per_sample(C, L, T, H, Vp, p, recompute_blocks) * micro * (layers / (L + 2)) * in_flight * a / 4
+    act = (act_bytes_per_sample(C, L, T, H, Vp, p, recompute_blocks, precision != "fp32") * micro * (layers / (L + 2))
+           * in_flight)
     return {"mem_param_bytes": w * params, "mem_grad_bytes": g * params,
             "mem_optim_bytes": o * params / (D if zero1 else 1), "mem_act_bytes": act}
 

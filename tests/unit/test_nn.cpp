@@ -15,6 +15,7 @@
 
 #include "cpu_backend.hpp"
 #include "gpt.hpp"
+#include "llama.hpp"
 #include "megatron.hpp"
 #include "weft/error.hpp"
 #include "weft/moe.hpp"
@@ -950,3 +951,70 @@ TEST_F(NnTest, MegatronProviderRefusesSequenceParallelAtTp1) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- saved activations against the summaries
+
+namespace {
+
+// Activation bytes a model keeps from forward for backward on one microbatch of
+// b sequences, with the compute copy of the weights in `dt` (what a precision
+// mode makes).
+int64_t saved_activation_bytes(Backend& be, Model& model, DType dt, int64_t b, int64_t t, int64_t vocab) {
+  FlatParams flat = materialize_params(model.params(), be, kTestSeed);
+  if (dt != DType::F32)
+    for (Param* p : model.params()) {
+      Tensor h = be.alloc(p->shape, dt, MemCategory::Param);
+      be.cast(h, p->data);
+      p->data = h;
+    }
+  GptBatch batch = tiny_batch(be, 43, b, t, vocab);
+  Context ctx(be, 0);
+  ctx.targets = batch.targets;
+  ctx.dloss_scale = 1.f / static_cast<float>(b * t);
+  const int64_t before = be.mem_stats().current[static_cast<int>(MemCategory::Activation)];
+  forward_layers(ctx, model.layers(), batch.ids);
+  const int64_t saved = be.mem_stats().current[static_cast<int>(MemCategory::Activation)] - before;
+  backward_layers(ctx, model.layers());
+  return saved;
+}
+
+}  // namespace
+
+// ModelSummary's activation figures (what `weft check` and `weft plan`
+// estimate from) equal the bytes the modules keep, in fp32 and in bf16/f16,
+// plus the step's per-token loss and the batch's ids and targets (4 bytes
+// each), which the summaries count and the modules do not allocate.
+TEST_F(NnTest, SummaryActivationBytesEqualWhatTheModelsKeep) {
+  const int64_t b = 2;
+  const auto batch_bytes = [&](int64_t t) { return b * t * 12; };
+  gpt::GptConfig g = tiny_gpt_config();
+  g.layers = 3;
+  g.hidden = 16;
+  g.heads = 2;
+  g.seq_length = 8;
+  llama::LlamaConfig l;
+  l.layers = 3;
+  l.hidden = 16;
+  l.heads = 4;
+  l.kv_heads = 2;
+  l.ffn_hidden = 40;
+  l.seq_length = 8;
+  l.vocab = 11;
+  l.padded_vocab = 16;
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    {
+      gpt::GptModel model(g, nullptr);
+      const ModelSummary s = model.summary();
+      const int64_t want = b * (dt == DType::F32 ? s.act_bytes_per_sample : s.act16_bytes_per_sample);
+      EXPECT_EQ(saved_activation_bytes(be, model, dt, b, g.seq_length, g.vocab) + batch_bytes(g.seq_length), want)
+          << "gpt " << dtype_name(dt);
+    }
+    {
+      llama::LlamaModel model(l, &serial);
+      const ModelSummary s = model.summary();
+      const int64_t want = b * (dt == DType::F32 ? s.act_bytes_per_sample : s.act16_bytes_per_sample);
+      EXPECT_EQ(saved_activation_bytes(be, model, dt, b, l.seq_length, l.vocab) + batch_bytes(l.seq_length), want)
+          << "llama " << dtype_name(dt);
+    }
+  }
+}

@@ -21,6 +21,10 @@ struct ModelSummary {
   int64_t params = 0;                 // logical parameter count (tied counted once)
   int64_t flops_per_token = 0;        // forward+backward, 6N + attention
   int64_t act_bytes_per_sample = 0;   // saved activations of one sequence, all layers, on one tp rank
+  // The same when the compute dtype is 16-bit (bf16, f16: the tensors the model
+  // keeps in the compute dtype count 2 bytes); 0: the model does not say, and
+  // estimates take act_bytes_per_sample.
+  int64_t act16_bytes_per_sample = 0;
   int64_t seq_length = 0;
   int64_t hidden = 0;                 // C: activations between layers are [B,T,C]
   int64_t moe_layers = 0;             // blocks whose MLP is a mixture of experts (their stats are logged)
