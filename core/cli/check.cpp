@@ -51,7 +51,7 @@ void build_checked_run(CheckedRun& run, const Recipe& recipe, const Registry& re
   run.parallel.topology = &run.topology;
   run.parallel.backend = run.backend.get();
   ModelFacts facts{run.tokenizer.get(), run.estimate.summary, run.estimate.has_experts};
-  build_run_parts(run.parts, recipe, registry, facts, run.parallel);
+  build_run_parts(run.parts, recipe, registry, facts);
   // [model] init_from: the folder's config.json and tensor shapes against the model (no data read).
   const Options& model = recipe.options("model");
   if (model.has("init_from") && !model.get_string("init_from").empty()) {

@@ -32,8 +32,7 @@ void refuse_unused_expert_ranks(const Recipe& recipe, const ModelFacts& model) {
 
 }  // namespace
 
-void build_run_parts(RunParts& parts, const Recipe& recipe, const Registry& registry, const ModelFacts& model,
-                     const ParallelEnv& parallel) {
+void build_run_parts(RunParts& parts, const Recipe& recipe, const Registry& registry, const ModelFacts& model) {
   refuse_unused_expert_ranks(recipe, model);
   DatasetEnv denv;
   denv.tokenizer = model.tokenizer;

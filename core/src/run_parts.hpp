@@ -44,7 +44,6 @@ bool has_expert_params(const std::vector<Param*>& params);
 // strategy (not yet set up); refuses layout sizes the model leaves unused
 // (parallel.expert > 1 without experts). The pipeline schedule is built with
 // the model (runtime.hpp), which it cuts into stages.
-void build_run_parts(RunParts& parts, const Recipe& recipe, const Registry& registry, const ModelFacts& model,
-                     const ParallelEnv& parallel);
+void build_run_parts(RunParts& parts, const Recipe& recipe, const Registry& registry, const ModelFacts& model);
 
 }  // namespace weft

@@ -184,7 +184,7 @@ void RankTrainer::build() {
 
   RunParts parts;  // built as `weft check` builds them
   ModelFacts facts{stack_.tokenizer.get(), summary, has_expert_params(stack_.model->params())};
-  build_run_parts(parts, recipe_, registry_, facts, stack_.parallel);
+  build_run_parts(parts, recipe_, registry_, facts);
   dataset_ = std::move(parts.dataset);
   optimizer_ = std::move(parts.optimizer);
   lr_schedule_ = std::move(parts.lr_schedule);

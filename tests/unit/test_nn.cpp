@@ -454,7 +454,9 @@ void check_moe(Backend& be, LayerProvider& serial, const MoeCase& mc) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5 + 1e-5 * std::abs(want[i])) << i;
   EXPECT_EQ(ctx.stats.at("moe_dropped"), static_cast<double>(dropped));
   EXPECT_EQ(ctx.stats.at("moe_assignments"), static_cast<double>(N * mc.top_k));
-  if (mc.capacity_factor > 0) EXPECT_GT(dropped, 0) << "the case should drop some assignments";
+  if (mc.capacity_factor > 0) {
+    EXPECT_GT(dropped, 0) << "the case should drop some assignments";
+  }
 
   // Gradients of sum(y r) + aux + z against finite differences. The routing is
   // piecewise constant in which experts a token picks: the step is small enough

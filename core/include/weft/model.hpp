@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "weft/error.hpp"
@@ -43,6 +44,10 @@ struct HfTensor {
   int64_t rows = 0;        // > 0: only the first `rows` rows (the V real rows of a padded [Vp, C] table)
 };
 struct HfConfigEntry {
+  HfConfigEntry(std::string key, std::string json, bool must_match = false, std::string absent = "",
+                std::string option = "")
+      : key(std::move(key)), json(std::move(json)), must_match(must_match), absent(std::move(absent)),
+        option(std::move(option)) {}
   std::string key;
   std::string json;         // the value as JSON text: 128, 1e-05, "silu", ["LlamaForCausalLM"]
   bool must_match = false;  // init_from refuses a config.json whose value differs
