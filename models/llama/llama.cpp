@@ -238,10 +238,13 @@ Tensor SwiGluMlp::forward(Context& ctx, const Tensor& x) {
   // [..., C]: cast once in a 16-bit mode, so gate and up keep one 16-bit copy between them
   const Tensor xs =
       sequence_parallel_ ? x : nn::compute_copy(be, x, nn::weights_dtype(*gate_), MemCategory::Activation);
-  Tensor g = gate_->forward(ctx, xs);  // [..., F/p]
-  Tensor u = up_->forward(ctx, xs);    // [..., F/p]
+  // gate and up [..., F/p] in the compute dtype: what SwiGLU reads forward and
+  // backward, so a 16-bit mode keeps them at 2 bytes (as GeLU's input)
+  const DType dt = nn::weights_dtype(*gate_);
+  Tensor g = nn::compute_copy(be, gate_->forward(ctx, xs), dt, MemCategory::Activation);
+  Tensor u = nn::compute_copy(be, up_->forward(ctx, xs), dt, MemCategory::Activation);
   Tensor a = be.alloc_uninitialized(g.shape(), DType::F32, MemCategory::Activation);  // silu(g) * u
-  if (g.numel() > 0) be.swiglu_forward(f32(a), f32(g), f32(u), g.numel());
+  if (g.numel() > 0) be.swiglu_forward(f32(a), TypedPtr::of(g), TypedPtr::of(u), g.numel());
   ctx.save(this, {g, u});
   return down_->forward(ctx, a);  // [..., C]
 }
@@ -257,7 +260,7 @@ Tensor SwiGluMlp::backward(Context& ctx, const Tensor& dy) {
     WEFT_ASSERT(da.numel() == g.numel(), "SwiGLU gradient does not match its activation");
     dg = be.alloc_uninitialized(g.shape(), DType::F32, MemCategory::Workspace);
     du = be.alloc_uninitialized(g.shape(), DType::F32, MemCategory::Workspace);
-    if (g.numel() > 0) be.swiglu_backward(f32(dg), f32(du), f32(g), f32(u), f32(da), g.numel());
+    if (g.numel() > 0) be.swiglu_backward(f32(dg), f32(du), TypedPtr::of(g), TypedPtr::of(u), f32(da), g.numel());
   }
   Tensor dx = up_->backward(ctx, du);
   du = Tensor();
@@ -424,10 +427,11 @@ ModelSummary LlamaModel::summary() const {
   //   head: norm in + rstd (C+1), output input (C), logits (Vp/p), loss (1); ids, targets (2 i32)
   // A 16-bit compute dtype keeps the linear inputs (q/k/v input, gate/up input,
   // down input, output input, and a copy of the attention output beside the
-  // fp32 one) and dlogits (in place of the logits) in 2 bytes; the rest stays fp32.
+  // fp32 one), gate and up, and dlogits (in place of the logits) in 2 bytes;
+  // the rest stays fp32.
   const int64_t p = tp_, norm = sequence_parallel_ ? (C + 1) / p : C + 1;
   const int64_t block = 2 * norm + 2 * C + (4 * H * D + H + 3 * F) / p;
-  const int64_t block16 = 4 * (2 * norm + (4 * H * D + H + 2 * F) / p) + 2 * (2 * C + (H * D + F) / p);  // bytes
+  const int64_t block16 = 4 * (2 * norm + (4 * H * D + H) / p) + 2 * (2 * C + (H * D + 3 * F) / p);  // bytes
   s.act_bytes_per_sample = (L * block + norm + C + Vp / p + 1 + 2) * T * 4;
   s.act16_bytes_per_sample = (L * block16 + 4 * (norm + 1 + 2) + 2 * (C + Vp / p)) * T;
   s.seq_length = T;

@@ -111,8 +111,8 @@ class CpuBackend final : public Backend {
   void rope_forward(float* out, const float* x, int64_t b, int64_t t, int64_t h, int64_t d, float theta) override;
   void rope_backward(float* dx, const float* dout, int64_t b, int64_t t, int64_t h, int64_t d,
                      float theta) override;
-  void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) override;
-  void swiglu_backward(float* dgate, float* dup, const float* gate, const float* up, const float* dout,
+  void swiglu_forward(float* out, TypedPtr gate, TypedPtr up, int64_t n) override;
+  void swiglu_backward(float* dgate, float* dup, TypedPtr gate, TypedPtr up, const float* dout,
                        int64_t n) override;
   void gqa_pack(float* qkv, const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                 int64_t kv, int64_t d) override;

@@ -138,15 +138,21 @@ void CpuBackend::rope_backward(float* dx, const float* dout, int64_t b, int64_t 
 
 // ---------------------------------------------------------------- SwiGLU
 
-void CpuBackend::swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+void CpuBackend::swiglu_forward(float* out, TypedPtr gate_in, TypedPtr up_in, int64_t n) {
+  Tensor wide_gate, wide_up;
+  const float* gate = widen(gate_in, n, wide_gate);  // [n] fp32
+  const float* up = widen(up_in, n, wide_up);
   pool_.parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
   });
 }
 
 // silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).
-void CpuBackend::swiglu_backward(float* dgate, float* dup, const float* gate, const float* up, const float* dout,
+void CpuBackend::swiglu_backward(float* dgate, float* dup, TypedPtr gate_in, TypedPtr up_in, const float* dout,
                                  int64_t n) {
+  Tensor wide_gate, wide_up;
+  const float* gate = widen(gate_in, n, wide_gate);  // [n] fp32
+  const float* up = widen(up_in, n, wide_up);
   pool_.parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float g = gate[i], s = sigmoid(g);

@@ -606,16 +606,18 @@ void CudaBackend::rope_backward(float* dx, const float* dout, int64_t b, int64_t
   check_launch("rope_backward");
 }
 
-void CudaBackend::swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+void CudaBackend::swiglu_forward(float* out, TypedPtr gate, TypedPtr up, int64_t n) {
   use_device();
-  cuda::launch_swiglu_forward(out, gate, up, n, kStream);
+  cuda::launch_swiglu_forward(out, gate.data, weight_type(gate, "swiglu_forward"), up.data,
+                              weight_type(up, "swiglu_forward"), n, kStream);
   check_launch("swiglu_forward");
 }
 
-void CudaBackend::swiglu_backward(float* dgate, float* dup, const float* gate, const float* up, const float* dout,
+void CudaBackend::swiglu_backward(float* dgate, float* dup, TypedPtr gate, TypedPtr up, const float* dout,
                                   int64_t n) {
   use_device();
-  cuda::launch_swiglu_backward(dgate, dup, gate, up, dout, n, kStream);
+  cuda::launch_swiglu_backward(dgate, dup, gate.data, weight_type(gate, "swiglu_backward"), up.data,
+                               weight_type(up, "swiglu_backward"), dout, n, kStream);
   check_launch("swiglu_backward");
 }
 

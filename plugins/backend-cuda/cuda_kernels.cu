@@ -749,15 +749,19 @@ __global__ void rope_kernel(float* out, const float* x, int64_t b, int64_t t, in
 }
 
 __device__ __forceinline__ float sigmoid(float g) { return 1.f / (1.f + expf(-g)); }
-__global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, int64_t n) {
-  WEFT_GRID_STRIDE(i, n) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+// gate and up f32, bf16 or f16 (gt, ut): 16-bit modes keep them 16-bit.
+__global__ void swiglu_forward_kernel(float* out, const void* gate, int gt, const void* up, int ut, int64_t n) {
+  WEFT_GRID_STRIDE(i, n) {
+    const float g = load_w(gate, gt, i);
+    out[i] = g * sigmoid(g) * load_w(up, ut, i);
+  }
 }
-__global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* gate, const float* up,
+__global__ void swiglu_backward_kernel(float* dgate, float* dup, const void* gate, int gt, const void* up, int ut,
                                        const float* dout, int64_t n) {
   WEFT_GRID_STRIDE(i, n) {
-    const float g = gate[i], s = sigmoid(g);
+    const float g = load_w(gate, gt, i), s = sigmoid(g);
     dup[i] = dout[i] * g * s;
-    dgate[i] = dout[i] * up[i] * s * (1.f + g * (1.f - s));
+    dgate[i] = dout[i] * load_w(up, ut, i) * s * (1.f + g * (1.f - s));
   }
 }
 
@@ -951,12 +955,12 @@ void launch_rope(float* out, const float* x, int64_t b, int64_t t, int64_t h, in
   const int64_t n = b * t * h * (d / 2);
   if (n > 0) rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(out, x, b, t, h, d, theta, sign);
 }
-void launch_swiglu_forward(float* out, const float* gate, const float* up, int64_t n, cudaStream_t s) {
-  if (n > 0) swiglu_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(out, gate, up, n);
+void launch_swiglu_forward(float* out, const void* gate, int gt, const void* up, int ut, int64_t n, cudaStream_t s) {
+  if (n > 0) swiglu_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(out, gate, gt, up, ut, n);
 }
-void launch_swiglu_backward(float* dgate, float* dup, const float* gate, const float* up, const float* dout, int64_t n,
-                            cudaStream_t s) {
-  if (n > 0) swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(dgate, dup, gate, up, dout, n);
+void launch_swiglu_backward(float* dgate, float* dup, const void* gate, int gt, const void* up, int ut,
+                            const float* dout, int64_t n, cudaStream_t s) {
+  if (n > 0) swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(dgate, dup, gate, gt, up, ut, dout, n);
 }
 void launch_gqa_pack(float* qkv, const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                      int64_t kv, int64_t d, cudaStream_t s) {

@@ -108,9 +108,10 @@ void launch_rmsnorm_backward(float* dx, float* dw, const float* dout, const floa
 // sign +1 forward, -1 backward (the transposed rotation); out may alias x
 void launch_rope(float* out, const float* x, int64_t b, int64_t t, int64_t h, int64_t d, float theta, float sign,
                  cudaStream_t s);
-void launch_swiglu_forward(float* out, const float* gate, const float* up, int64_t n, cudaStream_t s);
-void launch_swiglu_backward(float* dgate, float* dup, const float* gate, const float* up, const float* dout, int64_t n,
-                            cudaStream_t s);
+// gate and up are f32, bf16 or f16 (gt, ut as load_w reads them)
+void launch_swiglu_forward(float* out, const void* gate, int gt, const void* up, int ut, int64_t n, cudaStream_t s);
+void launch_swiglu_backward(float* dgate, float* dup, const void* gate, int gt, const void* up, int ut,
+                            const float* dout, int64_t n, cudaStream_t s);
 void launch_gqa_pack(float* qkv, const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                      int64_t kv, int64_t d, cudaStream_t s);
 void launch_gqa_unpack(float* dq, float* dk, float* dv, const float* dqkv, int64_t b, int64_t t, int64_t h,

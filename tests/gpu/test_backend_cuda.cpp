@@ -721,18 +721,20 @@ TEST_F(CudaVsCpu, RopeForwardBackwardAndInPlace) {
   expect_close(down(xg), down(oc), 1e-5, 1e-6, "rope_forward in place");
 }
 
-// SwiGLU: expf on both, rel 1e-5 abs 1e-6.
-TEST_F(CudaVsCpu, SwigluForwardBackward) {
+// SwiGLU with gate and up in each dtype (16-bit modes keep them 16-bit):
+// expf on both, rel 1e-5 abs 1e-6.
+TEST_P(CudaWeights, SwigluForwardBackward) {
   const int64_t n = 9999;
   Vec gate = random_vec(n, 37, -6.f, 6.f), up = random_vec(n, 38), dout = random_vec(n, 39);
-  Tensor gg = g(gate), gc = c(gate), ug = g(up), uc = c(up), dg = g(dout), dc = c(dout);
+  const Weight gw = weight(gate, GetParam()), uw = weight(up, GetParam());
+  Tensor dg = g(dout), dc = c(dout);
   Tensor og = poisoned(n), oc = cpu_out(n);
-  gpu->swiglu_forward(f(og), f(gg), f(ug), n);
-  cpu->swiglu_forward(f(oc), f(gc), f(uc), n);
+  gpu->swiglu_forward(f(og), gw.g(), uw.g(), n);
+  cpu->swiglu_forward(f(oc), gw.c(), uw.c(), n);
   expect_close(down(og), down(oc), 1e-5, 1e-6, "swiglu_forward");
   Tensor dgg = poisoned(n), dug = poisoned(n), dgc = cpu_out(n), duc = cpu_out(n);
-  gpu->swiglu_backward(f(dgg), f(dug), f(gg), f(ug), f(dg), n);
-  cpu->swiglu_backward(f(dgc), f(duc), f(gc), f(uc), f(dc), n);
+  gpu->swiglu_backward(f(dgg), f(dug), gw.g(), uw.g(), f(dg), n);
+  cpu->swiglu_backward(f(dgc), f(duc), gw.c(), uw.c(), f(dc), n);
   expect_close(down(dgg), down(dgc), 1e-5, 1e-6, "swiglu_backward dgate");
   expect_close(down(dug), down(duc), 1e-5, 1e-6, "swiglu_backward dup");
 }

@@ -55,8 +55,8 @@ class StubBackend : public weft::Backend {
                         int64_t) override {}
   void rope_forward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
   void rope_backward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
-  void swiglu_forward(float*, const float*, const float*, int64_t) override {}
-  void swiglu_backward(float*, float*, const float*, const float*, const float*, int64_t) override {}
+  void swiglu_forward(float*, weft::TypedPtr, weft::TypedPtr, int64_t) override {}
+  void swiglu_backward(float*, float*, weft::TypedPtr, weft::TypedPtr, const float*, int64_t) override {}
   void gqa_pack(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
                 int64_t) override {}
   void gqa_unpack(float*, float*, float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t) override {}

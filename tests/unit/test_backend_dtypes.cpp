@@ -165,6 +165,23 @@ TEST_P(DTypeKernels, GeluOfSixteenBitInputsMatchesFp32OnWidenedInputs) {
   }
 }
 
+// SwiGLU of 16-bit gate and up (llama's MLP in a 16-bit mode): forward and
+// backward give the fp32 kernel's bits on the widened inputs.
+TEST_P(DTypeKernels, SwigluOfSixteenBitInputsMatchesFp32OnWidenedInputs) {
+  const int64_t n = 4099;
+  const Vec gate = random_vec(n, 5, -6.f, 6.f), up = random_vec(n, 6), dout = random_vec(n, 7);
+  const Half gh = narrow(gate, dt), uh = narrow(up, dt);
+  const Vec gw = widen(gh, dt), uw = widen(uh, dt);
+  Vec got(n), want(n), dg_got(n), du_got(n), dg_want(n), du_want(n);
+  be.swiglu_forward(got.data(), TypedPtr(gh.data(), dt), TypedPtr(uh.data(), dt), n);
+  be.swiglu_forward(want.data(), gw.data(), uw.data(), n);
+  be.swiglu_backward(dg_got.data(), du_got.data(), TypedPtr(gh.data(), dt), TypedPtr(uh.data(), dt), dout.data(), n);
+  be.swiglu_backward(dg_want.data(), du_want.data(), gw.data(), uw.data(), dout.data(), n);
+  expect_bits(got, want, "swiglu_forward");
+  expect_bits(dg_got, dg_want, "swiglu_backward dgate");
+  expect_bits(du_got, du_want, "swiglu_backward dup");
+}
+
 // LayerNorm forward with 16-bit weight and bias: out = xhat w + b, so the
 // output moves by at most u(|xhat||w| + |b|) (+ fp32 roundings). Statistics
 // (mean, rstd) do not depend on the weights: equal bits. Backward with a

@@ -210,10 +210,11 @@ class Backend {
   // dx = the transposed rotation of dout (same layout; dx may alias dout).
   virtual void rope_backward(float* dx, const float* dout, int64_t b, int64_t t, int64_t h, int64_t d,
                              float theta) = 0;
-  // SwiGLU: out[n] = silu(gate) * up, silu(g) = g / (1 + e^-g).
-  virtual void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) = 0;
+  // SwiGLU: out[n] = silu(gate) * up, silu(g) = g / (1 + e^-g). gate and up
+  // are F32, BF16 or F16 (16-bit modes keep them in the compute dtype, as GeLU's input).
+  virtual void swiglu_forward(float* out, TypedPtr gate, TypedPtr up, int64_t n) = 0;
   // dgate, dup (overwritten) from dout.
-  virtual void swiglu_backward(float* dgate, float* dup, const float* gate, const float* up, const float* dout,
+  virtual void swiglu_backward(float* dgate, float* dup, TypedPtr gate, TypedPtr up, const float* dout,
                                int64_t n) = 0;
   // Grouped-query attention through the fused kernel: q[B,T,H*D], k and v
   // [B,T,KV*D] with KV dividing H -> qkv[B,T,3*H*D] (the attention_* layout),
