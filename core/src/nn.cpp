@@ -355,7 +355,10 @@ static AttentionMask attention_mask(Context& ctx, const LayerProvider& layers, f
 Tensor CausalSelfAttention::forward(Context& ctx, const Tensor& x) {
   WEFT_ASSERT(x.shape().size() == 3, "attention input must be [B,T,C], got " + shape_str(x.shape()));
   Backend& be = ctx.backend();
-  Tensor qkv = qkv_->forward(ctx, x);  // [B,T,3c], c = this rank's share of C, T the whole sequence
+  // [B,T,3c], c = this rank's share of C, T the whole sequence; in the compute
+  // dtype (the weights'), which attention reads forward and backward, so a
+  // 16-bit mode keeps it at 2 bytes
+  Tensor qkv = compute_copy(be, qkv_->forward(ctx, x), weights_dtype(*qkv_), MemCategory::Activation);
   WEFT_ASSERT(qkv.shape().size() == 3 && qkv.dim(-1) % 3 == 0, "attention qkv must be [B,T,3c]");
   const int64_t b = qkv.dim(0), t = qkv.dim(1);
   const int64_t c = qkv.dim(-1) / 3;
@@ -364,7 +367,8 @@ Tensor CausalSelfAttention::forward(Context& ctx, const Tensor& x) {
   Tensor out = be.alloc_uninitialized({b, t, c}, DType::F32, MemCategory::Activation);  // [B,T,c]
   Tensor lse = be.alloc_uninitialized({b, h, t}, DType::F32, MemCategory::Activation);  // [B,h,T]
   if (b * t > 0)
-    be.attention_forward(f32(out), f32(lse), f32(qkv), b, t, c, h, attention_mask(ctx, layers_, dropout_, dropout_key_, h));
+    be.attention_forward(f32(out), f32(lse), TypedPtr::of(qkv), b, t, c, h,
+                         attention_mask(ctx, layers_, dropout_, dropout_key_, h));
   ctx.save(this, {qkv, out, lse});
   return proj_->forward(ctx, out);  // [B,T,C]
 }
@@ -382,7 +386,7 @@ Tensor CausalSelfAttention::backward(Context& ctx, const Tensor& dy) {
     WEFT_ASSERT(dout.numel() == out.numel(), "attention dy does not match its output");
     dqkv = be.alloc_uninitialized(qkv.shape(), DType::F32, MemCategory::Workspace);
     if (b * t > 0)
-      be.attention_backward(f32(dqkv), f32(dout), f32(qkv), f32(out), f32(lse), b, t, c, h,
+      be.attention_backward(f32(dqkv), f32(dout), TypedPtr::of(qkv), f32(out), f32(lse), b, t, c, h,
                             attention_mask(ctx, layers_, dropout_, dropout_key_, h));
     ctx.release(this);
   }

@@ -163,21 +163,25 @@ Tensor LlamaAttention::forward(Context& ctx, const Tensor& x) {
   Tensor qkv, out, lse;
   {
     // [B,T,C]: cast once in a 16-bit mode, so q, k and v keep one 16-bit copy between them
-    const Tensor xs =
-        sequence_parallel_ ? x : nn::compute_copy(be, x, nn::weights_dtype(*q_), MemCategory::Activation);
+    const DType dt = nn::weights_dtype(*q_);
+    const Tensor xs = sequence_parallel_ ? x : nn::compute_copy(be, x, dt, MemCategory::Activation);
     Tensor q = q_->forward(ctx, xs);  // [B,T,h*D]: this rank's heads, the whole sequence
     Tensor k = k_->forward(ctx, xs);  // [B,T,kv*D]
     Tensor v = v_->forward(ctx, xs);  // [B,T,kv*D]
     const int64_t b = q.dim(0), t = q.dim(1), h = q.dim(2) / d, kv = k.dim(2) / d;
-    qkv = be.alloc_uninitialized({b, t, 3 * h * d}, DType::F32, MemCategory::Activation);
+    // packed q|k|v [B,T,3*h*D], kept in the compute dtype (what attention reads
+    // forward and backward): a 16-bit mode keeps it at 2 bytes
+    Tensor packed = be.alloc_uninitialized({b, t, 3 * h * d}, DType::F32,
+                                           dt == DType::F32 ? MemCategory::Activation : MemCategory::Workspace);
     out = be.alloc_uninitialized({b, t, h * d}, DType::F32, MemCategory::Activation);
     lse = be.alloc_uninitialized({b, h, t}, DType::F32, MemCategory::Activation);
     if (b * t > 0) {
       be.rope_forward(f32(q), f32(q), b, t, h, d, rope_theta_);  // in place
       be.rope_forward(f32(k), f32(k), b, t, kv, d, rope_theta_);
-      be.gqa_pack(f32(qkv), f32(q), f32(k), f32(v), b, t, h, kv, d);
-      be.attention_forward(f32(out), f32(lse), f32(qkv), b, t, h * d, h);
+      be.gqa_pack(f32(packed), f32(q), f32(k), f32(v), b, t, h, kv, d);
     }
+    qkv = nn::compute_copy(be, packed, dt, MemCategory::Activation);
+    if (b * t > 0) be.attention_forward(f32(out), f32(lse), TypedPtr::of(qkv), b, t, h * d, h);
   }
   ctx.save(this, {qkv, out, lse});
   return o_->forward(ctx, out);  // [B,T,C]
@@ -195,12 +199,12 @@ Tensor LlamaAttention::backward(Context& ctx, const Tensor& dy) {
     const int64_t b = qkv.dim(0), t = qkv.dim(1), h = lse.dim(1);
     const int64_t kv = h * kv_heads_ / heads_;  // this rank's kv heads (both split evenly over tp)
     WEFT_ASSERT(dout.numel() == out.numel(), "attention dy does not match its output");
-    Tensor dqkv = be.alloc_uninitialized(qkv.shape(), DType::F32, MemCategory::Workspace);  // [B,T,3*h*D]
+    Tensor dqkv = be.alloc_uninitialized(qkv.shape(), DType::F32, MemCategory::Workspace);  // [B,T,3*h*D] fp32
     dq = be.alloc_uninitialized({b, t, h * d}, DType::F32, MemCategory::Workspace);
     dk = be.alloc_uninitialized({b, t, kv * d}, DType::F32, MemCategory::Workspace);
     dv = be.alloc_uninitialized({b, t, kv * d}, DType::F32, MemCategory::Workspace);
     if (b * t > 0) {
-      be.attention_backward(f32(dqkv), f32(dout), f32(qkv), f32(out), f32(lse), b, t, h * d, h);
+      be.attention_backward(f32(dqkv), f32(dout), TypedPtr::of(qkv), f32(out), f32(lse), b, t, h * d, h);
       be.gqa_unpack(f32(dq), f32(dk), f32(dv), f32(dqkv), b, t, h, kv, d);
       be.rope_backward(f32(dq), f32(dq), b, t, h, d, rope_theta_);
       be.rope_backward(f32(dk), f32(dk), b, t, kv, d, rope_theta_);
@@ -427,11 +431,11 @@ ModelSummary LlamaModel::summary() const {
   //   head: norm in + rstd (C+1), output input (C), logits (Vp/p), loss (1); ids, targets (2 i32)
   // A 16-bit compute dtype keeps the linear inputs (q/k/v input, gate/up input,
   // down input, output input, and a copy of the attention output beside the
-  // fp32 one), gate and up, and dlogits (in place of the logits) in 2 bytes;
-  // the rest stays fp32.
+  // fp32 one), packed qkv, gate and up, and dlogits (in place of the logits)
+  // in 2 bytes; the rest stays fp32.
   const int64_t p = tp_, norm = sequence_parallel_ ? (C + 1) / p : C + 1;
   const int64_t block = 2 * norm + 2 * C + (4 * H * D + H + 3 * F) / p;
-  const int64_t block16 = 4 * (2 * norm + (4 * H * D + H) / p) + 2 * (2 * C + (H * D + 3 * F) / p);  // bytes
+  const int64_t block16 = 4 * (2 * norm + (H * D + H) / p) + 2 * (2 * C + (4 * H * D + 3 * F) / p);  // bytes
   s.act_bytes_per_sample = (L * block + norm + C + Vp / p + 1 + 2) * T * 4;
   s.act16_bytes_per_sample = (L * block16 + 4 * (norm + 1 + 2) + 2 * (C + Vp / p)) * T;
   s.seq_length = T;

@@ -331,10 +331,12 @@ void attn_backward_tasks_generic(const AttnShape& a, float* dqkv, const float* d
 
 }  // namespace
 
-void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c,
+void CpuBackend::attention_forward(float* out, float* lse, TypedPtr qkv_in, int64_t b, int64_t t, int64_t c,
                                    int64_t h, const AttentionMask& mask) {
   OpTimer timer(profile_.get(), kOpAttnFwd);
   const AttnShape a = attn_shape(b, t, c, h, mask);
+  Tensor wide;
+  const float* qkv = widen(qkv_in, b * t * 3 * c, wide);  // [B,T,3C] fp32
   const int64_t nq = (t + kAttnTileQ - 1) / kAttnTileQ;
   pool_.parallel_for(b * h * nq, 1, [&](int64_t task0, int64_t task1) {
     if (avx2_) return attn_forward_tasks_avx2(a, out, lse, qkv, task0, task1);
@@ -342,11 +344,13 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int
   });
 }
 
-void CpuBackend::attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+void CpuBackend::attention_backward(float* dqkv, const float* dout, TypedPtr qkv_in, const float* out,
                                     const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                                     const AttentionMask& mask) {
   OpTimer timer(profile_.get(), kOpAttnBwd);
   const AttnShape a = attn_shape(b, t, c, h, mask);
+  Tensor wide;
+  const float* qkv = widen(qkv_in, b * t * 3 * c, wide);  // [B,T,3C] fp32
   const int64_t hs = a.hs;
   // dsum[b,h,i] = dot(dout_i, out_i) per head: the softmax backward term.
   std::vector<float> dsum(static_cast<size_t>(b * h * t));

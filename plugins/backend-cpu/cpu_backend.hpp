@@ -67,9 +67,9 @@ class CpuBackend final : public Backend {
   void gelu_forward(float* out, TypedPtr x, int64_t n) override;
   void gelu_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
 
-  void attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c,
+  void attention_forward(float* out, float* lse, TypedPtr qkv, int64_t b, int64_t t, int64_t c,
                          int64_t h, const AttentionMask& mask = {}) override;
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+  void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, const float* out,
                           const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                           const AttentionMask& mask = {}) override;
   void dropout(float* x, int64_t b, int64_t t, int64_t c, const DropoutArgs& args) override;  // dropout.cpp

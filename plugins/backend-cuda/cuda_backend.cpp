@@ -190,6 +190,15 @@ Tensor CudaBackend::scratch(int64_t n) {
   return allocate({n}, DType::F32, MemCategory::Workspace, false, false);
 }
 
+const float* CudaBackend::widened(TypedPtr p, int64_t n, Tensor& wide, const char* op) {
+  const int type = weight_type(p, op);
+  if (p.dtype == DType::F32) return static_cast<const float*>(p.data);
+  wide = scratch(n);
+  cuda::launch_widen(wide.data<float>(), p.data, type, n, kStream);
+  check_launch(op);
+  return wide.data<float>();
+}
+
 Tensor CudaBackend::allocate(const Shape& shape, DType dtype, MemCategory category, bool zero, bool counted) {
   for (int64_t d : shape) WEFT_ASSERT(d >= 0, "alloc: negative dimension in " + shape_str(shape));
   const int ci = static_cast<int>(category);
@@ -424,19 +433,23 @@ cuda::AttnParams attn_params(int64_t b, int64_t t, int64_t c, int64_t h, const A
 }
 }  // namespace
 
-void CudaBackend::attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c,
+void CudaBackend::attention_forward(float* out, float* lse, TypedPtr qkv_in, int64_t b, int64_t t, int64_t c,
                                     int64_t h, const AttentionMask& mask) {
   const cuda::AttnParams a = attn_params(b, t, c, h, mask);
   use_device();
+  Tensor wide;
+  const float* qkv = widened(qkv_in, b * t * 3 * c, wide, "attention_forward");  // [B,T,3C] fp32
   cuda::launch_attention_forward(out, lse, qkv, a, kStream);
   check_launch("attention_forward");
 }
 
-void CudaBackend::attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+void CudaBackend::attention_backward(float* dqkv, const float* dout, TypedPtr qkv_in, const float* out,
                                      const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                                      const AttentionMask& mask) {
   const cuda::AttnParams a = attn_params(b, t, c, h, mask);
   use_device();
+  Tensor wide;
+  const float* qkv = widened(qkv_in, b * t * 3 * c, wide, "attention_backward");  // [B,T,3C] fp32
   Tensor dsum = scratch(b * h * t);  // [B,H,T]
   cuda::launch_attention_backward(dqkv, dsum.data<float>(), dout, qkv, out, lse, a, kStream);
   check_launch("attention_backward");

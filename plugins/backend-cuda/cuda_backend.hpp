@@ -75,9 +75,9 @@ class CudaBackend final : public Backend {
   void gelu_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
   void gelu_erf_forward(float* out, TypedPtr x, int64_t n) override;
   void gelu_erf_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
-  void attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t, int64_t c, int64_t h,
+  void attention_forward(float* out, float* lse, TypedPtr qkv, int64_t b, int64_t t, int64_t c, int64_t h,
                          const AttentionMask& mask = {}) override;
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
+  void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, const float* out, const float* lse,
                           int64_t b, int64_t t, int64_t c, int64_t h, const AttentionMask& mask = {}) override;
   void dropout(float* x, int64_t b, int64_t t, int64_t c, const DropoutArgs& args) override;
   void embedding_forward(float* out, const int32_t* ids, TypedPtr table, int64_t n, int64_t c, int64_t first,
@@ -126,6 +126,8 @@ class CudaBackend final : public Backend {
   Tensor allocate(const Shape& shape, DType dtype, MemCategory category, bool zero, bool counted);
   // An uncounted fp32 scratch block of n elements (internal workspaces, not in mem_stats).
   Tensor scratch(int64_t n);
+  // p as fp32: p itself, or widened (exactly) into `wide` (n elements of scratch).
+  const float* widened(TypedPtr p, int64_t n, Tensor& wide, const char* op);
   void use_device() const;                     // makes this backend's device current on the calling thread
   void check_launch(const char* kernel) const;  // launch error; with debug, synchronise and check too
   void check_device_errors(const char* where);  // the kernels' error word, cleared once read

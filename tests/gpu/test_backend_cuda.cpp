@@ -502,6 +502,24 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchCpu) {
   expect_close(down(dqg), down(dqc), 1e-4, 5e-5, what + " dqkv");
 }
 
+// q|k|v in each dtype (16-bit modes keep them 16-bit): both backends widen
+// exactly, so the fp32 tolerances above hold.
+TEST_P(CudaWeights, AttentionOfTypedQkvMatchesCpu) {
+  const int64_t nb = 2, t = 37, ch = 48, h = 3, n = nb * t;
+  const Weight qkv = weight(random_vec(n * 3 * ch, 22, -2.f, 2.f), GetParam());
+  Tensor og = poisoned(n * ch), lg = poisoned(nb * h * t), oc = cpu_out(n * ch), lc = cpu_out(nb * h * t);
+  gpu->attention_forward(f(og), f(lg), qkv.g(), nb, t, ch, h);
+  cpu->attention_forward(f(oc), f(lc), qkv.c(), nb, t, ch, h);
+  expect_close(down(og), down(oc), 1e-4, 1e-5, "attention out (typed qkv)");
+  expect_close(down(lg), down(lc), 0, 1e-5, "attention lse (typed qkv)");
+  Vec dout = random_vec(n * ch, 23);
+  Tensor dg = g(dout), dc = c(dout), out_g = g(down(oc)), lse_g = g(down(lc));
+  Tensor dqg = poisoned(n * 3 * ch), dqc = cpu_out(n * 3 * ch);
+  gpu->attention_backward(f(dqg), f(dg), qkv.g(), f(out_g), f(lse_g), nb, t, ch, h);
+  cpu->attention_backward(f(dqc), f(dc), qkv.c(), f(oc), f(lc), nb, t, ch, h);
+  expect_close(down(dqg), down(dqc), 1e-4, 5e-5, "attention dqkv (typed qkv)");
+}
+
 TEST_F(CudaVsCpu, AttentionRefusesHeadsOverTheLimit) {
   Tensor x = g(Vec(3 * 512, 0.f)), o = poisoned(512), l = poisoned(1);
   EXPECT_THROW(gpu->attention_forward(f(o), f(l), f(x), 1, 1, 512, 1), weft::Error);

@@ -165,6 +165,23 @@ TEST_P(DTypeKernels, GeluOfSixteenBitInputsMatchesFp32OnWidenedInputs) {
   }
 }
 
+// Attention of a 16-bit q|k|v (what a 16-bit mode keeps): forward and
+// backward give the fp32 kernel's bits on the widened qkv.
+TEST_P(DTypeKernels, AttentionOfSixteenBitQkvMatchesFp32OnWidenedQkv) {
+  const int64_t b = 2, t = 19, c = 24, h = 3, n = b * t;  // odd T, head size 8
+  const Vec qkv = random_vec(n * 3 * c, 8, -2.f, 2.f), dout = random_vec(n * c, 9);
+  const Half qh = narrow(qkv, dt);
+  const Vec qw = widen(qh, dt);
+  Vec out(n * c), lse(b * h * t), out_w(n * c), lse_w(b * h * t), dq(n * 3 * c), dq_w(n * 3 * c);
+  be.attention_forward(out.data(), lse.data(), TypedPtr(qh.data(), dt), b, t, c, h);
+  be.attention_forward(out_w.data(), lse_w.data(), qw.data(), b, t, c, h);
+  expect_bits(out, out_w, "attention_forward out");
+  expect_bits(lse, lse_w, "attention_forward lse");
+  be.attention_backward(dq.data(), dout.data(), TypedPtr(qh.data(), dt), out.data(), lse.data(), b, t, c, h);
+  be.attention_backward(dq_w.data(), dout.data(), qw.data(), out_w.data(), lse_w.data(), b, t, c, h);
+  expect_bits(dq, dq_w, "attention_backward dqkv");
+}
+
 // SwiGLU of 16-bit gate and up (llama's MLP in a 16-bit mode): forward and
 // backward give the fp32 kernel's bits on the widened inputs.
 TEST_P(DTypeKernels, SwigluOfSixteenBitInputsMatchesFp32OnWidenedInputs) {

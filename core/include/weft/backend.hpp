@@ -125,13 +125,14 @@ class Backend {
     throw Error("backend '" + name() + "' has no exact (erf) GeLU kernel (set model.gelu = \"tanh\")");
   }
 
-  // Causal multi-head attention. qkv[B,T,3C] (q|k|v, heads of size C/H inside each),
-  // out[B,T,C], lse[B,H,T] log-sum-exp of each score row (saved for backward).
+  // Causal multi-head attention. qkv[B,T,3C] (q|k|v, heads of size C/H inside each;
+  // F32, BF16 or F16: 16-bit modes keep it in the compute dtype), out[B,T,C],
+  // lse[B,H,T] log-sum-exp of each score row (saved for backward).
   // `mask` adds document boundaries and dropout (backward takes the same mask).
-  virtual void attention_forward(float* out, float* lse, const float* qkv, int64_t b, int64_t t,
+  virtual void attention_forward(float* out, float* lse, TypedPtr qkv, int64_t b, int64_t t,
                                  int64_t c, int64_t h, const AttentionMask& mask = {}) = 0;
   // dqkv[B,T,3C] = gradient (overwritten)
-  virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+  virtual void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, const float* out,
                                   const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                                   const AttentionMask& mask = {}) = 0;
   // In place: x[B,T,C] *= keep / (1 - p), the mask drawn from the counter-based
