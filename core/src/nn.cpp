@@ -369,6 +369,9 @@ Tensor CausalSelfAttention::forward(Context& ctx, const Tensor& x) {
   if (b * t > 0)
     be.attention_forward(f32(out), f32(lse), TypedPtr::of(qkv), b, t, c, h,
                          attention_mask(ctx, layers_, dropout_, dropout_key_, h));
+  // The output as proj reads it (16-bit in a 16-bit mode, one copy for both:
+  // attention's backward reads it too)
+  out = compute_copy(be, out, weights_dtype(*proj_), MemCategory::Activation);
   ctx.save(this, {qkv, out, lse});
   return proj_->forward(ctx, out);  // [B,T,C]
 }
@@ -386,7 +389,7 @@ Tensor CausalSelfAttention::backward(Context& ctx, const Tensor& dy) {
     WEFT_ASSERT(dout.numel() == out.numel(), "attention dy does not match its output");
     dqkv = be.alloc_uninitialized(qkv.shape(), DType::F32, MemCategory::Workspace);
     if (b * t > 0)
-      be.attention_backward(f32(dqkv), f32(dout), TypedPtr::of(qkv), f32(out), f32(lse), b, t, c, h,
+      be.attention_backward(f32(dqkv), f32(dout), TypedPtr::of(qkv), TypedPtr::of(out), f32(lse), b, t, c, h,
                             attention_mask(ctx, layers_, dropout_, dropout_key_, h));
     ctx.release(this);
   }

@@ -162,7 +162,7 @@ AlignedBytes SafetensorsWriter::next_buffer() {
   changed_.wait(lock, [&] {
     return !error_.empty() || buffered_ || queue_.empty() || queued_bytes_ + size <= kMaxQueuedBytes;
   });
-  if (!error_.empty()) throw Error(error_);
+  if (!error_.empty() && !buffered_) throw Error(error_);  // buffered: finish() reports it
   lock.unlock();
   return pool_->take(size, misalign);
 }
@@ -174,7 +174,7 @@ void SafetensorsWriter::write(const std::string& name, AlignedBytes values) {
   ++next_;
   bytes_ += values.size();
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!error_.empty()) throw Error(error_);
+  if (!error_.empty() && !buffered_) throw Error(error_);  // buffered: finish() reports it
   queued_bytes_ += values.size();
   queue_.push_back(std::move(values));
   changed_.notify_all();

@@ -54,7 +54,7 @@ class SafetensorsWriter {
   // the disk reads it without a copy; fill it and hand it to write().
   AlignedBytes next_buffer();
   // The next tensor of the layout (name and size checked), F32 row-major.
-  // Throws the first write error of the writer's thread.
+  // Throws the first write error of the writer's thread (buffered: finish() does).
   void write(const std::string& name, AlignedBytes values);
   void write(const std::string& name, const std::vector<float>& values);  // copies into next_buffer()
   void finish();

@@ -183,6 +183,9 @@ Tensor LlamaAttention::forward(Context& ctx, const Tensor& x) {
     qkv = nn::compute_copy(be, packed, dt, MemCategory::Activation);
     if (b * t > 0) be.attention_forward(f32(out), f32(lse), TypedPtr::of(qkv), b, t, h * d, h);
   }
+  // The output as o reads it (16-bit in a 16-bit mode, one copy for both:
+  // attention's backward reads it too)
+  out = nn::compute_copy(be, out, nn::weights_dtype(*o_), MemCategory::Activation);
   ctx.save(this, {qkv, out, lse});
   return o_->forward(ctx, out);  // [B,T,C]
 }
@@ -204,7 +207,7 @@ Tensor LlamaAttention::backward(Context& ctx, const Tensor& dy) {
     dk = be.alloc_uninitialized({b, t, kv * d}, DType::F32, MemCategory::Workspace);
     dv = be.alloc_uninitialized({b, t, kv * d}, DType::F32, MemCategory::Workspace);
     if (b * t > 0) {
-      be.attention_backward(f32(dqkv), f32(dout), TypedPtr::of(qkv), f32(out), f32(lse), b, t, h * d, h);
+      be.attention_backward(f32(dqkv), f32(dout), TypedPtr::of(qkv), TypedPtr::of(out), f32(lse), b, t, h * d, h);
       be.gqa_unpack(f32(dq), f32(dk), f32(dv), f32(dqkv), b, t, h, kv, d);
       be.rope_backward(f32(dq), f32(dq), b, t, h, d, rope_theta_);
       be.rope_backward(f32(dk), f32(dk), b, t, kv, d, rope_theta_);
@@ -429,13 +432,12 @@ ModelSummary LlamaModel::summary() const {
   //   per block: attn_norm in + rstd (C+1), q/k/v input (C), packed qkv (3HD/p), attention out (HD/p),
   //              lse (H/p), mlp_norm in + rstd (C+1), gate/up input (C), gate, up (2F/p), down input (F/p)
   //   head: norm in + rstd (C+1), output input (C), logits (Vp/p), loss (1); ids, targets (2 i32)
-  // A 16-bit compute dtype keeps the linear inputs (q/k/v input, gate/up input,
-  // down input, output input, and a copy of the attention output beside the
-  // fp32 one), packed qkv, gate and up, and dlogits (in place of the logits)
-  // in 2 bytes; the rest stays fp32.
+  // A 16-bit compute dtype keeps the linear inputs (q/k/v input, attention
+  // out, gate/up input, down input, output input), packed qkv, gate and up,
+  // and dlogits (in place of the logits) in 2 bytes; the rest stays fp32.
   const int64_t p = tp_, norm = sequence_parallel_ ? (C + 1) / p : C + 1;
   const int64_t block = 2 * norm + 2 * C + (4 * H * D + H + 3 * F) / p;
-  const int64_t block16 = 4 * (2 * norm + (H * D + H) / p) + 2 * (2 * C + (4 * H * D + 3 * F) / p);  // bytes
+  const int64_t block16 = 4 * (2 * norm + H / p) + 2 * (2 * C + (4 * H * D + 3 * F) / p);  // bytes
   s.act_bytes_per_sample = (L * block + norm + C + Vp / p + 1 + 2) * T * 4;
   s.act16_bytes_per_sample = (L * block16 + 4 * (norm + 1 + 2) + 2 * (C + Vp / p)) * T;
   s.seq_length = T;

@@ -344,13 +344,14 @@ void CpuBackend::attention_forward(float* out, float* lse, TypedPtr qkv_in, int6
   });
 }
 
-void CpuBackend::attention_backward(float* dqkv, const float* dout, TypedPtr qkv_in, const float* out,
+void CpuBackend::attention_backward(float* dqkv, const float* dout, TypedPtr qkv_in, TypedPtr out_in,
                                     const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                                     const AttentionMask& mask) {
   OpTimer timer(profile_.get(), kOpAttnBwd);
   const AttnShape a = attn_shape(b, t, c, h, mask);
-  Tensor wide;
+  Tensor wide, wide_out;
   const float* qkv = widen(qkv_in, b * t * 3 * c, wide);  // [B,T,3C] fp32
+  const float* out = widen(out_in, b * t * c, wide_out);  // [B,T,C] fp32
   const int64_t hs = a.hs;
   // dsum[b,h,i] = dot(dout_i, out_i) per head: the softmax backward term.
   std::vector<float> dsum(static_cast<size_t>(b * h * t));

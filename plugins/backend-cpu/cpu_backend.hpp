@@ -69,7 +69,7 @@ class CpuBackend final : public Backend {
 
   void attention_forward(float* out, float* lse, TypedPtr qkv, int64_t b, int64_t t, int64_t c,
                          int64_t h, const AttentionMask& mask = {}) override;
-  void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, const float* out,
+  void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, TypedPtr out,
                           const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                           const AttentionMask& mask = {}) override;
   void dropout(float* x, int64_t b, int64_t t, int64_t c, const DropoutArgs& args) override;  // dropout.cpp

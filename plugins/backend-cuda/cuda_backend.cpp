@@ -443,13 +443,15 @@ void CudaBackend::attention_forward(float* out, float* lse, TypedPtr qkv_in, int
   check_launch("attention_forward");
 }
 
-void CudaBackend::attention_backward(float* dqkv, const float* dout, TypedPtr qkv_in, const float* out,
+void CudaBackend::attention_backward(float* dqkv, const float* dout, TypedPtr qkv_in, TypedPtr out_in,
                                      const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                                      const AttentionMask& mask) {
   const cuda::AttnParams a = attn_params(b, t, c, h, mask);
   use_device();
   Tensor wide;
   const float* qkv = widened(qkv_in, b * t * 3 * c, wide, "attention_backward");  // [B,T,3C] fp32
+  Tensor wide_out;
+  const float* out = widened(out_in, b * t * c, wide_out, "attention_backward");  // [B,T,C] fp32
   Tensor dsum = scratch(b * h * t);  // [B,H,T]
   cuda::launch_attention_backward(dqkv, dsum.data<float>(), dout, qkv, out, lse, a, kStream);
   check_launch("attention_backward");

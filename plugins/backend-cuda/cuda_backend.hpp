@@ -77,7 +77,7 @@ class CudaBackend final : public Backend {
   void gelu_erf_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
   void attention_forward(float* out, float* lse, TypedPtr qkv, int64_t b, int64_t t, int64_t c, int64_t h,
                          const AttentionMask& mask = {}) override;
-  void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, const float* out, const float* lse,
+  void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, TypedPtr out, const float* lse,
                           int64_t b, int64_t t, int64_t c, int64_t h, const AttentionMask& mask = {}) override;
   void dropout(float* x, int64_t b, int64_t t, int64_t c, const DropoutArgs& args) override;
   void embedding_forward(float* out, const int32_t* ids, TypedPtr table, int64_t n, int64_t c, int64_t first,

@@ -431,7 +431,7 @@ def act_bytes_per_sample(C, L, T, H, Vp, p, recompute_blocks=0, compute16=False)
     """Saved activation bytes of one sequence, all layers, per tensor rank (docs/distributed.md)."""
     ln = C + 2
     if compute16:  # linear inputs, q|k|v, GeLU's input and output, dlogits in 2 bytes; the rest fp32
-        block = 4 * (2 * ln + (C + H) // p) + 2 * (2 * C + 12 * C // p)
+        block = 4 * (2 * ln + H // p) + 2 * (2 * C + 12 * C // p)
         head = 4 * (ln + 1 + 2) + 2 * (C + Vp // p)
     else:
         block = 4 * (2 * ln + 2 * C + (12 * C + H) // p)

@@ -31,7 +31,7 @@ class StubBackend : public weft::Backend {
   void gelu_backward(float*, weft::TypedPtr, const float*, int64_t) override {}
   void attention_forward(float*, float*, weft::TypedPtr, int64_t, int64_t, int64_t, int64_t,
                          const weft::AttentionMask&) override {}
-  void attention_backward(float*, const float*, weft::TypedPtr, const float*, const float*, int64_t, int64_t,
+  void attention_backward(float*, const float*, weft::TypedPtr, weft::TypedPtr, const float*, int64_t, int64_t,
                           int64_t, int64_t, const weft::AttentionMask&) override {}
   void embedding_forward(float*, const int32_t*, weft::TypedPtr, int64_t, int64_t, int64_t, int64_t) override {}
   void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t) override {}

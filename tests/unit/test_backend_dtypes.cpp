@@ -165,8 +165,8 @@ TEST_P(DTypeKernels, GeluOfSixteenBitInputsMatchesFp32OnWidenedInputs) {
   }
 }
 
-// Attention of a 16-bit q|k|v (what a 16-bit mode keeps): forward and
-// backward give the fp32 kernel's bits on the widened qkv.
+// Attention of a 16-bit q|k|v and, backward, a 16-bit output (what a 16-bit
+// mode keeps): the fp32 kernel's bits on the widened inputs.
 TEST_P(DTypeKernels, AttentionOfSixteenBitQkvMatchesFp32OnWidenedQkv) {
   const int64_t b = 2, t = 19, c = 24, h = 3, n = b * t;  // odd T, head size 8
   const Vec qkv = random_vec(n * 3 * c, 8, -2.f, 2.f), dout = random_vec(n * c, 9);
@@ -177,8 +177,11 @@ TEST_P(DTypeKernels, AttentionOfSixteenBitQkvMatchesFp32OnWidenedQkv) {
   be.attention_forward(out_w.data(), lse_w.data(), qw.data(), b, t, c, h);
   expect_bits(out, out_w, "attention_forward out");
   expect_bits(lse, lse_w, "attention_forward lse");
-  be.attention_backward(dq.data(), dout.data(), TypedPtr(qh.data(), dt), out.data(), lse.data(), b, t, c, h);
-  be.attention_backward(dq_w.data(), dout.data(), qw.data(), out_w.data(), lse_w.data(), b, t, c, h);
+  const Half oh = narrow(out, dt);
+  const Vec ow = widen(oh, dt);
+  be.attention_backward(dq.data(), dout.data(), TypedPtr(qh.data(), dt), TypedPtr(oh.data(), dt), lse.data(), b, t,
+                        c, h);
+  be.attention_backward(dq_w.data(), dout.data(), qw.data(), ow.data(), lse_w.data(), b, t, c, h);
   expect_bits(dq, dq_w, "attention_backward dqkv");
 }
 

@@ -258,6 +258,29 @@ TEST(SafetensorsWriter, AFailedWriteIsReportedAndLeavesNoFile) {
   std::signal(SIGXFSZ, old_handler);
   EXPECT_NE(error.find("write failed"), std::string::npos) << error;
   EXPECT_NE(error.find(p.string() + ".tmp."), std::string::npos) << error;
+  // Buffered (a save committed on another thread): the tensors are still
+  // taken, and finish() reports the failure.
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::signal(SIGXFSZ, SIG_IGN);
+  std::string collect_error, finish_error;
+  {
+    weft::SafetensorsWriter w(p.string(), {{"a", {1 << 20}}, {"b", {1 << 20}}}, {}, /*buffered=*/true);
+    try {
+      w.write("a", pattern(1 << 20, 0));
+      w.write("b", pattern(1 << 20, 1));
+    } catch (const weft::Error& e) {
+      collect_error = e.what();
+    }
+    try {
+      w.finish();
+    } catch (const weft::Error& e) {
+      finish_error = e.what();
+    }
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  EXPECT_EQ(collect_error, "");
+  EXPECT_NE(finish_error.find("write failed"), std::string::npos) << finish_error;
   for (const auto& e : fs::directory_iterator(p.parent_path()))
     EXPECT_EQ(e.path().filename().string().find("limited"), std::string::npos) << e.path();
 }

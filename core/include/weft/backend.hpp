@@ -131,8 +131,9 @@ class Backend {
   // `mask` adds document boundaries and dropout (backward takes the same mask).
   virtual void attention_forward(float* out, float* lse, TypedPtr qkv, int64_t b, int64_t t,
                                  int64_t c, int64_t h, const AttentionMask& mask = {}) = 0;
-  // dqkv[B,T,3C] = gradient (overwritten)
-  virtual void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, const float* out,
+  // dqkv[B,T,3C] = gradient (overwritten); out as forward wrote it or rounded to
+  // the compute dtype (what 16-bit modes keep)
+  virtual void attention_backward(float* dqkv, const float* dout, TypedPtr qkv, TypedPtr out,
                                   const float* lse, int64_t b, int64_t t, int64_t c, int64_t h,
                                   const AttentionMask& mask = {}) = 0;
   // In place: x[B,T,C] *= keep / (1 - p), the mask drawn from the counter-based
