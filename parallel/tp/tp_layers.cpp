@@ -139,7 +139,10 @@ RowParallelLinear::RowParallelLinear(const LinearSpec& spec, const TpGroup& grou
 }
 
 Tensor RowParallelLinear::forward(Context& ctx, const Tensor& x) {
-  check_input(x, in_local_, weight_.name);
+  // fp32, or already in the weights' dtype (attention keeps its output so)
+  if (x.dtype() != weight_.data.dtype()) check_input(x, in_local_, weight_.name);
+  WEFT_ASSERT(!x.shape().empty() && x.dim(-1) == in_local_,
+              weight_.name + ": expected [..., " + std::to_string(in_local_) + "], got " + shape_str(x.shape()));
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / in_local_;
   Tensor partial = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);
