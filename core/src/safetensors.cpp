@@ -26,24 +26,16 @@ constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 
 }  // namespace
 
-namespace {
-
-void write_all_sync(const std::string& path, const std::vector<std::pair<const char*, size_t>>& chunks) {
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   try {
-    DurableFile file(path);
-    for (const auto& [data, size] : chunks) file.append(data, size);
+    DurableFile file(tmp);
+    file.append(text.data(), text.size());
     file.finish();
   } catch (const Error&) {
-    std::remove(path.c_str());
+    std::remove(tmp.c_str());
     throw;
   }
-}
-
-}  // namespace
-
-void write_file_atomic(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  write_all_sync(tmp, {{text.data(), text.size()}});
   std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec) {
@@ -54,28 +46,11 @@ void write_file_atomic(const std::string& path, const std::string& text) {
 
 void write_safetensors(const std::string& path, const std::vector<NamedArray>& tensors,
                        const std::map<std::string, std::string>& metadata) {
-  json header = json::object();
-  uint64_t offset = 0;
-  for (const auto& t : tensors) {
-    WEFT_ASSERT(static_cast<int64_t>(t.values.size()) == shape_numel(t.shape), "safetensors: " + t.name + " size");
-    uint64_t bytes = t.values.size() * sizeof(float);
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::string text = header.dump();
-  while ((8 + text.size()) % 8 != 0) text += ' ';  // align the data to 8 bytes
-  uint64_t n = text.size();
-  unsigned char len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  std::vector<std::pair<const char*, size_t>> chunks = {{reinterpret_cast<const char*>(len), 8}, {text.data(), n}};
-  for (const auto& t : tensors)
-    chunks.push_back({reinterpret_cast<const char*>(t.values.data()), t.values.size() * sizeof(float)});
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  write_all_sync(tmp, chunks);
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw Error(path + ": cannot rename into place: " + ec.message());
+  std::vector<std::pair<std::string, Shape>> layout;
+  for (const auto& t : tensors) layout.push_back({t.name, t.shape});
+  SafetensorsWriter out(path, layout, metadata);
+  for (const auto& t : tensors) out.write(t.name, t.values);
+  out.finish();
 }
 
 constexpr uint64_t kMaxQueuedBytes = 64u << 20;

@@ -513,7 +513,7 @@ TEST_P(CudaWeights, AttentionOfTypedQkvMatchesCpu) {
   expect_close(down(og), down(oc), 1e-4, 1e-5, "attention out (typed qkv)");
   expect_close(down(lg), down(lc), 0, 1e-5, "attention lse (typed qkv)");
   Vec dout = random_vec(n * ch, 23);
-  Tensor dg = g(dout), dc = c(dout), out_g = g(down(oc)), lse_g = g(down(lc));
+  Tensor dg = g(dout), dc = c(dout), lse_g = g(down(lc));
   Tensor dqg = poisoned(n * 3 * ch), dqc = cpu_out(n * 3 * ch);
   const Weight out = weight(down(oc), GetParam());  // the output as a 16-bit mode keeps it
   gpu->attention_backward(f(dqg), f(dg), qkv.g(), out.g(), f(lse_g), nb, t, ch, h);

@@ -563,6 +563,16 @@ TEST_F(NnTest, GptStepsTakeNoFreshBlocksAfterTheFirst) {
   EXPECT_GT(be.cache_hits(), hits + 20);  // and later steps reuse them
 }
 
+// 3 blocks of width 16, 2 heads, 8 tokens: the activation-bytes tests' model.
+gpt::GptConfig activation_test_config() {
+  gpt::GptConfig c = tiny_gpt_config();
+  c.layers = 3;
+  c.hidden = 16;
+  c.heads = 2;
+  c.seq_length = 8;
+  return c;
+}
+
 // Saved activations in the compute dtype (docs/precision.md): with 16-bit
 // weights every linear layer keeps the 16-bit copy of its input that its GEMM
 // reads, attention keeps q|k|v in 16 bits (and its output, the copy proj
@@ -573,11 +583,7 @@ TEST_F(NnTest, GptStepsTakeNoFreshBlocksAfterTheFirst) {
 //   head:      lnf out (C), dlogits (Vp)
 // i.e. N (28 L C + 2 C + 2 Vp) bytes, N = B T tokens.
 TEST_F(NnTest, SixteenBitModesSaveLinearInputsQkvAndDlogitsInSixteenBits) {
-  gpt::GptConfig c = tiny_gpt_config();
-  c.layers = 3;
-  c.hidden = 16;
-  c.heads = 2;
-  c.seq_length = 8;
+  gpt::GptConfig c = activation_test_config();
   const int64_t b = 2, n = b * c.seq_length;
   std::map<DType, int64_t> saved;
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
@@ -988,11 +994,7 @@ int64_t saved_activation_bytes(Backend& be, Model& model, DType dt, int64_t b, i
 TEST_F(NnTest, SummaryActivationBytesEqualWhatTheModelsKeep) {
   const int64_t b = 2;
   const auto batch_bytes = [&](int64_t t) { return b * t * 12; };
-  gpt::GptConfig g = tiny_gpt_config();
-  g.layers = 3;
-  g.hidden = 16;
-  g.heads = 2;
-  g.seq_length = 8;
+  const gpt::GptConfig g = activation_test_config();
   llama::LlamaConfig l;
   l.layers = 3;
   l.hidden = 16;
