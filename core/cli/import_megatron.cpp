@@ -194,6 +194,7 @@ const FlagRule kFlags[] = {
 
     {"--attention-softmax-in-fp32", Take::Ignored, 0, "", "", "weft's softmax is always fp32", false},
     {"--accumulate-allreduce-grads-in-fp32", Take::Ignored, 0, "", "", "weft's gradients are fp32", false},
+    {"--fp32-residual-connection", Take::Ignored, 0, "", "", "weft's residual stream is always fp32", false},
     {"--apply-query-key-layer-scaling", Take::Ignored, 0, "", "", "mathematically the same scores", false},
     {"--num-workers", Take::Ignored, 1, "", "", "data loading", false},
     {"--dataloader-type", Take::Ignored, 1, "", "", "data loading", false},

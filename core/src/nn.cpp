@@ -272,13 +272,15 @@ Tensor LayerNorm::forward(Context& ctx, const Tensor& x) {
   check_f32(x, dim_, "LayerNorm input");
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / dim_;
+  // 16-bit modes normalise (and keep for backward) x rounded to the compute dtype.
+  Tensor xs = compute_copy(be, x, weight_.data.dtype(), MemCategory::Activation);  // [..., C]
   Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [..., C]
   Tensor mean = be.alloc_uninitialized({n}, DType::F32, MemCategory::Activation);     // [N]
   Tensor rstd = be.alloc_uninitialized({n}, DType::F32, MemCategory::Activation);     // [N]
   if (n > 0)
-    be.layernorm_forward(f32(y), f32(mean), f32(rstd), f32(x), weight_ptr(weight_), weight_ptr(bias_), n, dim_,
-                         eps_);
-  ctx.save(this, {x, mean, rstd});
+    be.layernorm_forward(f32(y), f32(mean), f32(rstd), TypedPtr::of(xs), weight_ptr(weight_), weight_ptr(bias_), n,
+                         dim_, eps_);
+  ctx.save(this, {xs, mean, rstd});
   return y;
 }
 
@@ -291,8 +293,8 @@ Tensor LayerNorm::backward(Context& ctx, const Tensor& dy) {
   const int64_t n = x.numel() / dim_;
   Tensor dx = be.alloc(x.shape(), DType::F32, MemCategory::Workspace);  // [..., C], zero-filled
   if (n > 0)
-    be.layernorm_backward(f32(dx), f32(weight_.grad), f32(bias_.grad), f32(dy), f32(x), weight_ptr(weight_),
-                          f32(mean), f32(rstd), n, dim_);
+    be.layernorm_backward(f32(dx), f32(weight_.grad), f32(bias_.grad), f32(dy), TypedPtr::of(x),
+                          weight_ptr(weight_), f32(mean), f32(rstd), n, dim_);
   ctx.release(this);
   grad_ready(ctx, weight_);
   grad_ready(ctx, bias_);

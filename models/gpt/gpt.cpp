@@ -292,12 +292,13 @@ ModelSummary GptModel::summary() const {
   //              ln2 in + mean/rstd (C+2), fc in (C), fc out (4C/p), gelu out (4C/p)
   //   head: lnf in + mean/rstd (C+2), lnf out (C), logits (Vp/p), loss (1); ids, targets (2 i32)
   // Sequence parallelism keeps the LayerNorm inputs and statistics on T/p tokens.
-  // A 16-bit compute dtype keeps the linear inputs (qkv in, attn out, fc in,
-  // lnf out), qkv, GeLU's input and output and dlogits (in place of the
-  // logits) in 2 bytes; the rest stays fp32.
+  // A 16-bit compute dtype keeps the LayerNorm inputs, the linear inputs (qkv
+  // in, attn out, fc in, lnf out), qkv, GeLU's input and output and dlogits
+  // (in place of the logits) in 2 bytes; statistics, lse and loss stay fp32.
   const int64_t p = tp_, ln = sequence_parallel_ ? (C + 2) / p : C + 2;
+  const int64_t ln16 = sequence_parallel_ ? (2 * C + 8) / p : 2 * C + 8;  // bytes: 16-bit input, fp32 mean/rstd
   const int64_t block = 2 * ln + 2 * C + (12 * C + H) / p;
-  const int64_t block16 = 4 * (2 * ln + H / p) + 2 * (2 * C + 12 * C / p);  // bytes
+  const int64_t block16 = 2 * ln16 + 4 * (H / p) + 2 * (2 * C + 12 * C / p);  // bytes
   // A recomputed block keeps only its input (C, or C/p under sequence parallelism),
   // plus one block's activations while it is recomputed.
   int64_t blocks = 0, recomputed = 0;
@@ -306,7 +307,7 @@ ModelSummary GptModel::summary() const {
   const int64_t per_token = blocks * block + recomputed * kept_input + (recomputed > 0 ? block : 0) + ln + C +
                             Vp / p + 1 + 2;
   const int64_t per_token16 = blocks * block16 + 4 * recomputed * kept_input + (recomputed > 0 ? block16 : 0) +
-                              4 * (ln + 1 + 2) + 2 * (C + Vp / p);
+                              ln16 + 4 * (1 + 2) + 2 * (C + Vp / p);
   s.act_bytes_per_sample = per_token * T * 4;
   s.act16_bytes_per_sample = per_token16 * T;
   s.seq_length = T;

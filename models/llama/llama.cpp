@@ -120,10 +120,12 @@ Tensor RmsNorm::forward(Context& ctx, const Tensor& x) {
   WEFT_ASSERT(x.defined() && x.dtype() == DType::F32 && x.dim(-1) == dim_, "RmsNorm input must be [..., C] f32");
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / dim_;
+  // 16-bit modes normalise (and keep for backward) x rounded to the compute dtype.
+  Tensor xs = nn::compute_copy(be, x, weight_.data.dtype(), MemCategory::Activation);  // [..., C]
   Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [..., C]
   Tensor rstd = be.alloc_uninitialized({n}, DType::F32, MemCategory::Activation);     // [N]
-  if (n > 0) be.rmsnorm_forward(f32(y), f32(rstd), f32(x), nn::weight_ptr(weight_), n, dim_, eps_);
-  ctx.save(this, {x, rstd});
+  if (n > 0) be.rmsnorm_forward(f32(y), f32(rstd), TypedPtr::of(xs), nn::weight_ptr(weight_), n, dim_, eps_);
+  ctx.save(this, {xs, rstd});
   return y;
 }
 
@@ -135,7 +137,8 @@ Tensor RmsNorm::backward(Context& ctx, const Tensor& dy) {
   const int64_t n = x.numel() / dim_;
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);
   if (n > 0)
-    be.rmsnorm_backward(f32(dx), f32(weight_.grad), f32(dy), f32(x), nn::weight_ptr(weight_), f32(rstd), n, dim_);
+    be.rmsnorm_backward(f32(dx), f32(weight_.grad), f32(dy), TypedPtr::of(x), nn::weight_ptr(weight_), f32(rstd), n,
+                        dim_);
   ctx.release(this);
   nn::grad_ready(ctx, weight_);
   return dx;
@@ -432,14 +435,16 @@ ModelSummary LlamaModel::summary() const {
   //   per block: attn_norm in + rstd (C+1), q/k/v input (C), packed qkv (3HD/p), attention out (HD/p),
   //              lse (H/p), mlp_norm in + rstd (C+1), gate/up input (C), gate, up (2F/p), down input (F/p)
   //   head: norm in + rstd (C+1), output input (C), logits (Vp/p), loss (1); ids, targets (2 i32)
-  // A 16-bit compute dtype keeps the linear inputs (q/k/v input, attention
-  // out, gate/up input, down input, output input), packed qkv, gate and up,
-  // and dlogits (in place of the logits) in 2 bytes; the rest stays fp32.
+  // A 16-bit compute dtype keeps the RMSNorm inputs, the linear inputs (q/k/v
+  // input, attention out, gate/up input, down input, output input), packed
+  // qkv, gate and up, and dlogits (in place of the logits) in 2 bytes;
+  // rstd, lse and loss stay fp32.
   const int64_t p = tp_, norm = sequence_parallel_ ? (C + 1) / p : C + 1;
   const int64_t block = 2 * norm + 2 * C + (4 * H * D + H + 3 * F) / p;
-  const int64_t block16 = 4 * (2 * norm + H / p) + 2 * (2 * C + (4 * H * D + 3 * F) / p);  // bytes
+  const int64_t norm16 = sequence_parallel_ ? (2 * C + 4) / p : 2 * C + 4;  // bytes: 16-bit input, fp32 rstd
+  const int64_t block16 = 2 * norm16 + 4 * (H / p) + 2 * (2 * C + (4 * H * D + 3 * F) / p);  // bytes
   s.act_bytes_per_sample = (L * block + norm + C + Vp / p + 1 + 2) * T * 4;
-  s.act16_bytes_per_sample = (L * block16 + 4 * (norm + 1 + 2) + 2 * (C + Vp / p)) * T;
+  s.act16_bytes_per_sample = (L * block16 + norm16 + 4 * (1 + 2) + 2 * (C + Vp / p)) * T;
   s.seq_length = T;
   s.hidden = C;
   s.vocab = c.vocab;

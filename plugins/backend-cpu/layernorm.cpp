@@ -120,10 +120,11 @@ WEFT_DISPATCH(layernorm_param_grad_cols,
 
 }  // namespace
 
-void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* x, TypedPtr w_in,
+void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, TypedPtr x_in, TypedPtr w_in,
                                    TypedPtr b_in, int64_t n, int64_t c, float eps) {
   OpTimer timer(profile_.get(), kOpLnFwd);
-  Tensor wide_w, wide_b;
+  Tensor wide_x, wide_w, wide_b;
+  const float* x = widen(x_in, n * c, wide_x);  // [N,C] fp32
   const float* w = widen(w_in, c, wide_w);
   const float* b = widen(b_in, c, wide_b);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
@@ -132,10 +133,11 @@ void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const f
   });
 }
 
-void CpuBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
+void CpuBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, TypedPtr x_in,
                                     TypedPtr w_in, const float* mean, const float* rstd, int64_t n, int64_t c) {
   OpTimer timer(profile_.get(), kOpLnBwd);
-  Tensor wide_w;
+  Tensor wide_x, wide_w;
+  const float* x = widen(x_in, n * c, wide_x);  // [N,C] fp32, read by both passes
   const float* w = widen(w_in, c, wide_w);
   pool_.parallel_for(n, row_grain(c), [&](int64_t r0, int64_t r1) {
     std::vector<float> tmp(2 * c);

@@ -80,8 +80,10 @@ float sigmoid(float g) { return 1.f / (1.f + std::exp(-g)); }
 
 // ---------------------------------------------------------------- RMSNorm
 
-void CpuBackend::rmsnorm_forward(float* out, float* rstd, const float* x, TypedPtr w_in, int64_t n, int64_t c,
+void CpuBackend::rmsnorm_forward(float* out, float* rstd, TypedPtr x_in, TypedPtr w_in, int64_t n, int64_t c,
                                  float eps) {
+  Tensor wide_x;
+  const float* x = widen(x_in, n * c, wide_x);  // [N,C] fp32
   const std::vector<float> w = widened(w_in, c);
   pool_.parallel_for(n, rows_per_chunk(c), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -98,8 +100,10 @@ void CpuBackend::rmsnorm_forward(float* out, float* rstd, const float* x, TypedP
 
 // y_j = w_j x_j r with r = (mean(x^2) + eps)^-1/2, dr/dx_k = -r^3 x_k / C:
 //   dx_k = r w_k dy_k - r^3 x_k / C * sum_j w_j dy_j x_j,   dw_j += sum over rows dy_j x_j r.
-void CpuBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, TypedPtr w_in,
+void CpuBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, TypedPtr x_in, TypedPtr w_in,
                                   const float* rstd, int64_t n, int64_t c) {
+  Tensor wide_x;
+  const float* x = widen(x_in, n * c, wide_x);  // [N,C] fp32, read by both passes
   const std::vector<float> w = widened(w_in, c);
   pool_.parallel_for(n, rows_per_chunk(c), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {

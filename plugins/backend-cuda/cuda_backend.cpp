@@ -372,17 +372,21 @@ void CudaBackend::bias_grad(float* dbias, const float* dout, int64_t n, int64_t 
   check_launch("bias_grad");
 }
 
-void CudaBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* x, TypedPtr w, TypedPtr b,
+void CudaBackend::layernorm_forward(float* out, float* mean, float* rstd, TypedPtr x_in, TypedPtr w, TypedPtr b,
                                     int64_t n, int64_t c, float eps) {
   use_device();
+  Tensor wide;
+  const float* x = widened(x_in, n * c, wide, "layernorm_forward");  // [N,C] fp32
   cuda::launch_layernorm_forward(out, mean, rstd, x, w.data, weight_type(w, "layernorm_forward"), b.data,
                                  weight_type(b, "layernorm_forward"), n, c, eps, kStream);
   check_launch("layernorm_forward");
 }
 
-void CudaBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, TypedPtr w,
+void CudaBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, TypedPtr x_in, TypedPtr w,
                                      const float* mean, const float* rstd, int64_t n, int64_t c) {
   use_device();
+  Tensor wide;
+  const float* x = widened(x_in, n * c, wide, "layernorm_backward");  // [N,C] fp32
   Tensor work = scratch(4 * cuda::col_chunks(n) * c);  // [2, chunks, C] doubles
   cuda::launch_layernorm_backward(dx, dw, db, dout, x, w.data, weight_type(w, "layernorm_backward"), mean, rstd,
                                   reinterpret_cast<double*>(work.raw()), n, c, kStream);
@@ -590,16 +594,20 @@ void CudaBackend::cast(const Tensor& dst, const Tensor& src) {
 // ---------------------------------------------------------------------------
 // Llama family
 
-void CudaBackend::rmsnorm_forward(float* out, float* rstd, const float* x, TypedPtr w, int64_t n, int64_t c,
+void CudaBackend::rmsnorm_forward(float* out, float* rstd, TypedPtr x_in, TypedPtr w, int64_t n, int64_t c,
                                   float eps) {
   use_device();
+  Tensor wide;
+  const float* x = widened(x_in, n * c, wide, "rmsnorm_forward");  // [N,C] fp32
   cuda::launch_rmsnorm_forward(out, rstd, x, w.data, weight_type(w, "rmsnorm_forward"), n, c, eps, kStream);
   check_launch("rmsnorm_forward");
 }
 
-void CudaBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, TypedPtr w,
+void CudaBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, TypedPtr x_in, TypedPtr w,
                                    const float* rstd, int64_t n, int64_t c) {
   use_device();
+  Tensor wide;
+  const float* x = widened(x_in, n * c, wide, "rmsnorm_backward");  // [N,C] fp32
   Tensor work = scratch(2 * cuda::col_chunks(n) * c);  // [chunks, C] doubles
   cuda::launch_rmsnorm_backward(dx, dw, dout, x, w.data, weight_type(w, "rmsnorm_backward"), rstd,
                                 reinterpret_cast<double*>(work.raw()), n, c, kStream);

@@ -67,9 +67,9 @@ class CudaBackend final : public Backend {
   void gemm(const GemmArgs& args) override;
   void add_bias(float* out, TypedPtr bias, int64_t n, int64_t o) override;
   void bias_grad(float* dbias, const float* dout, int64_t n, int64_t o) override;
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* x, TypedPtr w, TypedPtr b, int64_t n,
+  void layernorm_forward(float* out, float* mean, float* rstd, TypedPtr x, TypedPtr w, TypedPtr b, int64_t n,
                          int64_t c, float eps) override;
-  void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, TypedPtr w,
+  void layernorm_backward(float* dx, float* dw, float* db, const float* dout, TypedPtr x, TypedPtr w,
                           const float* mean, const float* rstd, int64_t n, int64_t c) override;
   void gelu_forward(float* out, TypedPtr x, int64_t n) override;
   void gelu_backward(float* dx, TypedPtr x, const float* dout, int64_t n) override;
@@ -103,9 +103,9 @@ class CudaBackend final : public Backend {
              float weight_decay, int64_t step, float grad_scale) override;
   void cast(const Tensor& dst, const Tensor& src) override;
   bool supports_compute_dtype(DType dtype) const override;
-  void rmsnorm_forward(float* out, float* rstd, const float* x, TypedPtr w, int64_t n, int64_t c,
+  void rmsnorm_forward(float* out, float* rstd, TypedPtr x, TypedPtr w, int64_t n, int64_t c,
                        float eps) override;
-  void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, TypedPtr w, const float* rstd,
+  void rmsnorm_backward(float* dx, float* dw, const float* dout, TypedPtr x, TypedPtr w, const float* rstd,
                         int64_t n, int64_t c) override;
   void rope_forward(float* out, const float* x, int64_t b, int64_t t, int64_t h, int64_t d, float theta) override;
   void rope_backward(float* dx, const float* dout, int64_t b, int64_t t, int64_t h, int64_t d, float theta) override;

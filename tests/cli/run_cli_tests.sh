@@ -309,6 +309,9 @@ expect_rc 0
 expect_no_crash
 if ! grep -aqE '^weft [0-9]+\.[0-9]+\.[0-9]+ \(plugin ABI [0-9]+\)$' "$OUT"; then problem "version line: $(head -n 1 "$OUT")"; fi
 finish
+# The ABI this build expects; the bad-abi fixture is built with one more.
+ABI=$(sed -nE 's/^weft .* \(plugin ABI ([0-9]+)\)$/\1/p' "$OUT" | head -n 1)
+BAD_ABI_CAUSE="ABI version $((${ABI:-0} + 1)), this weft expects ${ABI:-?}"
 
 begin "plugins lists the built-ins"
 run -- plugins
@@ -379,7 +382,7 @@ plugin_refusal() {
 }
 plugin_refusal not-elf not-a-library.so "not a shared library (no ELF header)"
 plugin_refusal no-entry libfixture-no-entry.so "missing entry point 'weft_plugin_info'"
-plugin_refusal bad-abi libfixture-bad-abi.so "ABI version 7, this weft expects 6"
+plugin_refusal bad-abi libfixture-bad-abi.so "$BAD_ABI_CAUSE"
 plugin_refusal unresolved libfixture-unresolved.so "unresolved symbol: weft_fixture_missing_symbol"
 plugin_refusal throws libfixture-throws.so "registration failed: fixture refuses to register (needs /dev/fixture)"
 plugin_refusal throws-other libfixture-throws-other.so "registration failed"
@@ -405,7 +408,7 @@ expect_rc 2
 expect_one_error_line
 expect_no_crash
 expect_err_has "--set tokenizer.plugin=fixture-bad-abi: tokenizer.plugin: no tokenizer plugin named 'fixture-bad-abi'" \
-  "$FIX/bad-abi/libfixture-bad-abi.so: ABI version 7, this weft expects 6"
+  "$FIX/bad-abi/libfixture-bad-abi.so: $BAD_ABI_CAUSE"
 finish
 
 begin "check uses a fixture plugin from WEFT_PLUGIN_PATH"

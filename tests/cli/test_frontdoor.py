@@ -430,9 +430,10 @@ def gpt_layout(C, L, T, H, Vp, p, S):
 def act_bytes_per_sample(C, L, T, H, Vp, p, recompute_blocks=0, compute16=False):
     """Saved activation bytes of one sequence, all layers, per tensor rank (docs/distributed.md)."""
     ln = C + 2
-    if compute16:  # linear inputs, q|k|v, GeLU's input and output, dlogits in 2 bytes; the rest fp32
-        block = 4 * (2 * ln + H // p) + 2 * (2 * C + 12 * C // p)
-        head = 4 * (ln + 1 + 2) + 2 * (C + Vp // p)
+    if compute16:  # norm and linear inputs, q|k|v, GeLU's input and output, dlogits in 2 bytes; the rest fp32
+        ln16 = 2 * C + 4 * 2  # 16-bit LayerNorm input, fp32 mean and rstd
+        block = 2 * ln16 + 4 * (H // p) + 2 * (2 * C + 12 * C // p)
+        head = ln16 + 4 * (1 + 2) + 2 * (C + Vp // p)
     else:
         block = 4 * (2 * ln + 2 * C + (12 * C + H) // p)
         head = 4 * (ln + C + Vp // p + 1 + 2)

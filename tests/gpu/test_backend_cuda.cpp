@@ -372,17 +372,16 @@ TEST_P(CudaWeights, AddBiasExactAndBiasGrad) {
 
 // LayerNorm forward: statistics in double on both, outputs rel 1e-5 abs 1e-6.
 // Backward: dx += (row sums in double) rel 1e-5 abs 1e-5; dw, db (column
-// sums in double) rel 1e-5 abs 1e-5.
+// sums in double) rel 1e-5 abs 1e-5. x in the weights' dtype, as 16-bit modes keep it.
 TEST_P(CudaWeights, LayerNormForwardBackward) {
   const DType dt = GetParam();
   for (auto [n, c_] : {std::pair<int64_t, int64_t>{19, 33}, {19, 768}, {7, 1025}, {700, 65}}) {
     Vec x = random_vec(n * c_, 5, -2.f, 3.f), w = random_vec(c_, 6, 0.5f, 1.5f), b = random_vec(c_, 7);
-    Weight wg = weight(w, dt), bg = weight(b, dt);
-    Tensor xg = g(x), xc = c(x);
+    Weight wg = weight(w, dt), bg = weight(b, dt), xs = weight(x, dt);
     Tensor og = poisoned(n * c_), mg = poisoned(n), rg = poisoned(n);
     Tensor oc = cpu_out(n * c_), mc = cpu_out(n), rc = cpu_out(n);
-    gpu->layernorm_forward(f(og), f(mg), f(rg), f(xg), wg.g(), bg.g(), n, c_, 1e-5f);
-    cpu->layernorm_forward(f(oc), f(mc), f(rc), f(xc), wg.c(), bg.c(), n, c_, 1e-5f);
+    gpu->layernorm_forward(f(og), f(mg), f(rg), xs.g(), wg.g(), bg.g(), n, c_, 1e-5f);
+    cpu->layernorm_forward(f(oc), f(mc), f(rc), xs.c(), wg.c(), bg.c(), n, c_, 1e-5f);
     const std::string what = std::string("layernorm ") + dname(dt) + " n=" + std::to_string(n) + " c=" + std::to_string(c_);
     expect_close(down(og), down(oc), 1e-5, 1e-6, what + " out");
     expect_close(down(mg), down(mc), 1e-6, 1e-7, what + " mean");
@@ -392,30 +391,30 @@ TEST_P(CudaWeights, LayerNormForwardBackward) {
            dbc = c(db0);
     // Both from the CPU's saved statistics, so backward is checked on its own.
     Tensor mean_g = g(down(mc)), rstd_g = g(down(rc));
-    gpu->layernorm_backward(f(dxg), f(dwg), f(dbg), f(dog), f(xg), wg.g(), f(mean_g), f(rstd_g), n, c_);
-    cpu->layernorm_backward(f(dxc), f(dwc), f(dbc), f(doc), f(xc), wg.c(), f(mc), f(rc), n, c_);
+    gpu->layernorm_backward(f(dxg), f(dwg), f(dbg), f(dog), xs.g(), wg.g(), f(mean_g), f(rstd_g), n, c_);
+    cpu->layernorm_backward(f(dxc), f(dwc), f(dbc), f(doc), xs.c(), wg.c(), f(mc), f(rc), n, c_);
     expect_close(down(dxg), down(dxc), 1e-5, 1e-5, what + " dx");
     expect_close(down(dwg), down(dwc), 1e-5, 1e-5, what + " dw");
     expect_close(down(dbg), down(dbc), 1e-5, 1e-5, what + " db");
   }
 }
 
-// RMSNorm: as LayerNorm (dx is overwritten here, so poisoned).
+// RMSNorm: as LayerNorm (dx is overwritten here, so poisoned; x in the weights' dtype).
 TEST_P(CudaWeights, RmsNormForwardBackward) {
   const DType dt = GetParam();
   const int64_t n = 531, c_ = 130;  // three chunks of rows for dw
   Vec x = random_vec(n * c_, 12, -2.f, 2.f), w = random_vec(c_, 13, 0.5f, 1.5f);
-  Weight wg = weight(w, dt);
-  Tensor xg = g(x), xc = c(x), og = poisoned(n * c_), rg = poisoned(n), oc = cpu_out(n * c_), rc = cpu_out(n);
-  gpu->rmsnorm_forward(f(og), f(rg), f(xg), wg.g(), n, c_, 1e-6f);
-  cpu->rmsnorm_forward(f(oc), f(rc), f(xc), wg.c(), n, c_, 1e-6f);
+  Weight wg = weight(w, dt), xs = weight(x, dt);
+  Tensor og = poisoned(n * c_), rg = poisoned(n), oc = cpu_out(n * c_), rc = cpu_out(n);
+  gpu->rmsnorm_forward(f(og), f(rg), xs.g(), wg.g(), n, c_, 1e-6f);
+  cpu->rmsnorm_forward(f(oc), f(rc), xs.c(), wg.c(), n, c_, 1e-6f);
   expect_close(down(og), down(oc), 1e-5, 1e-6, "rmsnorm out");
   expect_close(down(rg), down(rc), 1e-6, 1e-7, "rmsnorm rstd");
   Vec dout = random_vec(n * c_, 14), dw0 = random_vec(c_, 15);
   Tensor dog = g(dout), doc = c(dout), dxg = poisoned(n * c_), dxc = cpu_out(n * c_), dwg = g(dw0), dwc = c(dw0);
   Tensor rstd_g = g(down(rc));
-  gpu->rmsnorm_backward(f(dxg), f(dwg), f(dog), f(xg), wg.g(), f(rstd_g), n, c_);
-  cpu->rmsnorm_backward(f(dxc), f(dwc), f(doc), f(xc), wg.c(), f(rc), n, c_);
+  gpu->rmsnorm_backward(f(dxg), f(dwg), f(dog), xs.g(), wg.g(), f(rstd_g), n, c_);
+  cpu->rmsnorm_backward(f(dxc), f(dwc), f(doc), xs.c(), wg.c(), f(rc), n, c_);
   expect_close(down(dxg), down(dxc), 1e-5, 1e-5, "rmsnorm dx");
   expect_close(down(dwg), down(dwc), 1e-5, 1e-5, "rmsnorm dw");
 }

@@ -23,9 +23,9 @@ class StubBackend : public weft::Backend {
   void gemm(const weft::GemmArgs&) override {}
   void add_bias(float*, weft::TypedPtr, int64_t, int64_t) override {}
   void bias_grad(float*, const float*, int64_t, int64_t) override {}
-  void layernorm_forward(float*, float*, float*, const float*, weft::TypedPtr, weft::TypedPtr, int64_t, int64_t,
+  void layernorm_forward(float*, float*, float*, weft::TypedPtr, weft::TypedPtr, weft::TypedPtr, int64_t, int64_t,
                          float) override {}
-  void layernorm_backward(float*, float*, float*, const float*, const float*, weft::TypedPtr, const float*,
+  void layernorm_backward(float*, float*, float*, const float*, weft::TypedPtr, weft::TypedPtr, const float*,
                           const float*, int64_t, int64_t) override {}
   void gelu_forward(float*, weft::TypedPtr, int64_t) override {}
   void gelu_backward(float*, weft::TypedPtr, const float*, int64_t) override {}
@@ -50,8 +50,8 @@ class StubBackend : public weft::Backend {
              float) override {}
   void cast(const weft::Tensor&, const weft::Tensor&) override {}
   bool supports_compute_dtype(weft::DType) const override { return true; }
-  void rmsnorm_forward(float*, float*, const float*, weft::TypedPtr, int64_t, int64_t, float) override {}
-  void rmsnorm_backward(float*, float*, const float*, const float*, weft::TypedPtr, const float*, int64_t,
+  void rmsnorm_forward(float*, float*, weft::TypedPtr, weft::TypedPtr, int64_t, int64_t, float) override {}
+  void rmsnorm_backward(float*, float*, const float*, weft::TypedPtr, weft::TypedPtr, const float*, int64_t,
                         int64_t) override {}
   void rope_forward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}
   void rope_backward(float*, const float*, int64_t, int64_t, int64_t, int64_t, float) override {}

@@ -252,6 +252,64 @@ TEST_P(DTypeKernels, LayerNormMatchesFp32) {
   expect_within(dx16, dx32, bound, "layernorm_backward dx (tolerance)");
 }
 
+// The norms' 16-bit input x (what 16-bit modes keep for backward): forward
+// and backward give the fp32 kernels' bits on x widened, statistics
+// included. Tolerance of the forward against the unrounded x: with x_i off by
+// at most u|x_i|, the mean moves by <= u mean|x|, and xhat_j by at most
+// rstd u (|x_j| + mean|x|) from the centred value plus |xhat_j| times the
+// relative change of rstd, <= rstd^2 u mean(|x - m| (|x| + mean|x|)).
+TEST_P(DTypeKernels, NormsOfSixteenBitInputsMatchFp32OnWidenedInputs) {
+  const int64_t n = 13, c = 37;
+  Vec x = random_vec(n * c, 21, -2.f, 2.f), w = random_vec(c, 22, 0.5f, 1.5f), b = random_vec(c, 23);
+  Vec dout = random_vec(n * c, 24);
+  Half xh = narrow(x, dt);
+  Vec xw = widen(xh, dt);
+  const TypedPtr x16(xh.data(), dt);
+
+  Vec out16(n * c), outw(n * c), out32(n * c), m16(n), mw(n), m32(n), r16(n), rw(n), r32(n);
+  be.layernorm_forward(out16.data(), m16.data(), r16.data(), x16, w.data(), b.data(), n, c, 1e-5f);
+  be.layernorm_forward(outw.data(), mw.data(), rw.data(), xw.data(), w.data(), b.data(), n, c, 1e-5f);
+  be.layernorm_forward(out32.data(), m32.data(), r32.data(), x.data(), w.data(), b.data(), n, c, 1e-5f);
+  expect_bits(out16, outw, "layernorm_forward, 16-bit x");
+  expect_bits(m16, mw, "layernorm mean, 16-bit x");
+  expect_bits(r16, rw, "layernorm rstd, 16-bit x");
+  std::vector<double> bound(n * c);
+  const double u = roundoff(dt);
+  for (int64_t r = 0; r < n; ++r) {
+    double mean_abs = 0, spread = 0;
+    for (int64_t j = 0; j < c; ++j) mean_abs += std::fabs(x[r * c + j]) / c;
+    for (int64_t j = 0; j < c; ++j)
+      spread += std::fabs(x[r * c + j] - m32[r]) * (std::fabs(x[r * c + j]) + mean_abs) / c;
+    for (int64_t j = 0; j < c; ++j) {
+      const double xhat = (x[r * c + j] - m32[r]) * r32[r];
+      const double dxhat = r32[r] * u * (std::fabs(x[r * c + j]) + mean_abs) +
+                           std::fabs(xhat) * r32[r] * r32[r] * u * spread;
+      bound[r * c + j] = 1.01 * std::fabs(w[j]) * dxhat + 1e-6 * (1 + std::fabs(xhat));
+    }
+  }
+  expect_within(out16, out32, bound, "layernorm_forward, 16-bit x (tolerance)");
+
+  Vec dx16(n * c, 0.f), dw16(c, 0.f), db16(c, 0.f), dxw(n * c, 0.f), dww(c, 0.f), dbw(c, 0.f);
+  be.layernorm_backward(dx16.data(), dw16.data(), db16.data(), dout.data(), x16, w.data(), m16.data(), r16.data(), n,
+                        c);
+  be.layernorm_backward(dxw.data(), dww.data(), dbw.data(), dout.data(), xw.data(), w.data(), mw.data(), rw.data(), n,
+                        c);
+  expect_bits(dx16, dxw, "layernorm_backward dx, 16-bit x");
+  expect_bits(dw16, dww, "layernorm_backward dw, 16-bit x");
+  expect_bits(db16, dbw, "layernorm_backward db, 16-bit x");
+
+  Vec y16(n * c), yw(n * c), rs16(n), rsw(n);
+  be.rmsnorm_forward(y16.data(), rs16.data(), x16, w.data(), n, c, 1e-6f);
+  be.rmsnorm_forward(yw.data(), rsw.data(), xw.data(), w.data(), n, c, 1e-6f);
+  expect_bits(y16, yw, "rmsnorm_forward, 16-bit x");
+  expect_bits(rs16, rsw, "rmsnorm rstd, 16-bit x");
+  Vec g16(n * c), gw(n * c), dwn16(c, 0.f), dwnw(c, 0.f);
+  be.rmsnorm_backward(g16.data(), dwn16.data(), dout.data(), x16, w.data(), rs16.data(), n, c);
+  be.rmsnorm_backward(gw.data(), dwnw.data(), dout.data(), xw.data(), w.data(), rsw.data(), n, c);
+  expect_bits(g16, gw, "rmsnorm_backward dx, 16-bit x");
+  expect_bits(dwn16, dwnw, "rmsnorm_backward dw, 16-bit x");
+}
+
 // Embedding rows of a 16-bit table (this rank's shard [first, first + rows)):
 // the rows widened exactly, ids off the shard give 0; vs fp32 within u|table|.
 TEST_P(DTypeKernels, EmbeddingMatchesFp32) {

@@ -574,15 +574,16 @@ gpt::GptConfig activation_test_config() {
 }
 
 // Saved activations in the compute dtype (docs/precision.md): with 16-bit
-// weights every linear layer keeps the 16-bit copy of its input that its GEMM
-// reads, attention keeps q|k|v in 16 bits (and its output, the copy proj
-// reads), the MLP GeLU's input and the output layer dlogits, so the bytes a
-// forward leaves for backward shrink, per token, by 2 bytes for each element of
-//   per block: ln1 out (C), qkv (3C), attention out (C), ln2 out (C),
-//              fc out = gelu in (4C), gelu out (4C)
-//   head:      lnf out (C), dlogits (Vp)
-// i.e. N (28 L C + 2 C + 2 Vp) bytes, N = B T tokens.
-TEST_F(NnTest, SixteenBitModesSaveLinearInputsQkvAndDlogitsInSixteenBits) {
+// weights every LayerNorm keeps its input rounded to 16 bits, every linear
+// layer the 16-bit copy of its input that its GEMM reads, attention q|k|v in
+// 16 bits (and its output, the copy proj reads), the MLP GeLU's input and the
+// output layer dlogits, so the bytes a forward leaves for backward shrink, per
+// token, by 2 bytes for each element of
+//   per block: ln1 in (C), ln1 out (C), qkv (3C), attention out (C), ln2 in (C),
+//              ln2 out (C), fc out = gelu in (4C), gelu out (4C)
+//   head:      lnf in (C), lnf out (C), dlogits (Vp)
+// i.e. N (32 L C + 4 C + 2 Vp) bytes, N = B T tokens; mean, rstd and lse stay fp32.
+TEST_F(NnTest, SixteenBitModesKeepNormAndLinearInputsQkvAndDlogitsInSixteenBits) {
   gpt::GptConfig c = activation_test_config();
   const int64_t b = 2, n = b * c.seq_length;
   std::map<DType, int64_t> saved;
@@ -609,8 +610,8 @@ TEST_F(NnTest, SixteenBitModesSaveLinearInputsQkvAndDlogitsInSixteenBits) {
   }
   const int64_t C = c.hidden, L = c.layers, Vp = c.padded_vocab;
   EXPECT_GT(saved[DType::F32], 0);
-  EXPECT_EQ(saved[DType::F32] - saved[DType::BF16], n * (28 * L * C + 2 * C + 2 * Vp));
-  EXPECT_EQ(saved[DType::F32] - saved[DType::F16], n * (28 * L * C + 2 * C + 2 * Vp));
+  EXPECT_EQ(saved[DType::F32] - saved[DType::BF16], n * (32 * L * C + 4 * C + 2 * Vp));
+  EXPECT_EQ(saved[DType::F32] - saved[DType::F16], n * (32 * L * C + 4 * C + 2 * Vp));
 }
 
 TEST_F(NnTest, GptParamNamesAndShapes) {

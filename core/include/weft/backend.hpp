@@ -7,7 +7,8 @@
 // model computes with in F32, BF16 or F16, and casts GEMM inputs to that
 // dtype. So GEMM inputs, every weight a kernel reads (bias, LayerNorm
 // weight and bias, embedding table) and the activations kept for backward in
-// that dtype (GeLU's input) are TypedPtr: a pointer with its dtype.
+// that dtype (GeLU's input, attention's q|k|v and output, the norms' inputs)
+// are TypedPtr: a pointer with its dtype.
 // Everything a kernel writes, and every other input (activations, gradients,
 // optimizer state), is fp32. Arithmetic is fp32 throughout (16-bit values are
 // widened on load): GEMMs accumulate in fp32, reductions, LayerNorm
@@ -106,11 +107,13 @@ class Backend {
   // dbias[O] += sum over rows of dout[N,O]
   virtual void bias_grad(float* dbias, const float* dout, int64_t n, int64_t o) = 0;
 
-  // out[N,C] = (x - mean) * rstd * w + b; saves mean[N], rstd[N]
-  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* x,
+  // out[N,C] = (x - mean) * rstd * w + b; saves mean[N], rstd[N] (fp32 statistics).
+  // x is F32, BF16 or F16: 16-bit modes keep a norm's input in the compute dtype
+  // and normalise that rounded copy, so backward reads the values forward used.
+  virtual void layernorm_forward(float* out, float* mean, float* rstd, TypedPtr x,
                                  TypedPtr w, TypedPtr b, int64_t n, int64_t c, float eps) = 0;
-  // dx[N,C] += ..., dw[C] += ..., db[C] += ...
-  virtual void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
+  // dx[N,C] += ..., dw[C] += ..., db[C] += ... (x as forward read it)
+  virtual void layernorm_backward(float* dx, float* dw, float* db, const float* dout, TypedPtr x,
                                   TypedPtr w, const float* mean, const float* rstd, int64_t n,
                                   int64_t c) = 0;
   // GeLU, tanh approximation: out[n] = gelu(x), dx[n] = gelu'(x) dout (overwritten).
@@ -198,10 +201,11 @@ class Backend {
   // ---- Llama-family kernels (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention)
 
   // out[N,C] = x * rstd * w with rstd[N] = 1 / sqrt(mean(x^2) + eps) (saved for backward).
-  virtual void rmsnorm_forward(float* out, float* rstd, const float* x, TypedPtr w, int64_t n, int64_t c,
+  // x is F32, BF16 or F16, as layernorm_forward's.
+  virtual void rmsnorm_forward(float* out, float* rstd, TypedPtr x, TypedPtr w, int64_t n, int64_t c,
                                float eps) = 0;
   // dx[N,C] = gradient (overwritten), dw[C] += sum over rows of dout * x * rstd.
-  virtual void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, TypedPtr w,
+  virtual void rmsnorm_backward(float* dx, float* dw, const float* dout, TypedPtr x, TypedPtr w,
                                 const float* rstd, int64_t n, int64_t c) = 0;
   // Rotary position embedding on x[B,T,H,D] (D even), position = t, Hugging Face's
   // rotate-half layout: for i < D/2, angle = t * theta^(-2i/D),
