@@ -143,6 +143,8 @@ const FlagRule kFlags[] = {
     {"--min-loss-scale", Take::Value, 1, "precision.min_scale", "", "", false},
     {"--loss-scale-window", Take::Value, 1, "precision.growth_interval", "", "", false},
     {"--hysteresis", Take::Value, 1, "precision.hysteresis", "", "", false},
+    {"--grad-reduce-in-bf16", Take::Switch, 0, "precision.accumulate_grads_in_fp32", "false",
+     "gradients reduced over data parallelism in bf16 (within a rank they accumulate in fp32)", true},
     // data and tokenizer
     {"--data-path", Take::Special, -1, "data.paths", "",
      "data.plugin = megatron; weights and prefixes as written, prefixes relative to the recipe file", false},

@@ -578,6 +578,21 @@ def test_later_keys(tmp):
               c.stderr[-300:])
 
 
+def test_grad_reduce_in_bf16(tmp):
+    """Megatron's --grad-reduce-in-bf16 is bf16's accumulate_grads_in_fp32 = false, and the recipe checks."""
+    flags = ["--bf16", "--grad-reduce-in-bf16", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+             "--seq-length", "32", "--max-position-embeddings", "32", "--micro-batch-size", "1",
+             "--global-batch-size", "2", "--train-iters", "2", "--lr", "1e-4", "--mock-data"]
+    out = os.path.join(tmp, "grad-bf16.toml")
+    r = weft("import", "megatron", "--strict", "-o", out, "--", *flags, cwd=tmp)
+    got = tomllib.load(open(out, "rb")).get("precision", {}) if r.returncode == 0 else {}
+    check("--grad-reduce-in-bf16: precision.accumulate_grads_in_fp32 = false beside plugin = bf16",
+          got == {"plugin": "bf16", "accumulate_grads_in_fp32": False}, f"{got} {r.stderr[-300:]}")
+    if got:
+        c = weft("check", out, cwd=tmp)
+        check("--grad-reduce-in-bf16: the imported recipe passes weft check", c.returncode == 0, c.stderr[-300:])
+
+
 def test_small_run(tmp):
     recipe = os.path.join(SRC, "examples", "megatron-gpt-7b-small.toml")
     common = ["--set", "run.steps=2", "--overwrite"]
@@ -602,6 +617,7 @@ def main():
         test_check_estimate()
         test_plan()
         test_later_keys(tmp)
+        test_grad_reduce_in_bf16(tmp)
         test_small_run(tmp)
     print(f"{results['passed']} passed, {results['failed']} failed")
     return 1 if results["failed"] else 0
