@@ -515,16 +515,20 @@ static Tensor dropped_grad(Context& ctx, const Tensor& dy, float p, uint64_t key
 
 Tensor Block::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
-  Tensor x2 = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x + drop(attn(ln1(x)))
+  // Each residual sum is allocated once its addend exists, so it is not live
+  // beside the sublayer's transients (the forward's peak).
+  Tensor x2;  // [B,T,C] = x + drop(attn(ln1(x)))
   {
     Tensor a = attn_.forward(ctx, ln1_.forward(ctx, x));
     apply_dropout(ctx, a, hidden_dropout_, attn_drop_key_, t0(x));
+    x2 = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);
     be.add(f32(x2), f32(x), f32(a), x.numel());
   }
-  Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // [B,T,C] = x2 + drop(mlp(ln2(x2)))
+  Tensor y;  // [B,T,C] = x2 + drop(mlp(ln2(x2)))
   {
     Tensor m = mlp_->forward(ctx, ln2_.forward(ctx, x2));
     apply_dropout(ctx, m, hidden_dropout_, mlp_drop_key_, t0(x));
+    y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);
     be.add(f32(y), f32(x2), f32(m), x.numel());
   }
   return y;

@@ -296,14 +296,17 @@ LlamaBlock::LlamaBlock(const std::string& name, const LlamaConfig& c, LayerProvi
 
 Tensor LlamaBlock::forward(Context& ctx, const Tensor& x) {
   Backend& be = ctx.backend();
-  Tensor x2 = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // x + attn(norm(x))
+  // Each residual sum is allocated once its addend exists (not live beside the sublayer's transients).
+  Tensor x2;  // [B,T,C] = x + attn(norm(x))
   {
     Tensor a = attn_.forward(ctx, attn_norm_.forward(ctx, x));
+    x2 = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);
     be.add(f32(x2), f32(x), f32(a), x.numel());
   }
-  Tensor y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);  // x2 + mlp(norm(x2))
+  Tensor y;  // [B,T,C] = x2 + mlp(norm(x2))
   {
     Tensor m = mlp_->forward(ctx, mlp_norm_.forward(ctx, x2));
+    y = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Activation);
     be.add(f32(y), f32(x2), f32(m), x.numel());
   }
   return y;
