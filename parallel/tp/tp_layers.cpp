@@ -140,9 +140,12 @@ RowParallelLinear::RowParallelLinear(const LinearSpec& spec, const TpGroup& grou
 
 Tensor RowParallelLinear::forward(Context& ctx, const Tensor& x) {
   // fp32, or already in the weights' dtype (attention keeps its output so)
-  if (x.dtype() != weight_.data.dtype()) check_input(x, in_local_, weight_.name);
-  WEFT_ASSERT(!x.shape().empty() && x.dim(-1) == in_local_,
-              weight_.name + ": expected [..., " + std::to_string(in_local_) + "], got " + shape_str(x.shape()));
+  if (x.dtype() == DType::F32)
+    check_input(x, in_local_, weight_.name);
+  else
+    WEFT_ASSERT(x.dtype() == weight_.data.dtype() && !x.shape().empty() && x.dim(-1) == in_local_,
+                weight_.name + ": expected f32 or " + dtype_name(weight_.data.dtype()) + " [..., " +
+                    std::to_string(in_local_) + "], got " + dtype_name(x.dtype()) + " " + shape_str(x.shape()));
   Backend& be = ctx.backend();
   const int64_t n = x.numel() / in_local_;
   Tensor partial = be.alloc_uninitialized(with_last(x.shape(), out_), DType::F32, MemCategory::Activation);
