@@ -187,22 +187,25 @@ void estimate_ranks(LayoutEstimates& out, const Recipe& recipe, const Registry& 
 // choices), whichever of those differ from it.
 struct MemoryVariant {
   std::string precision, data_parallel;
+  bool fp32_grads = true;  // the recipe's accumulate_grads_in_fp32 for its own variant
   double optim_share(const ModelEstimate& est, int dp) const {
     return data_parallel == "zero1" ? 1.0 / dp : data_parallel == "ddp" ? 1.0 : est.optim_share;
   }
 };
 std::vector<MemoryVariant> memory_variants(const Recipe& recipe) {
-  std::vector<MemoryVariant> out = {{recipe.plugin("precision"), recipe.plugin("parallel.data_parallel")}};
+  std::vector<MemoryVariant> out = {{recipe.plugin("precision"), recipe.plugin("parallel.data_parallel"),
+                                     grads_in_fp32(recipe.options("precision"))}};
   for (const char* dp : {"ddp", "zero1"}) {
     MemoryVariant v{"bf16", dp};
-    if (v.precision != out[0].precision || v.data_parallel != out[0].data_parallel) out.push_back(v);
+    if (v.precision != out[0].precision || v.data_parallel != out[0].data_parallel || !out[0].fp32_grads)
+      out.push_back(v);
   }
   return out;
 }
 
 RankMemory variant_memory(const MemoryVariant& v, const ModelEstimate& est, int dp) {
   return rank_memory(est.local_params, est.optimizer_slots, v.optim_share(est, dp), est.act_fp32_bytes,
-                     est.act16_bytes, precision_bytes(v.precision));
+                     est.act16_bytes, precision_bytes(v.precision, v.fp32_grads));
 }
 
 // GiB from 1 GiB up, MiB below.
@@ -224,9 +227,10 @@ void print_memory_table(const Recipe& recipe, const LayoutEstimates& ranks) {
     for (size_t i = 0; i < variants.size(); ++i) {
       const MemoryVariant& v = variants[i];
       const RankMemory m = variant_memory(v, est, recipe.sizes.dp);
-      std::printf("#   stage %d, %s + %s%s: params %s, grads %s, optimizer %s, activations %s (%d in flight), "
+      std::printf("#   stage %d, %s + %s%s%s: params %s, grads %s, optimizer %s, activations %s (%d in flight), "
                   "total %s\n",
-                  stage, v.precision.c_str(), v.data_parallel.c_str(), i == 0 ? " (this recipe)" : "",
+                  stage, v.precision.c_str(), v.data_parallel.c_str(), v.fp32_grads ? "" : ", 16-bit gradients",
+                  i == 0 ? " (this recipe)" : "",
                   size_str(m.param).c_str(), size_str(m.grad).c_str(), size_str(m.optim).c_str(),
                   size_str(m.act).c_str(), est.in_flight, size_str(m.total()).c_str());
     }
@@ -338,8 +342,10 @@ int cmd_check(const RecipeArgs& args, bool json) {
   print_pipeline(recipe, est);
   std::printf("# parameters: %lld (%.3fM); this rank holds %lld\n", static_cast<long long>(est.summary.params),
               est.summary.params / 1e6, static_cast<long long>(est.local_params));
-  std::printf("# precision: %s (compute dtype %s; master weights, gradients and optimizer state f32)\n",
-              recipe.plugin("precision").c_str(), dtype_name(est.compute));
+  const bool fp32_grads = grads_in_fp32(recipe.options("precision"));
+  std::printf("# precision: %s (compute dtype %s; master weights%s and optimizer state f32%s)\n",
+              recipe.plugin("precision").c_str(), dtype_name(est.compute), fp32_grads ? ", gradients" : "",
+              fp32_grads ? "" : std::string("; gradients ").append(dtype_name(est.compute)).c_str());
   std::printf("# memory per rank (estimate, rank 0; activations of %d microbatch%s in flight): params %s, grads %s, "
               "optimizer state %s, activations %s, total %s\n",
               est.in_flight, est.in_flight == 1 ? "" : "es",

@@ -78,7 +78,9 @@ void estimate_layout(Layout& l, const RecipeArgs& args, int world, const std::st
   if (l.tp == 1) set("parallel.tensor_parallel.sequence_parallel=false");
   try {
     Recipe recipe = load_recipe_for_run(args.recipe, sets, plugins.registry, plugins.scan, args.unsets);
-    const PrecisionBytes bytes = precision_bytes(precision);
+    // The recipe's gradient dtype where --precision is its own mode, else fp32 gradients.
+    const PrecisionBytes bytes = precision_bytes(
+        precision, precision != recipe.plugin("precision") || grads_in_fp32(recipe.options("precision")));
     const bool sp = recipe.options("parallel.tensor_parallel").has("sequence_parallel") &&
                     recipe.options("parallel.tensor_parallel").get_bool("sequence_parallel");
     for (int stage = 0; stage < l.pp; ++stage) {

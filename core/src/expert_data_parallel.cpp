@@ -10,7 +10,6 @@ namespace {
 FlatParams flat_range(const FlatParams& flat, size_t first, size_t last) {
   FlatParams part;
   part.count_replicated = flat.count_replicated;
-  part.grad_reduce_dtype = flat.grad_reduce_dtype;
   const int64_t begin = first < flat.params.size() ? flat.offsets[first] : flat.numel;
   const int64_t end = last < flat.params.size() ? flat.offsets[last] : flat.numel;
   for (size_t i = first; i < last; ++i) {

@@ -14,10 +14,11 @@ std::vector<GradBucket> plan_grad_buckets(const FlatParams& flat, int64_t bucket
                                           std::vector<int>& bucket_of_param) {
   std::vector<GradBucket> buckets;
   const int n = static_cast<int>(flat.params.size());
+  const int64_t elem = flat.grad.defined() ? static_cast<int64_t>(dtype_size(flat.grad.dtype())) : 4;
   bucket_of_param.assign(n, 0);
   for (int i = n - 1; i >= 0; --i) {
     int64_t begin = flat.offsets[i], end = begin + flat.params[i]->data.numel();
-    if (buckets.empty() || (buckets.back().end - buckets.back().begin) * 4 >= bucket_bytes)
+    if (buckets.empty() || (buckets.back().end - buckets.back().begin) * elem >= bucket_bytes)
       buckets.push_back(GradBucket{begin, end, 0});
     GradBucket& b = buckets.back();
     b.begin = std::min(b.begin, begin);
@@ -26,6 +27,20 @@ std::vector<GradBucket> plan_grad_buckets(const FlatParams& flat, int64_t bucket
     bucket_of_param[i] = static_cast<int>(buckets.size()) - 1;
   }
   return buckets;
+}
+
+void with_fp32_grads(Backend& backend, const Tensor& grads,
+                     const std::function<void(int64_t offset, const float* g, int64_t n)>& use) {
+  const int64_t n = grads.numel();
+  if (n == 0) return;
+  if (grads.dtype() == DType::F32) return use(0, grads.data<float>(), n);
+  constexpr int64_t kChunk = int64_t{1} << 20;  // a multiple of every vector width: no extra tails
+  Tensor wide = backend.alloc_uninitialized({std::min(kChunk, n)}, DType::F32, MemCategory::Workspace);
+  for (int64_t begin = 0; begin < n; begin += kChunk) {
+    const int64_t len = std::min(kChunk, n - begin);
+    backend.cast(wide.view(0, {len}), grads.view(begin, {len}));
+    use(begin, wide.data<float>(), len);
+  }
 }
 
 std::vector<DecayRun> decay_runs(const FlatParams& flat, int64_t begin, int64_t end) {

@@ -6,12 +6,17 @@ bool precision_known(const std::string& precision) {
   return precision == "fp32" || precision == "bf16" || precision == "fp16";
 }
 
-PrecisionBytes precision_bytes(const std::string& precision) {
+bool grads_in_fp32(const Options& precision_options) {
+  return !precision_options.has("accumulate_grads_in_fp32") || precision_options.get_bool("accumulate_grads_in_fp32");
+}
+
+PrecisionBytes precision_bytes(const std::string& precision, bool fp32_grads) {
   PrecisionBytes b;
   b.name = precision;
   if (precision == "bf16" || precision == "fp16") {
     b.weight = 2;  // the model computes with 16-bit weights
     b.master = 4;  // the data-parallel strategy keeps fp32 masters with the optimizer state
+    if (!fp32_grads) b.grad = 2;  // accumulated and reduced in the compute dtype
     b.compute16 = true;
   }
   return b;

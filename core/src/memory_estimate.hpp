@@ -7,11 +7,14 @@
 #include <cstdint>
 #include <string>
 
+#include "weft/options.hpp"
+
 namespace weft {
 
 // Bytes each parameter costs under a precision mode (docs/distributed.md):
 //   fp32:        weights 4, gradients 4, optimizer 4 per state slot
-//   bf16, fp16:  weights 2, gradients 4 (fp32), optimizer 4 (fp32 master) + 4 per slot
+//   bf16, fp16:  weights 2, gradients 4 (fp32; 2 with accumulate_grads_in_fp32 = false),
+//                optimizer 4 (fp32 master) + 4 per slot
 // Activations: the model's own figures for an fp32 or a 16-bit compute dtype
 // (ModelSummary), picked by `compute16`.
 struct PrecisionBytes {
@@ -21,8 +24,11 @@ struct PrecisionBytes {
 };
 // The table above for "fp32", "bf16" and "fp16"; any other name gets the fp32
 // figures (precision_known says whether the name is in the table).
-PrecisionBytes precision_bytes(const std::string& precision);
+PrecisionBytes precision_bytes(const std::string& precision, bool fp32_grads = true);
 bool precision_known(const std::string& precision);
+// Whether a recipe's [precision] options keep gradients in fp32 (the default)
+// rather than in the compute dtype (accumulate_grads_in_fp32 = false).
+bool grads_in_fp32(const Options& precision_options);
 
 struct RankMemory {
   double param = 0, grad = 0, optim = 0, act = 0;  // bytes

@@ -161,8 +161,10 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy) {
   if (n > 0) {
     const DType cdt = weight_.data.dtype();
     Tensor dys = compute_copy(be, dy, cdt, MemCategory::Workspace);  // [..., out], cast once for both GEMMs
-    linear_backward_weight(be, f32(weight_.grad), TypedPtr::of(dys), TypedPtr::of(xs), n, in_, out_, cdt);
-    if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_);
+    add_to_grad(be, weight_, [&](float* dw) {
+      linear_backward_weight(be, dw, TypedPtr::of(dys), TypedPtr::of(xs), n, in_, out_, cdt);
+    });
+    if (has_bias_) add_to_grad(be, bias_, [&](float* db) { be.bias_grad(db, f32(dy), n, out_); });
     linear_backward_input(be, f32(dx), TypedPtr::of(dys), weight_ptr(weight_), n, in_, out_);
   }
   ctx.release(this);
@@ -199,8 +201,11 @@ Tensor Embedding::backward(Context& ctx, const Tensor& dy) {
   check_f32(dy, dim_, "Embedding dy");
   Tensor ids = ctx.saved(this)[0];  // [B,T]
   WEFT_ASSERT(dy.numel() == ids.numel() * dim_, "Embedding dy does not match ids");
+  Backend& be = ctx.backend();
   if (ids.numel() > 0)
-    ctx.backend().embedding_backward(f32(weight_.grad), ids.data<int32_t>(), f32(dy), ids.numel(), dim_, 0, num_);
+    add_to_grad(be, weight_, [&](float* dw) {
+      be.embedding_backward(dw, ids.data<int32_t>(), f32(dy), ids.numel(), dim_, 0, num_);
+    });
   ctx.release(this);
   grad_ready(ctx, weight_);
   return Tensor();
@@ -254,8 +259,9 @@ Tensor TiedOutputLoss::backward(Context& ctx, const Tensor& /*dy: the loss is th
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C]
   if (n > 0) {
     linear_backward_input(be, f32(dx), TypedPtr::of(dlogits), weight_ptr(table_), n, c, vp);
-    linear_backward_weight(be, f32(table_.grad), TypedPtr::of(dlogits), TypedPtr::of(x), n, c, vp,
-                           table_.data.dtype());
+    add_to_grad(be, table_, [&](float* dw) {
+      linear_backward_weight(be, dw, TypedPtr::of(dlogits), TypedPtr::of(x), n, c, vp, table_.data.dtype());
+    });
   }
   return dx;
 }
@@ -293,8 +299,12 @@ Tensor LayerNorm::backward(Context& ctx, const Tensor& dy) {
   const int64_t n = x.numel() / dim_;
   Tensor dx = be.alloc(x.shape(), DType::F32, MemCategory::Workspace);  // [..., C], zero-filled
   if (n > 0)
-    be.layernorm_backward(f32(dx), f32(weight_.grad), f32(bias_.grad), f32(dy), TypedPtr::of(x),
-                          weight_ptr(weight_), f32(mean), f32(rstd), n, dim_);
+    add_to_grad(be, weight_, [&](float* dw) {
+      add_to_grad(be, bias_, [&](float* db) {
+        be.layernorm_backward(f32(dx), dw, db, f32(dy), TypedPtr::of(x), weight_ptr(weight_), f32(mean), f32(rstd), n,
+                              dim_);
+      });
+    });
   ctx.release(this);
   grad_ready(ctx, weight_);
   grad_ready(ctx, bias_);

@@ -105,7 +105,8 @@ void copy_from_host_as(Backend& backend, const Tensor& dst, const float* values)
   backend.copy_from_host(dst, half.data());
 }
 
-FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed, DType compute) {
+FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed, DType compute,
+                              DType grad) {
   FlatParams flat;
   std::set<const Param*> seen_ptr;
   std::set<std::string> seen_name;
@@ -119,7 +120,9 @@ FlatParams materialize_params(const std::vector<Param*>& params, Backend& backen
     flat.numel += shape_numel(p->shape);
   }
   flat.data = backend.alloc({flat.numel}, compute, MemCategory::Param);
-  flat.grad = backend.alloc({flat.numel}, DType::F32, MemCategory::Grad);
+  WEFT_ASSERT(grad == DType::F32 || grad == compute, std::string("materialize_params: ") + dtype_name(grad) +
+                                                       " gradients beside " + dtype_name(compute) + " weights");
+  flat.grad = backend.alloc({flat.numel}, grad, MemCategory::Grad);
   if (flat.mixed()) flat.initial_master.resize(static_cast<size_t>(flat.numel));
   std::vector<float> host;
   for (size_t i = 0; i < flat.params.size(); ++i) {
@@ -136,7 +139,7 @@ FlatParams materialize_params(const std::vector<Param*>& params, Backend& backen
 
 void zero_grads(FlatParams& flat, Backend& backend) {
   if (flat.numel == 0) return;
-  backend.fill(flat.grad.data<float>(), 0.0f, flat.numel);  // unlike scale(0), this also clears inf/nan
+  backend.zero(flat.grad);  // unlike scale(0), this also clears inf/nan
 }
 
 }  // namespace weft

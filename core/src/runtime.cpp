@@ -137,7 +137,8 @@ ModelEstimate estimate_model(const Recipe& recipe, const Registry& registry, int
   est.act16_bytes = static_cast<double>(act16) * samples_in_flight;
   const RankMemory mem = rank_memory(est.local_params, est.optimizer_slots, est.optim_share, est.act_fp32_bytes,
                                      est.act16_bytes,
-                                     precision_bytes(recipe.plugin("precision")));
+                                     precision_bytes(recipe.plugin("precision"),
+                                                     grads_in_fp32(recipe.options("precision"))));
   est.param_bytes = mem.param;
   est.grad_bytes = mem.grad;
   est.optim_bytes = mem.optim;
@@ -230,9 +231,10 @@ void build_model_stack(ModelStack& stack, const Recipe& recipe, const Registry& 
   stack.tied.clear();
   std::vector<Param*> params = rank_params(*stack.model, stack.plan, stack.topology, &stack.tied);
   for (Param* p : stack.tied) p->tied_copy = true;
-  stack.flat = materialize_params(params, *stack.backend, menv.seed, stack.precision->compute_dtype());
+  const DType compute = stack.precision->compute_dtype();
+  stack.flat = materialize_params(params, *stack.backend, menv.seed, compute,
+                                  stack.precision->accumulate_grads_in_fp32() ? DType::F32 : compute);
   stack.flat.count_replicated = stack.topology.coords.tp == 0;
-  if (!stack.precision->accumulate_grads_in_fp32()) stack.flat.grad_reduce_dtype = stack.precision->compute_dtype();
 }
 
 Recipe load_checkpoint_recipe(const std::string& step_dir, Registry& registry, PluginScan& scan) {

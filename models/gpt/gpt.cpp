@@ -171,13 +171,17 @@ Tensor GptEmbedding::backward(Context& ctx, const Tensor& dy) {
     be.copy(g, dy);
     nn::apply_dropout(ctx, g, dropout_, dropout_key_, first);
   }
-  if (b * local_t > 0 && ctx.positions.defined()) {
-    const int64_t rows = wpe_.shape[0], T = ctx.positions.dim(1);
-    for (int64_t bi = 0; bi < b; ++bi)  // dwpe[positions[bi, first + t]] += g[bi, t]
-      be.embedding_backward(f32(wpe_.grad), ctx.positions.data<int32_t>() + bi * T + first,
-                            f32(g) + bi * local_t * hidden_, local_t, hidden_, 0, rows);
-  } else if (b * local_t > 0) {  // dwpe[first : first + t] += sum_b g
-    be.bias_grad(f32(wpe_.grad) + first * hidden_, f32(g), b, local_t * hidden_);
+  if (b * local_t > 0) {
+    nn::add_to_grad(be, wpe_, [&](float* dwpe) {
+      if (ctx.positions.defined()) {
+        const int64_t rows = wpe_.shape[0], T = ctx.positions.dim(1);
+        for (int64_t bi = 0; bi < b; ++bi)  // dwpe[positions[bi, first + t]] += g[bi, t]
+          be.embedding_backward(dwpe, ctx.positions.data<int32_t>() + bi * T + first, f32(g) + bi * local_t * hidden_,
+                                local_t, hidden_, 0, rows);
+      } else {  // dwpe[first : first + t] += sum_b g
+        be.bias_grad(dwpe + first * hidden_, f32(g), b, local_t * hidden_);
+      }
+    });
   }
   wte_->backward(ctx, g);  // also reports wte ready: the head added its part earlier
   nn::grad_ready(ctx, wpe_);

@@ -137,8 +137,9 @@ Tensor RmsNorm::backward(Context& ctx, const Tensor& dy) {
   const int64_t n = x.numel() / dim_;
   Tensor dx = be.alloc_uninitialized(x.shape(), DType::F32, MemCategory::Workspace);
   if (n > 0)
-    be.rmsnorm_backward(f32(dx), f32(weight_.grad), f32(dy), TypedPtr::of(x), nn::weight_ptr(weight_), f32(rstd), n,
-                        dim_);
+    nn::add_to_grad(be, weight_, [&](float* dw) {
+      be.rmsnorm_backward(f32(dx), dw, f32(dy), TypedPtr::of(x), nn::weight_ptr(weight_), f32(rstd), n, dim_);
+    });
   ctx.release(this);
   nn::grad_ready(ctx, weight_);
   return dx;

@@ -28,16 +28,8 @@ int64_t Ddp::offset_of(const Param& param) const { return flat_->offsets[param_i
 
 void Ddp::launch(Bucket& bucket) {
   if (!dp_ || dp_->size() == 1) return;
-  Tensor grads = flat_->grad.view(bucket.begin, {bucket.size()});
-  if (flat_->grad_reduce_dtype == DType::F32) {
-    bucket.work = dp_->all_reduce(grads, ReduceOp::Sum);
-    return;
-  }
-  // Reduced in the compute dtype: half the bytes; cast back in finish_reduction.
-  if (!bucket.reduced.defined())
-    bucket.reduced = backend_->alloc({bucket.size()}, flat_->grad_reduce_dtype, MemCategory::CommBuffer);
-  backend_->cast(bucket.reduced, grads);
-  bucket.work = dp_->all_reduce(bucket.reduced, ReduceOp::Sum);
+  // In the gradients' dtype: fp32, or 16 bits (half the bytes) when they accumulate in it.
+  bucket.work = dp_->all_reduce(flat_->grad.view(bucket.begin, {bucket.size()}), ReduceOp::Sum);
 }
 
 void Ddp::grad_ready(Param& param) {
@@ -48,26 +40,27 @@ void Ddp::grad_ready(Param& param) {
 double Ddp::finish_reduction() {
   for (Bucket& b : buckets_) {
     if (!b.complete()) launch(b);  // a parameter without a ready signal (unused in this step)
-    if (b.work) {
-      b.work->wait();
-      if (b.reduced.defined()) backend_->cast(flat_->grad.view(b.begin, {b.size()}), b.reduced);
-    }
+    if (b.work) b.work->wait();
     b.work.reset();
     b.ready = 0;
   }
   double sum = 0;
-  for (const ElementRange& r : norm_) sum += backend_->sum_squares(flat_->grad.data<float>() + r.begin, r.end - r.begin);
+  for (const ElementRange& r : norm_)
+    sum += backend_->sum_squares(TypedPtr::of(flat_->grad.view(r.begin, {r.end - r.begin})), r.end - r.begin);
   return sum;
 }
 
 void Ddp::step(double lr, double grad_scale, int64_t step) {
-  const float* g = flat_->grad.data<float>();
   float* weights = flat_->mixed() ? master_.data<float>() : flat_->data.data<float>();
   std::vector<float*> slots(state_.size());
   for (const DecayRun& run : runs_) {
-    for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + run.begin;
-    optimizer_->update(*backend_, weights + run.begin, g + run.begin, slots.data(), run.end - run.begin, lr,
-                       grad_scale, run.decay, step);
+    with_fp32_grads(*backend_, flat_->grad.view(run.begin, {run.end - run.begin}),
+                    [&](int64_t offset, const float* g, int64_t n) {
+                      const int64_t at = run.begin + offset;
+                      for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + at;
+                      optimizer_->update(*backend_, weights + at, g, slots.data(), n, lr, grad_scale, run.decay,
+                                         step);
+                    });
   }
   if (flat_->mixed()) backend_->cast(flat_->data, master_);  // the compute copy follows the masters
 }

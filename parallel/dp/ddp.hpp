@@ -2,7 +2,8 @@
 // over the dp group in buckets of about `bucket_mb`, each launched as soon as
 // its last parameter's gradient is final (during the last microbatch's backward).
 // Mixed precision: it keeps the fp32 master weights of every element and
-// casts them into the compute copy after each update.
+// casts them into the compute copy after each update; 16-bit gradients are
+// reduced as they are and widened a chunk at a time for the optimizer.
 #pragma once
 
 #include <vector>
@@ -29,7 +30,6 @@ class Ddp : public DataParallel {
   struct Bucket : GradBucket {
     explicit Bucket(const GradBucket& range) : GradBucket(range) {}
     std::unique_ptr<Work> work;  // the all-reduce in flight
-    Tensor reduced;              // [size] in FlatParams::grad_reduce_dtype when that is 16-bit
   };
   void launch(Bucket& bucket);
   int64_t offset_of(const Param& param) const;

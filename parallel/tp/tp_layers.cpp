@@ -115,8 +115,10 @@ Tensor ColumnParallelLinear::backward(Context& ctx, const Tensor& dy) {
   if (n > 0) {
     const DType cdt = weight_.data.dtype();
     Tensor dys = nn::compute_copy(be, dy, cdt, MemCategory::Workspace);  // [B,T,out/p], cast once for both GEMMs
-    nn::linear_backward_weight(be, f32(weight_.grad), TypedPtr::of(dys), TypedPtr::of(xf), n, in_, out_local_, cdt);
-    if (has_bias_) be.bias_grad(f32(bias_.grad), f32(dy), n, out_local_);
+    nn::add_to_grad(be, weight_, [&](float* dw) {
+      nn::linear_backward_weight(be, dw, TypedPtr::of(dys), TypedPtr::of(xf), n, in_, out_local_, cdt);
+    });
+    if (has_bias_) nn::add_to_grad(be, bias_, [&](float* db) { be.bias_grad(db, f32(dy), n, out_local_); });
     nn::linear_backward_input(be, f32(dx), TypedPtr::of(dys), nn::weight_ptr(weight_), n, in_, out_local_);
   }
   nn::grad_ready(ctx, weight_);
@@ -169,9 +171,12 @@ Tensor RowParallelLinear::backward(Context& ctx, const Tensor& dy) {
   if (n > 0) {
     const DType cdt = weight_.data.dtype();
     Tensor dys = nn::compute_copy(be, dyf, cdt, MemCategory::Workspace);  // [B,T,out], cast once for both GEMMs
-    nn::linear_backward_weight(be, f32(weight_.grad), TypedPtr::of(dys), TypedPtr::of(x), n, in_local_, out_, cdt);
+    nn::add_to_grad(be, weight_, [&](float* dw) {
+      nn::linear_backward_weight(be, dw, TypedPtr::of(dys), TypedPtr::of(x), n, in_local_, out_, cdt);
+    });
     // Under sp this rank's rows only; the tp sum follows (grad_sums_over_tp).
-    if (has_bias_ && dy.numel() > 0) be.bias_grad(f32(bias_.grad), f32(dy), dy.numel() / out_, out_);
+    if (has_bias_ && dy.numel() > 0)
+      nn::add_to_grad(be, bias_, [&](float* db) { be.bias_grad(db, f32(dy), dy.numel() / out_, out_); });
     nn::linear_backward_input(be, f32(dx), TypedPtr::of(dys), nn::weight_ptr(weight_), n, in_local_, out_);
   }
   nn::grad_ready(ctx, weight_);
@@ -213,8 +218,11 @@ Tensor VocabParallelEmbedding::backward(Context& ctx, const Tensor& dy) {
   Tensor dyf = to_full_sequence(ctx, group_, dy, MemCategory::Workspace);  // [B,T,C]
   WEFT_ASSERT(dyf.numel() == ids.numel() * dim_, weight_.name + ": dy does not match the ids");
   const int64_t rows = weight_.shape[0], first = group_.rank * rows;
+  Backend& be = ctx.backend();
   if (ids.numel() > 0)
-    ctx.backend().embedding_backward(f32(weight_.grad), ids.data<int32_t>(), f32(dyf), ids.numel(), dim_, first, rows);
+    nn::add_to_grad(be, weight_, [&](float* dw) {
+      be.embedding_backward(dw, ids.data<int32_t>(), f32(dyf), ids.numel(), dim_, first, rows);
+    });
   nn::grad_ready(ctx, weight_);
   return Tensor();
 }
@@ -271,8 +279,9 @@ Tensor VocabParallelOutputLoss::backward(Context& ctx, const Tensor& /*dy: the l
   Tensor dx = be.alloc_uninitialized(xf.shape(), DType::F32, MemCategory::Workspace);  // [B,T,C], partial over tp
   if (n > 0) {
     nn::linear_backward_input(be, f32(dx), TypedPtr::of(dlogits), nn::weight_ptr(table_), n, c, vs);
-    nn::linear_backward_weight(be, f32(table_.grad), TypedPtr::of(dlogits), TypedPtr::of(xf), n, c, vs,
-                               table_.data.dtype());
+    nn::add_to_grad(be, table_, [&](float* dw) {
+      nn::linear_backward_weight(be, dw, TypedPtr::of(dlogits), TypedPtr::of(xf), n, c, vs, table_.data.dtype());
+    });
   }
   return reduce_partial(ctx, group_, dx, MemCategory::Workspace);
 }

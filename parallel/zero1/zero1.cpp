@@ -13,7 +13,7 @@ void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Comm
   dp_ = dp;
   ranks_ = dp ? dp->size() : 1;
   rank_ = dp ? dp->rank() : 0;
-  const bool half_reduce = flat.grad_reduce_dtype != DType::F32 && ranks_ > 1;
+  const DType grad_dt = flat.grad.dtype();  // f32, or 16 bits (accumulated and reduced in it)
   for (const GradBucket& range : plan_grad_buckets(flat, bucket_bytes_, bucket_of_param_)) {
     Bucket b(range);
     b.shard = (b.size() + ranks_ - 1) / ranks_;
@@ -23,12 +23,15 @@ void Zero1::setup(FlatParams& flat, Optimizer& optimizer, Backend& backend, Comm
     owned_ += b.own_end - b.own_begin;
     b.runs = decay_runs(flat, b.own_begin, b.own_end);
     b.norm = norm_ranges(flat, b.own_begin, b.own_end);
-    b.send = backend.alloc({ranks_ * b.shard}, DType::F32, MemCategory::CommBuffer);
-    b.recv = backend.alloc({b.shard}, DType::F32, MemCategory::CommBuffer);
-    if ((flat.mixed() && ranks_ > 1) || half_reduce) {
-      const DType dt = flat.mixed() ? flat.data.dtype() : flat.grad_reduce_dtype;
-      b.send16 = backend.alloc({ranks_ * b.shard}, dt, MemCategory::CommBuffer);
-      b.recv16 = backend.alloc({b.shard}, dt, MemCategory::CommBuffer);
+    b.send = backend.alloc({ranks_ * b.shard}, grad_dt, MemCategory::CommBuffer);
+    b.recv = backend.alloc({b.shard}, grad_dt, MemCategory::CommBuffer);
+    if (flat.mixed() && ranks_ > 1) {  // the all-gather of the compute copy
+      if (grad_dt == flat.data.dtype()) {
+        b.send16 = b.send, b.recv16 = b.recv;  // the reduced gradients are read before the gather
+      } else {
+        b.send16 = backend.alloc({ranks_ * b.shard}, flat.data.dtype(), MemCategory::CommBuffer);
+        b.recv16 = backend.alloc({b.shard}, flat.data.dtype(), MemCategory::CommBuffer);
+      }
     }
     buckets_.push_back(std::move(b));
   }
@@ -50,12 +53,7 @@ void Zero1::launch(Bucket& b) {
     backend_->copy(b.recv, b.send.view(0, {b.shard}));
     return;
   }
-  if (flat_->grad_reduce_dtype != DType::F32) {  // in the compute dtype; cast back in finish_reduction
-    backend_->cast(b.send16, b.send);
-    b.work = dp_->reduce_scatter(b.send16, b.recv16, ReduceOp::Sum);
-    return;
-  }
-  b.work = dp_->reduce_scatter(b.send, b.recv, ReduceOp::Sum);
+  b.work = dp_->reduce_scatter(b.send, b.recv, ReduceOp::Sum);  // in the gradients' dtype
 }
 
 void Zero1::grad_ready(Param& param) {
@@ -67,15 +65,13 @@ double Zero1::finish_reduction() {
   double local = 0;
   for (Bucket& b : buckets_) {
     if (!b.complete()) launch(b);
-    if (b.work) {
-      b.work->wait();
-      if (flat_->grad_reduce_dtype != DType::F32) backend_->cast(b.recv, b.recv16);
-    }
+    if (b.work) b.work->wait();
     b.work.reset();
     b.ready = 0;
     // Only owned elements count, so every element is counted exactly once.
     for (const ElementRange& r : b.norm)
-      local += backend_->sum_squares(b.recv.data<float>() + (r.begin - b.own_begin), r.end - r.begin);
+      local += backend_->sum_squares(TypedPtr::of(b.recv.view(r.begin - b.own_begin, {r.end - r.begin})),
+                                     r.end - r.begin);
   }
   if (ranks_ == 1) return local;
   Tensor sum = backend_->alloc({1}, DType::F32, MemCategory::Workspace);
@@ -91,14 +87,18 @@ void Zero1::step(double lr, double grad_scale, int64_t step) {
   const bool mixed = flat_->mixed();
   std::vector<float*> slots(state_.size());
   for (Bucket& b : buckets_) {
-    float* g = b.recv.data<float>();  // reduced gradients of [own_begin, own_end)
+    // b.recv: the reduced gradients of [own_begin, own_end)
     int64_t owned = b.own_end - b.own_begin;
     for (const DecayRun& run : b.runs) {
-      int64_t local = run.begin - b.own_begin;
-      for (size_t s = 0; s < state_.size(); ++s) slots[s] = state_[s].data<float>() + b.state_offset + local;
-      float* weights = mixed ? master_.data<float>() + b.state_offset + local : flat_->data.data<float>() + run.begin;
-      optimizer_->update(*backend_, weights, g + local, slots.data(), run.end - run.begin, lr, grad_scale, run.decay,
-                         step);
+      with_fp32_grads(*backend_, b.recv.view(run.begin - b.own_begin, {run.end - run.begin}),
+                      [&](int64_t offset, const float* g, int64_t n) {
+                        const int64_t local = run.begin - b.own_begin + offset;
+                        for (size_t s = 0; s < state_.size(); ++s)
+                          slots[s] = state_[s].data<float>() + b.state_offset + local;
+                        float* weights = mixed ? master_.data<float>() + b.state_offset + local
+                                               : flat_->data.data<float>() + run.begin + offset;
+                        optimizer_->update(*backend_, weights, g, slots.data(), n, lr, grad_scale, run.decay, step);
+                      });
     }
     if (mixed) {
       // The updated master slice, cast to the compute dtype, is what travels.

@@ -6,6 +6,8 @@
 // Mixed precision (Megatron's distributed optimizer): the fp32 master weights
 // are sharded like the state; the updated slice is cast to the compute dtype
 // and the all-gather carries that (bf16/f16), straight into FlatParams::data.
+// 16-bit gradients are reduce-scattered as they are and widened a chunk at a
+// time for the optimizer.
 #pragma once
 
 #include <vector>
@@ -36,10 +38,10 @@ class Zero1 : public DataParallel {
     int64_t state_offset = 0;    // where this rank's slice starts in the state buffers
     std::vector<DecayRun> runs;  // of [own_begin, own_end): one optimizer call each
     std::vector<ElementRange> norm;  // of [own_begin, own_end): counted in the gradient norm
-    Tensor send;  // [dp*shard] padded gradients (comm buffer)
-    Tensor recv;  // [shard] reduced gradient slice, then parameter slice for the gather
-    Tensor send16, recv16;  // [dp*shard], [shard] in the compute dtype (mixed precision: the gather;
-                            // 16-bit grad_reduce_dtype: the reduce-scatter)
+    Tensor send;  // [dp*shard] padded gradients, in their dtype (comm buffer)
+    Tensor recv;  // [shard] reduced gradient slice, then (fp32) parameter slice for the gather
+    Tensor send16, recv16;  // [dp*shard], [shard] in the compute dtype, mixed precision's gather
+                            // (send and recv themselves when the gradients are in that dtype)
     std::unique_ptr<Work> work;
   };
   void launch(Bucket& bucket);

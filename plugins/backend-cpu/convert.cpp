@@ -1,11 +1,13 @@
 // The CPU backend's dtype conversions: widening bf16 / f16 kernel inputs to
-// fp32 and `cast` between f32 and bf16 / f16, 8 or 16 elements at a time with
+// fp32, `cast` between f32 and bf16 / f16, adding fp32 values into a 16-bit
+// buffer (accumulate_rounded) and zeroing a buffer of any dtype, 8 or 16 elements at a time with
 // AVX2 (bf16) and F16C (f16) where the CPU has them, the same bits as the
 // scalar conversions of weft/half.hpp.
 #include "cpu_kernels.hpp"
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -144,6 +146,40 @@ void CpuBackend::cast(const Tensor& dst, const Tensor& src) {
     throw Error(std::string("cpu backend: cast from ") + dtype_name(from) + " to " + dtype_name(to) +
                 " is not supported (f32<->bf16, f32<->f16, same dtype)");
   }
+}
+
+void CpuBackend::accumulate_rounded(const Tensor& acc, const float* x) {
+  OpTimer timer(profile_.get(), kOpAccRounded);
+  const int64_t n = acc.numel();
+  const DType dt = acc.dtype();
+  if (dt == DType::F32) return accumulate(acc.data<float>(), x, n);
+  WEFT_ASSERT(dt == DType::BF16 || dt == DType::F16,
+              std::string("cpu backend: accumulate_rounded into dtype ") + dtype_name(dt) + " (f32, bf16, f16 only)");
+  uint16_t* a = acc.data<uint16_t>();
+  const bool bf16 = dt == DType::BF16, avx2 = avx2_, f16c = f16c_;
+  constexpr int64_t kChunk = 256;  // elements widened, summed and narrowed at a time
+  pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
+    float wide[kChunk];
+    for (int64_t c0 = i0; c0 < i1; c0 += kChunk) {
+      const int64_t len = std::min(kChunk, i1 - c0);
+      if (bf16 && avx2) bf16_to_f32_avx2(wide, a + c0, len);
+      else if (f16c && !bf16) f16_to_f32_f16c(wide, a + c0, len);
+      else widen_row(wide, TypedPtr(a + c0, dt), len);
+      for (int64_t i = 0; i < len; ++i) wide[i] += x[c0 + i];  // in fp32
+      if (bf16 && avx2) f32_to_bf16_avx2(a + c0, wide, len);
+      else if (f16c && !bf16) f32_to_f16_f16c(a + c0, wide, len);
+      else
+        for (int64_t i = 0; i < len; ++i) a[c0 + i] = bf16 ? float_to_bf16(wide[i]) : float_to_f16(wide[i]);
+    }
+  });
+}
+
+void CpuBackend::zero(const Tensor& x) {
+  OpTimer timer(profile_.get(), kOpZero);
+  char* bytes = static_cast<char*>(x.raw());
+  pool_.parallel_for(static_cast<int64_t>(x.bytes()), kCopyGrain, [&](int64_t i0, int64_t i1) {
+    std::memset(bytes + i0, 0, static_cast<size_t>(i1 - i0));
+  });
 }
 
 }  // namespace weft

@@ -42,12 +42,12 @@ void widen_row(float* out, TypedPtr p, int64_t n);
 enum Op : int {
   kOpGemmNN, kOpGemmNT, kOpGemmTN, kOpGemmTT, kOpAddBias, kOpBiasGrad, kOpLnFwd, kOpLnBwd, kOpGeluFwd, kOpGeluBwd, kOpAttnFwd, kOpAttnBwd,
   kOpEmbFwd, kOpEmbBwd, kOpXent, kOpAdd, kOpAccumulate, kOpScale, kOpFill, kOpSum, kOpSumSq, kOpAdamW, kOpCast,
-  kOpCopy, kOpAlloc, kOpCount
+  kOpCopy, kOpAlloc, kOpAccRounded, kOpZero, kOpCount
 };
 inline constexpr const char* kOpNames[kOpCount] = {
     "gemm A.B", "gemm A.B^T", "gemm A^T.B", "gemm A^T.B^T", "add_bias", "bias_grad", "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd", "attention_fwd",
     "attention_bwd", "embedding_fwd", "embedding_bwd", "cross_entropy", "add", "accumulate", "scale", "fill", "sum",
-    "sum_squares", "adamw", "cast", "copy", "alloc"};
+    "sum_squares", "adamw", "cast", "copy", "alloc", "accumulate_rounded", "zero"};
 
 }  // namespace weft::cpu
 

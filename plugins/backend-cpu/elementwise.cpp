@@ -1,6 +1,6 @@
 // The CPU backend's elementwise kernels and reductions: bias add and its
 // gradient, GeLU (tanh form; 16-bit inputs widened first), add, accumulate,
-// scale, fill, sum and sum of squares (fixed blocks in double, independent of
+// scale, fill, sum and sum of squares (of f32, bf16 or f16; fixed blocks in double, independent of
 // the thread count).
 #include "cpu_kernels.hpp"
 
@@ -195,16 +195,24 @@ double block_sum_scalar(const float* x, int64_t n) {
 }
 
 // Sums over fixed blocks of kSumBlock elements, then the blocks in order: the
-// result does not depend on the thread count.
+// result does not depend on the thread count. A 16-bit x is widened one block
+// at a time (exactly), so it sums to the same as its fp32 copy would.
 template <bool kSquare>
-double blocked_sum(ThreadPool& pool, bool avx2, const float* x, int64_t n) {
+double blocked_sum(ThreadPool& pool, bool avx2, TypedPtr x, int64_t n) {
   if (n <= 0) return 0.0;
   const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+  const size_t elem = x.dtype == DType::F32 ? 4 : 2;
   std::vector<double> partial(blocks, 0.0);
   pool.parallel_for(blocks, kElementGrain / kSumBlock, [&](int64_t b0, int64_t b1) {
+    std::vector<float> wide(x.dtype == DType::F32 ? 0 : kSumBlock);  // [kSumBlock] one widened block
     for (int64_t bi = b0; bi < b1; ++bi) {
       const int64_t i0 = bi * kSumBlock, len = std::min(n, i0 + kSumBlock) - i0;
-      partial[bi] = avx2 ? block_sum_avx2<kSquare>(x + i0, len) : block_sum_scalar<kSquare>(x + i0, len);
+      const float* xs = static_cast<const float*>(x.data) + i0;
+      if (x.dtype != DType::F32) {
+        widen_row(wide.data(), TypedPtr(static_cast<const char*>(x.data) + i0 * elem, x.dtype), len);
+        xs = wide.data();
+      }
+      partial[bi] = avx2 ? block_sum_avx2<kSquare>(xs, len) : block_sum_scalar<kSquare>(xs, len);
     }
   });
   double total = 0.0;
@@ -213,7 +221,7 @@ double blocked_sum(ThreadPool& pool, bool avx2, const float* x, int64_t n) {
 }
 }  // namespace
 
-double CpuBackend::sum_squares(const float* x, int64_t n) {
+double CpuBackend::sum_squares(TypedPtr x, int64_t n) {
   OpTimer timer(profile_.get(), kOpSumSq);
   return blocked_sum<true>(pool_, avx2_, x, n);
 }

@@ -549,7 +549,38 @@ double CudaBackend::reduce(const float* x, int64_t n, bool square, const char* k
   return result;
 }
 
-double CudaBackend::sum_squares(const float* x, int64_t n) { return reduce(x, n, true, "sum_squares"); }
+double CudaBackend::sum_squares(TypedPtr x, int64_t n) {
+  if (x.dtype == DType::F32) return reduce(static_cast<const float*>(x.data), n, true, "sum_squares");
+  // 16-bit: widened (exactly) a chunk at a time, so the scratch stays bounded.
+  constexpr int64_t kChunk = int64_t{1} << 24;
+  const size_t elem = 2;
+  double total = 0.0;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t len = std::min(kChunk, n - i0);
+    Tensor wide;
+    const float* w = widened(TypedPtr(static_cast<const char*>(x.data) + i0 * elem, x.dtype), len, wide, "sum_squares");
+    total += reduce(w, len, true, "sum_squares");
+  }
+  return total;
+}
+
+void CudaBackend::accumulate_rounded(const Tensor& acc, const float* x) {
+  WEFT_ASSERT(acc.device() == Device::Cuda, "cuda backend: accumulate_rounded into a non-CUDA tensor");
+  const int64_t n = acc.numel();
+  if (acc.dtype() == DType::F32) return accumulate(acc.data<float>(), x, n);
+  // Widened exactly, summed in fp32, rounded once by the cast back.
+  Tensor wide = scratch(std::max<int64_t>(n, 1));
+  Tensor sum = wide.view(0, {n});
+  cast(sum, acc);
+  accumulate(sum.data<float>(), x, n);
+  cast(acc, sum);
+}
+
+void CudaBackend::zero(const Tensor& x) {
+  WEFT_ASSERT(x.device() == Device::Cuda, "cuda backend: zero of a non-CUDA tensor");
+  use_device();
+  if (x.bytes() > 0) cuda_check(cudaMemsetAsync(x.raw(), 0, x.bytes(), kStream), "zero");
+}
 
 double CudaBackend::sum(const float* x, int64_t n) { return reduce(x, n, false, "sum"); }
 

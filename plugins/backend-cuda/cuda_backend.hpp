@@ -97,7 +97,9 @@ class CudaBackend final : public Backend {
   void accumulate(float* acc, const float* x, int64_t n) override;
   void scale(float* x, float s, int64_t n) override;
   void fill(float* x, float value, int64_t n) override;
-  double sum_squares(const float* x, int64_t n) override;
+  double sum_squares(TypedPtr x, int64_t n) override;
+  void accumulate_rounded(const Tensor& acc, const float* x) override;
+  void zero(const Tensor& x) override;
   double sum(const float* x, int64_t n) override;
   void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, int64_t step, float grad_scale) override;

@@ -591,6 +591,12 @@ def test_grad_reduce_in_bf16(tmp):
     if got:
         c = weft("check", out, cwd=tmp)
         check("--grad-reduce-in-bf16: the imported recipe passes weft check", c.returncode == 0, c.stderr[-300:])
+        c = weft("check", out, "--json", cwd=tmp)
+        d = json.loads(c.stdout) if c.returncode == 0 else {"ranks": []}
+        x = d["ranks"][0] if d["ranks"] else {}
+        check("--grad-reduce-in-bf16: check --json counts 2 bytes per gradient (bf16 buffer), 2 per weight",
+              x and x["mem_grad_bytes"] == 2 * x["params"] and x["mem_param_bytes"] == 2 * x["params"],
+              f"{x} {c.stderr[-300:]}")
 
 
 def test_small_run(tmp):

@@ -672,6 +672,28 @@ TEST_F(CudaVsCpu, SumsInDouble) {
   EXPECT_EQ(gpu->sum(nullptr, 0), 0.0);
 }
 
+// 16-bit gradient buffers: accumulate_rounded (widen, add in fp32, round
+// once) and sum_squares of 16-bit values give the CPU's bits and sums; zero
+// clears every byte. Each in f32, bf16 and f16.
+TEST_P(CudaWeights, SixteenBitGradientKernels) {
+  const DType dt = GetParam();
+  const int64_t n = 70001;
+  Vec acc = random_vec(n, 41, -4.f, 4.f), x = random_vec(n, 42);
+  Weight a = weight(acc, dt);  // the accumulator, in dt on each backend
+  Tensor xg = g(x), xc = c(x);
+  gpu->accumulate_rounded(a.gpu, f(xg));
+  cpu->accumulate_rounded(a.cpu, f(xc));
+  Tensor wg = gpu->alloc({n}, DType::F32, MemCategory::Workspace), wc = cpu->alloc({n}, DType::F32, MemCategory::Workspace);
+  gpu->cast(wg, a.gpu);
+  cpu->cast(wc, a.cpu);
+  expect_exact(down(wg), down(wc), std::string("accumulate_rounded ") + dname(dt));
+  const double qg = gpu->sum_squares(a.g(), n), qc = cpu->sum_squares(a.c(), n);
+  EXPECT_NEAR(qg, qc, 1e-12 * qc) << "sum_squares " << dname(dt);
+  gpu->zero(a.gpu);
+  gpu->cast(wg, a.gpu);
+  expect_exact(down(wg), Vec(n, 0.f), std::string("zero ") + dname(dt));
+}
+
 // AdamW: the CPU's operations in its order with no contraction: exact, over
 // several steps, with weight decay and a clip factor.
 TEST_F(CudaVsCpu, AdamWExactOverSteps) {

@@ -165,9 +165,11 @@ INSTANTIATE_TEST_SUITE_P(GptTiny, LayoutEquivalence, ::testing::ValuesIn(layouts
 // 1e-5), fp16's loss scale and skipped steps as in the single-rank run, and
 // rank 0's metrics show what travels (docs/precision.md):
 //   mem_param_bytes = 2 N (the 16-bit compute copy)
+//   mem_grad_bytes  = 4 N, or 2 N with accumulate_grads_in_fp32 = false
 //   mem_optim_bytes = 12 ceil(N / 2) zero1 (fp32 masters and both moments, sharded)
 //   comm_bytes      = zero1: (dp - 1) shard (4 + 2) + 2 ring(4): fp32 gradients
-//                     reduce-scattered, the 16-bit weights all-gathered
+//                     reduce-scattered, the 16-bit weights all-gathered;
+//                     (dp - 1) shard (2 + 2) + 2 ring(4) with 16-bit gradients
 //                   = ddp, accumulate_grads_in_fp32 = false: ring(2 N) + ring(4):
 //                     the gradient bucket reduced in 16 bits
 // A 10-step run of gpt-tiny (global batch 8, micro 2) in `precision` with `extra` overrides.
@@ -193,6 +195,17 @@ const Metrics& half_reference(const std::string& precision) {
   static std::map<std::string, Metrics> refs;
   auto it = refs.find(precision);
   if (it == refs.end()) it = refs.emplace(precision, train_half(precision, "one-rank", {})).first;
+  return it->second;
+}
+
+// The single-rank run of `precision` with 16-bit gradients
+// (accumulate_grads_in_fp32 = false): the reference of layouts in that mode.
+const Metrics& half_reference_grads16(const std::string& precision) {
+  static std::map<std::string, Metrics> refs;
+  auto it = refs.find(precision);
+  if (it == refs.end())
+    it = refs.emplace(precision, train_half(precision, "one-rank-grads16", {"precision.accumulate_grads_in_fp32=false"}))
+             .first;
   return it->second;
 }
 
@@ -231,12 +244,15 @@ TEST_P(HalfLayouts, DataParallelFollowsTheSingleRankRun) {
     double optim, comm;
   };
   for (const Case& c : {Case{"zero1", true, 12.0 * shard, static_cast<double>(shard * 6 + 2 * ring(2, 4))},
+                        Case{"zero1", false, 12.0 * shard, static_cast<double>(shard * 4 + 2 * ring(2, 4))},
                         Case{"ddp", false, 12.0 * n, static_cast<double>(ring(2, 2 * n) + ring(2, 4))}}) {
     const Metrics m = train_dp(2, c.plugin, c.fp32_grads);
     ASSERT_EQ(m.size(), static_cast<size_t>(kSteps)) << c.plugin;
-    const double worst = expect_follows(ref, m, precision, "dp2 " + c.plugin);
+    const double worst = expect_follows(c.fp32_grads ? ref : half_reference_grads16(precision), m, precision,
+                                        "dp2 " + c.plugin + (c.fp32_grads ? "" : " 16-bit grads"));
     for (int s = 1; s <= kSteps; ++s) {
       EXPECT_EQ(m.at(s)["mem_param_bytes"].get<double>(), 2.0 * n) << c.plugin;
+      EXPECT_EQ(m.at(s)["mem_grad_bytes"].get<double>(), (c.fp32_grads ? 4.0 : 2.0) * n) << c.plugin;
       EXPECT_EQ(m.at(s)["mem_optim_bytes"].get<double>(), c.optim) << c.plugin;
       EXPECT_EQ(m.at(s)["comm_bytes"].get<double>(), c.comm) << c.plugin << " step " << s;
     }
@@ -255,6 +271,16 @@ TEST_P(HalfLayouts, TensorAndPipelineFollowTheSingleRankRun) {
   const double worst = expect_follows(half_reference(precision), m, precision, "tp2 pp2 sp");
   std::printf("%s tp2 pp2 sp: max rel loss difference to one rank %.3g over %d steps\n", precision.c_str(), worst,
               kSteps);
+  // 16-bit gradients: the tp sums of sequence-parallel params and the tied
+  // table's sum across stages run in 16 bits too.
+  const Metrics g = train_half(precision, "tp2pp2-grads16",
+                               {"parallel.tensor=2", "parallel.pipeline=2", "parallel.world=4",
+                                "parallel.tensor_parallel.sequence_parallel=true",
+                                "precision.accumulate_grads_in_fp32=false"});
+  ASSERT_EQ(g.size(), static_cast<size_t>(kSteps));
+  const double worst16 = expect_follows(half_reference_grads16(precision), g, precision, "tp2 pp2 sp 16-bit grads");
+  std::printf("%s tp2 pp2 sp 16-bit grads: max rel loss difference to one rank %.3g over %d steps\n",
+              precision.c_str(), worst16, kSteps);
 }
 
 INSTANTIATE_TEST_SUITE_P(Precision, HalfLayouts, ::testing::Values("bf16", "fp16"),

@@ -44,7 +44,9 @@ class StubBackend : public weft::Backend {
   void accumulate(float*, const float*, int64_t) override {}
   void scale(float*, float, int64_t) override {}
   void fill(float*, float, int64_t) override {}
-  double sum_squares(const float*, int64_t) override { return 0; }
+  double sum_squares(weft::TypedPtr, int64_t) override { return 0; }
+  void accumulate_rounded(const weft::Tensor&, const float*) override {}
+  void zero(const weft::Tensor&) override {}
   double sum(const float*, int64_t) override { return 0; }
   void adamw(float*, const float*, float*, float*, int64_t, float, float, float, float, float, int64_t,
              float) override {}

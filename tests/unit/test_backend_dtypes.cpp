@@ -8,6 +8,7 @@
 // Odd sizes, 1 and 3 threads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -381,6 +382,78 @@ TEST_P(DTypeKernels, CastMatchesTheScalarConversionsBitForBit) {
       EXPECT_EQ(misses, 0) << what;
       expect_bits(back, widen(want16, dt), what + " widening");
     }
+  }
+}
+
+// accumulate_rounded (16-bit gradient buffers): every element becomes the
+// scalar round to nearest even of (widened acc + x), summed in fp32, with the
+// vector conversions and without, lengths with tails of every size; planted:
+// a sum that overflows f16 (inf), a NaN, an x below half an ulp of acc (acc
+// unchanged). An f32 acc gets plain accumulate's bits.
+TEST_P(DTypeKernels, AccumulateRoundedRoundsEachSumOnce) {
+  for (bool vector_kernels : {true, false}) {
+    CpuBackend backend(std::get<0>(GetParam()), vector_kernels);
+    for (int64_t n : {int64_t{100003}, int64_t{257}, int64_t{15}, int64_t{4}}) {
+      Vec acc = random_vec(n, 21, -4.f, 4.f), x = random_vec(n, 22);
+      acc[0] = 60000.f, x[0] = 60000.f;  // f16: inf
+      x[1] = NAN;
+      acc[2] = 3.f, x[2] = 4e-4f;  // under half an ulp of 3 in both dtypes (f16 2^-10, bf16 2^-7)
+      const Half before = narrow(acc, dt);
+      weft::Tensor t = backend.alloc({n}, dt, weft::MemCategory::Grad);
+      backend.copy_from_host(t, before.data());
+      backend.accumulate_rounded(t, x.data());
+      Half got(n);
+      backend.copy_to_host(got.data(), t);
+      const Vec wide_before = widen(before, dt);
+      Vec sum(n);
+      for (int64_t i = 0; i < n; ++i) sum[i] = wide_before[i] + x[i];  // fp32
+      const Half want = narrow(sum, dt);
+      const std::string what = std::string(vector_kernels ? "vector" : "baseline") + " n " + std::to_string(n);
+      int misses = 0;
+      for (int64_t i = 0; i < n; ++i)
+        if (got[i] != want[i] && ++misses <= 5)
+          ADD_FAILURE() << what << "[" << i << "]: " << std::hex << got[i] << " vs " << want[i];
+      EXPECT_EQ(misses, 0) << what;
+      EXPECT_EQ(got[2], before[2]) << what;
+      EXPECT_TRUE(std::isnan(widen(got, dt)[1])) << what;
+      if (dt == DType::F16) EXPECT_TRUE(std::isinf(widen(got, dt)[0])) << what;
+
+      Vec acc32 = acc, plain = acc;  // f32: accumulate's bits
+      weft::Tensor t32 = backend.alloc({n}, DType::F32, weft::MemCategory::Grad);
+      backend.copy_from_host(t32, acc32.data());
+      backend.accumulate_rounded(t32, x.data());
+      backend.copy_to_host(acc32.data(), t32);
+      backend.accumulate(plain.data(), x.data(), n);
+      expect_bits(acc32, plain, what + " f32");
+    }
+  }
+}
+
+// sum_squares of 16-bit values: exactly the fp64 sum of squares of their
+// widened copy (the same fixed blocks), for lengths across block boundaries.
+TEST_P(DTypeKernels, SumSquaresOfSixteenBitValuesEqualsTheirWidenedCopy) {
+  for (int64_t n : {int64_t{100003}, int64_t{4097}, int64_t{4096}, int64_t{5}, int64_t{0}}) {
+    const Half h = narrow(random_vec(static_cast<size_t>(n), 31, -3.f, 3.f), dt);
+    const Vec w = widen(h, dt);
+    double reference = 0;  // naive fp64
+    for (float v : w) reference += static_cast<double>(v) * v;
+    const double got = be.sum_squares(TypedPtr(h.data(), dt), n);
+    EXPECT_EQ(got, be.sum_squares(w.data(), n)) << n;
+    EXPECT_NEAR(got, reference, 1e-12 * (1 + reference)) << n;
+  }
+}
+
+// zero: every byte 0 in a buffer of any dtype, inf and NaN included.
+TEST_P(DTypeKernels, ZeroClearsEveryByte) {
+  for (DType d : {dt, DType::F32}) {
+    const int64_t n = 5003;
+    weft::Tensor t = be.alloc({n}, d, weft::MemCategory::Grad);
+    std::vector<unsigned char> ones(t.bytes(), 0xFF);  // NaN in every dtype
+    be.copy_from_host(t, ones.data());
+    be.zero(t);
+    std::vector<unsigned char> got(t.bytes(), 1);
+    be.copy_to_host(got.data(), t);
+    EXPECT_EQ(std::count(got.begin(), got.end(), 0), static_cast<long>(got.size())) << weft::dtype_name(d);
   }
 }
 

@@ -18,6 +18,7 @@
 #include "llama.hpp"
 #include "megatron.hpp"
 #include "weft/error.hpp"
+#include "weft/half.hpp"
 #include "weft/moe.hpp"
 #include "weft/nn.hpp"
 #include "weft/params.hpp"
@@ -822,6 +823,72 @@ TEST_F(NnTest, GradientsAccumulateOverMicrobatches) {
             before.current[static_cast<int>(MemCategory::Activation)]);
   EXPECT_EQ(after.current[static_cast<int>(MemCategory::Workspace)],
             before.current[static_cast<int>(MemCategory::Workspace)]);
+}
+
+// 16-bit gradients (precision.accumulate_grads_in_fp32 = false), three
+// microbatches one after another: every gradient is the fp32 accumulation
+// rounded once per microbatch, acc <- round(acc + g_k), with g_k that
+// microbatch's fp32 gradient from a copy of the model with fp32 gradients and
+// the same 16-bit weights; bit for bit (as values: +0 and -0 alike). The
+// tied table takes two contributions per microbatch (output layer, then
+// embedding), each rounded, so it is held to the bound that allows: per
+// microbatch |error| grows by at most 3u (|acc| + |g_k| + |error|).
+TEST_F(NnTest, SixteenBitGradientsRoundOncePerMicrobatch) {
+  for (DType dt : {DType::BF16, DType::F16}) {
+    for (bool untie : {true, false}) {
+      const std::string what = std::string(dtype_name(dt)) + (untie ? " untied" : " tied");
+      gpt::GptConfig c = tiny_gpt_config();
+      c.untie = untie;
+      gpt::GptModel m16(c, nullptr), m32(c, nullptr);
+      FlatParams f16 = materialize_params(m16.params(), be, kTestSeed, dt, dt);
+      FlatParams f32 = materialize_params(m32.params(), be, kTestSeed, dt, DType::F32);
+      ASSERT_EQ(f16.grad.dtype(), dt);
+      ASSERT_EQ(f16.numel, f32.numel);
+      auto round = [&](float v) {
+        return dt == DType::BF16 ? bf16_to_float(float_to_bf16(v)) : f16_to_float(float_to_f16(v));
+      };
+      const double u = dt == DType::BF16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
+      auto run = [&](gpt::GptModel& m, const GptBatch& mb) {
+        Context ctx(be, 0);
+        ctx.targets = mb.targets;
+        ctx.dloss_scale = 1.f / 30.f;
+        forward_layers(ctx, m.layers(), mb.ids);
+        backward_layers(ctx, m.layers());
+      };
+      std::vector<float> want(static_cast<size_t>(f16.numel), 0.f);
+      std::vector<double> bound(want.size(), 0.0);
+      for (int k = 0; k < 3; ++k) {
+        const GptBatch mb = tiny_batch(be, 51 + 10 * k, 3, c.seq_length, c.vocab);
+        zero_grads(f32, be);
+        run(m32, mb);
+        const std::vector<float> g = to_host(be, f32.grad);
+        run(m16, mb);  // accumulates onto the earlier microbatches
+        for (size_t i = 0; i < want.size(); ++i) {
+          bound[i] += 3 * u * (std::abs(want[i]) + std::abs(g[i]) + bound[i]);
+          want[i] = round(want[i] + g[i]);
+        }
+      }
+      std::vector<uint16_t> raw(want.size());
+      be.copy_to_host(raw.data(), f16.grad);
+      int exact = 0;
+      for (size_t pi = 0; pi < f16.params.size(); ++pi) {
+        const Param& p = *f16.params[pi];
+        const bool tied_table = !untie && p.name == "wte.weight";
+        int misses = 0;
+        for (int64_t e = 0; e < p.grad.numel(); ++e) {
+          const size_t i = static_cast<size_t>(f16.offsets[pi] + e);
+          const float got = dt == DType::BF16 ? bf16_to_float(raw[i]) : f16_to_float(raw[i]);
+          const bool ok = tied_table ? std::abs(got - want[i]) <= bound[i] : got == want[i];
+          if (!ok && ++misses <= 3) ADD_FAILURE() << what << " " << p.name << "[" << e << "]: " << got << " vs " << want[i];
+          exact += !tied_table;
+        }
+        EXPECT_EQ(misses, 0) << what << " " << p.name;
+      }
+      EXPECT_GT(exact, f16.numel / 2) << what;
+      // The gradients are not all zero (the comparison means something).
+      EXPECT_GT(std::count_if(want.begin(), want.end(), [](float v) { return v != 0.f; }), f16.numel / 2) << what;
+    }
+  }
 }
 
 // ---------------------------------------------------------------- materialize_params

@@ -86,23 +86,29 @@ const std::vector<std::string> kTiny = {"log.interval=10", "batch.micro=8", "che
 // within 2% of the fp32 loss at every logged step after 20 and in the final
 // eval loss on a held-out fortune file; fp16 never needs to skip at its
 // default scale here; the mem_* figures follow the bytes-per-parameter table.
+// "bf16-grads16" is bf16 with 16-bit gradients (accumulate_grads_in_fp32 =
+// false) over 4 microbatches of 2, so they accumulate in bf16.
 TEST(Precision, Bf16AndFp16FollowFp32OnGptTiny) {
   Trainer run;
   std::map<std::string, std::map<int64_t, json>> m;
   std::map<std::string, double> eval;
   const std::string held_out = "/usr/share/games/fortunes/debian";
-  for (const std::string mode : {"fp32", "bf16", "fp16"}) {
+  for (const std::string mode : {"fp32", "bf16", "fp16", "bf16-grads16"}) {
     fs::path out = temp_dir("curve-" + mode);
     auto o = kTiny;
     o.push_back("run.steps=200");
-    o.push_back("precision.plugin=" + mode);
+    if (mode == "bf16-grads16") {
+      o.insert(o.end(), {"precision.plugin=bf16", "precision.accumulate_grads_in_fp32=false", "batch.micro=2"});
+    } else {
+      o.push_back("precision.plugin=" + mode);
+    }
     run.train(o, out);
     m[mode] = read_metrics(out / "metrics.jsonl");
     eval[mode] = eval_loss(out / "checkpoints" / "step_200", held_out);
     fs::remove_all(out);
   }
   ASSERT_EQ(m["fp32"].size(), 20u);
-  for (const std::string mode : {"bf16", "fp16"}) {
+  for (const std::string mode : {"bf16", "fp16", "bf16-grads16"}) {
     ASSERT_EQ(m[mode].size(), 20u) << mode;
     for (const auto& [step, rec] : m["fp32"]) {
       if (step <= 20) continue;
@@ -121,15 +127,16 @@ TEST(Precision, Bf16AndFp16FollowFp32OnGptTiny) {
   const double n = m["fp32"][10]["mem_grad_bytes"].get<double>() / 4;
   EXPECT_EQ(m["fp32"][10]["mem_param_bytes"].get<double>(), 4 * n);
   EXPECT_EQ(m["fp32"][10]["mem_optim_bytes"].get<double>(), 8 * n);
-  for (const std::string mode : {"bf16", "fp16"}) {
+  for (const std::string mode : {"bf16", "fp16", "bf16-grads16"}) {
     EXPECT_EQ(m[mode][10]["mem_param_bytes"].get<double>(), 2 * n) << mode;
-    EXPECT_EQ(m[mode][10]["mem_grad_bytes"].get<double>(), 4 * n) << mode;
+    EXPECT_EQ(m[mode][10]["mem_grad_bytes"].get<double>(), (mode == "bf16-grads16" ? 2 : 4) * n) << mode;
     EXPECT_EQ(m[mode][10]["mem_optim_bytes"].get<double>(), 12 * n) << mode;
   }
 }
 
 // zero1 over 4 ranks shards the fp32 masters with the moments: rank 0 keeps
-// 12 bytes for each element it owns, ceil(N/4) of them (one bucket here).
+// 12 bytes for each element it owns, ceil(N/4) of them (one bucket here);
+// gradients take 4 bytes per parameter, 2 when they are 16-bit.
 TEST(Precision, Bf16Zero1ShardsMastersAndMoments) {
   Trainer run;
   fs::path out = temp_dir("zero1");
@@ -138,6 +145,17 @@ TEST(Precision, Bf16Zero1ShardsMastersAndMoments) {
             out);
   auto m = read_metrics(out / "metrics.jsonl");
   const double n = m[1]["mem_grad_bytes"].get<double>() / 4;
+  EXPECT_EQ(m[1]["mem_param_bytes"].get<double>(), 2 * n);
+  EXPECT_EQ(m[1]["mem_optim_bytes"].get<double>(), 12 * std::ceil(n / 4));
+  fs::remove_all(out);
+
+  // 16-bit gradients: 2 bytes per parameter of them, the rest unchanged.
+  run.train({"run.steps=2", "log.interval=1", "batch.micro=2", "checkpoint.interval=0", "precision.plugin=bf16",
+             "precision.accumulate_grads_in_fp32=false", "parallel.data=4", "parallel.world=4",
+             "parallel.data_parallel.plugin=zero1"},
+            out);
+  m = read_metrics(out / "metrics.jsonl");
+  EXPECT_EQ(m[1]["mem_grad_bytes"].get<double>(), 2 * n);
   EXPECT_EQ(m[1]["mem_param_bytes"].get<double>(), 2 * n);
   EXPECT_EQ(m[1]["mem_optim_bytes"].get<double>(), 12 * std::ceil(n / 4));
   fs::remove_all(out);

@@ -183,7 +183,13 @@ class Backend {
   virtual void accumulate(float* acc, const float* x, int64_t n) = 0;          // acc += x
   virtual void scale(float* x, float s, int64_t n) = 0;                        // x *= s
   virtual void fill(float* x, float value, int64_t n) = 0;  // x = value (also clears inf/nan, unlike scale(0))
-  virtual double sum_squares(const float* x, int64_t n) = 0;                   // in fp64
+  // x (F32, BF16 or F16) summed in fp64: 16-bit values are widened exactly first.
+  virtual double sum_squares(TypedPtr x, int64_t n) = 0;
+  // acc[numel] += x[numel], acc F32, BF16 or F16: each sum is formed in fp32
+  // and rounded once to acc's dtype (round to nearest even); 16-bit gradient
+  // buffers accumulate with it.
+  virtual void accumulate_rounded(const Tensor& acc, const float* x) = 0;
+  virtual void zero(const Tensor& x) = 0;  // every byte 0: +0 in every dtype (also clears inf/nan)
   virtual double sum(const float* x, int64_t n) = 0;
 
   // AdamW on a flat range, decoupled weight decay: p -= lr*(mhat/(sqrt(vhat)+eps) + wd*p),

@@ -18,22 +18,21 @@ namespace weft {
 
 // All params of this rank as views into two flat buffers: the weights the
 // model computes with (fp32, or the precision's bf16/f16 compute copy) and
-// the fp32 gradients.
+// the gradients (fp32, or the compute dtype when the precision's
+// accumulate_grads_in_fp32 is false: accumulated over microbatches, reduced
+// over dp and read by the optimizer in 16 bits, docs/precision.md).
 struct FlatParams {
   std::vector<Param*> params;    // in buffer order
   std::vector<int64_t> offsets;  // element offset of params[i]
   Tensor data;                   // [numel], the compute dtype
-  Tensor grad;                   // [numel], f32
+  Tensor grad;                   // [numel], f32 or the compute dtype
   int64_t numel = 0;
   // With a 16-bit compute dtype the fp32 master weights belong to the
   // data-parallel strategy: their initial values wait here (host, [numel])
   // until its setup() took its share; then they are cleared.
   std::vector<float> initial_master;
-  // The dtype gradients travel in over dp: f32, or the compute dtype when the
-  // precision's accumulate_grads_in_fp32 is false (cast before the reduction,
-  // summed in fp32 by the communicator, cast back).
-  DType grad_reduce_dtype = DType::F32;
   bool mixed() const { return data.defined() && data.dtype() != DType::F32; }
+  bool grads16() const { return grad.defined() && grad.dtype() != DType::F32; }
   // Whether this rank counts the tp-replicated params in the gradient norm:
   // true on tp rank 0 only, so summing the norm over tp counts each logical
   // element once (sharded params on every rank, replicated ones once).
@@ -60,6 +59,14 @@ struct GradBucket {
 // is the bucket of flat.params[i].
 std::vector<GradBucket> plan_grad_buckets(const FlatParams& flat, int64_t bucket_bytes,
                                           std::vector<int>& bucket_of_param);
+
+// Hands gradients `grads` ([n], f32 or 16-bit) to `use` as fp32, the way
+// optimizers read them: in one piece when they are fp32, else widened
+// (exactly) a chunk of at most 2^20 elements at a time into one workspace, so
+// 16-bit gradients never get an fp32 copy of their own size. `offset` is the
+// chunk's first element within `grads`.
+void with_fp32_grads(Backend& backend, const Tensor& grads,
+                     const std::function<void(int64_t offset, const float* g, int64_t n)>& use);
 
 // A maximal element range of consecutive params, clipped to [begin, end), that
 // share the weight-decay flag: optimizers update ranges elementwise, so one

@@ -3,7 +3,7 @@
 // forward/backward; every kernel goes through weft::Backend, so the same
 // modules run on any backend. Activations that backward needs are saved in the
 // Context under the module's address (several microbatches may be in flight),
-// never in members. Gradients accumulate into Param::grad.
+// never in members. Gradients accumulate into Param::grad (add_to_grad).
 //
 // Params are declared (name, shapes, init) in constructors but not allocated:
 // materialize_params (weft/params.hpp) gives them views into flat buffers.
@@ -29,6 +29,20 @@ Param make_param(std::string name, Shape full_shape, InitKind init, float init_s
 // Tells ctx.on_grad_ready that `param`'s gradient is final, when this is the
 // last microbatch of the step and a hook is set.
 void grad_ready(Context& ctx, Param& param);
+
+// Runs `add(float* g)`, which adds one backward's contribution to `param`'s
+// gradient, g[numel] in fp32: the gradient itself when it is fp32; when it is
+// 16-bit (precision.accumulate_grads_in_fp32 = false), a zeroed fp32
+// workspace that is then added into it, each sum rounded once
+// (Backend::accumulate_rounded). So a 16-bit gradient rounds once per
+// contribution, once per microbatch for most params, never inside a kernel.
+template <class Add>
+void add_to_grad(Backend& be, Param& param, Add&& add) {
+  if (param.grad.dtype() == DType::F32) return add(param.grad.data<float>());
+  Tensor g = be.alloc(param.grad.shape(), DType::F32, MemCategory::Workspace);  // [shape], zero-filled
+  add(g.data<float>());
+  be.accumulate_rounded(param.grad, g.data<float>());
+}
 
 // The weights a kernel reads: Param::data, fp32 or the precision's 16-bit
 // compute copy (docs/precision.md).

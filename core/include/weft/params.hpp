@@ -1,5 +1,5 @@
-// Materialising parameters: one flat fp32 param buffer and one flat grad
-// buffer per rank, every Param::data/grad a view into them, values drawn from
+// Materialising parameters: one flat param buffer and one flat grad buffer
+// per rank, every Param::data/grad a view into them, values drawn from
 // the counter-based RNG keyed by (seed, logical name, logical element index)
 // so every parallel layout holds exactly the same numbers (docs/design.md).
 #pragma once
@@ -31,9 +31,11 @@ void init_param_host(const Param& param, uint64_t seed, float* out);
 // order, no padding), points every param's data/grad at its view, initialises
 // the data (grads are zero). The Params must outlive the returned FlatParams.
 // With a 16-bit `compute` dtype the data buffer holds the initial values
-// rounded to it, and FlatParams::initial_master their fp32 values.
+// rounded to it, and FlatParams::initial_master their fp32 values. `grad` is
+// the gradient buffer's dtype: F32, or `compute` (16-bit gradients,
+// precision.accumulate_grads_in_fp32 = false).
 FlatParams materialize_params(const std::vector<Param*>& params, Backend& backend, uint64_t seed,
-                              DType compute = DType::F32);
+                              DType compute = DType::F32, DType grad = DType::F32);
 
 // `values[n]` (fp32, host) into a compute-dtype tensor of n elements: copied,
 // or rounded to bf16/f16 (round to nearest even) on the host.

@@ -22,7 +22,7 @@
 namespace weft {
 
 // Bump whenever any interface under weft/ changes layout or meaning.
-inline constexpr uint32_t kAbiVersion = 7;
+inline constexpr uint32_t kAbiVersion = 8;
 
 class Registry;
 
@@ -50,7 +50,7 @@ const std::vector<std::string>& plugin_families();
 #define WEFT_BUILD_FINGERPRINT                                                           \
   "gcc=" WEFT_STR(__GNUC__) " cxx11abi=" WEFT_STR(_GLIBCXX_USE_CXX11_ABI) " abi=" \
   WEFT_STR(WEFT_ABI_VERSION_LITERAL) WEFT_CUDA_FINGERPRINT
-#define WEFT_ABI_VERSION_LITERAL 7
+#define WEFT_ABI_VERSION_LITERAL 8
 static_assert(WEFT_ABI_VERSION_LITERAL == kAbiVersion, "keep the literal in step with kAbiVersion");
 
 // One registered factory. `factory` points at FamilyTraits<I>::Factory of its family.

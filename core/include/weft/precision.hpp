@@ -1,9 +1,9 @@
 // Precision policy (family precision: fp32, bf16, fp16), docs/precision.md.
 // It says which dtype the model computes with (the weights' compute copy and
 // the GEMM inputs), and, for fp16, scales the loss dynamically. Master
-// weights, gradients and optimizer state stay fp32 in every mode: the
-// data-parallel strategy keeps the fp32 masters and refreshes the compute
-// copy after each optimizer step.
+// weights and optimizer state stay fp32 in every mode (gradients too, unless
+// accumulate_grads_in_fp32 is off): the data-parallel strategy keeps the fp32
+// masters and refreshes the compute copy after each optimizer step.
 #pragma once
 
 #include <functional>
@@ -22,9 +22,9 @@ class Precision {
   virtual ~Precision() = default;
   virtual DType compute_dtype() const = 0;  // F32, BF16 or F16: Param::data and GEMM inputs
   virtual DType master_dtype() const = 0;   // F32: the weights the optimizer updates
-  // false: gradient buckets are cast to the compute dtype for the reduction
-  // over dp (Megatron's accumulate_allreduce_grads_in_fp32 off); gradients
-  // still accumulate over microbatches in fp32 on this version.
+  // false: the gradient buffer is in the compute dtype: gradients accumulate
+  // over microbatches and reduce over dp in 16 bits, each contribution summed
+  // in fp32 and rounded once (Megatron's accumulate_allreduce_grads_in_fp32 off).
   virtual bool accumulate_grads_in_fp32() const { return true; }
   virtual float loss_scale() const = 0;     // the loss is multiplied by it before backward; 1 unless fp16
   // Told whether this step's (scaled) gradients hold inf/NaN, after the
