@@ -6,6 +6,8 @@ wider one: hidden 512, 4 layers, 8 heads, sequence 256, global batch 4) runs
 
   weft train RECIPE --set precision.plugin=MODE --set run.steps=S --set log.interval=1 ...
 
+(mode bf16-g16 is bf16 with 16-bit gradients: precision.accumulate_grads_in_fp32=false)
+
 and prints the median step_ms of the last M steps of metrics.jsonl, its ratio
 to the fp32 step, and the peak activation bytes (mem_act_bytes). The modes
 run in turn, `--repeats` rounds of them, so a change in the machine's load
@@ -27,7 +29,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import bench  # noqa: E402  (run_weft: one weft run, its metrics)
-MODES = ("fp32", "bf16", "fp16")
+# mode -> its overrides
+MODES = {
+    "fp32": ["precision.plugin=fp32"],
+    "bf16": ["precision.plugin=bf16"],
+    "fp16": ["precision.plugin=fp16"],
+    "bf16-g16": ["precision.plugin=bf16", "precision.accumulate_grads_in_fp32=false"],
+}
 
 # name -> overrides on examples/gpt-tiny.toml
 CONFIGS = {
@@ -40,7 +48,7 @@ CONFIGS = {
 def run_weft(weft, overrides, mode, threads, steps, measure):
     """Median step_ms of the last `measure` steps and the peak activation bytes."""
     res = bench.run_weft(weft, os.path.join(ROOT, "examples", "gpt-tiny.toml"), threads, steps, measure,
-                         extra=overrides + [f"precision.plugin={mode}"])
+                         extra=overrides + MODES[mode])
     return res["median_step_ms"], res["peak_bytes"]["act"]
 
 
@@ -59,7 +67,7 @@ def main():
     print(f"# {datetime.date.today()}  {platform.machine()}  {os.cpu_count()} cpus  threads {args.threads}  "
           f"load average {load:.2f} at start  steps {args.steps}, median of last {args.measure}, "
           f"{args.repeats} rounds")
-    print(f"{'config':<26} {'mode':<5} {'ms/step':>9} {'x fp32':>7} {'act peak MiB':>13}")
+    print(f"{'config':<26} {'mode':<8} {'ms/step':>9} {'x fp32':>7} {'act peak MiB':>13}")
     results = {}
     for name in args.config or list(CONFIGS):
         times = {m: [] for m in MODES}
@@ -72,7 +80,7 @@ def main():
         results[name] = {m: {"step_ms": med[m], "ratio": med[m] / med["fp32"], "runs_ms": times[m],
                              "mem_act_bytes": act[m]} for m in MODES}
         for m in MODES:
-            print(f"{name:<26} {m:<5} {med[m]:9.1f} {med[m] / med['fp32']:7.2f} {act[m] / 2**20:13.2f}")
+            print(f"{name:<26} {m:<8} {med[m]:9.1f} {med[m] / med['fp32']:7.2f} {act[m] / 2**20:13.2f}")
     print(f"# load average {os.getloadavg()[0]:.2f} at the end")
     if args.out:
         with open(args.out, "w") as f:

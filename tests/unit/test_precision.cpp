@@ -162,7 +162,7 @@ TEST(Precision, Bf16Zero1ShardsMastersAndMoments) {
 }
 
 // A bf16 checkpoint holds fp32 master weights (not bf16-rounded values), a
-// bf16 run resumes bit for bit, and the checkpoint resumes in fp32 (and an
+// bf16 run resumes bit for bit (with fp32 and with 16-bit gradients), and the checkpoint resumes in fp32 (and an
 // fp32 one in bf16) with a loss close to the uninterrupted run.
 TEST(Precision, Bf16CheckpointsKeepMastersResumeExactlyAndCrossModes) {
   Trainer run;
@@ -183,6 +183,22 @@ TEST(Precision, Bf16CheckpointsKeepMastersResumeExactlyAndCrossModes) {
       EXPECT_EQ(full[s][key].get<double>(), resumed[s][key].get<double>()) << "step " << s << " " << key;
   EXPECT_TRUE(file_bytes(a / "checkpoints/step_8/model.safetensors") ==
               file_bytes(b / "checkpoints/step_8/model.safetensors"));
+
+  // 16-bit gradients (2 microbatches a step accumulate in bf16) resume bit for bit as well.
+  const fs::path g = temp_dir("bf16-grads16-full"), h = temp_dir("bf16-grads16-resumed");
+  const std::vector<std::string> grads16 = {"precision.plugin=bf16", "precision.accumulate_grads_in_fp32=false",
+                                            "batch.micro=2", "batch.global=4"};
+  run.train(with(grads16), g);
+  run.train(with(grads16), h, true, (g / "checkpoints/step_4").string());
+  auto full16 = read_metrics(g / "metrics.jsonl"), resumed16 = read_metrics(h / "metrics.jsonl");
+  ASSERT_EQ(resumed16.size(), 4u);
+  for (int s = 5; s <= 8; ++s)
+    for (const char* key : {"loss", "grad_norm"})
+      EXPECT_EQ(full16[s][key].get<double>(), resumed16[s][key].get<double>()) << "16-bit grads, step " << s << " " << key;
+  EXPECT_TRUE(file_bytes(g / "checkpoints/step_8/model.safetensors") ==
+              file_bytes(h / "checkpoints/step_8/model.safetensors"));
+  fs::remove_all(g);
+  fs::remove_all(h);
 
   // Masters: after 4 AdamW steps most weights are not bf16 values (low 16 bits set).
   weft::SafetensorsReader model((a / "checkpoints/step_4/model.safetensors").string());
