@@ -144,7 +144,7 @@ const FlagRule kFlags[] = {
     {"--loss-scale-window", Take::Value, 1, "precision.growth_interval", "", "", false},
     {"--hysteresis", Take::Value, 1, "precision.hysteresis", "", "", false},
     {"--grad-reduce-in-bf16", Take::Switch, 0, "precision.accumulate_grads_in_fp32", "false",
-     "gradients reduced over data parallelism in bf16 (within a rank they accumulate in fp32)", true},
+     "gradients accumulated over microbatches and reduced over data parallelism in bf16", true},
     // data and tokenizer
     {"--data-path", Take::Special, -1, "data.paths", "",
      "data.plugin = megatron; weights and prefixes as written, prefixes relative to the recipe file", false},
@@ -195,7 +195,8 @@ const FlagRule kFlags[] = {
     {"--moe-grouped-gemm", Take::Ignored, 0, "", "", "a kernel choice", false},
 
     {"--attention-softmax-in-fp32", Take::Ignored, 0, "", "", "weft's softmax is always fp32", false},
-    {"--accumulate-allreduce-grads-in-fp32", Take::Ignored, 0, "", "", "weft's gradients are fp32", false},
+    {"--accumulate-allreduce-grads-in-fp32", Take::Ignored, 0, "", "",
+     "weft's default: gradients are fp32 unless --grad-reduce-in-bf16", false},
     {"--fp32-residual-connection", Take::Ignored, 0, "", "", "weft's residual stream is always fp32", false},
     {"--apply-query-key-layer-scaling", Take::Ignored, 0, "", "", "mathematically the same scores", false},
     {"--num-workers", Take::Ignored, 1, "", "", "data loading", false},
