@@ -342,10 +342,12 @@ int cmd_check(const RecipeArgs& args, bool json) {
   print_pipeline(recipe, est);
   std::printf("# parameters: %lld (%.3fM); this rank holds %lld\n", static_cast<long long>(est.summary.params),
               est.summary.params / 1e6, static_cast<long long>(est.local_params));
-  const bool fp32_grads = grads_in_fp32(recipe.options("precision"));
-  std::printf("# precision: %s (compute dtype %s; master weights%s and optimizer state f32%s)\n",
-              recipe.plugin("precision").c_str(), dtype_name(est.compute), fp32_grads ? ", gradients" : "",
-              fp32_grads ? "" : std::string("; gradients ").append(dtype_name(est.compute)).c_str());
+  const std::string kept_fp32 = grads_in_fp32(recipe.options("precision"))
+                                    ? "master weights, gradients and optimizer state f32"
+                                    : std::string("master weights and optimizer state f32; gradients ") +
+                                          dtype_name(est.compute);
+  std::printf("# precision: %s (compute dtype %s; %s)\n", recipe.plugin("precision").c_str(),
+              dtype_name(est.compute), kept_fp32.c_str());
   std::printf("# memory per rank (estimate, rank 0; activations of %d microbatch%s in flight): params %s, grads %s, "
               "optimizer state %s, activations %s, total %s\n",
               est.in_flight, est.in_flight == 1 ? "" : "es",

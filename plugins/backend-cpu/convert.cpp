@@ -84,6 +84,32 @@ void widen_row(float* out, TypedPtr p, int64_t n) {
 
 }  // namespace cpu
 
+namespace {
+// dst[0:n] = the 16-bit src widened exactly (bf16 or f16), on the calling
+// thread, with AVX2 / F16C where the CPU has them.
+void widen_chunk(float* dst, const uint16_t* src, int64_t n, bool bf16, bool avx2, bool f16c) {
+  if (bf16 && avx2) {
+    bf16_to_f32_avx2(dst, src, n);
+  } else if (bf16) {
+    for (int64_t i = 0; i < n; ++i) {  // bf16 is the top half of an fp32
+      const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
+      std::memcpy(dst + i, &u, sizeof u);
+    }
+  } else if (f16c) {
+    f16_to_f32_f16c(dst, src, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_float(src[i]);
+  }
+}
+
+// dst[0:n] = src rounded to nearest even to bf16 or f16, as widen_chunk.
+void narrow_chunk(uint16_t* dst, const float* src, int64_t n, bool bf16, bool avx2, bool f16c) {
+  if (bf16 && avx2) return f32_to_bf16_avx2(dst, src, n);
+  if (!bf16 && f16c) return f32_to_f16_f16c(dst, src, n);
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16 ? float_to_bf16(src[i]) : float_to_f16(src[i]);
+}
+}  // namespace
+
 const float* CpuBackend::widen(TypedPtr p, int64_t n, Tensor& scratch) {
   if (p.dtype == DType::F32 || n <= 0) return static_cast<const float*>(p.data);
   WEFT_ASSERT(p.dtype == DType::BF16 || p.dtype == DType::F16,
@@ -93,18 +119,7 @@ const float* CpuBackend::widen(TypedPtr p, int64_t n, Tensor& scratch) {
   float* dst = scratch.data<float>();
   const bool bf16 = p.dtype == DType::BF16, avx2 = avx2_, f16c = f16c_;
   pool_.parallel_for(n, kElementGrain, [&](int64_t i0, int64_t i1) {
-    if (bf16 && avx2) {
-      bf16_to_f32_avx2(dst + i0, src + i0, i1 - i0);
-    } else if (bf16) {
-      for (int64_t i = i0; i < i1; ++i) {  // bf16 is the top half of an fp32
-        const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
-        std::memcpy(dst + i, &u, sizeof u);
-      }
-    } else if (f16c) {
-      f16_to_f32_f16c(dst + i0, src + i0, i1 - i0);
-    } else {
-      for (int64_t i = i0; i < i1; ++i) dst[i] = f16_to_float(src[i]);
-    }
+    widen_chunk(dst + i0, src + i0, i1 - i0, bf16, avx2, f16c);
   });
   return dst;
 }
@@ -149,10 +164,10 @@ void CpuBackend::cast(const Tensor& dst, const Tensor& src) {
 }
 
 void CpuBackend::accumulate_rounded(const Tensor& acc, const float* x) {
-  OpTimer timer(profile_.get(), kOpAccRounded);
   const int64_t n = acc.numel();
   const DType dt = acc.dtype();
   if (dt == DType::F32) return accumulate(acc.data<float>(), x, n);
+  OpTimer timer(profile_.get(), kOpAccRounded);
   WEFT_ASSERT(dt == DType::BF16 || dt == DType::F16,
               std::string("cpu backend: accumulate_rounded into dtype ") + dtype_name(dt) + " (f32, bf16, f16 only)");
   uint16_t* a = acc.data<uint16_t>();
@@ -162,14 +177,9 @@ void CpuBackend::accumulate_rounded(const Tensor& acc, const float* x) {
     float wide[kChunk];
     for (int64_t c0 = i0; c0 < i1; c0 += kChunk) {
       const int64_t len = std::min(kChunk, i1 - c0);
-      if (bf16 && avx2) bf16_to_f32_avx2(wide, a + c0, len);
-      else if (f16c && !bf16) f16_to_f32_f16c(wide, a + c0, len);
-      else widen_row(wide, TypedPtr(a + c0, dt), len);
+      widen_chunk(wide, a + c0, len, bf16, avx2, f16c);
       for (int64_t i = 0; i < len; ++i) wide[i] += x[c0 + i];  // in fp32
-      if (bf16 && avx2) f32_to_bf16_avx2(a + c0, wide, len);
-      else if (f16c && !bf16) f32_to_f16_f16c(a + c0, wide, len);
-      else
-        for (int64_t i = 0; i < len; ++i) a[c0 + i] = bf16 ? float_to_bf16(wide[i]) : float_to_f16(wide[i]);
+      narrow_chunk(a + c0, wide, len, bf16, avx2, f16c);
     }
   });
 }

@@ -32,7 +32,6 @@ struct FlatParams {
   // until its setup() took its share; then they are cleared.
   std::vector<float> initial_master;
   bool mixed() const { return data.defined() && data.dtype() != DType::F32; }
-  bool grads16() const { return grad.defined() && grad.dtype() != DType::F32; }
   // Whether this rank counts the tp-replicated params in the gradient norm:
   // true on tp rank 0 only, so summing the norm over tp counts each logical
   // element once (sharded params on every rank, replicated ones once).
