@@ -174,29 +174,28 @@ TEST(Precision, Bf16CheckpointsKeepMastersResumeExactlyAndCrossModes) {
     o.insert(o.end(), extra.begin(), extra.end());
     return o;
   };
-  run.train(with({"precision.plugin=bf16"}), a);
-  run.train(with({"precision.plugin=bf16"}), b, true, (a / "checkpoints/step_4").string());
-  auto full = read_metrics(a / "metrics.jsonl"), resumed = read_metrics(b / "metrics.jsonl");
-  ASSERT_EQ(resumed.size(), 4u);
-  for (int s = 5; s <= 8; ++s)
-    for (const char* key : {"loss", "grad_norm"})
-      EXPECT_EQ(full[s][key].get<double>(), resumed[s][key].get<double>()) << "step " << s << " " << key;
-  EXPECT_TRUE(file_bytes(a / "checkpoints/step_8/model.safetensors") ==
-              file_bytes(b / "checkpoints/step_8/model.safetensors"));
-
+  // Trains 8 steps into `full`, resumes its step-4 checkpoint into `resumed`:
+  // steps 5-8 repeat bit for bit (loss, gradient norm, the step-8 checkpoint).
+  auto expect_resumes_exactly = [&](const std::vector<std::string>& mode, const fs::path& full_dir,
+                                    const fs::path& resumed_dir, const std::string& what) {
+    run.train(with(mode), full_dir);
+    run.train(with(mode), resumed_dir, true, (full_dir / "checkpoints/step_4").string());
+    auto full = read_metrics(full_dir / "metrics.jsonl"), resumed = read_metrics(resumed_dir / "metrics.jsonl");
+    ASSERT_EQ(resumed.size(), 4u) << what;
+    for (int s = 5; s <= 8; ++s)
+      for (const char* key : {"loss", "grad_norm"})
+        EXPECT_EQ(full[s][key].get<double>(), resumed[s][key].get<double>()) << what << " step " << s << " " << key;
+    EXPECT_TRUE(file_bytes(full_dir / "checkpoints/step_8/model.safetensors") ==
+                file_bytes(resumed_dir / "checkpoints/step_8/model.safetensors"))
+        << what;
+  };
+  expect_resumes_exactly({"precision.plugin=bf16"}, a, b, "bf16");
+  auto full = read_metrics(a / "metrics.jsonl");
   // 16-bit gradients (2 microbatches a step accumulate in bf16) resume bit for bit as well.
   const fs::path g = temp_dir("bf16-grads16-full"), h = temp_dir("bf16-grads16-resumed");
-  const std::vector<std::string> grads16 = {"precision.plugin=bf16", "precision.accumulate_grads_in_fp32=false",
-                                            "batch.micro=2", "batch.global=4"};
-  run.train(with(grads16), g);
-  run.train(with(grads16), h, true, (g / "checkpoints/step_4").string());
-  auto full16 = read_metrics(g / "metrics.jsonl"), resumed16 = read_metrics(h / "metrics.jsonl");
-  ASSERT_EQ(resumed16.size(), 4u);
-  for (int s = 5; s <= 8; ++s)
-    for (const char* key : {"loss", "grad_norm"})
-      EXPECT_EQ(full16[s][key].get<double>(), resumed16[s][key].get<double>()) << "16-bit grads, step " << s << " " << key;
-  EXPECT_TRUE(file_bytes(g / "checkpoints/step_8/model.safetensors") ==
-              file_bytes(h / "checkpoints/step_8/model.safetensors"));
+  expect_resumes_exactly({"precision.plugin=bf16", "precision.accumulate_grads_in_fp32=false", "batch.micro=2",
+                          "batch.global=4"},
+                         g, h, "bf16, 16-bit gradients");
   fs::remove_all(g);
   fs::remove_all(h);
 
